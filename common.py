@@ -1,0 +1,420 @@
+"""
+What both papers share: the ResNet-50 backbone, the batch-hard triplet loss, cross-entropy, the
+optimiser and schedule builders, configs as argparse flags, a progress line and safe checkpoints.
+
+  AEA    -- Adversarial Erasing Attention, IEEE Access 8:56469 (2020), doi:10.1109/ACCESS.2020.2981791
+  AAA-Net -- Attention-Aware Adversarial Network, Appl. Sci. 9(8):1550 (2019), doi:10.3390/app9081550
+
+Paper map (what lives here):
+  ResNet-50 [He et al. 2016], conv1 / conv2_x..conv5_x   -> `Backbone` (stages `conv1`, `layer1`..`layer4`)
+  "remove the down-sampling of Conv5_X" (AEA Sec. III-A) -> `Backbone(last_stride=1)`
+  AEA Eq. (2)-(4), softmax cross-entropy                -> `cross_entropy`
+  AEA Eq. (5)-(7), batch-hard triplet loss               -> `batch_hard_triplet_loss`
+  SGD with step decay (AEA Sec. IV-B, AAA-Net Sec. 4.2)  -> `make_sgd`, `step_schedule`
+
+Nothing here knows about either paper's networks; `aea.py` and `aaanet.py` build on these pieces.
+This module imports neither `data.py` nor `evaluate.py`.
+
+Choices made here where the papers say nothing:
+  - The stem `conv1` holds conv 7x7, BatchNorm, ReLU *and* the 3x3 max-pool, as torchvision groups
+    it; the ResNet paper lists the max-pool at the head of conv2_x. The stage outputs are the same.
+  - `last_stride=1` sets the stride of layer4's first 3x3 conv and of its 1x1 shortcut to 1
+    (torchvision's ResNet-50 is "v1.5": the stride sits on the 3x3 conv, not on the first 1x1).
+  - The triplet loss excludes the anchor itself from its positives; an anchor with no other
+    positive in the batch gets d_ap = 0, one with no negative contributes 0.
+  - Pairwise distances use ||a||^2 + ||b||^2 - 2ab clamped at 1e-12 before the square root, so the
+    gradient stays finite where two features coincide.
+  - SGD uses momentum 0.9 and weight decay 5e-4 unless a paper module says otherwise (SPEC.md, AEA).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import inspect
+import io
+import os
+import pickle
+import random
+import re
+import sys
+import time
+import tokenize
+import typing
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+
+class UserError(Exception):
+    """Bad input from the person running the code: a wrong path, flag or file.
+
+    The message names the cause (which file, which flag, what was expected). Command-line entry
+    points catch it and print it as one line (see `exit_on_user_error`) instead of a traceback.
+    """
+
+
+def exit_on_user_error(main, argv=None):
+    """Run `main(argv)`; turn a `UserError` into `error: <message>` on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# -----------------------------------------------------------------------------
+# Device, seeding, mixed precision
+
+def pick_device(name="auto"):
+    """'auto' -> CUDA if a GPU is visible, else CPU; 'cpu', 'cuda' or 'cuda:N' as asked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for, but PyTorch sees no CUDA GPU on this machine "
+                        "(use --device cpu or --device auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device name; expected auto, cpu, cuda or cuda:N") from None
+
+
+def seed_everything(seed):
+    """Seed Python, numpy and torch (all CUDA devices too) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def autocast(device, enabled=True):
+    """bf16 autocast on CUDA; on the CPU a context that does nothing.
+
+    bf16 keeps fp32's exponent range, so no loss scaling is needed (unlike fp16). On the CPU we stay
+    in fp32: CPU bf16 kernels are slower than fp32 for these convolutions on most machines.
+    """
+    if enabled and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# -----------------------------------------------------------------------------
+# Backbone: torchvision's ResNet-50 with its stages reachable by name
+
+STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # the papers' conv1, conv2_x .. conv5_x
+STAGE_CHANNELS = {"conv1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
+# each stage halves H and W (the stem by 4), except layer1 and, with last_stride=1, layer4
+STAGE_STRIDE = {"conv1": 4, "layer1": 1, "layer2": 2, "layer3": 2, "layer4": 2}
+PAPER_STAGE_NAMES = {"conv2_x": "layer1", "conv3_x": "layer2", "conv4_x": "layer3", "conv5_x": "layer4"}
+
+
+def imagenet_state_dict():
+    """torchvision's IMAGENET1K_V1 ResNet-50 weights, from the local cache or the network.
+
+    The file is `resnet50-0676ba61.pth`; torchvision keeps it in `<torch hub dir>/checkpoints/`. On
+    a machine without internet, copy it there (or pass its path as the weights).
+    """
+    url = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    try:
+        return torch.hub.load_state_dict_from_url(url, progress=True, map_location="cpu", weights_only=True)
+    except Exception as e:  # offline: URLError, socket errors, a half-written download...
+        raise UserError(
+            f"could not load the ImageNet ResNet-50 weights ({type(e).__name__}: {e}). Without internet, "
+            f"download {url} elsewhere and put it at {cache} (the folder follows $TORCH_HOME), "
+            "or pass its path instead of 'imagenet', or use weights 'none' to start from random weights") from None
+
+
+class Backbone(nn.Module):
+    """ResNet-50 [He et al. 2016] cut into its five stages, each an attribute named as in torchvision.
+
+    x [B, 3, H, W] -> conv1 [B, 64, H/4, W/4] -> layer1 [B, 256, H/4, W/4] -> layer2 [B, 512, H/8, W/8]
+      -> layer3 [B, 1024, H/16, W/16] -> layer4 [B, 2048, H/32, W/32] (H/16, W/16 with last_stride=1)
+
+    `run(x, first, last)` runs a contiguous range of stages, so a paper module can stop at a middle
+    layer, change the features, and go on from there (AAA-Net's occlusion after conv3_x; AEA's
+    attention on conv2_x in the same pass that produces conv5_x).
+
+    weights: 'imagenet' (torchvision IMAGENET1K_V1), 'none' (random init), or the path of a
+    ResNet-50 state dict in torchvision's key names (the classifier `fc.*` is ignored).
+    """
+
+    def __init__(self, weights="imagenet", last_stride=2):
+        super().__init__()
+        if last_stride not in (1, 2):
+            raise UserError(f"last_stride must be 1 or 2, got {last_stride}")
+        resnet = torchvision.models.resnet50(weights=None)
+        if weights != "none":
+            state = imagenet_state_dict() if weights == "imagenet" else load_resnet_file(weights)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = resnet.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise UserError(f"weights {weights!r} are not a torchvision ResNet-50 state dict: "
+                                f"missing {missing[:3]}, unexpected {unexpected[:3]} (of {len(missing)}, {len(unexpected)})")
+        if last_stride == 1:
+            # AEA Sec. III-A: "remove the down-sampling of Conv5_X" -> conv5_x map 16x8 for a 256x128 input
+            resnet.layer4[0].conv2.stride = (1, 1)
+            resnet.layer4[0].downsample[0].stride = (1, 1)
+        self.last_stride = last_stride
+        self.conv1 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+
+    def run(self, x, first="conv1", last="layer4"):
+        """Run stages `first`..`last` (inclusive, in STAGES order) on x."""
+        i, j = STAGES.index(first), STAGES.index(last)
+        for name in STAGES[i:j + 1]:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x):
+        """The plain re-ID feature of an ImageNet network: layer4 global-average-pooled, [B, 2048]."""
+        return self.run(x).mean(dim=(2, 3))
+
+
+def load_resnet_file(path):
+    """A ResNet-50 state dict from a file, loaded without running any pickled code."""
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} does not hold a plain state dict (name -> tensor), as torchvision's "
+                        "resnet50-0676ba61.pth does")
+    return state
+
+
+# -----------------------------------------------------------------------------
+# Losses
+
+def cross_entropy(logits, labels, label_smoothing=0.0):
+    """Softmax cross-entropy, AEA Eq. (2)-(4) (AAA-Net's "softmax classification loss", Sec. 3.1).
+
+        p(t) = exp(v_t) / sum_i exp(v_i)                                         Eq. (4)
+        q(t) = 1 if t == y else 0                                                Eq. (3)
+        L_I  = - sum_t q(t) log p(t), averaged over the batch                    Eq. (2)
+
+    With label_smoothing = eps (not in either paper; off by default), q(t) = (1 - eps) [t == y] + eps / N.
+    Computed in fp32 even under autocast: log-softmax over hundreds of classes needs the precision.
+    """
+    B, N = logits.shape
+    # log p(t), Eq. (4), in fp32
+    log_p = F.log_softmax(logits.float(), dim=1)  # [B, N]
+    # q(t), Eq. (3) (+ optional smoothing)
+    q = torch.full_like(log_p, label_smoothing / N)
+    q.scatter_(1, labels.view(B, 1), 1.0 - label_smoothing + label_smoothing / N)
+    # L_I, Eq. (2)
+    return -(q * log_p).sum(dim=1).mean()
+
+
+def pairwise_euclidean(x):
+    """All pairwise Euclidean distances of the rows of x [n, d] -> [n, n]."""
+    sq = (x * x).sum(dim=1)  # [n]
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.t())  # ||a||^2 + ||b||^2 - 2 a.b
+    return d2.clamp(min=1e-12).sqrt()  # clamp: rounding can make d2 slightly negative; keeps sqrt' finite
+
+
+def batch_hard_triplet_loss(features, labels, margin, normalize=True):
+    """Batch-hard triplet loss, AEA Eq. (5)-(7) [Hermans et al. 2017].
+
+        L_T  = [ d_ap + m - d_an ]_+                       Eq. (5), averaged over the anchors a
+        d_ap = max_p || f(x_a) - f(x_p) ||_2               Eq. (6), p: same identity, p != a
+        d_an = min_n || f(x_a) - f(x_n) ||_2               Eq. (7), n: another identity
+
+    Every sample of the batch is an anchor; its hardest positive and negative are searched inside
+    the batch, which is why batches are P identities x K images (data.PKSampler). With
+    normalize=True the features are L2-normalised first ("these features are all normalized by L2
+    norm", AEA Sec. III-C), so distances lie in [0, 2] and the margin m is on that scale.
+
+    features [n, d], labels [n] -> scalar loss.
+    """
+    if normalize:
+        features = F.normalize(features.float(), dim=1)
+    dist = pairwise_euclidean(features.float())  # [n, n]
+    same = labels[:, None] == labels[None, :]  # [n, n], True on the diagonal too
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    # d_ap: farthest positive, Eq. (6); 0 where an anchor has no other positive in the batch
+    d_ap = dist.masked_fill(~same | eye, 0.0).amax(dim=1)
+    # d_an: nearest negative, Eq. (7); +inf where there is none, so that anchor's loss is 0
+    d_an = dist.masked_fill(same, float("inf")).amin(dim=1)
+    # [d_ap + m - d_an]_+, Eq. (5)
+    return F.relu(d_ap + margin - d_an).mean()
+
+
+# -----------------------------------------------------------------------------
+# Optimiser and learning-rate schedule
+
+def make_sgd(params, lr, momentum=0.9, weight_decay=5e-4):
+    """SGD, as both papers train (AAA-Net Sec. 4.2 names it; AEA names none, SPEC.md picks it)."""
+    if not lr > 0:
+        raise UserError(f"the learning rate must be positive, got {lr}")
+    if weight_decay < 0 or momentum < 0:
+        raise UserError(f"momentum and weight decay must be >= 0, got {momentum} and {weight_decay}")
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def step_schedule(optimizer, milestones, gamma=0.1):
+    """Multiply every learning rate by gamma at each epoch in `milestones` (stepped once per epoch).
+
+    AEA Sec. IV-B: lr 0.01, x0.1 at epoch 75          -> milestones=[75]
+    AAA-Net Sec. 4.2: x0.1 every 2 (or 3) epochs        -> milestones=range(2, epochs, 2)
+    """
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=sorted(milestones), gamma=gamma)
+
+
+# -----------------------------------------------------------------------------
+# One visible config per paper: a dataclass, its flags built from it
+
+def field_comments(cls):
+    """{field name: its trailing comment} read from the dataclass source, used as the flag's help."""
+    comments, src = {}, inspect.getsource(cls)
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            m = re.match(r"\s*(\w+)\s*:", tok.line)
+            if m:
+                comments[m.group(1)] = tok.string.lstrip("# ").strip()
+    return comments
+
+
+def add_config_args(parser, cls):
+    """One flag per dataclass field: `--field-name`, its type and default, its comment as help.
+
+    bool fields become `--flag / --no-flag`; `typing.Literal[...]` fields get their choices;
+    `tuple[int, ...]`-like fields take several values.
+    """
+    hints, helps = typing.get_type_hints(cls), field_comments(cls)
+    for f in dataclasses.fields(cls):
+        kind, flag = hints[f.name], "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw = dict(default=default, help=f"{helps.get(f.name, '')} (default: {default})")
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is typing.Literal:
+            kw["choices"] = typing.get_args(kind)
+            kw["type"] = type(kw["choices"][0])
+        elif typing.get_origin(kind) in (tuple, list):
+            kw["nargs"] = "*"
+            kw["type"] = typing.get_args(kind)[0]
+        else:
+            kw["type"] = kind
+        parser.add_argument(flag, **kw)
+    return parser
+
+
+def config_from_args(cls, args):
+    """The dataclass instance holding the parsed flags (lists turned back into tuples)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name)
+        values[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**values)
+
+
+# -----------------------------------------------------------------------------
+# Progress line
+
+class Progress:
+    """Prints, every `every` iterations, one line: iteration, mean loss terms, img/s and ETA.
+
+        epoch 3/100  iter 120/400  L_I1 2.311  L_T 0.182  | 41.3 img/s  ETA 0:01:08
+
+    Call `update(num_images, name=value, ...)` once per iteration; values may be tensors (read
+    only when a line is printed, so the GPU is synchronised once per line, not per step).
+    """
+
+    def __init__(self, total, prefix="", every=20, file=None):
+        self.total, self.prefix, self.every, self.file = total, prefix, every, file or sys.stdout
+        self.i, self.images, self.sums, self.pending = 0, 0, {}, []
+        self.start = self.last = time.perf_counter()
+        self.last_images = 0
+
+    def update(self, num_images, **terms):
+        self.i += 1
+        self.images += num_images
+        self.pending.append(terms)
+        if self.i % self.every == 0 or self.i == self.total:
+            self.print_line()
+
+    def print_line(self):
+        sums, n = {}, len(self.pending)
+        for terms in self.pending:
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        now = time.perf_counter()
+        rate = (self.images - self.last_images) / max(now - self.last, 1e-9)
+        eta = (now - self.start) / self.i * (self.total - self.i)
+        loss_txt = "  ".join(f"{k} {v / n:.4f}" for k, v in sums.items())
+        print(f"{self.prefix}iter {self.i}/{self.total}  {loss_txt}  | {rate:.1f} img/s  "
+              f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", file=self.file, flush=True)
+        self.pending, self.last, self.last_images = [], now, self.images
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: atomic writes, safe loads, RNG state
+
+def rng_state():
+    """The random states of Python, numpy, torch and CUDA, as types `weights_only` loading accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what `rng_state` saved."""
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, state):
+    """Write `state` to `path` atomically: a temporary file in the same folder, fsync, rename.
+
+    A run killed mid-write leaves the previous checkpoint intact (rename is atomic on POSIX).
+    `state` should hold only tensors and plain Python values, so that `load_checkpoint` can read
+    it with weights_only=True: a checkpoint is data, never code.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(folder, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException as e:
+        # whatever went wrong (disk full, an unpicklable value, Ctrl-C), the old checkpoint at
+        # `path` is untouched; only the half-written temporary file needs removing
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write the checkpoint {path}: {e.strerror} (is {folder} writable?)") from None
+        raise
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a file written by `save_checkpoint` (or any torch.save of tensors) with weights_only=True.
+
+    weights_only=True runs no pickled code: a file that carries Python objects other than tensors,
+    containers and plain values is refused with a UserError instead of being executed.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"refusing to load {path}: it carries pickled Python objects that weights_only=True "
+                        f"loading does not allow, so it may run code ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None

@@ -1,0 +1,264 @@
+"""Tests for common.py: each loss on a case worked by hand, the backbone's shapes and weights,
+the schedule, the config flags, the progress line and the checkpoint safety rules."""
+
+import argparse
+import dataclasses
+import io
+import math
+import os
+import random
+import typing
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import common
+
+
+# -----------------------------------------------------------------------------
+# batch-hard triplet loss, AEA Eq. (5)-(7)
+
+def test_triplet_six_samples_by_hand():
+    # Six 1-D features, three identities, margin m = 0.6, no normalisation:
+    #   x = [0, 2, 3.5, 5, 7, 1.2], labels = [0, 0, 1, 1, 2, 2]
+    # anchor  x    positive: d_ap (Eq. 6)   negatives: distances -> d_an (Eq. 7)   [d_ap + m - d_an]_+
+    #   0     0    x=2:   2                  3.5, 5, 7, 1.2    -> 1.2 (x=1.2)      2 + .6 - 1.2 = 1.4
+    #   1     2    x=0:   2                  1.5, 3, 5, 0.8    -> 0.8 (x=1.2)      2 + .6 - 0.8 = 1.8
+    #   2     3.5  x=5:   1.5                3.5, 1.5, 3.5, 2.3 -> 1.5 (x=2)       1.5 + .6 - 1.5 = 0.6
+    #   3     5    x=3.5: 1.5                5, 3, 2, 3.8      -> 2 (x=7)          1.5 + .6 - 2 = 0.1
+    #   4     7    x=1.2: 5.8                7, 5, 3.5, 2      -> 2 (x=5)          5.8 + .6 - 2 = 4.4
+    #   5     1.2  x=7:   5.8                1.2, 0.8, 2.3, 3.8 -> 0.8 (x=2)       5.8 + .6 - .8 = 5.6
+    # L_T = mean = (1.4 + 1.8 + 0.6 + 0.1 + 4.4 + 5.6) / 6 = 13.9 / 6 = 2.31667
+    x = torch.tensor([[0.0], [2.0], [3.5], [5.0], [7.0], [1.2]], requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = common.batch_hard_triplet_loss(x, labels, margin=0.6, normalize=False)
+    assert loss.item() == pytest.approx(13.9 / 6, abs=1e-5)
+    # Gradient w.r.t. x1 = 2, by hand (each active anchor's loss is d_ap - d_an + m):
+    #   anchor 1: d_ap = x1 - x0 -> +1, d_an = x1 - x5 -> -1          net 0
+    #   anchor 0: d_ap = x1 - x0                                       +1
+    #   anchor 2: d_an = x2 - x1, enters with a minus sign             +1
+    #   anchor 5: d_an = x1 - x5, enters with a minus sign             -1
+    # dL/dx1 = (0 + 1 + 1 - 1) / 6 = 1/6; only the hardest pairs carry gradient.
+    loss.backward()
+    assert x.grad[1, 0].item() == pytest.approx(1 / 6, abs=1e-5)
+
+
+def test_triplet_normalises_features_first():
+    # After L2 normalisation the four features are e1, e2, -e1, -e2 (lengths 2, 3, 1, 5 drop out).
+    # labels [0, 0, 1, 1]: each anchor's positive is at distance sqrt(2), its negatives at 2 and
+    # sqrt(2), so d_ap = d_an = sqrt(2) and every anchor's loss is exactly the margin: L_T = 0.3.
+    x = torch.tensor([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0], [0.0, -5.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert common.batch_hard_triplet_loss(x, labels, 0.3).item() == pytest.approx(0.3, abs=1e-5)
+    # Without normalisation the raw lengths matter (d_ap, d_an; loss = d_ap + .3 - d_an):
+    #   [2,0]: sqrt13 = 3.6056, 3 (to [-1,0])        -> 0.9056
+    #   [0,3]: sqrt13 = 3.6056, sqrt10 = 3.1623       -> 0.7433
+    #   [-1,0]: sqrt26 = 5.0990, 3 (to [2,0])         -> 2.3990
+    #   [0,-5]: sqrt26 = 5.0990, sqrt29 = 5.3852      -> 0.0138      mean = 4.0617 / 4 = 1.0154
+    assert common.batch_hard_triplet_loss(x, labels, 0.3, normalize=False).item() == pytest.approx(1.0154, abs=1e-4)
+
+
+def test_triplet_easy_batch_is_zero_with_zero_gradient():
+    # Two tight clusters far apart: d_ap = 0.1, d_an >= 9.9, so [0.1 + 0.3 - 9.9]_+ = 0 everywhere.
+    x = torch.tensor([[0.0], [0.1], [10.0], [10.1]], requires_grad=True)
+    loss = common.batch_hard_triplet_loss(x, torch.tensor([0, 0, 1, 1]), 0.3, normalize=False)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(x.grad == 0)
+
+
+# -----------------------------------------------------------------------------
+# cross-entropy, AEA Eq. (2)-(4)
+
+def test_cross_entropy_by_hand():
+    # logits [0, ln 3] -> p = [1/4, 3/4] (Eq. 4); label 1 -> q = [0, 1] (Eq. 3)
+    # L = -ln(3/4) = 0.28768 (Eq. 2)
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    assert common.cross_entropy(logits, torch.tensor([1])).item() == pytest.approx(-math.log(0.75), abs=1e-6)
+    # label smoothing eps = 0.2, N = 2 -> q = [0.1, 0.9]:
+    # L = -(0.1 ln 1/4 + 0.9 ln 3/4) = 0.13863 + 0.25892 = 0.39755
+    smoothed = common.cross_entropy(logits, torch.tensor([1]), label_smoothing=0.2).item()
+    assert smoothed == pytest.approx(0.1 * math.log(4) - 0.9 * math.log(0.75), abs=1e-6)
+    # and PyTorch's own implementation agrees on a random batch
+    z, y = torch.randn(5, 7), torch.randint(0, 7, (5,))
+    assert torch.allclose(common.cross_entropy(z, y, 0.1), F.cross_entropy(z, y, label_smoothing=0.1), atol=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# backbone
+
+def test_backbone_stage_shapes_and_run_ranges():
+    torch.manual_seed(0)
+    net = common.Backbone("none").eval()
+    x = torch.randn(2, 3, 64, 32)
+    # 64x32 input: stem /4 -> 16x8, layer1 same, layer2 /2 -> 8x4, layer3 -> 4x2, layer4 -> 2x1
+    expected = {"conv1": (64, 16, 8), "layer1": (256, 16, 8), "layer2": (512, 8, 4),
+                "layer3": (1024, 4, 2), "layer4": (2048, 2, 1)}
+    with torch.no_grad():
+        f = x
+        for name in common.STAGES:
+            f = net.run(f, name, name)
+            assert tuple(f.shape) == (2, *expected[name]) and f.shape[1] == common.STAGE_CHANNELS[name]
+        # cutting at a middle layer and going on from there gives the same output as one pass
+        middle = net.run(x, "conv1", "layer2")
+        assert torch.allclose(net.run(middle, "layer3", "layer4"), net.run(x), atol=1e-5)
+        assert torch.allclose(net(x), net.run(x).mean(dim=(2, 3)))
+
+
+def test_backbone_last_stride_one_keeps_conv5_resolution():
+    # AEA: 256x128 input -> conv5_x 2048 x 16 x 8 with the down-sampling of conv5_x removed
+    net = common.Backbone("none", last_stride=1).eval()
+    with torch.no_grad():
+        assert tuple(net.run(torch.randn(1, 3, 256, 128)).shape) == (1, 2048, 16, 8)
+
+
+def test_backbone_loads_a_state_dict_file(tmp_path):
+    reference = torchvision.models.resnet50(weights=None)
+    path = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    net = common.Backbone(str(path))
+    assert torch.equal(net.conv1[0].weight, reference.conv1.weight)
+    assert torch.equal(net.layer4[2].bn3.running_mean, reference.layer4[2].bn3.running_mean)
+    # a state dict of another network is refused with the file named
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(common.UserError, match="not a torchvision ResNet-50"):
+        common.Backbone(str(tmp_path / "other.pth"))
+
+
+def test_imagenet_weights_offline_says_where_to_put_the_file():
+    with mock.patch("torch.hub.load_state_dict_from_url", side_effect=OSError("no network")):
+        with pytest.raises(common.UserError, match=r"resnet50-0676ba61\.pth.*checkpoints"):
+            common.Backbone("imagenet")
+
+
+# -----------------------------------------------------------------------------
+# device, seeding, autocast
+
+def test_device_choice_and_autocast_on_cpu():
+    if not torch.cuda.is_available():
+        assert common.pick_device("auto") == torch.device("cpu")
+        with pytest.raises(common.UserError, match="--device cuda"):
+            common.pick_device("cuda")
+    with pytest.raises(common.UserError, match="not a device name"):
+        common.pick_device("tpu7")
+    with common.autocast(torch.device("cpu")):  # a no-op on CPU: fp32 stays fp32
+        assert (torch.randn(2, 2) @ torch.randn(2, 2)).dtype == torch.float32
+
+
+def test_seed_everything_repeats_every_generator():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+    common.seed_everything(3)
+    first = draw()
+    common.seed_everything(3)
+    assert draw() == first
+
+
+# -----------------------------------------------------------------------------
+# optimiser and schedule
+
+def test_step_schedule_and_sgd():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = common.make_sgd([p], lr=0.1)
+    sched = common.step_schedule(opt, milestones=range(2, 6, 2))  # AAA-Net: x0.1 every 2 epochs
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["weight_decay"] == 5e-4
+    with pytest.raises(common.UserError, match="learning rate must be positive"):
+        common.make_sgd([p], lr=-0.01)
+
+
+# -----------------------------------------------------------------------------
+# config dataclass -> flags
+
+@dataclasses.dataclass
+class ToyConfig:
+    margin: float = 0.3  # m in Eq. (5), Sec. IV-B
+    epochs: int = 100  # Sec. IV-B
+    dataset: typing.Literal["market1501", "duke"] = "market1501"  # which dataset
+    flip: bool = False  # average with the mirrored image at test time
+    milestones: tuple[int, ...] = (75,)  # lr x0.1 at these epochs
+
+
+def test_config_flags_from_dataclass():
+    parser = common.add_config_args(argparse.ArgumentParser(), ToyConfig)
+    assert common.config_from_args(ToyConfig, parser.parse_args([])) == ToyConfig()
+    cfg = common.config_from_args(ToyConfig, parser.parse_args(
+        ["--margin", "0.35", "--dataset", "duke", "--flip", "--milestones", "40", "70"]))
+    assert cfg == ToyConfig(margin=0.35, epochs=100, dataset="duke", flip=True, milestones=(40, 70))
+    assert "m in Eq. (5), Sec. IV-B" in parser.format_help()  # the field's comment is the flag's help
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dataset", "cuhk99"])
+
+
+# -----------------------------------------------------------------------------
+# progress line
+
+def test_progress_line_averages_the_terms():
+    out = io.StringIO()
+    progress = common.Progress(total=4, prefix="epoch 1/1  ", every=2, file=out)
+    for loss in (1.0, 3.0, 5.0, 7.0):
+        progress.update(32, L_T=torch.tensor(loss))
+    lines = out.getvalue().splitlines()
+    # two lines: the means of (1, 3) and of (5, 7)
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch 1/1  iter 2/4  L_T 2.0000") and "img/s" in lines[0] and "ETA" in lines[0]
+    assert "iter 4/4  L_T 6.0000" in lines[1]
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def test_checkpoint_round_trip_with_rng_state(tmp_path):
+    path = tmp_path / "run" / "last.pt"  # the folder is created
+    common.seed_everything(1)
+    state = {"paper": "backbone", "epoch": 3, "config": {"height": 64}, "model": {"w": torch.arange(4.0)},
+             "rng": common.rng_state()}
+    common.save_checkpoint(str(path), state)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    loaded = common.load_checkpoint(str(path))
+    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
+    common.set_rng_state(loaded["rng"])  # the generators continue exactly where they were saved
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert os.listdir(path.parent) == ["last.pt"]  # no temporary file left behind
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, path)  # torch.save pickles the object; loading it would run os.system
+    with pytest.raises(common.UserError, match="refusing to load .*evil.pt"):
+        common.load_checkpoint(str(path))
+
+
+def test_missing_corrupt_and_unwritable_checkpoints(tmp_path):
+    with pytest.raises(common.UserError, match="does not exist"):
+        common.load_checkpoint(str(tmp_path / "nope.pt"))
+    good = tmp_path / "ok.pt"
+    common.save_checkpoint(str(good), {"epoch": 1})
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:40])  # a truncated file
+    with pytest.raises(common.UserError, match="cut.pt is not a readable"):
+        common.load_checkpoint(str(tmp_path / "cut.pt"))
+    (tmp_path / "afile").write_text("x")  # a folder that cannot exist: its parent is a file
+    with pytest.raises(common.UserError, match="cannot write the checkpoint"):
+        common.save_checkpoint(str(tmp_path / "afile" / "ck.pt"), {"epoch": 1})
+
+
+def test_failed_save_keeps_the_old_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    common.save_checkpoint(str(path), {"epoch": 1})
+    with pytest.raises(Exception):
+        common.save_checkpoint(str(path), {"epoch": 2, "bad": lambda: 0})  # cannot be pickled
+    assert common.load_checkpoint(str(path)) == {"epoch": 1}
+    assert os.listdir(tmp_path) == ["last.pt"]
