@@ -1,0 +1,577 @@
+"""Re-ID data: the Market-1501 folder layout, a synthetic dataset in that layout, a PK sampler,
+and a data path that decodes every image once into one uint8 tensor and augments batches on the
+training device.
+
+Layout (Market-1501, DukeMTMC-reID and CUHK03-NP all ship this way; SPEC.md "Shared parts"):
+    ROOT/bounding_box_train/  training images
+    ROOT/query/               query images
+    ROOT/bounding_box_test/   gallery images
+    file name  PPPP_cCsS_FFFFFF_BB.jpg  (Market: person id, camera C, sequence S, frame, box)
+               PPPP_cC_fFFFFFFF.jpg     (DukeMTMC-reID)       PPPP_cC_N.png  (CUHK03-NP)
+    pid -1 = junk (a bad detection: dropped from training, never a match in the gallery),
+    pid 0000 = distractor (not a person of the query set; gallery only).
+
+Use (the training loop of a paper module, one line each):
+    data = load_dataset(root, "market1501")                  # parse names, print the table
+    images = load_images(data.train.paths, 256, 128)         # [N, 3, H, W] uint8, decoded once
+    sampler = PKSampler(data.train.pids, P=8, K=4, seed=0)   # sampler.set_epoch(e) each epoch
+    for idx in sampler: x = augment(images[idx].to(device), g, random_erasing=0.5)
+Indexing one in-memory tensor and augmenting on the device replaces DataLoader workers: JPEG
+decoding happens once, not once per epoch, and the per-sample work runs as a few batched ops.
+
+Choices where SPEC.md is silent (each marked "Choice (not in the paper)" at its line):
+- load_dataset accepts ROOT itself or ROOT/<usual release folder> (Market-1501-v15.09.15, ...).
+- PKSampler: an epoch is ceil(#ids / P) batches, one per group of P identities in a random
+  order; the last group is filled up with identities drawn from the rest (no repeat inside a
+  batch), so every batch is full and every identity appears at least once per epoch.
+- PKSampler: an identity with n < K images gives all n images once plus K - n drawn with
+  replacement; one with n >= K gives K distinct images.
+- augment: flip + pad 10 + random crop (+ random erasing), the usual re-ID baseline augmentation
+  (neither paper states one); padding and random erasing write 0 in the normalised image (the ImageNet mean colour),
+  the value AEA's adversarial erasing uses (SPEC.md); random-erasing aspect ratio uniform in
+  [0.3, 1/0.3] with up to 100 tries for a rectangle that fits (Zhong et al. 2017, Alg. 1).
+- make_synthetic: see its docstring (what is drawn, junk = fragments of test identities or bare
+  background, distractors = one-off people or bare background, query = one image per camera).
+"""
+import argparse
+import inspect
+import os
+import re
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from common import UserError, exit_on_user_error
+
+# -----------------------------------------------------------------------------
+# Parsing the folder layout
+
+# pid (or -1), camera, then the dataset's own tail: Market "s1_000151_01", Duke "_f0046985",
+# CUHK03-NP "_1"; one regex so the three datasets share one parser.
+_NAME = re.compile(r"^(-1|\d+)_c(\d+)(?:s\d+_\d+_\d+|_f\d+|_\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
+_IMAGE_EXT = (".jpg", ".jpeg", ".png")
+_SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+# Choice (not in the paper): where the usual releases unpack, tried under ROOT after ROOT itself.
+_RELEASES = {
+    "market1501": ["Market-1501-v15.09.15", "Market-1501", "market1501"],
+    "duke": ["DukeMTMC-reID", "dukemtmc-reid/DukeMTMC-reID", "dukemtmc-reid"],
+    "cuhk03-labeled": ["cuhk03-np/labeled", "CUHK03-NP/labeled", "labeled"],
+    "cuhk03-detected": ["cuhk03-np/detected", "CUHK03-NP/detected", "detected"],
+    "synthetic": [],
+}
+
+
+def parse_name(filename):
+    """(pid, cam) of a Market-style image name; pid -1 = junk, 0 = distractor; cam 0-based (c1 -> 0).
+
+    The camera matters beyond bookkeeping: the evaluation drops gallery images of the query's own
+    pid AND camera, so a wrong camera silently changes every score. 0-based so it can index arrays.
+    """
+    # only the file name carries the labels; the folder says which split it belongs to
+    m = _NAME.match(os.path.basename(filename))
+    if m is None or int(m.group(2)) < 1:
+        raise UserError(f"{filename}: image name does not parse; expected PPPP_cCsS_FFFFFF_BB.jpg "
+                        "(Market-1501), PPPP_cC_fFFFFFFF.jpg (Duke) or PPPP_cC_N.png (CUHK03-NP), camera >= 1")
+    return int(m.group(1)), int(m.group(2)) - 1
+
+
+@dataclass
+class Split:
+    """One split's images as parallel arrays: paths[i] shows person pids[i] seen by camera cams[i]."""
+    paths: list          # image files, sorted by name
+    pids: np.ndarray     # int64 [N]; training split: relabelled 0..num_train_pids-1
+    cams: np.ndarray     # int64 [N], 0-based
+
+    def __len__(self):
+        return len(self.paths)
+
+
+@dataclass
+class ReIDData:
+    """A parsed dataset: names and labels only (pixels come from load_images(split.paths, ...))."""
+    name: str
+    root: str            # the folder that holds the three split folders
+    train: Split
+    query: Split
+    gallery: Split
+    num_train_pids: int
+
+    def summary(self):
+        """The table printed on load: identities / images / cameras per split."""
+        rows = [f"{self.name} at {self.root}", "  split      ids   images  cameras  junk(-1)  distractors(0000)"]
+        for s in _SPLITS:
+            split = getattr(self, s)
+            # train pids are labels 0..N-1 (label 0 is a person); elsewhere pid 0 is a distractor
+            people = split.pids if s == "train" else split.pids[split.pids > 0]
+            junk = 0 if s == "train" else int((split.pids == -1).sum())
+            distractors = 0 if s == "train" else int((split.pids == 0).sum())
+            rows.append(f"  {s:8s}{len(np.unique(people)):5d}{len(split):9d}{len(np.unique(split.cams)):9d}"
+                        f"{junk:10d}{distractors:19d}")
+        return "\n".join(rows)
+
+
+def _find_root(root, name):
+    """The folder holding bounding_box_train, bounding_box_test and query: ROOT or ROOT/<release>."""
+    if name not in _RELEASES:
+        raise UserError(f"unknown dataset {name!r}; expected one of {', '.join(_RELEASES)}")
+    if not os.path.isdir(root):
+        raise UserError(f"dataset root {root} does not exist (or is not a folder)")
+    # ROOT itself first, so that a path to the exact folder always wins over a guess below it
+    tried = [root] + [os.path.join(root, r) for r in _RELEASES[name]]
+    for folder in tried:
+        if all(os.path.isdir(os.path.join(folder, s)) for s in _SPLITS.values()):
+            return folder
+    # name what ROOT lacks (the likeliest mistake: a path one level too high or too low)
+    missing = [s for s in _SPLITS.values() if not os.path.isdir(os.path.join(root, s))]
+    raise UserError(f"{root} is not a {name} dataset: expected the folders {', '.join(_SPLITS.values())} "
+                    f"in it (missing: {', '.join(missing)}); also searched {', '.join(tried[1:]) or 'nothing else'}")
+
+
+def _read_split(folder, skip_bad_files):
+    """All images of one split folder, sorted by name, with their parsed (pid, cam)."""
+    # sorted: os.listdir's order depends on the file system, and the index of an image must not,
+    # or the same seed would draw different batches on two machines. Non-images (Thumbs.db,
+    # readme.txt) are skipped silently; an image whose name does not parse is an error.
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(_IMAGE_EXT))
+    paths, pids, cams = [], [], []
+    for f in files:
+        path = os.path.join(folder, f)
+        try:
+            pid, cam = parse_name(path)
+        except UserError as e:
+            if not skip_bad_files:
+                raise UserError(f"{e} (pass skip_bad_files=True / --skip-bad-files to skip such files)") from None
+            warnings.warn(f"skipping {e}")
+            continue
+        paths.append(path)
+        pids.append(pid)
+        cams.append(cam)
+    if not paths:
+        raise UserError(f"{folder} holds no images (expected .jpg/.png files named like 0002_c1s1_000451_03.jpg)")
+    return Split(paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64))
+
+
+def load_dataset(root, name="market1501", verbose=True, skip_bad_files=False):
+    """Parse a dataset in the Market-1501 layout. Reads names only; load_images decodes pixels.
+
+    train: pid -1 junk and pid 0 distractors dropped, pids relabelled 0..N-1 in increasing raw pid
+    order (the label a classifier predicts). query and gallery keep raw pids, junk and distractors.
+    """
+    folder = _find_root(root, name)
+    train, query, gallery = (_read_split(os.path.join(folder, _SPLITS[s]), skip_bad_files) for s in _SPLITS)
+    # junk (-1) and distractors (0000) are no training identity (SPEC.md: distractors are gallery
+    # only); Market-1501's bounding_box_train holds neither, other copies of a dataset might
+    keep = train.pids > 0
+    dropped = len(train) - int(keep.sum())
+    if not keep.any():
+        raise UserError(f"{os.path.join(folder, _SPLITS['train'])} holds only junk/distractor images (pid -1 or 0000)")
+    # relabel: raw pid -> its rank among the sorted distinct training pids
+    ids, labels = np.unique(train.pids[keep], return_inverse=True)
+    train = Split([p for p, k in zip(train.paths, keep) if k], labels.astype(np.int64), train.cams[keep])
+    data = ReIDData(name, folder, train, query, gallery, len(ids))
+    if verbose:
+        print(data.summary())
+        print(f"  train: {dropped} junk/distractor images dropped; pids relabelled 0..{len(ids) - 1}")
+    return data
+
+
+# -----------------------------------------------------------------------------
+# Pixels: decode once, normalise, augment on the device
+
+# ImageNet statistics, the ones the torchvision ResNet-50 weights were trained with.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def normalize(x):
+    """x_norm[c] = (x[c] / 255 - MEAN[c]) / STD[c]; uint8 [B, 3, H, W] -> float32, on x's device."""
+    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
+def load_images(paths, height, width, desc=""):
+    """Decode every image once into one uint8 tensor [N, 3, height, width] on the CPU.
+
+    Each file: PIL decode -> RGB -> resize to (width, height), bilinear (PIL filters when it
+    shrinks). Memory: N * 3 * height * width bytes, e.g. Market-1501's 12,936 training images at
+    256 x 128 take 1.27 GB. A thread pool decodes in parallel (PIL releases the GIL); a progress
+    line on stderr updates in place and ends with the rate in images/s.
+    """
+    N = len(paths)
+    # allocated once and filled in place: no list of N small tensors, no second copy at the end
+    out = torch.empty((N, 3, height, width), dtype=torch.uint8)
+
+    def decode(i):
+        # runs in a worker thread; each writes its own row of `out`, so no lock is needed
+        try:
+            with Image.open(paths[i]) as img:
+                rgb = img.convert("RGB").resize((width, height), Image.BILINEAR)  # convert() reads all bytes
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # missing, truncated, not an image
+            raise UserError(f"cannot decode image {paths[i]}: {e}") from None
+        out[i] = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+
+    # the progress line goes to stderr with "\r", so it rewrites itself in a terminal and leaves
+    # stdout to the tables and results; about two updates a second
+    tag = f"{desc} " if desc else ""
+    start = last = time.time()
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        for done, _ in enumerate(pool.map(decode, range(N)), 1):
+            if time.time() - last > 0.5:
+                last = time.time()
+                print(f"\r{tag}decoding {done}/{N} images", end="", file=sys.stderr, flush=True)
+    finally:
+        pool.shutdown(cancel_futures=True)  # after an error, do not decode the rest first
+    secs = time.time() - start
+    print(f"\r{tag}decoded {N} images to {height}x{width} ({out.numel() / 2**20:.0f} MiB) in {secs:.1f} s, "
+          f"{N / max(secs, 1e-9):.0f} images/s", file=sys.stderr, flush=True)
+    return out
+
+
+def _erasing_boxes(B, H, W, p, generator):
+    """Random erasing's rectangles (Zhong et al., Alg. 1), drawn on the CPU: (erase, y0, x0, h, w),
+    each [B]; sample i is erased (if erase[i]) in rows y0..y0+h-1 and columns x0..x0+w-1."""
+    tries = 100  # Zhong et al.'s code tries up to 100 rectangles; all drawn at once here
+    erase = torch.rand(B, generator=generator) < p
+    # S_e = U(0.02, 0.4) * H * W, r_e = U(0.3, 1/0.3): the paper's s_l, s_h, r_1 defaults
+    area = H * W * (0.02 + 0.38 * torch.rand(B, tries, generator=generator))
+    r = 0.3 + (1 / 0.3 - 0.3) * torch.rand(B, tries, generator=generator)
+    h = (area * r).sqrt().round().long()                           # H_e = sqrt(S_e * r_e), [B, tries]
+    w = (area / r).sqrt().round().long()                           # W_e = sqrt(S_e / r_e)
+    fits = (h < H) & (w < W)
+    first = fits.long().argmax(1, keepdim=True)                    # first try that fits, [B, 1]
+    erase &= fits.any(1)                                           # none fits (rare): no erasing
+    h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]      # [B]
+    # position uniform among those where the rectangle lies inside the image
+    y0 = (torch.rand(B, generator=generator) * (H - h + 1)).long()
+    x0 = (torch.rand(B, generator=generator) * (W - w + 1)).long()
+    return erase, y0, x0, h, w
+
+
+def augment(x, generator, flip=True, pad=10, random_erasing=0.0):
+    """Training augmentation of a uint8 batch [B, 3, H, W], per sample, on x's device -> float32.
+
+        normalize -> flip (p = 0.5) -> pad by `pad` px + random H x W crop -> random erasing (p).
+
+    Every random number comes from `generator` (a CPU torch.Generator), drawn on the CPU and moved
+    to the device, so a seed gives the same batch on any device. Pixel work is batched (no loop
+    over samples). Random erasing (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020,
+    arXiv:1708.04896, Alg. 1): with probability p pick area S_e = U(0.02, 0.4) * H * W and aspect
+    r_e = U(0.3, 1/0.3), height sqrt(S_e * r_e), width sqrt(S_e / r_e), a position where it fits,
+    and erase the rectangle.
+    """
+    B, C, H, W = x.shape
+    dev = x.device
+    x = normalize(x)                                                  # [B, 3, H, W] float32
+    # Choice (not in the paper): neither paper states its augmentation; flip + pad 10 + crop
+    # (+ random erasing) is the usual re-ID baseline's (Luo et al., "Bag of Tricks", CVPRW 2019)
+    if flip:
+        # flip: mirror left-right with probability 0.5
+        mirror = (torch.rand(B, generator=generator) < 0.5).to(dev)
+        x = torch.where(mirror.view(B, 1, 1, 1), x.flip(3), x)
+    if pad:
+        # Choice (not in the paper): pad with 0 in the normalised image, i.e. the mean colour
+        # (SPEC.md's erasing value), rather than black.
+        x = F.pad(x, (pad, pad, pad, pad))                            # [B, 3, H + 2pad, W + 2pad]
+        # random crop: top-left corner (oy, ox) uniform in {0..2pad}, i.e. a shift of -pad..pad px
+        oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(dev)
+        ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(dev)
+        rows = oy[:, None] + torch.arange(H, device=dev)              # [B, H]
+        cols = ox[:, None] + torch.arange(W, device=dev)              # [B, W]
+        b = torch.arange(B, device=dev)[:, None, None]
+        x = x[b, :, rows[:, :, None], cols[:, None, :]]               # [B, H, W, 3]: indexed dims first
+        x = x.permute(0, 3, 1, 2).contiguous()                        # [B, 3, H, W]
+    if random_erasing > 0:
+        boxes = _erasing_boxes(B, H, W, random_erasing, generator)
+        erase, y0, x0, h, w = (t.to(dev).view(B, 1, 1) for t in boxes)
+        ys = torch.arange(H, device=dev).view(1, H, 1)
+        xs = torch.arange(W, device=dev).view(1, 1, W)
+        box = erase & (ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w)  # [B, H, W]
+        # Choice (not in the paper): the erased value is 0 in the normalised image (the mean
+        # colour), as AEA's erasing (SPEC.md); Zhong et al. also fill with random values.
+        x = x.masked_fill(box[:, None], 0.0)
+    return x
+
+
+# -----------------------------------------------------------------------------
+# PK sampler
+
+class PKSampler:
+    """Batches of P identities x K images each (Hermans et al. 2017; AEA Sec. IV-B: P=8, K=4).
+
+    One epoch = ceil(#ids / P) batches: the identities in a random order, cut into groups of P.
+    The order and the images drawn depend only on (seed, epoch), so a resumed run can replay an
+    epoch: call set_epoch(e) before iterating. Each batch is a list of P*K dataset indices, the K
+    images of one identity next to each other.
+    """
+
+    def __init__(self, pids, P, K, seed=0):
+        pids = np.asarray(pids)
+        ids = np.unique(pids)
+        if P < 1 or K < 1:
+            raise UserError(f"PK sampler needs P >= 1 and K >= 1, got P={P}, K={K}")
+        if len(ids) < P:
+            raise UserError(f"PK sampler needs at least P={P} identities per batch, the training set has {len(ids)}")
+        # the dataset indices of each identity; the sampler never needs the raw pid values again
+        self.index = [np.flatnonzero(pids == i) for i in ids]
+        self.P, self.K, self.seed, self.epoch = P, K, seed, 0
+
+    def set_epoch(self, epoch):
+        """Choose which epoch the next iteration yields (as DistributedSampler.set_epoch)."""
+        self.epoch = epoch
+
+    def __len__(self):
+        return -(-len(self.index) // self.P)  # ceil(#ids / P)
+
+    def __iter__(self):
+        P, K = self.P, self.K
+        # one generator per (seed, epoch): epoch e can be replayed without replaying epochs 0..e-1
+        rng = np.random.default_rng([self.seed, self.epoch])
+        # the identities in a random order; consecutive groups of P make the batches
+        order = rng.permutation(len(self.index))
+        short = len(self) * P - len(order)
+        if short:
+            # Choice (not in the paper): fill the last group with identities drawn from the other
+            # groups, so every batch has exactly P distinct identities.
+            last = order[len(order) - (P - short):]
+            order = np.concatenate([order, rng.choice(np.setdiff1d(order, last), short, replace=False)])
+        for group in order.reshape(len(self), P):
+            batch = []
+            for i in group:
+                idx = self.index[i]
+                if len(idx) >= K:
+                    pick = rng.choice(idx, K, replace=False)
+                else:
+                    # Choice (not in the paper): all n < K images once, the K - n others with replacement
+                    pick = np.concatenate([rng.permutation(idx), rng.choice(idx, K - len(idx))])
+                batch.extend(pick.tolist())
+            yield batch
+
+
+# -----------------------------------------------------------------------------
+# Synthetic dataset in the Market-1501 layout
+
+_H, _W = 128, 64  # Market-1501's native image size
+_YY, _XX = np.mgrid[0:_H, 0:_W].astype(np.float32)  # pixel row / column grids, [H, W] each
+# 16 clothing colours (RGB): with tens of identities many share a shirt colour, so identity
+# lies in the combination (upper, lower, pattern, accessories, build), not in one colour.
+_PALETTE = np.array([[30, 30, 35], [225, 225, 220], [128, 128, 128], [30, 40, 110], [50, 100, 200],
+                     [190, 40, 40], [110, 25, 35], [40, 130, 60], [110, 110, 50], [220, 190, 60],
+                     [200, 180, 140], [110, 70, 40], [220, 140, 170], [110, 60, 140], [230, 120, 40],
+                     [40, 140, 140]], dtype=np.float32)
+_SKIN = np.array([[235, 200, 170], [200, 150, 115], [150, 100, 70], [95, 65, 45]], dtype=np.float32)
+_HAIR = np.array([[20, 20, 20], [90, 55, 30], [200, 170, 100], [150, 150, 150]], dtype=np.float32)
+
+
+def _identity(rng):
+    """One person's appearance, fixed across all their images.
+
+    pattern: 0 plain, 1 horizontal stripes, 2 vertical stripes, 3 checks (period in figure
+    heights); lower_kind: 0 trousers, 1 shorts, 2 skirt; build: width factor; height: size factor.
+    """
+    def colour():  # a palette colour, shifted a little per identity
+        return _PALETTE[rng.integers(len(_PALETTE))] + rng.normal(0, 10, 3)
+
+    def maybe(p):  # an accessory's colour, or None when the person has none
+        return colour() if rng.random() < p else None
+    return dict(upper=colour(), upper2=colour(), pattern=rng.integers(4), period=rng.uniform(0.03, 0.07),
+                long_sleeves=rng.random() < 0.5, lower=colour(), lower_kind=rng.integers(3),
+                skin=_SKIN[rng.integers(len(_SKIN))], hair=_HAIR[rng.integers(len(_HAIR))],
+                shoes=colour() * 0.4, hat=maybe(0.25), backpack=maybe(0.3), handbag=maybe(0.2),
+                build=rng.uniform(0.85, 1.15), height=rng.uniform(0.9, 1.05))
+
+
+def _camera(rng):
+    """One camera's scene: wall/floor colours and texture, illumination, framing, sharpness.
+
+    gain and tint multiply every pixel, the person's too: the same shirt reads as a different
+    colour in another camera, the cross-camera change re-ID models must see through.
+    """
+    def muted():  # a grey level plus a little colour: scenes are duller than clothes
+        return rng.uniform(60, 190) + rng.uniform(-35, 35, 3)
+    return dict(wall=muted(), floor=muted(), horizon=rng.uniform(0.55, 0.8),
+                panel=rng.uniform(6, 20), gain=rng.uniform(0.7, 1.25), tint=rng.uniform(0.85, 1.15, 3),
+                scale=rng.uniform(0.85, 1.0), blurry=rng.random() < 0.5)
+
+
+def _render(rng, cam, person=None):
+    """One 128x64 RGB uint8 image: the camera's background, the person (if any), maybe an occluder.
+
+    Parts are painted back to front, each a boolean mask over the pixel grid: a later part covers
+    an earlier one. Sizes are in figure heights with roughly a real body's proportions: head
+    0-0.16, torso 0.16-0.52, arms to 0.54, legs 0.5-1 with shoes from 0.94.
+    """
+    # background: wall above a horizon that wanders a little per image, floor below
+    horizon = (cam["horizon"] + rng.uniform(-0.04, 0.04)) * _H
+    panels = np.floor((_XX + rng.uniform(0, cam["panel"])) / cam["panel"]) % 2     # wall texture
+    img = np.where((_YY < horizon)[..., None], cam["wall"] * (1 - 0.12 * panels[..., None]), cam["floor"])
+    if person is not None:
+        p = person
+        # viewpoint jitter: figure height s (px), centre cx, top edge; mirrored half of the time
+        s = _H * 0.86 * cam["scale"] * p["height"] * rng.uniform(0.93, 1.07)
+        cx, top = _W / 2 + rng.uniform(-5, 5), (_H - s) / 2 + rng.uniform(-4, 4)
+        side = rng.choice([-1.0, 1.0])
+        uh = side * (_XX - cx) / s            # horizontal, in figure heights (head: no build)
+        u = uh / p["build"]                   # body parts scale with the build
+        v = (_YY - top) / s                   # 0 at the top of the head, 1 at the soles
+        back = rng.random() < 0.5             # seen from behind: hair over the head, backpack shows
+        stride = rng.uniform(0, 0.06)         # the feet spread while walking
+        # legs and shoes: two bars whose centres move apart towards the feet
+        leg_x = 0.045 + stride * np.clip((v - 0.5) / 0.45, 0, 1)
+        legs = (np.abs(np.abs(u) - leg_x) < 0.042) & (v > 0.5) & (v < 1.0)
+        # skin shows below v = bare: trousers never (2 > 1), shorts from the knee, skirt's legs
+        bare = {0: 2.0, 1: 0.68, 2: 0.5}[int(p["lower_kind"])]
+        img[legs] = np.where((v[legs] > bare)[:, None], p["skin"], p["lower"])
+        if p["lower_kind"] == 2:
+            img[(v > 0.48) & (v < 0.72) & (np.abs(u) < 0.11 + 0.12 * (v - 0.48))] = p["lower"]
+        img[legs & (v > 0.94)] = p["shoes"]
+        # arms at the sides of the torso; short sleeves end at v = 0.28, hands below v = 0.5
+        arms = (np.abs(u) > 0.115) & (np.abs(u) < 0.16) & (v > 0.17) & (v < 0.54)
+        img[arms] = p["skin"]
+        img[arms & (v < (0.5 if p["long_sleeves"] else 0.28))] = p["upper"]
+        # torso, tapering to the waist, with the identity's pattern in the second colour
+        torso = (np.abs(u) < 0.125 - 0.03 * (v - 0.16) / 0.36) & (v > 0.16) & (v < 0.52)
+        img[torso] = p["upper"]
+        hstripe, vstripe = np.floor(v / p["period"]) % 2 == 1, np.floor(u / p["period"]) % 2 == 1
+        pattern = [np.zeros_like(torso), hstripe, vstripe, hstripe ^ vstripe][int(p["pattern"])]
+        img[torso & pattern] = p["upper2"]
+        if p["backpack"] is not None:    # a block from behind, two straps from the front
+            pack = (np.abs(u) < 0.09) & (v > 0.19) & (v < 0.42) if back else \
+                (np.abs(np.abs(u) - 0.06) < 0.012) & (v > 0.16) & (v < 0.34)
+            img[pack] = p["backpack"]
+        # head: an ellipse of skin, hair on top (the whole head from behind), maybe a hat
+        head = (uh / 0.06) ** 2 + ((v - 0.085) / 0.075) ** 2 < 1
+        img[head] = p["skin"]
+        img[head & ((v < 0.05) | back)] = p["hair"]
+        if p["hat"] is not None:
+            img[(v > -0.005) & (v < 0.04) & (np.abs(uh) < 0.07)] = p["hat"]
+        if p["handbag"] is not None:     # on one side; that side flips with the mirroring
+            img[(u > 0.16) & (u < 0.26) & (v > 0.44) & (v < 0.58)] = p["handbag"]
+    if rng.random() < 0.25:
+        # occluder: a pole, or a low object (car, bench) across the bottom
+        if rng.random() < 0.5:
+            x0 = rng.uniform(0, _W - 6)
+            box = (_XX >= x0) & (_XX < x0 + rng.uniform(5, 14))
+        else:
+            x0 = rng.uniform(-_W / 2, _W / 2)
+            box = (_YY > _H * rng.uniform(0.6, 0.85)) & (_XX >= x0) & (_XX < x0 + _W * rng.uniform(0.5, 1.0))
+        img[box] = rng.uniform(30, 220, 3)
+    # illumination: the camera's gain and tint, a little per-image flicker, then sensor noise
+    img = img * cam["gain"] * cam["tint"] * rng.uniform(0.9, 1.1) + rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_camera=3, junk=16,
+                   distractors=16):
+    """Write a synthetic re-ID dataset in the Market-1501 layout and naming; return root.
+
+    Each identity (train_ids for training, test_ids others for query/gallery, as in Market-1501)
+    is seen by 2..`cameras` cameras, 1..max_per_camera images in each. An image draws the person
+    (clothing colours from a shared palette, a pattern, sleeves, trousers/shorts/skirt, hat,
+    backpack, handbag, build) over the camera's background under its gain and tint, with jitter
+    of position, scale, pose, front/back view and mirroring, an occluder on 1 in 4, and noise.
+    Choice (not in the paper): query = one image from every camera where the test identity has
+    2+ images (from its first camera if none has), so every camera it was seen in stays in the
+    gallery and every query has a cross-camera match. Junk (pid -1, gallery): half fragments (a
+    top or bottom third) of test identities, half bare background. Distractors (pid 0000,
+    gallery): half people seen once and never queried, half bare background (false detections).
+    Deterministic for a seed (the same bytes with the same Pillow). Defaults: 442 images (217
+    train, 64 query, 161 gallery) written in about 0.6 s on one CPU core.
+    """
+    # cameras >= 2: every identity needs a second camera for a cross-camera match; pids are 4 digits
+    if (train_ids < 1 or test_ids < 1 or train_ids + test_ids > 9999 or cameras < 2 or max_per_camera < 1
+            or junk < 0 or distractors < 0):
+        raise UserError("make_synthetic needs train_ids >= 1, test_ids >= 1, train_ids + test_ids <= 9999, "
+                        "cameras >= 2, max_per_camera >= 1, junk >= 0, distractors >= 0; got "
+                        f"{train_ids}, {test_ids}, {cameras}, {max_per_camera}, {junk}, {distractors}")
+    for split in _SPLITS.values():
+        folder = os.path.join(root, split)
+        # refuse to mix with (or delete) what is there: a dataset must come from one seed
+        if os.path.isdir(folder) and os.listdir(folder):
+            raise UserError(f"{folder} is not empty; give make_synthetic a new or empty --root")
+        os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cams = [_camera(rng) for _ in range(cameras)]
+    # raw pids: distinct, in 1..9999 and not contiguous, so relabelling to 0..N-1 is really exercised
+    pids = rng.choice(np.arange(1, 10000), train_ids + test_ids, replace=False)
+    people = {int(pid): _identity(rng) for pid in pids}
+    frame = [0] * cameras  # a running frame number per camera keeps every name unique
+
+    def write(split, pid, c, person):
+        """Render one image of `person` (None: background only) in camera c, save it in `split`."""
+        frame[c] += int(rng.integers(1, 50))
+        # Market naming: pid 4 digits (junk "-1" unpadded), camera 1-based, sequence 1, frame, box 01
+        name = f"{'-1' if pid == -1 else f'{pid:04d}'}_c{c + 1}s1_{frame[c]:06d}_01.jpg"
+        img = _render(rng, cams[c], person)
+        if pid == -1 and person is not None:     # junk fragment: a top or bottom third, stretched
+            third = img[:_H // 3] if rng.random() < 0.5 else img[-_H // 3:]
+            img = np.asarray(Image.fromarray(third).resize((_W, _H), Image.BILINEAR))
+        im = Image.fromarray(img)
+        if cams[c]["blurry"]:                    # a blurry camera: half the resolution, scaled back up
+            im = im.resize((_W // 2, _H // 2), Image.BILINEAR).resize((_W, _H), Image.BILINEAR)
+        im.save(os.path.join(root, _SPLITS[split], name), quality=90)
+
+    # the first train_ids identities go to training, the rest to query + gallery
+    for n, pid in enumerate(people):
+        seen = rng.choice(cameras, rng.integers(2, cameras + 1), replace=False)   # 2..cameras cameras
+        counts = rng.integers(1, max_per_camera + 1, len(seen))                   # images in each
+        # cameras that give a query image: those with 2+ images (one stays in the gallery)
+        queried = set(seen[counts >= 2].tolist()) or {int(seen[0])}
+        for c, k in zip(seen.tolist(), counts.tolist()):
+            for j in range(k):
+                split = "train" if n < train_ids else "query" if (j == 0 and c in queried) else "gallery"
+                write(split, int(pid), c, people[pid])
+    test = list(people)[train_ids:]
+    for _ in range(junk):
+        # a fragment of a test identity (Market's junk: poor boxes of real people), or background
+        who = people[test[rng.integers(len(test))]] if rng.random() < 0.5 else None
+        write("gallery", -1, int(rng.integers(cameras)), who)
+    for _ in range(distractors):
+        # a passer-by seen only once (a new identity), or a false detection of background
+        who = _identity(rng) if rng.random() < 0.5 else None
+        write("gallery", 0, int(rng.integers(cameras)), who)
+    return root
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+def main(argv=None):
+    """python data.py synthetic --root DIR [sizes]  |  python data.py summary --root DIR --dataset NAME"""
+    parser = argparse.ArgumentParser(description="Re-ID datasets in the Market-1501 layout.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    syn = sub.add_parser("synthetic", help="write a synthetic dataset in the Market-1501 layout",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    syn.add_argument("--root", required=True, help="output folder (new or empty)")
+    # the size flags mirror make_synthetic's keyword arguments, defaults taken from its signature
+    sizes = {"seed": "the same seed writes the same bytes", "train_ids": "identities in bounding_box_train",
+             "test_ids": "identities in query + bounding_box_test", "cameras": "number of cameras, >= 2",
+             "max_per_camera": "images of one identity in one camera: 1..this",
+             "junk": "pid -1 images in the gallery", "distractors": "pid 0000 images in the gallery"}
+    defaults = inspect.signature(make_synthetic).parameters
+    for k, text in sizes.items():
+        syn.add_argument("--" + k.replace("_", "-"), type=int, default=defaults[k].default, help=text)
+    summ = sub.add_parser("summary", help="print the ids / images / cameras table of a dataset")
+    summ.add_argument("--root", required=True)
+    summ.add_argument("--dataset", default="market1501", choices=list(_RELEASES))
+    summ.add_argument("--skip-bad-files", action="store_true", help="warn about unparsable names instead of failing")
+    args = parser.parse_args(argv)
+    if args.command == "synthetic":
+        start = time.time()
+        make_synthetic(args.root, **{k: getattr(args, k) for k in sizes})
+        print(f"wrote a synthetic dataset in {time.time() - start:.1f} s")
+        load_dataset(args.root, "synthetic")
+    else:
+        load_dataset(args.root, args.dataset, skip_bad_files=args.skip_bad_files)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)  # a UserError becomes "error: <message>", exit status 2

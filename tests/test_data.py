@@ -1,0 +1,391 @@
+"""Tests of data.py: the name parser and folder layout, the synthetic dataset, the PK sampler,
+the decode-once image cache and the on-device augmentation. CPU only, a few seconds."""
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import data
+from common import UserError, exit_on_user_error
+
+
+def touch(folder, *names):
+    """Empty files: the parser reads names only, never pixels."""
+    os.makedirs(folder, exist_ok=True)
+    for n in names:
+        open(os.path.join(folder, n), "wb").close()
+
+
+def hand_layout(root):
+    """A dataset worked by hand (the expected results are in test_load_dataset_by_hand)."""
+    touch(os.path.join(root, "bounding_box_train"), "0007_c1s1_000100_01.jpg", "0007_c2s1_000200_01.jpg",
+          "0002_c3s2_000300_02.jpg", "0150_c6s1_000400_01.jpg", "-1_c1s1_000500_00.jpg",
+          "0000_c2s1_000600_00.jpg", "Thumbs.db")
+    touch(os.path.join(root, "query"), "0011_c1s1_000700_01.jpg", "0012_c2s1_000800_01.jpg")
+    touch(os.path.join(root, "bounding_box_test"), "0011_c2s1_000900_01.jpg", "0012_c3s1_001000_01.jpg",
+          "0000_c1s1_001100_00.jpg", "-1_c4s1_001200_00.jpg")
+    return str(root)
+
+
+# -----------------------------------------------------------------------------
+# parse_name and load_dataset
+
+@pytest.mark.parametrize("name, expected", [
+    ("0002_c1s1_000451_03.jpg", (2, 0)),        # Market-1501: pid 0002, camera c1 -> 0
+    ("-1_c3s2_012345_00.jpg", (-1, 2)),         # Market junk: pid -1 written without padding, c3 -> 2
+    ("0000_c6s4_002102_01.jpg", (0, 5)),        # Market distractor: pid 0000, c6 -> 5
+    ("0005_c2_f0046985.jpg", (5, 1)),           # DukeMTMC-reID: pid 0005, c2 -> 1, frame f0046985
+    ("0001_c2_10.png", (1, 1)),                 # CUHK03-NP: pid 0001, c2 -> 1, image number 10, PNG
+    ("/data/Market/query/1501_c5s3_065187_02.jpg", (1501, 4)),  # a full path: only the name counts
+])
+def test_parse_name(name, expected):
+    assert data.parse_name(name) == expected
+
+
+@pytest.mark.parametrize("name", ["0002_c1s1.jpg",            # Market name cut short
+                                  "0002_c0s1_000451_03.jpg",  # camera 0 does not exist (c1 is the first)
+                                  "abcd_c1s1_000451_03.jpg",  # pid not a number
+                                  "0002_c1s1_000451_03.bmp"])  # not .jpg/.png
+def test_parse_name_rejects(name):
+    with pytest.raises(UserError, match=re.escape(name)):
+        data.parse_name(name)
+
+
+def test_load_dataset_by_hand(tmp_path, capsys):
+    d = data.load_dataset(hand_layout(tmp_path), "market1501")
+    # train, sorted by name ('-' < '0'): -1_c1 (junk), 0000_c2 (distractor), 0002_c3, 0007_c1, 0007_c2,
+    # 0150_c6; Thumbs.db ignored. Junk and distractor dropped -> 4 images. Raw pids 2, 7, 150 ->
+    # labels 0, 1, 2, so pids [0, 1, 1, 2]; cameras c3, c1, c2, c6 -> [2, 0, 1, 5].
+    assert [os.path.basename(p) for p in d.train.paths] == [
+        "0002_c3s2_000300_02.jpg", "0007_c1s1_000100_01.jpg", "0007_c2s1_000200_01.jpg", "0150_c6s1_000400_01.jpg"]
+    assert d.train.pids.tolist() == [0, 1, 1, 2] and d.train.pids.dtype == np.int64
+    assert d.train.cams.tolist() == [2, 0, 1, 5] and d.train.cams.dtype == np.int64
+    assert d.num_train_pids == 3
+    # query keeps raw pids: 0011 c1, 0012 c2
+    assert d.query.pids.tolist() == [11, 12] and d.query.cams.tolist() == [0, 1]
+    # gallery keeps junk and distractors, sorted by name: -1_c4, 0000_c1, 0011_c2, 0012_c3
+    assert d.gallery.pids.tolist() == [-1, 0, 11, 12] and d.gallery.cams.tolist() == [3, 0, 1, 2]
+    # table: train 3 ids, 4 images, 4 cameras {0,1,2,5}; query 2 ids, 2 images, 2 cameras;
+    # gallery 2 people (11, 12), 4 images, 4 cameras, 1 junk, 1 distractor
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:5]}
+    assert rows == {"train": ["3", "4", "4", "0", "0"], "query": ["2", "2", "2", "0", "0"],
+                    "gallery": ["2", "4", "4", "1", "1"]}
+
+
+def test_load_dataset_finds_release_folders(tmp_path):
+    # ROOT may be the parent of the folder the dataset unpacks to
+    hand_layout(tmp_path / "Market-1501-v15.09.15")
+    d = data.load_dataset(str(tmp_path), "market1501", verbose=False)
+    assert d.root == os.path.join(str(tmp_path), "Market-1501-v15.09.15")
+    # CUHK03-NP: cuhk03-np/labeled, PNG names PPPP_cC_N.png; 0003 -> label 0, 0009 -> label 1
+    for split, names in [("bounding_box_train", ["0003_c1_1.png", "0009_c2_4.png"]),
+                         ("query", ["0020_c1_1.png"]), ("bounding_box_test", ["0020_c2_2.png"])]:
+        touch(tmp_path / "cuhk03-np" / "labeled" / split, *names)
+    d = data.load_dataset(str(tmp_path), "cuhk03-labeled", verbose=False)
+    assert d.train.pids.tolist() == [0, 1] and d.train.cams.tolist() == [0, 1] and d.gallery.cams.tolist() == [1]
+
+
+def test_load_dataset_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data.load_dataset(str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="unknown dataset 'market'"):
+        data.load_dataset(str(tmp_path), "market")
+    # a folder with only bounding_box_train: the error names the folder, what is missing and
+    # where else it looked
+    touch(tmp_path / "bounding_box_train", "0002_c1s1_000451_03.jpg")
+    with pytest.raises(UserError) as e:
+        data.load_dataset(str(tmp_path), "market1501")
+    assert str(tmp_path) in str(e.value) and "missing: query, bounding_box_test" in str(e.value)
+    assert "Market-1501-v15.09.15" in str(e.value)
+    # all three folders, but query empty
+    touch(tmp_path / "bounding_box_test", "0003_c1s1_000451_03.jpg")
+    touch(tmp_path / "query")
+    with pytest.raises(UserError, match="query holds no images"):
+        data.load_dataset(str(tmp_path), verbose=False)
+
+
+def test_load_dataset_bad_names(tmp_path):
+    root = hand_layout(tmp_path)
+    touch(tmp_path / "query", "0011_c1.jpg")
+    with pytest.raises(UserError, match="0011_c1.jpg"):
+        data.load_dataset(root, verbose=False)
+    # skipped with a warning naming the file; the other 2 query images remain
+    with pytest.warns(UserWarning, match="0011_c1.jpg"):
+        d = data.load_dataset(root, verbose=False, skip_bad_files=True)
+    assert len(d.query) == 2
+
+
+def test_train_with_only_junk(tmp_path):
+    touch(tmp_path / "bounding_box_train", "-1_c1s1_000100_01.jpg", "0000_c1s1_000200_01.jpg")
+    touch(tmp_path / "query", "0011_c1s1_000700_01.jpg")
+    touch(tmp_path / "bounding_box_test", "0011_c2s1_000900_01.jpg")
+    with pytest.raises(UserError, match="only junk/distractor"):
+        data.load_dataset(str(tmp_path), verbose=False)
+
+
+# -----------------------------------------------------------------------------
+# Synthetic data
+
+MARKET_NAME = re.compile(r"^(-1|\d{4})_c\d+s\d+_\d{6}_\d{2}\.jpg$")
+
+
+def test_synthetic_round_trip(synthetic_root, synthetic_sizes):
+    n = synthetic_sizes
+    d = data.load_dataset(synthetic_root, "synthetic", verbose=False)
+    # every name in exact Market style, every image a 128x64 (H x W) JPEG
+    for split in (d.train, d.query, d.gallery):
+        assert all(MARKET_NAME.match(os.path.basename(p)) for p in split.paths)
+        assert all(0 <= c < n["cameras"] for c in split.cams)   # c1..c3 -> 0..2
+    with Image.open(d.gallery.paths[0]) as im:
+        assert im.format == "JPEG" and im.size == (64, 128)
+    # train: all train_ids identities, labels exactly 0..7, order-preserving w.r.t. the raw pids
+    assert d.num_train_pids == n["train_ids"] and set(d.train.pids.tolist()) == set(range(n["train_ids"]))
+    raw = np.array([data.parse_name(p)[0] for p in d.train.paths])
+    assert np.array_equal(np.argsort(raw, kind="stable"), np.argsort(d.train.pids, kind="stable"))
+    assert raw.min() > 0                                          # no junk or distractor in training
+    # query: the test_ids identities, none in training (Market-1501's disjoint protocol), no junk
+    q_ids = set(d.query.pids.tolist())
+    assert len(q_ids) == n["test_ids"] and min(q_ids) > 0 and not q_ids & set(raw.tolist())
+    # gallery: the same people, plus exactly `junk` pid -1 and `distractors` pid 0 images
+    assert set(d.gallery.pids[d.gallery.pids > 0].tolist()) == q_ids
+    assert (d.gallery.pids == -1).sum() == n["junk"] and (d.gallery.pids == 0).sum() == n["distractors"]
+    # every query has a true match in another camera (else the Market protocol would skip it)
+    for pid, cam in zip(d.query.pids, d.query.cams):
+        assert ((d.gallery.pids == pid) & (d.gallery.cams != cam)).any()
+
+
+def test_synthetic_deterministic(tmp_path):
+    small = dict(train_ids=2, test_ids=2, cameras=2, max_per_camera=2, junk=2, distractors=2)
+
+    def files(root):
+        return {os.path.relpath(os.path.join(dp, f), root): open(os.path.join(dp, f), "rb").read()
+                for dp, _, fs in os.walk(root) for f in fs}
+    a = files(data.make_synthetic(str(tmp_path / "a"), seed=3, **small))
+    b = files(data.make_synthetic(str(tmp_path / "b"), seed=3, **small))
+    c = files(data.make_synthetic(str(tmp_path / "c"), seed=4, **small))
+    # same names, same bytes; at least 4 identities x 2 cameras x 1 image + 2 junk + 2 distractors
+    assert a == b and len(a) >= 4 * 2 + 2 + 2
+    assert a != c
+
+
+def test_synthetic_refuses_bad_input(tmp_path):
+    with pytest.raises(UserError, match="cameras >= 2"):
+        data.make_synthetic(str(tmp_path / "x"), cameras=1)
+    touch(tmp_path / "y" / "query", "0001_c1s1_000001_01.jpg")  # never mix with what is there
+    with pytest.raises(UserError, match="not empty"):
+        data.make_synthetic(str(tmp_path / "y"))
+
+
+def test_cli(tmp_path, capsys):
+    root = str(tmp_path / "syn")
+    data.main(["synthetic", "--root", root, "--train-ids", "3", "--test-ids", "2", "--junk", "1",
+               "--distractors", "0"])
+    # the table's train row starts "train 3": 3 training identities
+    assert any(line.split()[:2] == ["train", "3"] for line in capsys.readouterr().out.splitlines())
+    data.main(["summary", "--root", root, "--dataset", "synthetic"])
+    assert any(line.split()[:2] == ["gallery", "2"] for line in capsys.readouterr().out.splitlines())
+    # a wrong root: one line "error: ...", exit status 2, no traceback
+    with pytest.raises(SystemExit) as e:
+        exit_on_user_error(data.main, ["summary", "--root", str(tmp_path / "nowhere")])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: dataset root")
+
+
+# -----------------------------------------------------------------------------
+# PK sampler
+
+# 5 identities: id 0 has 5 images (indices 0-4), id 1 has 4 (5-8), id 2 has 2 (9, 10), id 3 has
+# 1 (11), id 4 has 4 (12-15). With P=2, K=4: ceil(5/2) = 3 batches of 8 indices; the last batch
+# holds the 5th identity plus one identity drawn from the other four.
+PIDS = np.array([0] * 5 + [1] * 4 + [2] * 2 + [3] + [4] * 4)
+
+
+def test_pk_sampler_batches():
+    s = data.PKSampler(PIDS, P=2, K=4, seed=0)
+    assert len(s) == 3
+    for epoch in range(5):
+        s.set_epoch(epoch)
+        batches = list(s)
+        assert len(batches) == 3
+        seen = []
+        for b in batches:
+            assert len(b) == 8                                        # P*K
+            ids = PIDS[b]
+            assert len(set(ids.tolist())) == 2                         # exactly P distinct identities
+            for i in set(ids.tolist()):
+                picked = [j for j in b if PIDS[j] == i]
+                assert len(picked) == 4                                # K each
+                if i == 3:
+                    assert picked == [11] * 4                          # 1 image: repeated 4 times
+                elif i == 2:
+                    assert set(picked) == {9, 10}                      # both images, 2 repeats
+                else:
+                    assert len(set(picked)) == 4                       # >= K images: no repeat
+            seen += sorted(set(ids.tolist()))
+        # every identity at least once; 6 slots for 5 identities -> exactly one appears twice
+        assert set(seen) == {0, 1, 2, 3, 4} and len(seen) == 6
+
+
+def test_pk_sampler_replays_seed_and_epoch():
+    a, b = data.PKSampler(PIDS, 2, 4, seed=1), data.PKSampler(PIDS, 2, 4, seed=1)
+    a.set_epoch(7)
+    b.set_epoch(7)
+    assert list(a) == list(b) == list(a)         # same (seed, epoch): the same epoch, every time
+    epochs = []
+    for e in range(4):
+        a.set_epoch(e)
+        epochs.append(list(a))
+    assert any(x != epochs[0] for x in epochs[1:])   # epochs differ
+    assert list(data.PKSampler(PIDS, 2, 4, seed=2)) != list(data.PKSampler(PIDS, 2, 4, seed=1))
+
+
+def test_pk_sampler_too_few_identities():
+    with pytest.raises(UserError, match=r"P=6 identities.*has 5"):
+        data.PKSampler(PIDS, P=6, K=4)
+
+
+# -----------------------------------------------------------------------------
+# normalize and augment
+
+def test_normalize_by_hand():
+    # x_norm = (x / 255 - mean) / std:
+    # R 255: (1 - 0.485) / 0.229 = 2.248908;   R 0: -0.485 / 0.229 = -2.117904
+    # G 128: (0.501961 - 0.456) / 0.224 = 0.205182;   B 102: (0.4 - 0.406) / 0.225 = -0.026667
+    x = torch.tensor([[[[255, 0]], [[128, 128]], [[102, 102]]]], dtype=torch.uint8)   # [1, 3, 1, 2]
+    y = data.normalize(x)
+    assert y.dtype == torch.float32 and y.shape == (1, 3, 1, 2)
+    expected = torch.tensor([[[[2.248908, -2.117904]], [[0.205182, 0.205182]], [[-0.026667, -0.026667]]]])
+    assert torch.allclose(y, expected, atol=1e-5)
+
+
+def ramp(B, H, W):
+    """uint8 [B, 3, H, W] whose value grows along the width (and height), so a mirror is visible."""
+    img = (torch.arange(H)[:, None] * 3 + torch.arange(W)[None, :] * 7) % 256
+    return img.to(torch.uint8).expand(B, 3, H, W).clone()
+
+
+def test_augment_shapes_and_determinism():
+    x = ramp(5, 32, 16)
+    y = data.augment(x, torch.Generator().manual_seed(0), random_erasing=0.5)
+    assert y.shape == (5, 3, 32, 16) and y.dtype == torch.float32 and y.device == x.device
+    # the same generator seed gives the same batch; another seed a different one
+    assert torch.equal(y, data.augment(x, torch.Generator().manual_seed(0), random_erasing=0.5))
+    assert not torch.equal(y, data.augment(x, torch.Generator().manual_seed(1), random_erasing=0.5))
+
+
+def test_augment_flip_mirrors():
+    x = ramp(32, 8, 6)
+    ref = data.normalize(x)
+    y = data.augment(x, torch.Generator().manual_seed(0), flip=True, pad=0)
+    same = [torch.equal(y[i], ref[i]) for i in range(32)]
+    mirrored = [torch.equal(y[i], ref[i].flip(2)) for i in range(32)]   # column j <- column W-1-j
+    # each sample is the image or its mirror (never both: the ramp is not symmetric); with p = 0.5
+    # both kinds appear among 32 samples (this seed: checked, the chance otherwise is 2^-31)
+    assert all(s != m for s, m in zip(same, mirrored)) and any(same) and any(mirrored)
+    assert torch.equal(data.augment(x, torch.Generator().manual_seed(0), flip=False, pad=0), ref)
+
+
+def test_augment_pad_crop_is_a_shift():
+    # pad 2 + crop back to 8 x 6: each sample is a window of the zero-padded normalised image,
+    # top-left corner (oy, ox) in {0..4} x {0..4} = 25 possible shifts; the size never changes
+    B, H, W, pad = 200, 8, 6, 2
+    x = ramp(B, H, W)
+    y = data.augment(x, torch.Generator().manual_seed(0), flip=False, pad=pad)
+    assert y.shape == (B, 3, H, W)
+    padded = F.pad(data.normalize(x), (pad,) * 4)                       # 0 = the mean colour
+    shifts = []
+    for i in range(B):
+        hits = [(oy, ox) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1)
+                if torch.equal(y[i], padded[i, :, oy:oy + H, ox:ox + W])]
+        assert len(hits) == 1
+        shifts.append(hits[0])
+    # the shift is drawn per sample and all 25 occur among 200 samples (this seed: checked; each
+    # is missed with chance (24/25)^200 = 3e-4)
+    assert len(set(shifts)) == 25
+
+
+def test_augment_random_erasing():
+    B, H, W = 16, 64, 32
+    x = torch.full((B, 3, H, W), 200, dtype=torch.uint8)
+    # 200 normalises to (1.307, 1.466, 1.681), never 0, so zeros are exactly the erased pixels
+    y = data.augment(x, torch.Generator().manual_seed(0), flip=False, pad=0, random_erasing=1.0)
+    # with flip and pad off, augment draws only the rectangles, so the same seed gives its boxes
+    erase, y0, x0, h, w = data._erasing_boxes(B, H, W, 1.0, torch.Generator().manual_seed(0))
+    assert erase.all()                                                   # p = 1: every sample
+    for i in range(B):
+        # the zeros are exactly rows y0..y0+h-1, columns x0..x0+w-1, in all three channels
+        box = torch.zeros(H, W, dtype=torch.bool)
+        box[y0[i]:y0[i] + h[i], x0[i]:x0[i] + w[i]] = True
+        assert torch.equal(y[i] == 0, box.expand(3, H, W))
+        # inside the image; area S_e in [0.02, 0.4] * 64 * 32 = [41, 819] px and aspect h / w in
+        # [0.3, 3.33], both widened a little because h and w are rounded to whole pixels
+        assert y0[i] >= 0 and x0[i] >= 0 and y0[i] + h[i] <= H and x0[i] + w[i] <= W
+        assert 0.015 * H * W <= h[i] * w[i] <= 0.43 * H * W and 0.25 <= h[i] / w[i] <= 4.0
+    # random_erasing = 0 (and no pad): nothing erased
+    assert (data.augment(x, torch.Generator().manual_seed(0), flip=False, pad=0) != 0).all()
+
+
+def test_erasing_boxes_ranges():
+    # many draws on a small 16 x 8 image, where the limits are often hit: a rectangle must be
+    # strictly smaller than the image (h < H, w < W, as in Zhong et al.'s code) and may sit
+    # anywhere it fits, from row 0 to row H - h and column 0 to W - w, both ends included
+    B, H, W = 4000, 16, 8
+    erase, y0, x0, h, w = data._erasing_boxes(B, H, W, 0.5, torch.Generator().manual_seed(0))
+    assert abs(erase.float().mean().item() - 0.5) < 0.03        # p = 0.5; std of the mean 0.008
+    y0, x0, h, w = y0[erase], x0[erase], h[erase], w[erase]
+    assert ((h >= 1) & (h < H) & (w >= 1) & (w < W)).all()
+    assert ((y0 >= 0) & (y0 <= H - h) & (x0 >= 0) & (x0 <= W - w)).all()
+    assert (y0 == 0).any() and (y0 == H - h).any() and (x0 == 0).any() and (x0 == W - w).any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_augment_same_on_cuda():
+    # random numbers come from the CPU generator, so CPU and CUDA give the same batch
+    x = ramp(8, 32, 16)
+    cpu = data.augment(x, torch.Generator().manual_seed(0), random_erasing=0.5)
+    gpu = data.augment(x.cuda(), torch.Generator().manual_seed(0), random_erasing=0.5)
+    assert gpu.is_cuda and torch.allclose(gpu.cpu(), cpu, atol=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# load_images
+
+def test_load_images(tmp_path, capsys):
+    red = str(tmp_path / "red.jpg")
+    Image.new("RGB", (20, 40), (255, 0, 0)).save(red, quality=95)       # 40 x 20 pure red JPEG
+    halves = np.zeros((128, 64, 3), dtype=np.uint8)
+    halves[:, 32:] = 255                                                 # left black, right white
+    step = str(tmp_path / "step.png")
+    Image.fromarray(halves).save(step)
+    grey = str(tmp_path / "grey.jpg")
+    Image.new("L", (64, 128), 90).save(grey)                             # one channel -> RGB
+    x = data.load_images([red, step, grey], height=16, width=8, desc="test")
+    assert x.shape == (3, 3, 16, 8) and x.dtype == torch.uint8
+    # red survives JPEG and resizing up to a few levels
+    assert (x[0, 0].int() - 255).abs().max() <= 3 and x[0, 1:].int().max() <= 3
+    # 64 -> 8 columns, bilinear widened for shrinking: output column j is centred at 8j + 4 and
+    # weighs input column k (centre k + 0.5) by 1 - |k + 0.5 - (8j + 4)| / 8 (weights sum to 8).
+    # Columns 0-2 see only black, 5-7 only white. Column 3 (centre 28) sees white 32..35 with
+    # weights 7/16, 5/16, 3/16, 1/16 = 1 -> 255 / 8 = 31.9; column 4 is its mirror: 255 * 7/8 = 223.1
+    assert (x[1, :, :, :3] == 0).all() and (x[1, :, :, 5:] == 255).all()
+    assert (x[1, :, :, 3].int() - 32).abs().max() <= 1 and (x[1, :, :, 4].int() - 223).abs().max() <= 1
+    assert (x[2] == x[2, :1]).all() and abs(int(x[2, 0, 0, 0]) - 90) <= 2  # grey copied to R, G, B
+    err = capsys.readouterr().err
+    assert "decoded 3 images" in err and "images/s" in err
+
+
+def test_load_images_names_corrupt_file(tmp_path):
+    good = str(tmp_path / "0001_c1s1_000001_01.jpg")
+    Image.new("RGB", (64, 128), (10, 200, 30)).save(good)
+    raw = open(good, "rb").read()
+    cut = str(tmp_path / "0001_c1s1_000002_01.jpg")
+    open(cut, "wb").write(raw[:len(raw) // 2])                           # truncated JPEG
+    with pytest.raises(UserError, match="cannot decode image .*0001_c1s1_000002_01.jpg"):
+        data.load_images([good, cut], 16, 8)
+    text = str(tmp_path / "0001_c1s1_000003_01.jpg")
+    open(text, "w").write("not a picture")                               # not an image at all
+    with pytest.raises(UserError, match="0001_c1s1_000003_01.jpg"):
+        data.load_images([text], 16, 8)
