@@ -25,6 +25,8 @@ Choices made here where the papers say nothing:
   - Pairwise distances use ||a||^2 + ||b||^2 - 2ab clamped at 1e-12 before the square root, so the
     gradient stays finite where two features coincide.
   - SGD uses momentum 0.9 and weight decay 5e-4 unless a paper module says otherwise (SPEC.md, AEA).
+  - Mixed precision is bf16 autocast on CUDA and plain fp32 on the CPU; losses and distances are
+    computed in fp32 even under autocast.
 """
 
 import argparse
@@ -88,6 +90,19 @@ def seed_everything(seed):
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def to_device(t, device):
+    """Copy a CPU tensor to `device`; on CUDA through pinned memory and without blocking.
+
+    A plain copy from pageable memory makes the host wait until the GPU has finished all the work
+    queued before it; from pinned memory with non_blocking=True the host goes on queueing the next
+    step while the copy and the previous step run.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def autocast(device, enabled=True):
     """bf16 autocast on CUDA; on the CPU a context that does nothing.
 
@@ -104,8 +119,6 @@ def autocast(device, enabled=True):
 
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # the papers' conv1, conv2_x .. conv5_x
 STAGE_CHANNELS = {"conv1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
-# each stage halves H and W (the stem by 4), except layer1 and, with last_stride=1, layer4
-STAGE_STRIDE = {"conv1": 4, "layer1": 1, "layer2": 2, "layer3": 2, "layer4": 2}
 PAPER_STAGE_NAMES = {"conv2_x": "layer1", "conv3_x": "layer2", "conv4_x": "layer3", "conv5_x": "layer4"}
 
 
@@ -145,14 +158,19 @@ class Backbone(nn.Module):
         if last_stride not in (1, 2):
             raise UserError(f"last_stride must be 1 or 2, got {last_stride}")
         resnet = torchvision.models.resnet50(weights=None)
+        if weights not in ("imagenet", "none") and not os.path.isfile(weights):
+            raise UserError(f"weights {weights!r}: expected 'imagenet', 'none' or the path of a ResNet-50 state dict file")
         if weights != "none":
             state = imagenet_state_dict() if weights == "imagenet" else load_resnet_file(weights)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing, unexpected = resnet.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = resnet.load_state_dict(state, strict=False)
+            except RuntimeError as e:  # same names, other shapes (a ResNet-18, say)
+                missing, unexpected = [(str(e).splitlines()[1:] or [str(e)])[0].strip()], []
             missing = [k for k in missing if not k.startswith("fc.")]
             if missing or unexpected:
                 raise UserError(f"weights {weights!r} are not a torchvision ResNet-50 state dict: "
-                                f"missing {missing[:3]}, unexpected {unexpected[:3]} (of {len(missing)}, {len(unexpected)})")
+                                f"missing or mismatched {missing[:3]}, unexpected {unexpected[:3]}")
         if last_stride == 1:
             # AEA Sec. III-A: "remove the down-sampling of Conv5_X" -> conv5_x map 16x8 for a 256x128 input
             resnet.layer4[0].conv2.stride = (1, 1)
@@ -162,7 +180,11 @@ class Backbone(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
 
     def run(self, x, first="conv1", last="layer4"):
-        """Run stages `first`..`last` (inclusive, in STAGES order) on x."""
+        """Run stages `first`..`last` (inclusive, in STAGES order) on x; the papers' names conv2_x..conv5_x work too."""
+        first, last = PAPER_STAGE_NAMES.get(first, first), PAPER_STAGE_NAMES.get(last, last)
+        if first not in STAGES or last not in STAGES:
+            raise UserError(f"unknown stage {first if first not in STAGES else last!r}; expected one of "
+                            f"{', '.join(STAGES)} or {', '.join(PAPER_STAGE_NAMES)}")
         i, j = STAGES.index(first), STAGES.index(last)
         for name in STAGES[i:j + 1]:
             x = getattr(self, name)(x)
@@ -226,9 +248,13 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
 
     features [n, d], labels [n] -> scalar loss.
     """
-    if normalize:
-        features = F.normalize(features.float(), dim=1)
-    dist = pairwise_euclidean(features.float())  # [n, n]
+    # fp32 even under bf16 autocast: with unit-length features d^2 = 2 - 2 cos, and bf16's 8-bit
+    # mantissa would move small distances by ~20%, enough to change which pair is the hardest
+    with torch.autocast(features.device.type, enabled=False):
+        features = features.float()
+        if normalize:
+            features = F.normalize(features, dim=1)
+        dist = pairwise_euclidean(features)  # [n, n]
     same = labels[:, None] == labels[None, :]  # [n, n], True on the diagonal too
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     # d_ap: farthest positive, Eq. (6); 0 where an anchor has no other positive in the batch
@@ -283,8 +309,11 @@ def add_config_args(parser, cls):
     hints, helps = typing.get_type_hints(cls), field_comments(cls)
     for f in dataclasses.fields(cls):
         kind, flag = hints[f.name], "--" + f.name.replace("_", "-")
+        if typing.get_origin(kind) is typing.Union:  # Optional[X]: the flag takes an X
+            kind = next(k for k in typing.get_args(kind) if k is not type(None))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kw = dict(default=default, help=f"{helps.get(f.name, '')} (default: {default})")
+        # argparse %-formats help texts: a comment such as "top R% pixels" needs its % doubled
+        kw = dict(default=default, help=f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%"))
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is typing.Literal:
@@ -314,7 +343,7 @@ def config_from_args(cls, args):
 class Progress:
     """Prints, every `every` iterations, one line: iteration, mean loss terms, img/s and ETA.
 
-        epoch 3/100  iter 120/400  L_I1 2.311  L_T 0.182  | 41.3 img/s  ETA 0:01:08
+        epoch 3/100  iter 120/400  L_I1 2.3110  L_T 0.1820  | 41.3 img/s  ETA 00:01:08
 
     Call `update(num_images, name=value, ...)` once per iteration; values may be tensors (read
     only when a line is printed, so the GPU is synchronised once per line, not per step).
@@ -329,7 +358,8 @@ class Progress:
     def update(self, num_images, **terms):
         self.i += 1
         self.images += num_images
-        self.pending.append(terms)
+        # detached: keeping a loss tensor must not keep its whole autograd graph alive
+        self.pending.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in terms.items()})
         if self.i % self.every == 0 or self.i == self.total:
             self.print_line()
 
@@ -397,8 +427,11 @@ def save_checkpoint(path, state):
         # `path` is untouched; only the half-written temporary file needs removing
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(e, OSError):
-            raise UserError(f"cannot write the checkpoint {path}: {e.strerror} (is {folder} writable?)") from None
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "PytorchStreamWriter" in str(e)):
+            # torch.save reports a full disk as a RuntimeError from its zip writer
+            reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0]
+            raise UserError(f"cannot write the checkpoint {path}: {reason} (is the folder {folder} writable, "
+                            "is the disk full, is the path a folder?)") from None
         raise
 
 

@@ -13,11 +13,13 @@ Layout (Market-1501, DukeMTMC-reID and CUHK03-NP all ship this way; SPEC.md "Sha
 
 Use (the training loop of a paper module, one line each):
     data = load_dataset(root, "market1501")                  # parse names, print the table
-    images = load_images(data.train.paths, 256, 128)         # [N, 3, H, W] uint8, decoded once
+    images = load_images(data.train.paths, 256, 128).to(device)  # [N, 3, H, W] uint8, decoded once
     sampler = PKSampler(data.train.pids, P=8, K=4, seed=0)   # sampler.set_epoch(e) each epoch
-    for idx in sampler: x = augment(images[idx].to(device), g, random_erasing=0.5)
+    for idx in sampler: x = augment(images[to_device(torch.tensor(idx), device)], g, random_erasing=0.5)
 Indexing one in-memory tensor and augmenting on the device replaces DataLoader workers: JPEG
 decoding happens once, not once per epoch, and the per-sample work runs as a few batched ops.
+On a GPU the uint8 cache can live on the GPU itself (Market-1501 at 256x128: 1.27 GB), so a batch
+costs one small copy of indices and one of random numbers, neither of which waits for the GPU.
 
 Choices where SPEC.md is silent (each marked "Choice (not in the paper)" at its line):
 - load_dataset accepts ROOT itself or ROOT/<usual release folder> (Market-1501-v15.09.15, ...).
@@ -34,6 +36,7 @@ Choices where SPEC.md is silent (each marked "Choice (not in the paper)" at its 
   background, distractors = one-off people or bare background, query = one image per camera).
 """
 import argparse
+import functools
 import inspect
 import os
 import re
@@ -48,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common import UserError, exit_on_user_error
+from common import UserError, exit_on_user_error, to_device
 
 # -----------------------------------------------------------------------------
 # Parsing the folder layout
@@ -190,10 +193,16 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+@functools.lru_cache(maxsize=None)
+def _mean_std(device):
+    """MEAN and STD as [3, 1, 1] tensors on `device`, made once per device: a copy to a GPU that
+    is issued with every batch would make the host wait for the GPU every time."""
+    return torch.tensor(MEAN, device=device).view(3, 1, 1), torch.tensor(STD, device=device).view(3, 1, 1)
+
+
 def normalize(x):
     """x_norm[c] = (x[c] / 255 - MEAN[c]) / STD[c]; uint8 [B, 3, H, W] -> float32, on x's device."""
-    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
+    mean, std = _mean_std(x.device)
     return (x.float() / 255 - mean) / std
 
 
@@ -213,6 +222,7 @@ def load_images(paths, height, width, desc=""):
         # runs in a worker thread; each writes its own row of `out`, so no lock is needed
         try:
             with Image.open(paths[i]) as img:
+                # Choice (not in the paper): bilinear resizing (PIL's, which filters when shrinking)
                 rgb = img.convert("RGB").resize((width, height), Image.BILINEAR)  # convert() reads all bytes
         except (OSError, ValueError, Image.DecompressionBombError) as e:  # missing, truncated, not an image
             raise UserError(f"cannot decode image {paths[i]}: {e}") from None
@@ -256,6 +266,15 @@ def _erasing_boxes(B, H, W, p, generator):
     return erase, y0, x0, h, w
 
 
+def _draws(B, H, W, pad, random_erasing, generator):
+    """Every random number `augment` uses, drawn on the CPU: an int64 table [B, 8], one row per
+    sample: mirror?, crop corner oy, ox, then erase?, y0, x0, h, w of the erasing rectangle."""
+    return torch.stack([torch.rand(B, generator=generator) < 0.5,
+                        torch.randint(0, 2 * pad + 1, (B,), generator=generator),
+                        torch.randint(0, 2 * pad + 1, (B,), generator=generator),
+                        *_erasing_boxes(B, H, W, random_erasing, generator)], dim=1).long()
+
+
 def augment(x, generator, flip=True, pad=10, random_erasing=0.0):
     """Training augmentation of a uint8 batch [B, 3, H, W], per sample, on x's device -> float32.
 
@@ -270,28 +289,28 @@ def augment(x, generator, flip=True, pad=10, random_erasing=0.0):
     """
     B, C, H, W = x.shape
     dev = x.device
+    # every per-sample random number, drawn on the CPU and sent to the device in ONE copy that
+    # does not wait for the GPU (common.to_device)
+    draws = _draws(B, H, W, pad, random_erasing, generator)                   # [B, 8]
+    mirror, oy, ox, erase, y0, x0, h, w = to_device(draws, dev).unbind(1)      # each [B]
     x = normalize(x)                                                  # [B, 3, H, W] float32
     # Choice (not in the paper): neither paper states its augmentation; flip + pad 10 + crop
     # (+ random erasing) is the usual re-ID baseline's (Luo et al., "Bag of Tricks", CVPRW 2019)
     if flip:
         # flip: mirror left-right with probability 0.5
-        mirror = (torch.rand(B, generator=generator) < 0.5).to(dev)
-        x = torch.where(mirror.view(B, 1, 1, 1), x.flip(3), x)
+        x = torch.where(mirror.bool().view(B, 1, 1, 1), x.flip(3), x)
     if pad:
         # Choice (not in the paper): pad with 0 in the normalised image, i.e. the mean colour
         # (SPEC.md's erasing value), rather than black.
         x = F.pad(x, (pad, pad, pad, pad))                            # [B, 3, H + 2pad, W + 2pad]
         # random crop: top-left corner (oy, ox) uniform in {0..2pad}, i.e. a shift of -pad..pad px
-        oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(dev)
-        ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(dev)
         rows = oy[:, None] + torch.arange(H, device=dev)              # [B, H]
         cols = ox[:, None] + torch.arange(W, device=dev)              # [B, W]
         b = torch.arange(B, device=dev)[:, None, None]
         x = x[b, :, rows[:, :, None], cols[:, None, :]]               # [B, H, W, 3]: indexed dims first
         x = x.permute(0, 3, 1, 2).contiguous()                        # [B, 3, H, W]
     if random_erasing > 0:
-        boxes = _erasing_boxes(B, H, W, random_erasing, generator)
-        erase, y0, x0, h, w = (t.to(dev).view(B, 1, 1) for t in boxes)
+        erase, y0, x0, h, w = (t.view(B, 1, 1) for t in (erase.bool(), y0, x0, h, w))
         ys = torch.arange(H, device=dev).view(1, H, 1)
         xs = torch.arange(W, device=dev).view(1, 1, W)
         box = erase & (ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w)  # [B, H, W]
@@ -322,6 +341,8 @@ class PKSampler:
             raise UserError(f"PK sampler needs at least P={P} identities per batch, the training set has {len(ids)}")
         # the dataset indices of each identity; the sampler never needs the raw pid values again
         self.index = [np.flatnonzero(pids == i) for i in ids]
+        if seed < 0:
+            raise UserError(f"PK sampler seed must be >= 0, got {seed}")
         self.P, self.K, self.seed, self.epoch = P, K, seed, 0
 
     def set_epoch(self, epoch):
@@ -480,9 +501,10 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
     of position, scale, pose, front/back view and mirroring, an occluder on 1 in 4, and noise.
     Choice (not in the paper): query = one image from every camera where the test identity has
     2+ images (from its first camera if none has), so every camera it was seen in stays in the
-    gallery and every query has a cross-camera match. Junk (pid -1, gallery): half fragments (a
-    top or bottom third) of test identities, half bare background. Distractors (pid 0000,
-    gallery): half people seen once and never queried, half bare background (false detections).
+    gallery and every query has a cross-camera match. Junk (pid -1, gallery): about half fragments
+    (a top or bottom third) of test identities, the rest bare background (a coin flip each).
+    Distractors (pid 0000, gallery): about half people seen once and never queried, the rest bare
+    background (false detections).
     Deterministic for a seed (the same bytes with the same Pillow). Defaults: 442 images (217
     train, 64 query, 161 gallery) written in about 0.6 s on one CPU core.
     """
@@ -497,7 +519,10 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
         # refuse to mix with (or delete) what is there: a dataset must come from one seed
         if os.path.isdir(folder) and os.listdir(folder):
             raise UserError(f"{folder} is not empty; give make_synthetic a new or empty --root")
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {folder} for the synthetic dataset: {e.strerror}") from None
     rng = np.random.default_rng(seed)
     cams = [_camera(rng) for _ in range(cameras)]
     # raw pids: distinct, in 1..9999 and not contiguous, so relabelling to 0..N-1 is really exercised
@@ -517,7 +542,10 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
         im = Image.fromarray(img)
         if cams[c]["blurry"]:                    # a blurry camera: half the resolution, scaled back up
             im = im.resize((_W // 2, _H // 2), Image.BILINEAR).resize((_W, _H), Image.BILINEAR)
-        im.save(os.path.join(root, _SPLITS[split], name), quality=90)
+        try:
+            im.save(os.path.join(root, _SPLITS[split], name), quality=90)
+        except OSError as e:  # disk full, folder removed under us
+            raise UserError(f"cannot write {os.path.join(root, _SPLITS[split], name)}: {e}") from None
 
     # the first train_ids identities go to training, the rest to query + gallery
     for n, pid in enumerate(people):

@@ -62,6 +62,33 @@ def test_triplet_normalises_features_first():
     assert common.batch_hard_triplet_loss(x, labels, 0.3, normalize=False).item() == pytest.approx(1.0154, abs=1e-4)
 
 
+def test_triplet_edge_cases():
+    # An anchor with no other positive in the batch gets d_ap = 0: x = [0, 1, 5, 6], labels
+    # [0, 1, 1, 2], m = 0.5. Anchor 0 (alone): d_ap = 0, d_an = 1 -> [0 + .5 - 1]_+ = 0; anchor 1:
+    # d_ap = 4, d_an = 1 -> 3.5; anchor 2: d_ap = 4, d_an = 1 -> 3.5; anchor 3 (alone): d_ap = 0,
+    # d_an = 1 -> 0. L_T = 7 / 4 = 1.75.
+    x = torch.tensor([[0.0], [1.0], [5.0], [6.0]])
+    assert common.batch_hard_triplet_loss(x, torch.tensor([0, 1, 1, 2]), 0.5, normalize=False).item() == \
+        pytest.approx(1.75, abs=1e-5)
+    # One identity only: no negatives anywhere, d_an = +inf, the loss is 0 (not NaN)
+    assert common.batch_hard_triplet_loss(x, torch.zeros(4, dtype=torch.long), 0.5).item() == 0.0
+
+
+def test_triplet_is_fp32_under_bf16_autocast():
+    # CPU autocast casts matmuls to bf16 as CUDA autocast does; the loss must not follow it.
+    torch.manual_seed(0)
+    f = torch.randn(32, 2560)
+    f = f + 3 * torch.randn(8, 1, 2560).repeat(1, 4, 1).view(32, 2560)  # 8 ids x 4: small d_ap
+    labels = torch.arange(8).repeat_interleave(4)
+    # m = 1.2 keeps every anchor active (d_ap ~ 0.45, d_an ~ 1.4); computed in bf16 the loss
+    # moves by ~8e-4 here (measured), in fp32 by nothing
+    exact = common.batch_hard_triplet_loss(f, labels, 1.2)
+    assert exact.item() > 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = common.batch_hard_triplet_loss(f, labels, 1.2)
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(exact.item(), abs=1e-6)
+
+
 def test_triplet_easy_batch_is_zero_with_zero_gradient():
     # Two tight clusters far apart: d_ap = 0.1, d_an >= 9.9, so [0.1 + 0.3 - 9.9]_+ = 0 everywhere.
     x = torch.tensor([[0.0], [0.1], [10.0], [10.1]], requires_grad=True)
@@ -128,6 +155,19 @@ def test_backbone_loads_a_state_dict_file(tmp_path):
         common.Backbone(str(tmp_path / "other.pth"))
 
 
+def test_backbone_refuses_other_weights_clearly(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(common.UserError, match="not a torchvision ResNet-50"):  # same names, other shapes
+        common.Backbone(str(tmp_path / "r18.pth"))
+    with pytest.raises(common.UserError, match="expected 'imagenet', 'none' or the path"):
+        common.Backbone("imagenett")
+    net = common.Backbone("none")
+    with pytest.raises(common.UserError, match="unknown stage 'conv6_x'"):
+        net.run(torch.zeros(1, 3, 32, 32), "conv1", "conv6_x")
+    # the papers' names map onto torchvision's: conv2_x = layer1
+    assert net.run(torch.zeros(1, 64, 8, 8), "conv2_x", "conv2_x").shape == (1, 256, 8, 8)
+
+
 def test_imagenet_weights_offline_says_where_to_put_the_file():
     with mock.patch("torch.hub.load_state_dict_from_url", side_effect=OSError("no network")):
         with pytest.raises(common.UserError, match=r"resnet50-0676ba61\.pth.*checkpoints"):
@@ -185,6 +225,8 @@ class ToyConfig:
     dataset: typing.Literal["market1501", "duke"] = "market1501"  # which dataset
     flip: bool = False  # average with the mirrored image at test time
     milestones: tuple[int, ...] = (75,)  # lr x0.1 at these epochs
+    R: float = 10.0  # top R% of the attention map erased
+    resume: typing.Optional[str] = None  # checkpoint to continue from
 
 
 def test_config_flags_from_dataclass():
@@ -193,7 +235,9 @@ def test_config_flags_from_dataclass():
     cfg = common.config_from_args(ToyConfig, parser.parse_args(
         ["--margin", "0.35", "--dataset", "duke", "--flip", "--milestones", "40", "70"]))
     assert cfg == ToyConfig(margin=0.35, epochs=100, dataset="duke", flip=True, milestones=(40, 70))
-    assert "m in Eq. (5), Sec. IV-B" in parser.format_help()  # the field's comment is the flag's help
+    help_text = parser.format_help()  # the field's comment is the flag's help, a % in it included
+    assert "m in Eq. (5), Sec. IV-B" in help_text and "top R% of the attention map" in help_text
+    assert common.config_from_args(ToyConfig, parser.parse_args(["--resume", "last.pt"])).resume == "last.pt"
     with pytest.raises(SystemExit):
         parser.parse_args(["--dataset", "cuhk99"])
 

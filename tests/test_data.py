@@ -178,6 +178,11 @@ def test_synthetic_refuses_bad_input(tmp_path):
     touch(tmp_path / "y" / "query", "0001_c1s1_000001_01.jpg")  # never mix with what is there
     with pytest.raises(UserError, match="not empty"):
         data.make_synthetic(str(tmp_path / "y"))
+    (tmp_path / "file").write_text("")  # a root that cannot be a folder: its parent is a file
+    with pytest.raises(UserError, match="cannot create .*file/z/bounding_box_train"):
+        data.make_synthetic(str(tmp_path / "file" / "z"))
+    with pytest.raises(UserError, match="seed must be >= 0"):
+        data.PKSampler([0, 1], P=1, K=1, seed=-1)
 
 
 def test_cli(tmp_path, capsys):
@@ -312,8 +317,8 @@ def test_augment_random_erasing():
     x = torch.full((B, 3, H, W), 200, dtype=torch.uint8)
     # 200 normalises to (1.307, 1.466, 1.681), never 0, so zeros are exactly the erased pixels
     y = data.augment(x, torch.Generator().manual_seed(0), flip=False, pad=0, random_erasing=1.0)
-    # with flip and pad off, augment draws only the rectangles, so the same seed gives its boxes
-    erase, y0, x0, h, w = data._erasing_boxes(B, H, W, 1.0, torch.Generator().manual_seed(0))
+    # the same seed gives the same draws: columns 3..7 of the table are the rectangles
+    erase, y0, x0, h, w = data._draws(B, H, W, 0, 1.0, torch.Generator().manual_seed(0))[:, 3:].unbind(1)
     assert erase.all()                                                   # p = 1: every sample
     for i in range(B):
         # the zeros are exactly rows y0..y0+h-1, columns x0..x0+w-1, in all three channels
