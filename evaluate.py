@@ -1,0 +1,661 @@
+"""
+Re-ID evaluation: features, distances, the Market-1501 ranking metrics, and the two metric
+learners AAA-Net's tables use (XQDA, KISSME), with a command line that prints one table.
+
+  python evaluate.py --checkpoint runs/aea/last.pt --root data/market --dataset market1501 \
+                     --metric euclidean xqda kissme [--flip] [--show-ranks 8 --out figs]
+  python evaluate.py --weights imagenet --root data/market --dataset market1501   # plain ResNet-50
+  python evaluate.py benchmark                  # rank_metrics vs a per-row argsort, Market-sized
+
+Protocol (Market-1501, SPEC.md "Shared parts"), in `rank_metrics`:
+  for each query, gallery items with the same pid AND the same camera are removed, and junk
+  (pid -1) is removed; distractors (pid 0) stay and are never a match. Ranking is by distance,
+  equal distances ordered by gallery index (the stable sort of the official MATLAB code). A query
+  with no true match left is skipped and counted; CMC and mAP are averaged over the rest.
+    CMC rank-k     fraction of queries whose first true match is among the first k items
+    mAP            mean over true matches of precision at that match (torchreid / fast-reid)
+    mAP (official) trapezoid rule of Market-1501's compute_AP.m: per match (old_precision + precision) / 2
+
+Metric learning (both fitted on training-set features, both in float64 torch, CPU or CUDA):
+  XQDA   Liao et al., "Person Re-identification by Local Maximal Occurrence Representation and
+         Metric Learning", CVPR 2015, Sec. 4 and their XQDA.m                        -> `XQDA`
+  KISSME Koestinger et al., "Large Scale Metric Learning from Equivalence Constraints",
+         CVPR 2012, Eq. (12)-(16), with PCA first as in their toolbox                -> `KISSME`
+  The pipeline around them follows the IDE baseline scripts of Zheng et al. for Market-1501
+  (github.com/zhunzhong07/IDE-baseline-Market-1501, market_evaluation/baseline_evaluation_IDE.m):
+  train, query and gallery features are L2-normalised first; KISSME keeps 200 PCA dimensions.
+
+Choices where SPEC.md and the papers are silent (each marked "Choice" at its line):
+  - XQDA/KISSME pairs: all ordered pairs of training images from two different cameras; same id
+    -> intra-personal / similar, different id -> extra-personal / dissimilar. Covariances in closed
+    form over ALL such pairs (exact), instead of Liao's one-camera-vs-other split or the IDE
+    scripts' random pair samples.
+  - Both learn in the span of the training images when there are fewer images than dimensions
+    (XQDA.m's QR shortcut, exact; `_reduce_to_span`).
+  - XQDA solves the symmetric generalised eigenproblem by Cholesky (Liao's code takes the SVD of
+    inCov \\ exCov); same eigenvalues, and the metric does not depend on how W's columns are scaled.
+  - KISSME PCA dims capped at N_train - #ids (the rank of the same-id differences), so that
+    Sigma_S can be inverted; PSD repair constants of the toolbox's validateCovMatrix.m.
+  - Distances from XQDA/KISSME stay float64; Euclidean/cosine are float32 like the features.
+  - --show-ranks: N queries evenly spaced over the query list; the top 10 shown are the ranking
+    that is scored, i.e. with junk and same-id-same-camera items left out (not drawn at all).
+  - rank_metrics reports num_queries = the queries averaged over (those with a true match).
+"""
+import argparse
+import importlib
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import common
+import data
+from common import UserError
+
+# -----------------------------------------------------------------------------
+# Features and distances
+
+
+@torch.no_grad()
+def extract_features(model, loader, device, flip=False):
+    """Test features of every image: `loader` yields uint8 CPU batches [B, 3, H, W] -> [N, D] float32 on device.
+
+    flip=True: f = (model(x) + model(mirror(x))) / 2, the horizontal mirror being a free second view.
+    """
+    model.eval()  # BatchNorm running statistics, no dropout
+    feats = []
+    for x in loader:
+        x = data.normalize(common.to_device(x, device))  # pinned + non-blocking on CUDA
+        with common.autocast(device):
+            f = model(x).float()
+            if flip:
+                f = (f + model(x.flip(3)).float()) / 2  # dim 3 = width
+        feats.append(f)
+    if not feats:
+        raise UserError("extract_features got no images (the loader was empty)")
+    return torch.cat(feats)
+
+
+def pairwise_distances(qf, gf, metric="euclidean"):
+    """[Q, D] x [G, D] -> [Q, G] on qf's device.
+
+    euclidean: ||q/|q| - g/|g| || = sqrt(|q'|^2 + |g'|^2 - 2 q'.g'), clamped at 0 before the root
+    cosine:    1 - q.g / (|q| |g|)
+    """
+    qf = torch.as_tensor(qf).float()
+    gf = torch.as_tensor(gf).float().to(qf.device)
+    # q', g': the L2-normalised features (a zero feature stays zero)
+    q, g = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+    if metric == "cosine":
+        return 1 - q @ g.T
+    if metric == "euclidean":
+        # squared distance as one matrix product; rounding can take it slightly below 0 for
+        # near-equal features, and sqrt of a negative number would be NaN
+        sq = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2 * q @ g.T
+        return sq.clamp_(min=0).sqrt_()
+    raise UserError(f"unknown distance {metric!r}; expected 'euclidean' or 'cosine'")
+
+
+# -----------------------------------------------------------------------------
+# Ranking metrics without sorting every row
+
+# Buckets per query row in the counting pass of `_true_match_ranks`.
+_BUCKETS = 4096
+# Distance-matrix elements per chunk of queries: caps the temporaries (~30 bytes each) near 130 MB.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
+    """CMC and both mAPs of a [Q, G] distance matrix under the Market-1501 protocol (module docstring).
+
+    Accepts numpy arrays or torch tensors, CPU or CUDA; the work stays on dist's device.
+    For query q, let r_1 < r_2 < ... < r_n be the 0-based positions of its n true matches in its
+    ranking of the VALID gallery items (junk and same-pid-same-camera removed). Then
+        CMC[k]        = fraction of queries with r_1 <= k             (k = 0 .. max_rank-1, "rank-(k+1)")
+        AP            = 1/n sum_i precision_i,   precision_i = i / (r_i + 1)
+        AP (official) = 1/n sum_i (old_precision_i + precision_i) / 2,
+                        old_precision_i = (i - 1) / r_i  (1.0 when r_i = 0)
+    the last being what compute_AP.m's loop adds up: at the i-th hit recall rises by 1/n, and the
+    precision one valid position earlier is (i - 1) / r_i.
+    Returns {"cmc": np.ndarray [max_rank], "mAP", "mAP_official": float, "num_queries", "num_skipped": int}.
+    """
+    dist = torch.as_tensor(dist)
+    if dist.ndim != 2:
+        raise UserError(f"rank_metrics needs a [Q, G] distance matrix, got shape {tuple(dist.shape)}")
+    if not dist.is_floating_point():
+        dist = dist.double()  # integers up to 2^53 stay exact
+    elif dist.dtype in (torch.float16, torch.bfloat16):
+        dist = dist.float()  # exact; the bucket arithmetic below wants float32 or float64
+    Q, G = dist.shape
+    q_pids, g_pids, q_cams, g_cams = (torch.as_tensor(x).reshape(-1).long().to(dist.device)
+                                      for x in (q_pids, g_pids, q_cams, g_cams))
+    if (len(q_pids), len(q_cams), len(g_pids), len(g_cams)) != (Q, Q, G, G):
+        raise UserError(f"rank_metrics: dist is {Q} x {G} but got {len(q_pids)} query pids, {len(q_cams)} query "
+                        f"cameras, {len(g_pids)} gallery pids, {len(g_cams)} gallery cameras")
+    # sums over the scored queries, kept on the device in float64; read once at the end
+    f64 = dict(dtype=torch.float64, device=dist.device)
+    first_hits = torch.zeros(max_rank + 1, **f64)  # how many queries have r_1 = k; the last bin: r_1 >= max_rank
+    ap_sum, ap_official_sum, num_queries = torch.zeros((), **f64), torch.zeros((), **f64), 0
+    # a chunk of queries at a time: the temporaries scale with rows x G, not Q x G
+    rows = max(1, _CHUNK_ELEMENTS // max(G, 1))
+    for start in range(0, Q, rows):
+        sl = slice(start, start + rows)
+        r, n = _true_match_ranks(dist[sl], q_pids[sl], q_cams[sl], g_pids, g_cams)
+        keep = n > 0  # queries with no true match are skipped
+        r, n = r[keep].double(), n[keep].double()
+        num_queries += len(n)
+        if not len(n):
+            continue
+        i = torch.arange(1, r.shape[1] + 1, **f64)  # hit number, 1-based
+        is_hit = i <= n[:, None]                    # [B, n_max]: the real entries of the padded r
+        # precision_i = i / (r_i + 1)
+        precision = i / (r + 1)
+        # old_precision_i = (i - 1) / r_i, the precision one valid position before the hit
+        old_precision = torch.where(r > 0, (i - 1) / r.clamp(min=1), 1.0)
+        ap_sum += ((precision * is_hit).sum(1) / n).sum()
+        ap_official_sum += (((old_precision + precision) / 2 * is_hit).sum(1) / n).sum()
+        # CMC: the first hit r_1 decides; rank-(k+1) counts every query with r_1 <= k (cumsum below)
+        first_hits += torch.bincount(r[:, 0].long().clamp(max=max_rank), minlength=max_rank + 1).double()
+    if num_queries == 0:
+        raise UserError(f"none of the {Q} queries has a true match in the gallery (same pid, other camera)")
+    # Choice (not in the paper): num_queries counts the queries averaged over, num_skipped the rest
+    return {"cmc": (first_hits[:max_rank].cumsum(0) / num_queries).cpu().numpy(),
+            "mAP": float(ap_sum) / num_queries, "mAP_official": float(ap_official_sum) / num_queries,
+            "num_queries": num_queries, "num_skipped": Q - num_queries}
+
+
+def _true_match_ranks(d, q_pids, q_cams, g_pids, g_cams):
+    """For a chunk d [B, G]: r [B, n_max], the sorted 0-based positions of each query's true matches
+    among its valid gallery items (entries past n[b] are padding), and n [B] its number of matches.
+
+    Exact, without sorting a row. The order is by the key (distance, gallery index), so ties go to
+    the lower index as in a stable sort. For the t-th match (0-based, in key order)
+        r_t = t + #{counted items k : key_k < key_t}
+    where "counted" = valid and not a match = other pid and not junk. The count is done in buckets:
+      1. u_k = floor((d_k - lo) * (K - 1) / (hi - lo)), lo = the row's minimum, hi = its farthest
+         match. Rounding is monotone, so d_k < d_t implies u_k <= u_t: an item in an earlier bucket
+         than a match is closer, one in a later bucket is farther.
+      2. A histogram of counted items per bucket, summed up to each match's bucket, gives the
+         items in strictly earlier buckets (one pass over the row).
+      3. The few counted items that share a bucket with a match ("candidates") are compared with
+         those matches by the exact key.
+    Cost: a handful of elementwise passes over d plus a histogram, instead of an O(G log G) sort.
+    """
+    B, G = d.shape
+    K = _BUCKETS
+    dev = d.device
+    # lo: the row minimum (NaN propagates into amin and amax, so this also checks for NaN)
+    lo = torch.amin(d, dim=1)
+    if not (torch.isfinite(lo).all() and torch.isfinite(torch.amax(d, dim=1)).all()):
+        raise UserError("rank_metrics: the distance matrix holds NaN or infinite values")
+    # same_pid [B, G]: excluded from the count (matches and same-camera items alike)
+    same_pid = g_pids[None, :] == q_pids[:, None]
+    # true matches: same pid, other camera, not junk; a sparse list (row b, gallery index g)
+    b_idx, g_idx = same_pid.nonzero(as_tuple=True)
+    keep = (g_cams[g_idx] != q_cams[b_idx]) & (g_pids[g_idx] != -1)
+    b_idx, g_idx = b_idx[keep], g_idx[keep]
+    n = torch.bincount(b_idx, minlength=B)
+    n_max = int(n.max()) if B else 0
+    if n_max == 0:
+        return torch.zeros(B, 0, dtype=torch.long, device=dev), n
+
+    # the matches of each row in a padded [B, n_max] list; nonzero() lists a row's columns in order
+    slot = torch.arange(len(b_idx), device=dev) - (n.cumsum(0) - n)[b_idx]
+    m_d = d.new_full((B, n_max), float("inf"))  # padding sorts last
+    m_d[b_idx, slot] = d[b_idx, g_idx]
+    m_g = torch.full((B, n_max), G, dtype=torch.long, device=dev)
+    m_g[b_idx, slot] = g_idx
+    # sort each row's matches by key: a stable sort keeps the lower gallery index first among equal distances
+    m_d, order = torch.sort(m_d, dim=1, stable=True)
+    m_g = m_g.gather(1, order)
+    real = torch.arange(n_max, device=dev) < n[:, None]
+
+    # 1. buckets; hi = the farthest match (a row without matches gets hi = lo and is ignored later)
+    hi = torch.where(n > 0, m_d.gather(1, (n - 1).clamp(min=0)[:, None])[:, 0], lo)
+    # the clamp keeps the scale finite when hi == lo; items beyond the last bucket go to bucket K
+    scale = ((K - 1) / (hi - lo)).clamp(max=1e30)
+    u = (d - lo[:, None]).mul_(scale[:, None]).clamp_(max=K).long()
+    m_u = u.gather(1, m_g.clamp(max=G - 1)).masked_fill_(~real, K + 1)  # the matches' buckets; padding -> K + 1
+    u.masked_fill_(same_pid | (g_pids == -1)[None, :], K + 1)          # bucket K + 1 collects the uncounted
+
+    # 2. counted items in strictly earlier buckets than each match
+    hist = torch.zeros(B, K + 2, dtype=torch.int32, device=dev)
+    hist.scatter_add_(1, u, torch.ones(1, 1, dtype=torch.int32, device=dev).expand(B, G))
+    earlier = (hist.cumsum(1) - hist).gather(1, m_u).long()  # [B, n_max]
+
+    # 3. candidates. Matches sorted by key have non-decreasing buckets, so those of bucket v are the
+    # slots [m_start[v], m_start[v] + m_count[v]).
+    m_count = torch.zeros(B, K + 2, dtype=torch.long, device=dev).scatter_add_(1, m_u, real.long())
+    m_start = m_count.cumsum(1) - m_count
+    c_b, c_g = (m_count > 0).gather(1, u).nonzero(as_tuple=True)  # bucket K + 1 never holds a real match
+    c_u, c_d = u[c_b, c_g], d[c_b, c_g]
+    first, end = m_start[c_b, c_u], m_start[c_b, c_u] + m_count[c_b, c_u]
+    # p = #matches with key < the candidate's key: those of earlier buckets, plus those of its own
+    # bucket that are closer, or equally close with a lower gallery index
+    p = first.clone()
+    for o in range(int(m_count.max())):
+        t = (first + o).clamp(max=n_max - 1)
+        closer = (m_d[c_b, t] < c_d) | ((m_d[c_b, t] == c_d) & (m_g[c_b, t] < c_g))
+        p += (first + o < end) & closer
+    # the candidate precedes its bucket's matches p .. end-1: +1 on those slots, via a difference array
+    step = torch.zeros(B, n_max + 1, dtype=torch.long, device=dev)
+    ones = torch.ones_like(p)
+    step.index_put_((c_b, p), ones, accumulate=True)
+    step.index_put_((c_b, end), -ones, accumulate=True)
+    same_bucket = step.cumsum(1)[:, :n_max]
+
+    r = torch.arange(n_max, device=dev) + earlier + same_bucket
+    return r, n
+
+
+# -----------------------------------------------------------------------------
+# Metric learning on training features: XQDA and KISSME
+
+
+def pair_covariances(x, pids, cams):
+    """Sigma_S, Sigma_D [D, D]: the mean of (x_i - x_j)(x_i - x_j)^T over ordered pairs of images
+    from two different cameras, with the same id (S) or with different ids (D).
+
+    Choice (not in the papers): every such pair, in closed form (exact, O(N D^2), no sampling).
+    For a symmetric set P of ordered pairs, with deg_i = #{j : (i, j) in P},
+        sum_P (x_i - x_j)(x_i - x_j)^T = 2 (sum_i deg_i x_i x_i^T - sum_P x_i x_j^T)
+    and the cross term comes from group sums (s: all images, s_c: camera c, s_y: id y, s_yc: both):
+        all cross-camera pairs       sum_P x_i x_j^T = s s^T - sum_c s_c s_c^T                deg_i = N - N_c(i)
+        same-id cross-camera pairs   sum_P x_i x_j^T = sum_y (s_y s_y^T - sum_c s_yc s_yc^T)  deg_i = N_y(i) - N_yc(i)
+    Different-id pairs = all cross-camera pairs minus the same-id ones.
+    """
+    x = torch.as_tensor(x).double()
+    pids, cams = (torch.as_tensor(v).reshape(-1).long().to(x.device) for v in (pids, cams))
+    N = len(x)
+    # centring changes no difference x_i - x_j, only shrinks the sums below and so their rounding
+    x = x - x.mean(0)
+
+    def group_sums(key):  # -> per-group sums of x [n_groups, D], each image's group size [N]
+        _, group, size = torch.unique(key, return_inverse=True, return_counts=True)
+        return x.new_zeros(len(size), x.shape[1]).index_add_(0, group, x), size[group]
+
+    s_c, n_c = group_sums(cams)
+    s_y, n_y = group_sums(pids)
+    s_yc, n_yc = group_sums(pids * (int(cams.max()) + 1) + cams)  # one key per (id, camera)
+    s = x.sum(0)
+    deg_all, deg_S = (N - n_c).double(), (n_y - n_yc).double()
+    # sum over P of the outer products of differences, from deg_i and the cross term
+    scatter_all = 2 * (x.T @ (deg_all[:, None] * x) - (torch.outer(s, s) - s_c.T @ s_c))
+    scatter_S = 2 * (x.T @ (deg_S[:, None] * x) - (s_y.T @ s_y - s_yc.T @ s_yc))
+    pairs_S, pairs_D = deg_S.sum(), deg_all.sum() - deg_S.sum()
+    if pairs_S == 0 or pairs_D == 0:
+        raise UserError("XQDA/KISSME need training images of one id in two cameras and of two ids in two "
+                        f"cameras; this training set has {int(pairs_S)} and {int(pairs_D)} such pairs")
+    return scatter_S / pairs_S, (scatter_all - scatter_S) / pairs_D
+
+
+def _reduce_to_span(x):
+    """XQDA.m's shortcut when there are fewer images than dimensions (N < D): (y, Q) with Q [D, N]
+    an orthonormal basis of the span of the training features and y = x Q [N, N] their coordinates.
+    Every pair difference and every centred feature lies in that span, so XQDA and KISSME can learn
+    in y and map back with Q, exactly, solving N x N instead of D x D eigenproblems. (x, None) if N >= D.
+    """
+    N, D = x.shape
+    if N >= D:
+        return x, None
+    Q, _ = torch.linalg.qr(x.T)  # reduced QR: x^T = Q R, Q [D, N]
+    return x @ Q, Q
+
+
+def _quadratic_distance(a, b, M):
+    """[Q, r] x [G, r] -> [Q, G]: (a - b)^T M (a - b) = a^T M a + b^T M b - 2 a^T M b (M symmetric).
+    Not clamped at 0: with an indefinite M (XQDA forced to keep a direction with e <= 1) the
+    value can be negative, and its order is still what the metric says."""
+    # Choice (not in the paper): kept in float64, as the fit was; rank_metrics ranks float64 exactly
+    aM = a @ M
+    return (aM * a).sum(1)[:, None] + ((b @ M) * b).sum(1)[None, :] - 2 * aM @ b.T
+
+
+class XQDA:
+    """Cross-view Quadratic Discriminant Analysis: Liao et al., CVPR 2015, Sec. 4; their XQDA.m.
+
+    fit(X [N, D], pids, cams) on training features:
+      0. x <- x / |x|, as the IDE baseline does before XQDA. No centring or whitening: XQDA.m
+         has none, and only differences x_i - x_j enter (centring would change nothing).
+      1. Sigma_I, Sigma_E: covariances of x_i - x_j over intra-personal (same id) and extra-personal
+         (different id) cross-camera pairs (`pair_covariances`).
+      2. Sigma_I <- Sigma_I + lambda I, lambda = 0.001: XQDA.m's default regulariser.
+      3. Subspace: maximise J(w) = w^T Sigma_E w / w^T Sigma_I w, i.e. the generalised eigenproblem
+         Sigma_E w = e Sigma_I w. Choice: solved via Cholesky Sigma_I = L L^T, eigh of
+         L^-1 Sigma_E L^-T, w = L^-T v (XQDA.m takes the SVD of Sigma_I \\ Sigma_E; same e).
+      4. W = the w with e > 1, largest e first: directions where people differ more between
+         identities than within one. At least 1, at most qda_dims (XQDA.m's qdaDims rule).
+      5. M = (W^T Sigma_I W)^-1 - (W^T Sigma_E W)^-1, the QDA log-likelihood ratio in the subspace.
+    distance(XQ, XG) -> [Q, G] float64:  d(x, z) = (x - z)^T W M W^T (x - z).
+    Rescaling W's columns (W -> W A) leaves d unchanged, so the eigenvectors' normalisation does not matter.
+    With fewer images than dimensions, steps 1-5 run in the span of the images (`_reduce_to_span`).
+    """
+
+    def __init__(self, lam=0.001, qda_dims=None):
+        self.lam, self.qda_dims = lam, qda_dims
+
+    def fit(self, feats, pids, cams):
+        x = F.normalize(torch.as_tensor(feats).double(), dim=1)
+        # y = x Q: the span's coordinates when N < D (an eigenvector with e > 0 lies in that span)
+        y, Q = _reduce_to_span(x)
+        Sigma_I, Sigma_E = pair_covariances(y, pids, cams)
+        # regulariser on the intra-personal covariance
+        Sigma_I = Sigma_I + self.lam * torch.eye(len(Sigma_I), dtype=x.dtype, device=x.device)
+        # generalised eigenproblem through the Cholesky factor of Sigma_I (positive definite now).
+        # Choice (not in the paper): Cholesky + eigh rather than XQDA.m's svd(inCov \ exCov); same eigenvalues
+        L = torch.linalg.cholesky(Sigma_I)
+        L_inv_E = torch.linalg.solve_triangular(L, Sigma_E, upper=False)                 # L^-1 Sigma_E
+        C = torch.linalg.solve_triangular(L, L_inv_E.T, upper=False)                     # L^-1 Sigma_E L^-T
+        e, V = torch.linalg.eigh((C + C.T) / 2)                                          # ascending
+        e, V = e.flip(0), V.flip(1)
+        w = torch.linalg.solve_triangular(L.T, V, upper=True)                            # L^-T v
+        # subspace selection: eigenvalues above 1, at least one, at most qda_dims
+        r = int((e > 1).sum())
+        dims = max(1, min(r, self.qda_dims) if self.qda_dims else r)
+        W, self.eigenvalues = w[:, :dims], e
+        # M in the subspace
+        self.M = torch.linalg.inv(W.T @ Sigma_I @ W) - torch.linalg.inv(W.T @ Sigma_E @ W)
+        self.W = W if Q is None else Q @ W  # [D, dims], acting on the features themselves
+        return self
+
+    def distance(self, qf, gf):
+        q = F.normalize(torch.as_tensor(qf).double(), dim=1) @ self.W
+        g = F.normalize(torch.as_tensor(gf).double().to(q.device), dim=1) @ self.W
+        return _quadratic_distance(q, g, self.M)
+
+
+def psd_repair(M, zero=1e-10, eps=1e-6):
+    """KISSME's repair of a symmetric M (validateCovMatrix.m of the KISSME toolbox): if M has a
+    negative eigenvalue, M = V diag(e') V^T with e'_k = EPS = 1e-6 where e_k <= ZERO = 1e-10, else e_k.
+    A PSD M is returned as it is."""
+    e, V = torch.linalg.eigh(M)
+    if e.min() >= 0:
+        return M
+    e = torch.where(e <= zero, eps, e)
+    return V @ torch.diag(e) @ V.T
+
+
+class KISSME:
+    """KISS metric learning: Koestinger et al., "Large Scale Metric Learning from Equivalence
+    Constraints", CVPR 2012, Eq. (12)-(16), as in their toolbox (LearnAlgoKISSME.m), PCA first.
+
+    fit(X [N, D], pids, cams) on training features:
+      0. x <- x / |x|  (the IDE baseline normalises every feature first)
+      1. PCA: z = P^T (x - m), m the training mean, P the top `dims` eigenvectors of the training
+         covariance. dims = 200: the IDE baseline's params.numCoeffs for Market-1501.
+         Choice: at most D and N - #ids (the rank of the same-id differences) so Sigma_S is invertible.
+      2. Sigma_S, Sigma_D: covariances of z_i - z_j over similar (same id) and dissimilar
+         (different id) cross-camera pairs, Eq. (12)-(13) (`pair_covariances`).
+      3. M = Sigma_S^-1 - Sigma_D^-1, Eq. (15)-(16): the log-likelihood ratio of "similar" vs
+         "dissimilar" for zero-mean Gaussian differences, with the constant dropped.
+      4. PSD repair (`psd_repair`, the toolbox's validateCovMatrix.m): if M has a negative
+         eigenvalue, every eigenvalue <= 1e-10 is raised to 1e-6, so that d below is a pseudo-metric.
+    distance(XQ, XG) -> [Q, G] float64:  d(x, z) = (z_x - z_z)^T M (z_x - z_z).
+    """
+
+    def __init__(self, pca_dims=200):
+        self.pca_dims = pca_dims
+
+    def fit(self, feats, pids, cams):
+        x = F.normalize(torch.as_tensor(feats).double(), dim=1)
+        # y = x Q: the span's coordinates when N < D (the centred data and its PCA lie in that span)
+        y, Q = _reduce_to_span(x)
+        N, D = y.shape
+        num_ids = len(torch.unique(torch.as_tensor(pids)))
+        # Choice (not in the paper): at most D and N - #ids, the rank of the same-id differences
+        dims = min(self.pca_dims, D, N - num_ids)
+        if dims < 1:
+            raise UserError(f"KISSME needs more training images than identities; got {N} images of {num_ids} ids")
+        # PCA on the training features
+        yc = y - y.mean(0)
+        _, vecs = torch.linalg.eigh(yc.T @ yc / max(N - 1, 1))  # eigenvalues ascending
+        P = vecs.flip(1)[:, :dims]  # the top `dims` principal directions
+        z = yc @ P
+        self.mean = x.mean(0)
+        self.P = P if Q is None else Q @ P  # [D_features, dims]
+        Sigma_S, Sigma_D = pair_covariances(z, pids, cams)
+        # M = Sigma_S^-1 - Sigma_D^-1; a failed Cholesky means Sigma_S is singular
+        L_S, info = torch.linalg.cholesky_ex(Sigma_S)
+        if info != 0:
+            raise UserError(f"KISSME: the same-id covariance in {dims} PCA dimensions is singular; "
+                            "use fewer (--kissme-dims)")
+        M = torch.cholesky_inverse(L_S) - torch.linalg.inv(Sigma_D)
+        # PSD repair by clipping the spectrum
+        self.M = psd_repair((M + M.T) / 2)
+        return self
+
+    def distance(self, qf, gf):
+        q = (F.normalize(torch.as_tensor(qf).double(), dim=1) - self.mean) @ self.P
+        g = (F.normalize(torch.as_tensor(gf).double().to(q.device), dim=1) - self.mean) @ self.P
+        return _quadratic_distance(q, g, self.M)
+
+
+# -----------------------------------------------------------------------------
+# Command line: a checkpoint (or a plain ResNet-50) on a dataset -> one table
+
+
+def load_model(args):
+    """(model, (height, width)) from --checkpoint (dispatch on ckpt["paper"]) or --weights."""
+    if not args.checkpoint:
+        return common.Backbone(weights=args.weights, last_stride=args.last_stride), (args.height, args.width)
+    ckpt = common.load_checkpoint(args.checkpoint)
+    paper = ckpt.get("paper") if isinstance(ckpt, dict) else None
+    if paper in ("aea", "aaanet"):
+        # imported only now: each paper module arrives with its own issue, and evaluating a
+        # backbone checkpoint must not depend on them
+        try:
+            module = importlib.import_module(paper)
+        except ModuleNotFoundError as e:
+            if e.name != paper:
+                raise
+            raise UserError(f"{args.checkpoint} is a {paper!r} checkpoint, but {paper}.py is not in this "
+                            "project yet") from None
+        return module.model_from_checkpoint(ckpt)
+    if paper != "backbone":
+        raise UserError(f"{args.checkpoint}: unknown checkpoint kind paper={paper!r}; expected 'backbone', "
+                        "'aea' or 'aaanet' (a file written by common.save_checkpoint)")
+    try:
+        cfg = ckpt["config"]
+        model = common.Backbone(weights="none", last_stride=cfg.get("last_stride", 2))
+        model.load_state_dict(ckpt["model"])
+        return model, (cfg["height"], cfg["width"])
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"{args.checkpoint} does not hold a plain Backbone checkpoint (config with height, "
+                        f"width, last_stride and its state dict): {str(e).splitlines()[0]}") from None
+
+
+def format_table(results):
+    """One row per metric: rank-1/5/10, mAP, mAP (official), in percent."""
+    lines = [f"{'metric':<10}{'rank-1':>8}{'rank-5':>8}{'rank-10':>9}{'mAP':>8}{'mAP (official)':>16}"]
+    for name, r in results.items():
+        cmc = r["cmc"]
+        lines.append(f"{name:<10}{100 * cmc[0]:8.2f}{100 * cmc[4]:8.2f}{100 * cmc[9]:9.2f}"
+                     f"{100 * r['mAP']:8.2f}{100 * r['mAP_official']:16.2f}")
+    r = next(iter(results.values()))
+    lines.append(f"{r['num_queries']} queries evaluated, {r['num_skipped']} skipped (no true match in the gallery)")
+    return "\n".join(lines)
+
+
+def save_rank_figure(path, dist, ds, num, top=10, height=128, width=64, border=3):
+    """PNG of `num` queries, one per row: the query (grey frame), then its first `top` gallery items
+    in the ranking that is scored: green frame = true match, red = any other item.
+    Junk and same-id-same-camera items are not drawn: the protocol removes them from the ranking.
+    """
+    from PIL import Image  # comes with torchvision
+    dist = torch.as_tensor(dist)
+    # Choice (not in the paper): queries evenly spaced over the query list, so the figure does not
+    # show only the first identity
+    qi = np.unique(np.linspace(0, len(ds.query) - 1, num).round().astype(int))
+    rows = []
+    for q in qi:
+        # the scored ranking of this query: stable sort, then junk and same-id-same-camera left out
+        d = dist[q].double().cpu().numpy()
+        same = ds.gallery.pids == ds.query.pids[q]
+        removed = (same & (ds.gallery.cams == ds.query.cams[q])) | (ds.gallery.pids == -1)
+        order = np.argsort(d, kind="stable")
+        order = order[~removed[order]][:top]
+        rows.append((q, order, same[order]))  # same pid and not removed = a true match
+    # every image of the figure decoded in one go, [n, H, W, 3] for PIL
+    paths = [p for q, order, _ in rows for p in [ds.query.paths[q]] + [ds.gallery.paths[g] for g in order]]
+    images = data.load_images(paths, height, width, desc="--show-ranks").permute(0, 2, 3, 1).numpy()
+    tile_w, tile_h, gap = width + 2 * border, height + 2 * border, 12  # gap between query and results
+    canvas = Image.new("RGB", (gap + (top + 1) * (tile_w + 2), len(rows) * (tile_h + 4)), "white")
+    k = 0  # index into `images`, in the order of `paths`
+    for row, (q, order, hits) in enumerate(rows):
+        frames = [(128, 128, 128)] + [(0, 170, 0) if h else (220, 0, 0) for h in hits]
+        for col, colour in enumerate(frames):
+            tile = Image.new("RGB", (tile_w, tile_h), colour)  # the frame is the tile's background
+            tile.paste(Image.fromarray(images[k]), (border, border))
+            canvas.paste(tile, (col * (tile_w + 2) + (gap if col else 0), row * (tile_h + 4)))
+            k += 1
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    canvas.save(path)
+
+
+def parse_args(argv):
+    """The evaluation flags (the benchmark has its own, in `benchmark`)."""
+    p = argparse.ArgumentParser(description="Evaluate a re-ID model: CMC rank-1/5/10, mAP and mAP (official) "
+                                "per distance metric. `python evaluate.py benchmark -h` times rank_metrics.")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a checkpoint from common.save_checkpoint (paper: backbone, aea, aaanet)")
+    model.add_argument("--weights", help="instead of --checkpoint: a plain ResNet-50 with imagenet, none or PATH weights")
+    p.add_argument("--root", required=True, help="dataset folder in the Market-1501 layout")
+    p.add_argument("--dataset", default="market1501", help="market1501, duke, cuhk03-labeled, cuhk03-detected, synthetic")
+    p.add_argument("--metric", nargs="+", default=["euclidean"], choices=["euclidean", "cosine", "xqda", "kissme"])
+    p.add_argument("--flip", action="store_true", help="average the features of each image and its mirror")
+    p.add_argument("--show-ranks", type=int, default=0, metavar="N", help="write a PNG of N queries and their top 10")
+    p.add_argument("--out", help="folder for the --show-ranks PNGs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--height", type=int, default=256, help="input height with --weights (a checkpoint has its own)")
+    p.add_argument("--width", type=int, default=128, help="input width with --weights (a checkpoint has its own)")
+    p.add_argument("--last-stride", type=int, default=2, choices=[1, 2], help="layer4 stride with --weights")
+    p.add_argument("--xqda-lambda", type=float, default=0.001, help="XQDA regulariser on Sigma_I (XQDA.m default)")
+    p.add_argument("--xqda-dims", type=int, default=0, help="XQDA subspace cap; 0 = all with eigenvalue > 1")
+    p.add_argument("--kissme-dims", type=int, default=200, help="PCA dims before KISSME (IDE baseline: 200)")
+    args = p.parse_args(argv)
+    if args.show_ranks and not args.out:
+        raise UserError("--show-ranks needs --out DIR, the folder to write the PNGs into")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    return args
+
+
+def run(argv=None):
+    """The CLI's work; returns {metric: rank_metrics dict}."""
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    # the dataset first: a wrong --root fails before any model is built
+    ds = data.load_dataset(args.root, args.dataset)
+    # the input size comes with the model: a checkpoint's config, or --height/--width for --weights
+    model, (height, width) = load_model(args)
+    model.to(device)
+
+    def features(split, name):  # decode once, then batches of uint8 go to the device
+        images = data.load_images(split.paths, height, width, desc=name)
+        return extract_features(model, images.split(args.batch_size), device, flip=args.flip)
+
+    qf, gf = features(ds.query, "query"), features(ds.gallery, "gallery")
+    # XQDA and KISSME learn from the training set; extract it only when they are asked for
+    if {"xqda", "kissme"} & set(args.metric):
+        tf = features(ds.train, "train")
+    # one distance matrix at a time, scored, drawn if asked, then dropped
+    results = {}
+    for metric in args.metric:
+        if metric == "xqda":
+            dist = XQDA(args.xqda_lambda, args.xqda_dims).fit(tf, ds.train.pids, ds.train.cams).distance(qf, gf)
+        elif metric == "kissme":
+            dist = KISSME(args.kissme_dims).fit(tf, ds.train.pids, ds.train.cams).distance(qf, gf)
+        else:
+            dist = pairwise_distances(qf, gf, metric)
+        results[metric] = rank_metrics(dist, ds.query.pids, ds.gallery.pids, ds.query.cams, ds.gallery.cams)
+        if args.show_ranks:
+            out = os.path.join(args.out, f"ranks_{metric}.png")
+            save_rank_figure(out, dist, ds, args.show_ranks)
+            print(f"wrote {out}")
+    print(format_table(results))
+    return results
+
+
+# -----------------------------------------------------------------------------
+# Benchmark: rank_metrics against a plain per-row argsort on a Market-sized random problem
+
+
+def _rss_bytes():
+    """Current resident set size, from /proc/self/statm (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def benchmark(argv=None):
+    """Print rank_metrics' time (median of --repeats) and peak extra memory on a random Market-like
+    problem, and the time of numpy's plain per-row argsort of the same matrix, in the same run."""
+    p = argparse.ArgumentParser(prog="evaluate.py benchmark", description="Time rank_metrics on a random "
+                                "Market-1501-sized problem, beside numpy's per-row argsort of the same matrix.")
+    p.add_argument("--queries", type=int, default=3368)
+    p.add_argument("--gallery", type=int, default=15913, help="gallery size (Market-1501 without junk)")
+    p.add_argument("--ids", type=int, default=751)
+    p.add_argument("--cameras", type=int, default=6)
+    p.add_argument("--distractors", type=int, default=2798, help="gallery items with pid 0")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    device = common.pick_device(args.device)
+    Q, G = args.queries, args.gallery
+    # Market-like labels: every id about G / ids times in the gallery, random cameras, distractors;
+    # about 14.5 true matches per query with the defaults
+    g = torch.Generator().manual_seed(args.seed)
+    q_pids, q_cams = torch.randint(1, args.ids + 1, (Q,), generator=g), torch.randint(0, args.cameras, (Q,), generator=g)
+    g_pids = torch.cat([torch.randint(1, args.ids + 1, (G - args.distractors,), generator=g),
+                        torch.zeros(args.distractors, dtype=torch.long)])
+    g_cams = torch.randint(0, args.cameras, (G,), generator=g)
+    dist = torch.rand(Q, G, generator=g)  # float32 like Euclidean distances, written in place: no temporary
+    print(f"Q={Q} x G={G}, {args.ids} ids, {args.cameras} cameras, {args.distractors} distractors; "
+          f"device {device}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} "
+          "(other busy processes slow the threaded passes a lot)")
+    # memory: the process's peak resident size after the calls (ru_maxrss) minus its resident size
+    # just before them. ru_maxrss is a high-water mark over the whole run, so an earlier peak could
+    # only make this read higher, never lower.
+    rss_before = _rss_bytes()
+    dist_d = dist.to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_before = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        out = rank_metrics(dist_d, q_pids, g_pids, q_cams, g_cams)
+        times.append(time.perf_counter() - start)  # rank_metrics returns CPU numbers: it has synchronised
+    peak_extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    secs = float(np.median(times))
+    matches = float(((g_pids[None] == q_pids[:, None]) & (g_cams[None] != q_cams[:, None])).sum()) / Q
+    print(f"rank_metrics: {secs:.3f} s (median of {', '.join(f'{t:.3f}' for t in times)}); "
+          f"rank-1 {out['cmc'][0]:.4f}, mAP {out['mAP']:.4f}, {matches:.1f} true matches per query")
+    print(f"peak extra host memory: {peak_extra / 2**20:.0f} MiB (ru_maxrss after minus RSS before; the "
+          f"{dist.numel() * dist.element_size() / 2**20:.0f} MiB input matrix is not counted)")
+    if device.type == "cuda":
+        print(f"peak extra CUDA memory: {(torch.cuda.max_memory_allocated() - cuda_before) / 2**20:.0f} MiB")
+    # the yardstick: what a sort-based evaluation has to do at the least
+    start = time.perf_counter()
+    np.argsort(dist.numpy(), axis=1)
+    argsort_secs = time.perf_counter() - start
+    print(f"numpy per-row argsort of the same matrix: {argsort_secs:.3f} s; rank_metrics / argsort = "
+          f"{secs / argsort_secs:.2f}")
+
+
+def main(argv=None):
+    """`python evaluate.py [flags]` evaluates; `python evaluate.py benchmark [flags]` times rank_metrics."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["benchmark"]:
+        return common.exit_on_user_error(benchmark, argv[1:])
+    return common.exit_on_user_error(run, argv)
+
+
+if __name__ == "__main__":
+    main()
