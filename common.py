@@ -401,6 +401,29 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def training_state(paper, model, optimizer, schedule, epoch, config, **extra):
+    """The dict every training command saves at the end of an epoch, all of it `weights_only`-safe.
+
+    paper: "aea" or "aaanet" (evaluate.py dispatches on it); epoch: the epochs completed;
+    config: the run's config dataclass, stored as a plain dict so evaluation can rebuild the model
+    whole; rng: every random generator (`rng_state`); `extra`: anything else the paper needs
+    (a sampler's position, the augmentation generator's state, ...).
+    """
+    return {"paper": paper, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "epoch": epoch, "config": dataclasses.asdict(config),
+            "rng": rng_state(), **extra}
+
+
+def restore_training(state, model, optimizer, schedule):
+    """Load what `training_state` saved into a freshly built model, optimizer and schedule, and
+    restore the random generators; returns the number of epochs already completed."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    set_rng_state(state["rng"])
+    return state["epoch"]
+
+
 def save_checkpoint(path, state):
     """Write `state` to `path` atomically: a temporary file in the same folder, fsync, rename.
 

@@ -152,7 +152,7 @@ def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
             continue
         i = torch.arange(1, r.shape[1] + 1, **f64)  # hit number, 1-based
         is_hit = i <= n[:, None]                    # [B, n_max]: the real entries of the padded r
-        # precision_i = i / (r_i + 1)
+        # precision_i: i / (r_i + 1)
         precision = i / (r + 1)
         # old_precision_i = (i - 1) / r_i, the precision one valid position before the hit
         old_precision = torch.where(r > 0, (i - 1) / r.clamp(min=1), 1.0)

@@ -306,3 +306,36 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path):
         common.save_checkpoint(str(path), {"epoch": 2, "bad": lambda: 0})  # cannot be pickled
     assert common.load_checkpoint(str(path)) == {"epoch": 1}
     assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_training_state_resumes_exactly(tmp_path):
+    # Two SGD steps in a row must equal one step, save, rebuild everything, restore, one step:
+    # model, momentum buffers, learning-rate schedule and random generators all come back.
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        opt = common.make_sgd(model.parameters(), lr=0.1)
+        return model, opt, common.step_schedule(opt, milestones=[1])
+
+    def step(model, opt, sched):
+        x = torch.randn(8, 4)  # drawn from the global generator: it must be restored too
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+
+    model, opt, sched = build()
+    common.seed_everything(5)
+    step(model, opt, sched)
+    common.save_checkpoint(str(tmp_path / "last.pt"), common.training_state(
+        "aea", model, opt, sched, epoch=1, config=ToyConfig(), sampler_epoch=1))
+    step(model, opt, sched)  # the uninterrupted run's second step (at lr 0.01 after the milestone)
+
+    model2, opt2, sched2 = build()
+    state = common.load_checkpoint(str(tmp_path / "last.pt"))
+    assert common.restore_training(state, model2, opt2, sched2) == 1
+    assert state["config"]["margin"] == 0.3 and state["paper"] == "aea" and state["sampler_epoch"] == 1
+    step(model2, opt2, sched2)
+    assert torch.equal(model.weight, model2.weight) and torch.equal(model.bias, model2.bias)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.01)
