@@ -227,10 +227,9 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     return -(q * log_p).sum(dim=1).mean()
 
 
-def pairwise_euclidean(x):
-    """All pairwise Euclidean distances of the rows of x [n, d] -> [n, n]."""
-    sq = (x * x).sum(dim=1)  # [n]
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.t())  # ||a||^2 + ||b||^2 - 2 a.b
+def pairwise_euclidean(a, b):
+    """Euclidean distances between the rows of a [n, d] and of b [m, d] -> [n, m], one matrix product."""
+    d2 = (a * a).sum(dim=1)[:, None] + (b * b).sum(dim=1)[None, :] - 2.0 * (a @ b.t())  # ||a||^2 + ||b||^2 - 2 a.b
     return d2.clamp(min=1e-12).sqrt()  # clamp: rounding can make d2 slightly negative; keeps sqrt' finite
 
 
@@ -254,7 +253,7 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
         features = features.float()
         if normalize:
             features = F.normalize(features, dim=1)
-        dist = pairwise_euclidean(features)  # [n, n]
+        dist = pairwise_euclidean(features, features)  # [n, n]
     same = labels[:, None] == labels[None, :]  # [n, n], True on the diagonal too
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     # d_ap: farthest positive, Eq. (6); 0 where an anchor has no other positive in the batch

@@ -23,6 +23,7 @@ costs one small copy of indices and one of random numbers, neither of which wait
 
 Choices where SPEC.md is silent (each marked "Choice (not in the paper)" at its line):
 - load_dataset accepts ROOT itself or ROOT/<usual release folder> (Market-1501-v15.09.15, ...).
+- load_images resizes bilinearly (PIL, which filters when it shrinks).
 - PKSampler: an epoch is ceil(#ids / P) batches, one per group of P identities in a random
   order; the last group is filled up with identities drawn from the rest (no repeat inside a
   batch), so every batch is full and every identity appears at least once per epoch.
@@ -268,11 +269,13 @@ def _erasing_boxes(B, H, W, p, generator):
 
 def _draws(B, H, W, pad, random_erasing, generator):
     """Every random number `augment` uses, drawn on the CPU: an int64 table [B, 8], one row per
-    sample: mirror?, crop corner oy, ox, then erase?, y0, x0, h, w of the erasing rectangle."""
+    sample: mirror?, crop corner oy, ox, then erase?, y0, x0, h, w of the erasing rectangle
+    (all 0 without random erasing: its 2 x 100 candidate rectangles per sample are not drawn)."""
+    boxes = _erasing_boxes(B, H, W, random_erasing, generator) if random_erasing > 0 else [torch.zeros(B)] * 5
     return torch.stack([torch.rand(B, generator=generator) < 0.5,
                         torch.randint(0, 2 * pad + 1, (B,), generator=generator),
                         torch.randint(0, 2 * pad + 1, (B,), generator=generator),
-                        *_erasing_boxes(B, H, W, random_erasing, generator)], dim=1).long()
+                        *boxes], dim=1).long()
 
 
 def augment(x, generator, flip=True, pad=10, random_erasing=0.0):

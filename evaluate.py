@@ -83,7 +83,7 @@ def extract_features(model, loader, device, flip=False):
 def pairwise_distances(qf, gf, metric="euclidean"):
     """[Q, D] x [G, D] -> [Q, G] on qf's device.
 
-    euclidean: ||q/|q| - g/|g| || = sqrt(|q'|^2 + |g'|^2 - 2 q'.g'), clamped at 0 before the root
+    euclidean: ||q/|q| - g/|g| || (common.pairwise_euclidean: one matrix product, clamped at 1e-12 before the root)
     cosine:    1 - q.g / (|q| |g|)
     """
     qf = torch.as_tensor(qf).float()
@@ -93,10 +93,7 @@ def pairwise_distances(qf, gf, metric="euclidean"):
     if metric == "cosine":
         return 1 - q @ g.T
     if metric == "euclidean":
-        # squared distance as one matrix product; rounding can take it slightly below 0 for
-        # near-equal features, and sqrt of a negative number would be NaN
-        sq = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2 * q @ g.T
-        return sq.clamp_(min=0).sqrt_()
+        return common.pairwise_euclidean(q, g)
     raise UserError(f"unknown distance {metric!r}; expected 'euclidean' or 'cosine'")
 
 
@@ -152,7 +149,7 @@ def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
             continue
         i = torch.arange(1, r.shape[1] + 1, **f64)  # hit number, 1-based
         is_hit = i <= n[:, None]                    # [B, n_max]: the real entries of the padded r
-        # precision_i: i / (r_i + 1)
+        # precision at the i-th hit, i / (r_i + 1)
         precision = i / (r + 1)
         # old_precision_i = (i - 1) / r_i, the precision one valid position before the hit
         old_precision = torch.where(r > 0, (i - 1) / r.clamp(min=1), 1.0)
