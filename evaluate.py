@@ -527,6 +527,7 @@ def parse_args(argv):
     p.add_argument("--show-ranks", type=int, default=0, metavar="N", help="write a PNG of N queries and their top 10")
     p.add_argument("--out", help="folder for the --show-ranks PNGs")
     p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random weights of --weights none")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--height", type=int, default=256, help="input height with --weights (a checkpoint has its own)")
     p.add_argument("--width", type=int, default=128, help="input width with --weights (a checkpoint has its own)")
@@ -546,6 +547,7 @@ def run(argv=None):
     """The CLI's work; returns {metric: rank_metrics dict}."""
     args = parse_args(argv)
     device = common.pick_device(args.device)
+    common.seed_everything(args.seed)  # --weights none draws its weights: the same seed, the same network
     # the dataset first: a wrong --root fails before any model is built
     ds = data.load_dataset(args.root, args.dataset)
     # the input size comes with the model: a checkpoint's config, or --height/--width for --weights

@@ -379,6 +379,11 @@ def test_cli_plain_backbone_extracts_train_features_only_when_needed(synthetic_r
     assert list(results) == ["euclidean"]
     assert decoded == [("query", 64, 32), ("gallery", 64, 32)]
     assert "euclidean" in capsys.readouterr().out
+    # the random weights come from --seed (default 0): a second run scores the same network
+    again = evaluate.main(["--weights", "none", "--height", "64", "--width", "32", "--root", synthetic_root,
+                           "--dataset", "synthetic", "--device", "cpu"])
+    assert again["euclidean"]["mAP"] == results["euclidean"]["mAP"]
+    np.testing.assert_array_equal(again["euclidean"]["cmc"], results["euclidean"]["cmc"])
 
 
 def test_rank_figure_frames(synthetic_root, tmp_path):
