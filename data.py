@@ -14,8 +14,9 @@ Layout (Market-1501, DukeMTMC-reID and CUHK03-NP all ship this way; SPEC.md "Sha
 Use (the training loop of a paper module, one line each):
     data = load_dataset(root, "market1501")                  # parse names, print the table
     images = load_images(data.train.paths, 256, 128).to(device)  # [N, 3, H, W] uint8, decoded once
+    labels = torch.as_tensor(data.train.pids).to(device)
     sampler = PKSampler(data.train.pids, P=8, K=4, seed=0)   # sampler.set_epoch(e) each epoch
-    for idx in sampler: x = augment(images[to_device(torch.tensor(idx), device)], g, random_erasing=0.5)
+    for x, y in train_batches(images, labels, sampler, g, random_erasing=0.5): ...  # x augmented
 Indexing one in-memory tensor and augmenting on the device replaces DataLoader workers: JPEG
 decoding happens once, not once per epoch, and the per-sample work runs as a few batched ops.
 On a GPU the uint8 cache can live on the GPU itself (Market-1501 at 256x128: 1.27 GB), so a batch
@@ -378,6 +379,18 @@ class PKSampler:
                     pick = np.concatenate([rng.permutation(idx), rng.choice(idx, K - len(idx))])
                 batch.extend(pick.tolist())
             yield batch
+
+
+def train_batches(images, labels, sampler, generator, **augment_args):
+    """One epoch of training batches: the sampler's PK indices -> rows of the decoded cache -> `augment`.
+
+    images: uint8 [N, 3, H, W] from load_images, labels: int64 [N], both on the training device
+    (on a GPU the whole cache fits, so a batch costs one small copy of indices). Call
+    sampler.set_epoch(e) first. Yields (x float32 [P*K, 3, H, W] augmented, y int64 [P*K]).
+    """
+    for idx in sampler:
+        idx = to_device(torch.tensor(idx), images.device)  # [P*K] dataset indices
+        yield augment(images[idx], generator, **augment_args), labels[idx]
 
 
 # -----------------------------------------------------------------------------

@@ -465,12 +465,14 @@ def load_model(args):
                         f"width, last_stride and its state dict): {str(e).splitlines()[0]}") from None
 
 
-def format_table(results):
-    """One row per metric: rank-1/5/10, mAP, mAP (official), in percent."""
-    lines = [f"{'metric':<10}{'rank-1':>8}{'rank-5':>8}{'rank-10':>9}{'mAP':>8}{'mAP (official)':>16}"]
+def format_table(results, label="metric"):
+    """One row per entry of `results` ({row name: rank_metrics dict}, e.g. one per metric, or
+    "untrained" / "trained"), under the column title `label`: rank-1/5/10, mAP, mAP (official), in percent."""
+    w = max(10, 2 + max(len(name) for name in results))  # the name column fits the longest name
+    lines = [f"{label:<{w}}{'rank-1':>8}{'rank-5':>8}{'rank-10':>9}{'mAP':>8}{'mAP (official)':>16}"]
     for name, r in results.items():
         cmc = r["cmc"]
-        lines.append(f"{name:<10}{100 * cmc[0]:8.2f}{100 * cmc[4]:8.2f}{100 * cmc[9]:9.2f}"
+        lines.append(f"{name:<{w}}{100 * cmc[0]:8.2f}{100 * cmc[4]:8.2f}{100 * cmc[9]:9.2f}"
                      f"{100 * r['mAP']:8.2f}{100 * r['mAP_official']:16.2f}")
     r = next(iter(results.values()))
     lines.append(f"{r['num_queries']} queries evaluated, {r['num_skipped']} skipped (no true match in the gallery)")
@@ -543,6 +545,42 @@ def parse_args(argv):
     return args
 
 
+def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None, batch_size=256, flip=False,
+                   xqda_lambda=0.001, xqda_dims=0, kissme_dims=200, show_ranks=0, out=None):
+    """Score `model` on `ds` (a data.ReIDData) -> {metric: rank_metrics dict}, in `metrics` order.
+
+    size: the model's input (height, width). images: a dict {split name: uint8 tensor} that is
+    filled on first use and can be passed again, so a training run that evaluates every few
+    epochs decodes each split once. The training split is decoded and its features extracted only
+    when XQDA or KISSME is asked for (both are fitted on training features, SPEC.md).
+    """
+    images = {} if images is None else images
+
+    def features(name):  # decode once (kept in `images`), then uint8 batches go to the device
+        if name not in images:
+            images[name] = data.load_images(getattr(ds, name).paths, *size, desc=name)
+        return extract_features(model, images[name].split(batch_size), device, flip=flip)
+
+    qf, gf = features("query"), features("gallery")
+    if {"xqda", "kissme"} & set(metrics):
+        tf = features("train")
+    # one distance matrix at a time, scored, drawn if asked, then dropped
+    results = {}
+    for metric in metrics:
+        if metric == "xqda":
+            dist = XQDA(xqda_lambda, xqda_dims).fit(tf, ds.train.pids, ds.train.cams).distance(qf, gf)
+        elif metric == "kissme":
+            dist = KISSME(kissme_dims).fit(tf, ds.train.pids, ds.train.cams).distance(qf, gf)
+        else:
+            dist = pairwise_distances(qf, gf, metric)
+        results[metric] = rank_metrics(dist, ds.query.pids, ds.gallery.pids, ds.query.cams, ds.gallery.cams)
+        if show_ranks:
+            path = os.path.join(out, f"ranks_{metric}.png")
+            save_rank_figure(path, dist, ds, show_ranks)
+            print(f"wrote {path}")
+    return results
+
+
 def run(argv=None):
     """The CLI's work; returns {metric: rank_metrics dict}."""
     args = parse_args(argv)
@@ -551,31 +589,11 @@ def run(argv=None):
     # the dataset first: a wrong --root fails before any model is built
     ds = data.load_dataset(args.root, args.dataset)
     # the input size comes with the model: a checkpoint's config, or --height/--width for --weights
-    model, (height, width) = load_model(args)
+    model, size = load_model(args)
     model.to(device)
-
-    def features(split, name):  # decode once, then batches of uint8 go to the device
-        images = data.load_images(split.paths, height, width, desc=name)
-        return extract_features(model, images.split(args.batch_size), device, flip=args.flip)
-
-    qf, gf = features(ds.query, "query"), features(ds.gallery, "gallery")
-    # XQDA and KISSME learn from the training set; extract it only when they are asked for
-    if {"xqda", "kissme"} & set(args.metric):
-        tf = features(ds.train, "train")
-    # one distance matrix at a time, scored, drawn if asked, then dropped
-    results = {}
-    for metric in args.metric:
-        if metric == "xqda":
-            dist = XQDA(args.xqda_lambda, args.xqda_dims).fit(tf, ds.train.pids, ds.train.cams).distance(qf, gf)
-        elif metric == "kissme":
-            dist = KISSME(args.kissme_dims).fit(tf, ds.train.pids, ds.train.cams).distance(qf, gf)
-        else:
-            dist = pairwise_distances(qf, gf, metric)
-        results[metric] = rank_metrics(dist, ds.query.pids, ds.gallery.pids, ds.query.cams, ds.gallery.cams)
-        if args.show_ranks:
-            out = os.path.join(args.out, f"ranks_{metric}.png")
-            save_rank_figure(out, dist, ds, args.show_ranks)
-            print(f"wrote {out}")
+    results = evaluate_model(model, ds, size, device, args.metric, batch_size=args.batch_size, flip=args.flip,
+                             xqda_lambda=args.xqda_lambda, xqda_dims=args.xqda_dims, kissme_dims=args.kissme_dims,
+                             show_ranks=args.show_ranks, out=args.out)
     print(format_table(results))
     return results
 

@@ -252,6 +252,22 @@ def test_pk_sampler_too_few_identities():
         data.PKSampler(PIDS, P=6, K=4)
 
 
+def test_train_batches_follow_the_sampler():
+    # images whose pixels all equal their dataset index: each yielded batch must be the sampler's
+    # batch, in order, its labels the pids of those indices, and with augment's flip/pad/erasing
+    # off, x must be exactly normalize(images[idx])
+    images = torch.arange(len(PIDS), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 4, 2).contiguous()
+    labels = torch.as_tensor(PIDS)
+    s = data.PKSampler(PIDS, P=2, K=4, seed=3)
+    s.set_epoch(1)
+    batches = list(data.train_batches(images, labels, s, torch.Generator().manual_seed(0), flip=False, pad=0))
+    assert len(batches) == len(s) == 3
+    for (x, y), idx in zip(batches, s):
+        assert x.shape == (8, 3, 4, 2) and x.dtype == torch.float32
+        assert torch.equal(y, labels[idx])
+        assert torch.equal(x, data.normalize(images[idx]))
+
+
 # -----------------------------------------------------------------------------
 # normalize and augment
 

@@ -420,3 +420,22 @@ def test_cli_errors_exit_2(tiny_checkpoint, synthetic_root, tmp_path, capsys):
             evaluate.main(flags + ["--root", synthetic_root, "--dataset", "synthetic", "--device", "cpu"])
         assert e.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_evaluate_model_decodes_each_split_once(synthetic_root, monkeypatch):
+    # a training run evaluates every few epochs with one `images` dict: the second call must not
+    # decode again, and must score the same network identically; XQDA adds the training split
+    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
+    torch.manual_seed(0)
+    model = common.Backbone(weights="none")
+    decoded = []
+    load_images = data.load_images
+    monkeypatch.setattr(data, "load_images", lambda paths, h, w, desc="": decoded.append(desc) or
+                        load_images(paths, h, w, desc))
+    images = {}
+    first = evaluate.evaluate_model(model, ds, (64, 32), torch.device("cpu"), ["euclidean"], images=images)
+    second = evaluate.evaluate_model(model, ds, (64, 32), torch.device("cpu"), ["xqda", "euclidean"], images=images)
+    assert decoded == ["query", "gallery", "train"]
+    assert list(second) == ["xqda", "euclidean"]
+    assert second["euclidean"]["mAP"] == first["euclidean"]["mAP"]
+    assert images["train"].shape == (len(ds.train), 3, 64, 32) and images["train"].dtype == torch.uint8
