@@ -515,6 +515,37 @@ def save_rank_figure(path, dist, ds, num, top=10, height=128, width=64, border=3
     canvas.save(path)
 
 
+def heat_overlay(images, maps, alpha=0.5):
+    """Attention maps drawn over their images, as in the papers' figures (AEA Figs. 3 and 5,
+    AAA-Net Fig. 4): uint8 [B, 3, H, W] images, float [B, h, w] maps -> uint8 [B, 3, H, W].
+
+    Each map is resized bilinearly to H x W and min-max scaled to 0..1 per image (only its shape
+    matters in a figure), coloured blue (low) -> green -> red (high), and blended with the image.
+    """
+    B, _, H, W = images.shape
+    m = F.interpolate(maps[:, None].float().cpu(), size=(H, W), mode="bilinear", align_corners=False)  # [B, 1, H, W]
+    lo = m.amin(dim=(2, 3), keepdim=True)
+    m = (m - lo) / (m.amax(dim=(2, 3), keepdim=True) - lo).clamp_min(1e-12)
+    # a three-stop colour ramp (blue, green, red), piecewise linear in m
+    red = (2 * m - 1).clamp(0, 1)
+    blue = (1 - 2 * m).clamp(0, 1)
+    green = 1 - red - blue
+    heat = torch.cat([red, green, blue], dim=1) * 255                     # [B, 3, H, W]
+    return ((1 - alpha) * images.float().cpu() + alpha * heat).round().to(torch.uint8)
+
+
+def save_image_grid(path, rows, gap=2):
+    """Write a PNG of image rows: rows[r][c] is a uint8 [3, H, W] tensor, all the same size."""
+    from PIL import Image  # comes with torchvision
+    H, W = rows[0][0].shape[1:]
+    canvas = Image.new("RGB", (max(len(r) for r in rows) * (W + gap), len(rows) * (H + gap)), "white")
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            canvas.paste(Image.fromarray(img.permute(1, 2, 0).cpu().numpy()), (c * (W + gap), r * (H + gap)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    canvas.save(path)
+
+
 def parse_args(argv):
     """The evaluation flags (the benchmark has its own, in `benchmark`)."""
     p = argparse.ArgumentParser(description="Evaluate a re-ID model: CMC rank-1/5/10, mAP and mAP (official) "

@@ -439,3 +439,20 @@ def test_evaluate_model_decodes_each_split_once(synthetic_root, monkeypatch):
     assert list(second) == ["xqda", "euclidean"]
     assert second["euclidean"]["mAP"] == first["euclidean"]["mAP"]
     assert images["train"].shape == (len(ds.train), 3, 64, 32) and images["train"].dtype == torch.uint8
+
+
+def test_heat_overlay_colours_and_grid(tmp_path):
+    # a grey image and a map that is low on the left column and high on the right one: after
+    # min-max scaling m = 0 (left) and 1 (right), so the heat is pure blue (0, 0, 255) on the left
+    # and pure red (255, 0, 0) on the right; alpha 0.5 blends with grey 100:
+    # left (50, 50, 177.5 -> 178), right (177.5 -> 178, 50, 50)
+    images = torch.full((1, 3, 4, 2), 100, dtype=torch.uint8)
+    maps = torch.tensor([[[0.0, 5.0]]])             # [1, 1, 2]: resized to 4 x 2, every row the same
+    out = evaluate.heat_overlay(images, maps)
+    assert out.shape == (1, 3, 4, 2) and out.dtype == torch.uint8
+    assert out[0, :, 0, 0].tolist() == [50, 50, 178] and out[0, :, 0, 1].tolist() == [178, 50, 50]
+    path = tmp_path / "grid.png"
+    evaluate.save_image_grid(str(path), [[images[0], out[0]], [out[0]]])
+    with Image.open(path) as im:
+        assert im.size == (2 * (2 + 2), 2 * (4 + 2))
+        assert im.getpixel((4 + 1, 0)) == (178, 50, 50)   # row 0, second tile, its right column
