@@ -588,6 +588,16 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
 # -----------------------------------------------------------------------------
 # Command line
 
+def ensure_synthetic(root="data/synthetic", **sizes):
+    """The paper modules' demos: use the synthetic dataset at `root` if it is there (all three
+    split folders hold files), otherwise write one with `make_synthetic(root, **sizes)`; return root.
+    A half-written folder is not patched up: make_synthetic refuses it and names the folder."""
+    if all(os.path.isdir(os.path.join(root, s)) and os.listdir(os.path.join(root, s)) for s in _SPLITS.values()):
+        return root
+    print(f"writing the synthetic dataset to {root}")
+    return make_synthetic(root, **sizes)
+
+
 def main(argv=None):
     """python data.py synthetic --root DIR [sizes]  |  python data.py summary --root DIR --dataset NAME"""
     parser = argparse.ArgumentParser(description="Re-ID datasets in the Market-1501 layout.")

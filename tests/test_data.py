@@ -410,3 +410,19 @@ def test_load_images_names_corrupt_file(tmp_path):
     open(text, "w").write("not a picture")                               # not an image at all
     with pytest.raises(UserError, match="0001_c1s1_000003_01.jpg"):
         data.load_images([text], 16, 8)
+
+
+def test_ensure_synthetic_writes_once(tmp_path):
+    root = str(tmp_path / "syn")
+    sizes = dict(train_ids=2, test_ids=2, cameras=2, max_per_camera=1, junk=0, distractors=0)
+    assert data.ensure_synthetic(root, **sizes) == root
+    first = sorted(os.listdir(os.path.join(root, "bounding_box_train")))
+    assert first
+    # there already: used as it is, nothing rewritten (other sizes would otherwise show)
+    data.ensure_synthetic(root, **dict(sizes, train_ids=3))
+    assert sorted(os.listdir(os.path.join(root, "bounding_box_train"))) == first
+    # half there (the query folder emptied): refused, not patched
+    for f in os.listdir(os.path.join(root, "query")):
+        os.remove(os.path.join(root, "query", f))
+    with pytest.raises(UserError, match="bounding_box_train is not empty"):
+        data.ensure_synthetic(root, **sizes)
