@@ -1,0 +1,437 @@
+"""Tests for aaanet.py: the 4x4 grid occlusion and the difficult sample (Algorithm 1), Eq. (2)-(4)
+on cases worked by hand, the two masks of stage 3, what each stage's step may and may not change,
+and the three stages end to end through the command line on tiny synthetic data."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import aaanet
+import common
+import data
+import evaluate
+
+# tiny inputs everywhere: 64x32 images give f_r 512x8x4 after conv3_x
+H, W = 64, 32
+
+
+def tiny_model(num_classes=4, point="conv3_x", seed=0):
+    torch.manual_seed(seed)
+    return aaanet.AAANet(num_classes, point, dropout=0.5, attention_channels=8, weights="none")
+
+
+def tiny_batch(B=4, num_classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 3, H, W, generator=g), torch.arange(B) % num_classes
+
+
+# -----------------------------------------------------------------------------
+# Algorithm 1 steps 1-2: the 16 masks
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 5), (4, 4), (9, 6), (28, 28), (14, 7)])
+def test_grid_masks_partition_the_map(size):
+    Hf, Wf = size
+    keep = aaanet.grid_masks(Hf, Wf)
+    assert keep.shape == (16, Hf, Wf) and keep.dtype == torch.bool
+    occluded = ~keep
+    # every position is zeroed in exactly one of the 16 copies
+    assert (occluded.sum(dim=0) == 1).all()
+    for k in range(16):
+        ys, xs = occluded[k].nonzero(as_tuple=True)
+        # with H, W >= 4 no cell is empty, and each cell is a full rectangle
+        assert len(ys) > 0
+        assert len(ys) == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+
+
+def test_grid_cells_when_the_size_is_not_a_multiple_of_4():
+    # Row y lies in cell row floor(4y / H). H = 7: y = 0..6 -> 0, 0, 1, 1, 2, 2, 3, so the cell rows
+    # hold 2, 2, 2, 1 feature rows. W = 5: x = 0..4 -> 0, 0, 1, 2, 3: 2, 1, 1, 1 columns.
+    occluded = ~aaanet.grid_masks(7, 5)
+    expected_rows = [[0, 1], [2, 3], [4, 5], [6]]
+    expected_cols = [[0, 1], [2], [3], [4]]
+    for k in range(16):
+        ys, xs = occluded[k].nonzero(as_tuple=True)
+        assert sorted(set(ys.tolist())) == expected_rows[k // 4]    # cell k: row k // 4, column k % 4
+        assert sorted(set(xs.tolist())) == expected_cols[k % 4]
+    # cell 0 = rows 0-1 x columns 0-1 (4 positions); cell 15 = row 6 x column 4 (1 position)
+    assert occluded[0].sum() == 4 and occluded[15].sum() == 1
+
+
+def test_grid_smaller_than_4_leaves_empty_cells():
+    # 3 x 3: y = 0, 1, 2 -> cell rows floor(0) = 0, floor(4/3) = 1, floor(8/3) = 2; cell row 3 and
+    # cell column 3 get nothing. So the 9 cells with row < 3 and column < 3 hold one position each,
+    # the 7 others (k = 3, 7, 11, 12, 13, 14, 15) are empty: those copies equal the map.
+    occluded = ~aaanet.grid_masks(3, 3)
+    assert (occluded.sum(dim=0) == 1).all()
+    sizes = occluded.sum(dim=(1, 2)).tolist()
+    assert [k for k, n in enumerate(sizes) if n == 0] == [3, 7, 11, 12, 13, 14, 15]
+    assert all(n == 1 for k, n in enumerate(sizes) if k not in (3, 7, 11, 12, 13, 14, 15))
+
+
+def test_grid_occlusions_are_the_masked_copies():
+    f = torch.randn(2, 3, 7, 5)
+    copies = aaanet.grid_occlusions(f)
+    assert copies.shape == (2, 16, 3, 7, 5)
+    keep = aaanet.grid_masks(7, 5).float()
+    for k in range(16):
+        torch.testing.assert_close(copies[:, k], f * keep[k])
+    # each position is zero in exactly one copy, so the 16 copies add up to 15 f
+    torch.testing.assert_close(copies.sum(dim=1), 15 * f)
+
+
+# -----------------------------------------------------------------------------
+# Algorithm 1 steps 3-4: the difficult sample, and M_occ
+
+def test_hardest_copy_is_the_argmin_of_the_true_class_probability():
+    # f_r is 4x4, so cell k is the single position k. Both images hold the values 0..15 (position k
+    # holds k). A stand-in for the rest of the network: logits = [s / 100, 0], s = sum of the map.
+    # Copy k removes the value k: s = 120 - k.
+    #   image 0, label 0: p = sigmoid((120 - k) / 100), lowest for the largest k: k = 15,
+    #     p = sigmoid(1.05) = 1 / (1 + e^-1.05) = 1 / 1.3499 = 0.7408
+    #   image 1, label 1: p = 1 - sigmoid((120 - k) / 100), lowest for the smallest k: k = 0,
+    #     p = 1 / (1 + e^1.2) = 1 / 4.3201 = 0.2315
+    f_r = torch.arange(16.0).view(1, 1, 4, 4).repeat(2, 1, 1, 1)
+    y = torch.tensor([0, 1])
+    calls = []
+
+    def logits_of(f):
+        calls.append(f.shape[0])
+        s = f.sum(dim=(1, 2, 3))
+        return torch.stack([s / 100, torch.zeros_like(s)], dim=1)
+
+    k, p = aaanet.hardest_occlusion(logits_of, f_r, y)
+    assert k.tolist() == [15, 0]
+    assert p.shape == (2, 16)
+    assert p[0, 15].item() == pytest.approx(0.7408, abs=1e-4)
+    assert p[1, 0].item() == pytest.approx(0.2315, abs=1e-4)
+    assert calls == [32]  # all 2 x 16 copies in ONE batched pass
+    # chunked (one image per pass): the same answer, in two passes of 16
+    calls.clear()
+    k2, p2 = aaanet.hardest_occlusion(logits_of, f_r, y, chunk=1)
+    assert k2.tolist() == [15, 0] and calls == [16, 16]
+    torch.testing.assert_close(p2, p)
+
+
+def test_hardest_occlusion_takes_no_gradient():
+    f_r = torch.randn(2, 3, 4, 4, requires_grad=True)
+    conv = torch.nn.Conv2d(3, 5, 1)
+    k, p = aaanet.hardest_occlusion(lambda f: conv(f).mean(dim=(2, 3)), f_r, torch.tensor([1, 2]))
+    assert not p.requires_grad and k.shape == (2,)
+
+
+def test_occlusion_map_by_hand():
+    # C = 2 channels, v = 1..16 on the 4x4 map, channel 0 = v, channel 1 = -v: channel-mean of |f| = v.
+    # Copy k = 15 zeroes position (3, 3), the value 16; the largest remaining response is 15, so
+    # M_occ = v / 15 with 0 at (3, 3): M_occ[0, 0] = 1/15, M_occ[3, 2] = 15/15 = 1.
+    v = torch.arange(1.0, 17.0).view(4, 4)
+    f_r = torch.stack([v, -v])[None]                                   # [1, 2, 4, 4]
+    M_occ = aaanet.occlusion_map(f_r, torch.tensor([15]))
+    assert M_occ.shape == (1, 4, 4)
+    assert M_occ[0, 3, 3].item() == 0.0
+    assert M_occ[0, 0, 0].item() == pytest.approx(1 / 15)
+    assert M_occ[0, 3, 2].item() == pytest.approx(1.0)
+    torch.testing.assert_close(M_occ[0].flatten()[:15], v.flatten()[:15] / 15)
+    # the second reading: 0 on the chosen cell, 1 elsewhere
+    binary = aaanet.occlusion_map(f_r, torch.tensor([5]), reading="binary")
+    expected = torch.ones(1, 4, 4)
+    expected[0, 1, 1] = 0.0                                            # cell 5: row 1, column 1
+    torch.testing.assert_close(binary, expected)
+
+
+# -----------------------------------------------------------------------------
+# Eq. (2), (3), (4)
+
+def test_attention_loss_eq2_by_hand():
+    # L_att = sum |(max(M, 0) - M_occ) * M|, image 0:
+    #   M = 1,   M_occ = 0.5: (1 - 0.5) * 1     = 0.5
+    #   M = -2,  M_occ = 1:   (0 - 1) * (-2)    = 2
+    #   M = 0.5, M_occ = 0:   (0.5 - 0) * 0.5   = 0.25
+    #   M = 3,   M_occ = 1:   (3 - 1) * 3       = 6        -> 8.75
+    # image 1: M = 0 everywhere -> 0
+    M_att = torch.tensor([[[1.0, -2.0], [0.5, 3.0]], [[0.0, 0.0], [0.0, 0.0]]], requires_grad=True)
+    M_occ = torch.tensor([[[0.5, 1.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    L_att = aaanet.attention_loss(M_att, M_occ)
+    assert L_att.tolist() == pytest.approx([8.75, 0.0])
+    # gradient of image 0: where M > 0 the term is (M - m) M -> 2M - m; where M < 0 it is |-m M| = m |M|
+    #   1 -> 2 - 0.5 = 1.5;  -2 -> d(-1 * M)/dM = -1;  0.5 -> 2 * 0.5 = 1;  3 -> 6 - 1 = 5
+    L_att.sum().backward()
+    torch.testing.assert_close(M_att.grad[0], torch.tensor([[1.5, -1.0], [1.0, 5.0]]))
+
+
+def test_regularization_loss_eq3_by_hand():
+    # L_r = log(1 + exp(-||M||_1)):
+    #   ||M||_1 = ln 3 -> log(1 + 1/3) = log(4/3) = 0.287682
+    #   ||M||_1 = 0    -> log 2 = 0.693147
+    #   ||M||_1 = 200  -> e^-200 ~ 1e-87: 0, and finite (no overflow in exp)
+    M_att = torch.zeros(3, 2, 2)
+    M_att[0, 0, 0] = math.log(3)
+    M_att[2] = torch.tensor([[-100.0, 50.0], [0.0, -50.0]])
+    L_r = aaanet.regularization_loss(M_att)
+    assert L_r.tolist() == pytest.approx([0.287682, 0.693147, 0.0], abs=1e-6)
+
+
+def test_adversarial_gate_eq4_some_pass_some_do_not():
+    # omega = 0.04; p_bf - p_af = 0.1 (passes), 0.02 (fails), -0.1 (fails), 0.05 (passes)
+    # per sample lambda1 L_r + lambda2 L_att with (0.3, 1.7):
+    #   sample 0: 0.3 * 1 + 1.7 * 10 = 17.3;  sample 3: 0.3 * 4 + 1.7 * 40 = 69.2
+    # L = (17.3 + 0 + 0 + 69.2) / 4 = 21.625 (averaged over the whole batch)
+    p_bf = torch.tensor([0.9, 0.5, 0.3, 0.6])
+    p_af = torch.tensor([0.8, 0.48, 0.4, 0.55])
+    L_r = torch.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
+    L_att = torch.tensor([10.0, 20.0, 30.0, 40.0], requires_grad=True)
+    loss, gate = aaanet.adversarial_loss(L_r, L_att, p_bf, p_af, 0.3, 1.7, 0.04)
+    assert gate.tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert loss.item() == pytest.approx(21.625)
+    # only the samples that pass carry gradient: dL/dL_att = 1.7 / 4 = 0.425, dL/dL_r = 0.3 / 4 = 0.075
+    loss.backward()
+    assert L_att.grad.tolist() == pytest.approx([0.425, 0.0, 0.0, 0.425])
+    assert L_r.grad.tolist() == pytest.approx([0.075, 0.0, 0.0, 0.075])
+
+
+# -----------------------------------------------------------------------------
+# Algorithm 2 step 1: the masks
+
+def test_attention_mask_by_hand():
+    # relu(M) = [0, 0, 1, 2, 3, 4]; min-max -> [0, 0, .25, .5, .75, 1]; > 0.5 -> the last two
+    M_att = torch.tensor([[[-1.0, 0.0, 1.0], [2.0, 3.0, 4.0]]])
+    assert aaanet.attention_mask(M_att, 0.5).tolist() == [[[False, False, False], [False, True, True]]]
+    assert aaanet.attention_mask(M_att, 0.2).tolist() == [[[False, False, True], [True, True, True]]]
+    # a map with no positive value occludes nothing
+    assert not aaanet.attention_mask(-torch.ones(1, 2, 3)).any()
+
+
+def test_response_mask_top_third_with_ties():
+    # channel means [[5, 1, 5], [2, 9, 0], [5, 3, 4]]; round(9 / 3) = 3 positions: 9 (position 4),
+    # then three 5s tie (positions 0, 2, 6): the lower indices 0 and 2 win.
+    means = torch.tensor([[5.0, 1.0, 5.0], [2.0, 9.0, 0.0], [5.0, 3.0, 4.0]])
+    f_r = torch.stack([means + 1, means - 1])[None]                    # [1, 2, 3, 3], channel mean = means
+    mask = aaanet.response_mask(f_r)
+    assert mask.tolist() == [[[True, False, True], [False, True, False], [False, False, False]]]
+    # exactly round(h * w / 3) positions per image: 7 x 5 -> round(11.67) = 12
+    assert (aaanet.response_mask(torch.rand(3, 4, 7, 5)).sum(dim=(1, 2)) == 12).all()
+
+
+# -----------------------------------------------------------------------------
+# What each stage's step changes
+
+def snapshot(module):
+    """Copies of every parameter and buffer (BatchNorm running statistics too)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(module, before):
+    return {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
+
+
+def test_stage2_step_moves_only_the_attention_branch():
+    model, (x, y) = tiny_model(), tiny_batch()
+    aaanet.set_stage_modes(model, "stage2")
+    optimizer = common.make_sgd(aaanet.stage_parameters(model, "stage2"), lr=0.1)
+    backbone, classifier, attention = snapshot(model.backbone), snapshot(model.classifier), snapshot(model.attention)
+    terms = aaanet.train_step(model, optimizer, "stage2", x, y, aaanet.Config())
+    # frozen: no parameter, no BatchNorm running mean/var, not even num_batches_tracked moved
+    assert changed(model.backbone, backbone) == set()
+    assert changed(model.classifier, classifier) == set()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    # the attention branch learned: every weight, and its own BatchNorm statistics (train mode)
+    assert changed(model.attention, attention) == set(attention)
+    assert set(terms) == {"L_adv", "L_att", "L_r", "p_hard"}
+    assert terms["L_adv"].item() == pytest.approx(terms["L_att"].item() + terms["L_r"].item(), rel=1e-5)  # Eq. (1)
+
+
+def test_stage2_binary_m_occ_variant_runs():
+    model, (x, y) = tiny_model(), tiny_batch()
+    aaanet.set_stage_modes(model, "stage2")
+    cfg = aaanet.Config(m_occ="binary")
+    with torch.no_grad():
+        f_r = model.middle(x)
+    M_occ, _ = aaanet.occlusion_target(model, f_r, y, cfg)
+    # 8x4 map, cells of 2x1: each M_occ is 1 except exactly 2 positions
+    assert set(M_occ.unique().tolist()) == {0.0, 1.0}
+    assert ((M_occ == 0).sum(dim=(1, 2)) == 2).all()
+    optimizer = common.make_sgd(aaanet.stage_parameters(model, "stage2"), lr=0.1)
+    assert torch.isfinite(aaanet.train_step(model, optimizer, "stage2", x, y, cfg)["L_adv"])
+
+
+@pytest.mark.parametrize("point", aaanet.POINTS)
+def test_stage3_step_moves_everything(point):
+    # Table 3: every occlusion point. omega = -1 (outside the flags' range; set here directly) makes
+    # every sample pass the gate, so the attention branch gets Eq. (4)'s gradient; momentum and
+    # weight decay 0, so whatever moves moved because of a gradient.
+    model, (x, y) = tiny_model(point=point), tiny_batch()
+    aaanet.set_stage_modes(model, "stage3")
+    optimizer = common.make_sgd(aaanet.stage_parameters(model, "stage3"), lr=0.1, momentum=0, weight_decay=0)
+    before = snapshot(model)
+    terms = aaanet.train_step(model, optimizer, "stage3", x, y, dataclasses.replace(aaanet.Config(point=point), omega=-1.0))
+    moved = changed(model, before)
+    # every parameter and every BatchNorm statistic, backbone, classifier and attention branch
+    # (the pooled stages after conv5_x do not exist when f_r is conv5_x itself, nothing is left out)
+    assert moved == set(before)
+    assert terms["gate_pass"].item() == 1.0
+    assert model.backbone.training  # the grid probe ran in eval mode and gave the training mode back
+    expected = terms["L_ce_bf"] + terms["L_ce_af"] + terms["L_gate"]
+    assert terms["L"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_stage3_gate_closed_leaves_the_attention_branch_alone():
+    # omega = 0.99: no sample of an untrained network loses 0.99 of true-class probability, the gate
+    # is shut, Eq. (4) adds nothing, and the hard mask passes no gradient to M_att: the attention
+    # branch's weights stay (its BatchNorm statistics still move, it ran in train mode)
+    model, (x, y) = tiny_model(), tiny_batch()
+    aaanet.set_stage_modes(model, "stage3")
+    optimizer = common.make_sgd(aaanet.stage_parameters(model, "stage3"), lr=0.1, momentum=0, weight_decay=0)
+    before = snapshot(model.attention)
+    terms = aaanet.train_step(model, optimizer, "stage3", x, y, aaanet.Config(omega=0.99))
+    assert terms["gate_pass"].item() == 0.0 and terms["L_gate"].item() == 0.0
+    assert changed(model.attention, before) == {k for k in before if "running" in k or "num_batches" in k}
+
+
+def test_stage3_response_mask_variant_occludes_a_third():
+    # Table 4: 8x4 f_r -> round(32 / 3) = 11 positions occluded per image
+    model, (x, y) = tiny_model(), tiny_batch()
+    aaanet.set_stage_modes(model, "stage3")
+    optimizer = common.make_sgd(aaanet.stage_parameters(model, "stage3"), lr=0.01)
+    terms = aaanet.train_step(model, optimizer, "stage3", x, y, aaanet.Config(mask_source="response"))
+    assert terms["occluded"].item() == pytest.approx(11 / 32)
+
+
+def test_forward_is_the_pooled_2048_feature():
+    model, (x, _) = tiny_model(), tiny_batch()
+    model.eval()
+    with torch.no_grad():
+        f_r = model.middle(x)
+        assert f_r.shape == (4, 512, 8, 4)
+        assert model.attention_map(f_r).shape == (4, 8, 4)
+        g = model(x)
+        assert g.shape == (4, 2048)
+        torch.testing.assert_close(g, model.backbone(x))  # the unoccluded image through all of ResNet-50
+        assert model.logits_from_middle(f_r).shape == (4, 4)
+
+
+def test_resolve_fills_the_paper_defaults_per_stage():
+    cfg = aaanet.Config(root="somewhere", dataset="duke")
+    s1, s2, s3 = (aaanet.resolve(cfg, s) for s in aaanet.STAGE_NAMES)
+    assert (s1.lr, s1.lr_step, s2.lr, s2.lr_step, s3.lr, s3.lr_step) == (0.001, 2, 0.0001, 3, 0.0001, 3)  # Sec. 4.2
+    assert s1.dropout == 0.6 and aaanet.resolve(aaanet.Config(root="x"), "stage1").dropout == 0.5
+    assert (s1.init, s2.init, s3.init) == ("", "runs/aaanet/stage1/last.pt", "runs/aaanet/stage2/last.pt")
+    assert aaanet.resolve(dataclasses.replace(cfg, mask_source="response"), "stage3").init == "runs/aaanet/stage1/last.pt"
+    for bad, message in [(dict(omega=-0.1), "--omega"), (dict(lr=-1.0), "--lr"), (dict(threshold=1.5), "--threshold"),
+                         (dict(lambda1=-1.0), "--lambda1"), (dict(root=""), "--root is required"),
+                         (dict(eval_metrics=("bogus",)), "--eval-metrics")]:
+        with pytest.raises(common.UserError, match=message):
+            aaanet.resolve(dataclasses.replace(cfg, **bad), "stage3")
+
+
+# -----------------------------------------------------------------------------
+# End to end: the three stages through the command line
+
+TINY = ["--dataset", "synthetic", "--height", str(H), "--width", str(W), "--pad", "3", "--batch-size", "8",
+        "--epochs", "1", "--weights", "none", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def three_stages(synthetic_root, tmp_path_factory):
+    """stage1 (with Table 5's random erasing), stage2, stage3, and Table 4's stage3 from stage 1."""
+    out = str(tmp_path_factory.mktemp("aaanet"))
+    flags = TINY + ["--root", synthetic_root, "--out", out]
+    results = {"stage1": aaanet.main(["stage1", *flags, "--random-erasing", "0.5", "--eval-metrics", "euclidean"])[1],
+               "stage2": aaanet.main(["stage2", *flags])[1],
+               "stage3": aaanet.main(["stage3", *flags, "--eval-metrics", "euclidean", "xqda"])[1]}
+    aaanet.main(["stage3", *flags, "--mask-source", "response", "--out", out + "/table4",
+                 "--init", out + "/stage1/last.pt", "--eval-metrics"])
+    return out, results
+
+
+def test_three_stages_write_complete_checkpoints(three_stages):
+    out, results = three_stages
+    assert list(results["stage1"]) == ["euclidean"] and results["stage2"] == {}
+    assert list(results["stage3"]) == ["euclidean", "xqda"]
+    for stage, lr, lr_step in [("stage1", 0.001, 2), ("stage2", 0.0001, 3), ("stage3", 0.0001, 3)]:
+        ckpt = common.load_checkpoint(f"{out}/{stage}/last.pt")
+        assert ckpt["paper"] == "aaanet" and ckpt["stage"] == stage and ckpt["epoch"] == 1
+        assert {"model", "optimizer", "schedule", "rng", "aug_generator", "config"} <= set(ckpt)
+        # the config is saved resolved: the paper's lr and decay for the stage, dropout for synthetic
+        assert (ckpt["config"]["lr"], ckpt["config"]["lr_step"], ckpt["config"]["dropout"]) == (lr, lr_step, 0.5)
+    assert common.load_checkpoint(f"{out}/stage1/last.pt")["config"]["random_erasing"] == 0.5
+    s1, s2, s3 = (common.load_checkpoint(f"{out}/{s}/last.pt")["model"] for s in aaanet.STAGE_NAMES)
+    # stage 2 froze the baseline (weights and BatchNorm statistics) and trained the attention branch
+    for k in s1:
+        if k.startswith("attention."):
+            continue
+        assert torch.equal(s1[k], s2[k]), k
+    assert not torch.equal(s2["attention.0.weight"], s3["attention.0.weight"])
+    # stage 3 trained the baseline too
+    assert not torch.equal(s2["backbone.conv1.0.weight"], s3["backbone.conv1.0.weight"])
+    assert common.load_checkpoint(f"{out}/table4/stage3/last.pt")["config"]["mask_source"] == "response"
+
+
+def test_evaluate_cli_loads_the_stage3_checkpoint(three_stages, synthetic_root, capsys):
+    out, results = three_stages
+    r = evaluate.main(["--checkpoint", f"{out}/stage3/last.pt", "--root", synthetic_root, "--dataset", "synthetic",
+                       "--metric", "euclidean", "--device", "cpu"])
+    table = capsys.readouterr().out
+    assert "euclidean" in table and "queries evaluated" in table
+    # evaluate.py scores the same network the stage command scored at its end
+    assert r["euclidean"]["mAP"] == pytest.approx(results["stage3"]["euclidean"]["mAP"])
+    model, size = aaanet.model_from_checkpoint(common.load_checkpoint(f"{out}/stage3/last.pt"))
+    assert size == (H, W) and not model.training
+    assert model(torch.zeros(2, 3, H, W)).shape == (2, 2048)
+
+
+def test_figure_draws_images_attention_and_black_occlusion(three_stages, synthetic_root, tmp_path):
+    out, _ = three_stages
+    for ckpt in (f"{out}/stage3/last.pt", f"{out}/table4/stage3/last.pt"):
+        path = tmp_path / "fig.png"
+        aaanet.main(["figure", "--checkpoint", ckpt, "--out", str(path), "--num", "4", "--device", "cpu",
+                     "--root", synthetic_root])
+        with Image.open(path) as im:
+            assert im.size == (4 * (W + 2), 3 * (H + 2))  # three rows of 4 images, 2-px gaps
+            third_row = torch.from_numpy(np.array(im.crop((0, 2 * (H + 2), W, 3 * H + 4)))).view(-1, 3)  # [H*W, 3]
+    # Table 4's mask: 11 of the 32 positions of the 8x4 map, each an 8x8 block of black pixels
+    assert (third_row.sum(dim=1) == 0).sum().item() >= 11 * 64
+
+
+def test_demo_prints_one_table(synthetic_root, monkeypatch, tmp_path, capsys):
+    # the demo's code path on the tiny fixture set, one epoch per stage
+    monkeypatch.setattr(data, "ensure_synthetic", lambda: synthetic_root)
+    monkeypatch.setattr(aaanet, "DEMO", {**aaanet.DEMO, "batch_size": 8})
+    monkeypatch.setattr(aaanet, "DEMO_STAGES", {s: {**v, "epochs": 1} for s, v in aaanet.DEMO_STAGES.items()})
+    results = aaanet.main(["demo", "--out", str(tmp_path), "--device", "cpu"])
+    assert list(results) == ["untrained", "stage1", "stage3"]
+    printed = capsys.readouterr().out
+    rows = [line.split()[:2] for line in printed[printed.index("network, metric"):].splitlines()[1:10]]
+    assert rows == [[n, m] for n in ("untrained", "stage1", "stage3") for m in ("euclidean", "xqda", "kissme")]
+
+
+def test_benchmark_prints_ratio_and_floor(capsys):
+    r = aaanet.main(["benchmark", "--height", str(H), "--width", str(W), "--batch-size", "2", "--classes", "5",
+                     "--repeats", "1", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "stage-2 step" in printed and "floor in counted FLOPs" in printed
+    assert set(r["time"]) == {"stage1", "stage2", "stage3", "middle", "rest"}
+    # 16 passes of the rest without gradient outweigh one forward + backward of the whole network
+    assert r["flops_ratio"] > 1
+
+
+def test_errors_exit_2_with_the_cause(three_stages, synthetic_root, tmp_path, capsys):
+    out, _ = three_stages
+    aea = str(tmp_path / "aea.pt")
+    common.save_checkpoint(aea, {"paper": "aea", "config": {}, "model": {}})
+    flags = TINY + ["--root", synthetic_root, "--out", str(tmp_path)]
+    cases = [(["stage1", *TINY], "--root is required"),
+             (["stage3", *flags, "--omega", "-0.1"], "--omega"),
+             (["stage2", *flags], "does not exist"),
+             (["stage2", *flags, "--init", aea], "not an AAA-Net"),
+             (["stage3", *flags, "--init", f"{out}/stage1/last.pt"], "--mask-source response"),
+             (["stage3", *flags, "--init", f"{out}/stage2/last.pt", "--point", "conv4_x"], "--point conv3_x"),
+             (["figure", "--checkpoint", f"{out}/stage1/last.pt", "--out", str(tmp_path / "f.png")], "stage-1"),
+             (["nonsense"], "unknown command")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            aaanet.main(argv)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err, argv
