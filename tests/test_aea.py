@@ -1,0 +1,321 @@
+"""Tests of aea.py: Eq. (1) and the top-R% erasing on hand-made tensors, the dynamic strategy (one
+forward pass, no gradient through the erasing, the current weights every step), the feature sizes,
+one training step of every variant, and a tiny run through training, checkpoint, reload, evaluation."""
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+import aea
+import common
+import data
+import evaluate
+from common import UserError
+
+H, W = 64, 32  # tiny inputs: conv2_x is 16x8, conv5_x (last stride 1) 4x2
+
+
+# -----------------------------------------------------------------------------
+# Eq. (1): the attention map
+
+def test_attention_map_eq1_by_hand():
+    # Two channels of a 2x2 map; A = sum_c |M_c|^2, element-wise:
+    #   M_0 = [[1, -2], [0, 3]]      M_1 = [[2, 1], [-1, 0]]
+    #   A = [[1 + 4, 4 + 1], [0 + 1, 9 + 0]] = [[5, 5], [1, 9]]
+    # The second image is 2 M: every square x4 -> [[20, 20], [4, 36]].
+    M = torch.tensor([[[1.0, -2.0], [0.0, 3.0]], [[2.0, 1.0], [-1.0, 0.0]]])[None]  # [1, 2, 2, 2]
+    A = aea.attention_map(torch.cat([M, 2 * M]))
+    assert A.shape == (2, 2, 2)
+    assert torch.equal(A[0], torch.tensor([[5.0, 5.0], [1.0, 9.0]]))
+    assert torch.equal(A[1], torch.tensor([[20.0, 20.0], [4.0, 36.0]]))
+
+
+# -----------------------------------------------------------------------------
+# The adversarial erasing operation: exactly the top round(R% of H*W) pixels
+
+def test_erase_top_exact_top_k_with_ties():
+    # A 4x4 map at the image size (no resize). Values (row-major flat index in brackets):
+    #   [[0, 5(1), 5(2), 0], [5(4), 5(5), 0, 5(7)], [0, 0, 9(10), 0], [0, 0, 0, 0]]
+    # R = 25: k = round(25 * 16 / 100) = 4 -> the 9 (index 10), then three of the five 5s: the
+    # lower indices win the tie -> 1, 2, 4. Indices 5 and 7 hold a 5 too and stay.
+    # R = 10: k = round(1.6) = 2 -> indices 10 and 1.
+    A = torch.zeros(4, 4)
+    for i in (1, 2, 4, 5, 7):
+        A.view(-1)[i] = 5.0
+    A[2, 2] = 9.0
+    images = torch.arange(2 * 3 * 16, dtype=torch.float32).view(2, 3, 4, 4) + 1  # no zero before erasing
+    out = aea.erase_top(images, torch.stack([A, A]), 25)
+    erased = torch.zeros(16, dtype=torch.bool)
+    erased[[1, 2, 4, 10]] = True
+    erased = erased.view(1, 1, 4, 4).expand_as(images)
+    assert torch.equal(out[erased], torch.zeros(2 * 3 * 4))  # exactly those pixels, all 3 channels, set to 0
+    assert torch.equal(out[~erased], images[~erased])       # everything else untouched
+    assert aea.salient_pixels(A[None], 10, (4, 4)).view(-1).nonzero().flatten().tolist() == [1, 10]
+    # the same tie rule for any batch: k pixels in every image
+    assert aea.salient_pixels(torch.rand(5, 4, 4), 25, (4, 4)).sum(dim=(1, 2)).tolist() == [4] * 5
+
+
+def test_salient_pixels_resizes_bilinearly():
+    # A 2x2 map [[0, 0], [0, 1]] resized to 4x4 (bilinear, half-pixel centres): output index i reads
+    # source coordinate (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25, clamped to [0, 1], so the weight
+    # of source row/column 1 is w = [0, 0.25, 0.75, 1] and A_up[i, j] = w[i] * w[j]:
+    #   row 3: [0, .25, .75, 1]   row 2: [0, .1875, .5625, .75]   row 1: [0, .0625, .1875, .25]
+    # top 3 (R = 18.75, k = 3): 1 at (3, 3) = flat 15; 0.75 at (2, 3) = 11 and (3, 2) = 14
+    # top 4 (R = 25): + 0.5625 at (2, 2) = 10
+    # top 5 (R = 31.25): + one of the two 0.25 -- (1, 3) = 7 beats (3, 1) = 13 by index
+    A = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])
+    top = {R: aea.salient_pixels(A, R, (4, 4)).view(-1).nonzero().flatten().tolist() for R in (18.75, 25, 31.25)}
+    assert top == {18.75: [11, 14, 15], 25: [10, 11, 14, 15], 31.25: [7, 10, 11, 14, 15]}
+
+
+def test_grey_level_mask_baseline3():
+    # One 2x2 image, pixels (R, G, B) -> grey 0.299 R + 0.587 G + 0.114 B:
+    #   (255, 0, 0) -> 76.2   (0, 255, 0) -> 149.7   (0, 0, 255) -> 29.1   (100, 100, 100) -> 100
+    # R = 25 -> k = 1: pixel 1 (green); R = 50 -> k = 2: pixels 1 and 3
+    img = torch.tensor([[255, 0, 0, 100], [0, 255, 0, 100], [0, 0, 255, 100]], dtype=torch.uint8).view(1, 3, 2, 2)
+    assert aea.fixed_erasing_masks(img, 25).view(-1).nonzero().flatten().tolist() == [1]
+    assert aea.fixed_erasing_masks(img, 50).view(-1).nonzero().flatten().tolist() == [1, 3]
+    # the cached erased copy holds the mean colour, which normalises to (almost) 0
+    erased = aea.erase_uint8(img, aea.fixed_erasing_masks(img, 25))
+    assert erased[0, :, 0, 1].tolist() == aea.MEAN_UINT8.tolist() and torch.equal(erased[0, :, 1, 1], img[0, :, 1, 1])
+    assert data.normalize(erased)[0, :, 0, 1].abs().max() < 0.01
+
+
+# -----------------------------------------------------------------------------
+# Networks: sizes of the features
+
+@pytest.fixture(scope="module")
+def model():
+    common.seed_everything(0)
+    return aea.AEA(num_classes=4, variant="aea", weights="none")
+
+
+def test_feature_sizes(model):
+    x = torch.randn(4, 3, H, W)
+    model.train()
+    f, v, M_l = model.basic(x, "conv2_x")
+    assert f.shape == (4, 2560) and v.shape == (4, 4)
+    assert M_l.shape == (4, 256, H // 4, W // 4)  # conv2_x: 256 x H/4 x W/4 (64x32 at 256x128)
+    assert model.basic(x)[2] is None
+    # conv5_x as the attention layer: the map is the last stage itself, 2048 x H/16 x W/16 (stride 1)
+    assert model.basic(x, "conv5_x")[2].shape == (4, 2048, H // 16, W // 16)
+    model.eval()
+    with torch.no_grad():
+        feat = model(x)
+    assert feat.shape == (4, 5120)
+    assert torch.allclose(feat.norm(dim=1), torch.ones(4), atol=1e-5)  # concat, then L2-normalised
+    # the concatenation is normalised as a whole, not each half: the halves keep their own lengths
+    with torch.no_grad():
+        f_b, f_c = model.basic(x)[0], model.complementary(x)[0]
+    assert torch.allclose(feat, torch.nn.functional.normalize(torch.cat([f_b, f_c], 1), dim=1), atol=1e-5)
+    # B1 tests on the basic network alone (it has no complementary one), B2 on the complementary
+    common.seed_everything(0)
+    b1, b2 = aea.AEA(4, "b1", "none").eval(), aea.AEA(4, "b2", "none").eval()
+    assert b1.complementary is None
+    with torch.no_grad():
+        assert b1(x).shape == (4, 2560)
+        b2.complementary.load_state_dict(model.complementary.state_dict())
+        assert torch.allclose(b2(x), torch.nn.functional.normalize(f_c, dim=1), atol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# The dynamic strategy: one forward pass, the current weights, no gradient through the erasing
+
+def test_erasing_passes_no_gradient_to_the_basic_network(model):
+    model.train()
+    model.zero_grad(set_to_none=True)
+    x, y = torch.randn(4, 3, H, W), torch.tensor([0, 0, 1, 1])
+    _, _, M_l = model.basic(x, "conv2_x")
+    assert M_l.requires_grad  # the basic network's activation, part of its graph
+    x_erased = aea.adversarial_erasing(x, M_l, 10)
+    assert not x_erased.requires_grad
+    assert int((x_erased == 0).all(dim=1).sum()) == 4 * round(10 * H * W / 100)  # k pixels per image
+    # L_I2 reaches the complementary network only
+    common.cross_entropy(model.complementary(x_erased)[1], y).backward()
+    assert all(p.grad is None for p in model.basic.parameters())
+    assert all(p.grad is not None for p in model.complementary.backbone.parameters())
+    model.zero_grad(set_to_none=True)
+
+
+def test_one_basic_forward_per_step_and_the_current_weights(model, monkeypatch):
+    # The attention of every step must be the conv2_x output of the basic network's forward in
+    # that step: count the passes through the basic network's stem, and compare what the erasing
+    # receives with conv2_x recomputed from the weights of that moment.
+    common.seed_everything(1)
+    opt = common.make_sgd(model.parameters(), 0.05)
+    cfg = aea.AEAConfig(height=H, width=W, P=2, K=2)
+    x, y = torch.randn(4, 3, H, W), torch.tensor([0, 0, 1, 1])
+    calls, received = {"basic": 0, "complementary": 0}, []
+    hooks = [getattr(model, n).backbone.conv1.register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls[n] + 1))
+             for n in calls]
+    real = aea.adversarial_erasing
+    monkeypatch.setattr(aea, "adversarial_erasing", lambda x_, M_l, R: (received.append(M_l.detach().clone()), real(x_, M_l, R))[1])
+    model.train()
+    expected = []
+    for _ in range(2):
+        with torch.no_grad():
+            expected.append(model.basic.backbone.run(x, "conv1", "conv2_x"))  # train mode: batch statistics
+        calls.update(basic=0, complementary=0)
+        terms = aea.training_step(model, opt, x, y, cfg, joint=True)
+        assert calls == {"basic": 1, "complementary": 1}  # no extra pass for the attention
+        assert set(terms) == {"L_I1", "L_I2", "L_T", "L"}
+    for h in hooks:
+        h.remove()
+    assert len(received) == 2
+    for got, want in zip(received, expected):
+        assert torch.allclose(got, want, atol=1e-5)
+    # the step changed the basic network, so the second step's attention differs from the first
+    assert not torch.allclose(aea.attention_map(received[0]), aea.attention_map(received[1]), atol=1e-4)
+    # ... and so do the pixels it erases
+    assert not torch.equal(aea.salient_pixels(aea.attention_map(received[0]), 10, (H, W)),
+                           aea.salient_pixels(aea.attention_map(received[1]), 10, (H, W)))
+
+
+# -----------------------------------------------------------------------------
+# Every variant: one training step on tiny synthetic data
+
+@pytest.fixture(scope="module")
+def tiny(synthetic_root):
+    """The synthetic training split at 64x32, a PK sampler (P=2, K=2) and its labels."""
+    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
+    images = data.load_images(ds.train.paths, H, W)
+    return ds, images, torch.as_tensor(ds.train.pids), data.PKSampler(ds.train.pids, 2, 2, seed=0)
+
+
+VARIANTS = [("aea", "adversarial", True), ("aea", "adversarial", False), ("aea", "random", True),
+            ("aea", "fixed", True), ("b1", "adversarial", False), ("b2", "adversarial", True),
+            ("b2", "adversarial", False), ("b3", "adversarial", True), ("b4", "adversarial", True)]
+
+
+@pytest.mark.parametrize("variant, erasing, joint", VARIANTS)
+def test_every_variant_trains_one_step(tiny, variant, erasing, joint, monkeypatch):
+    ds, images, labels, sampler = tiny
+    cfg = aea.AEAConfig(height=H, width=W, P=2, K=2, variant=variant, erasing=erasing, weights="none")
+    common.seed_everything(0)
+    model = aea.AEA(ds.num_train_pids, variant, "none").train()
+    opt = common.make_sgd(model.parameters(), cfg.lr)
+    mode = aea.erasing_mode(cfg)
+    erased = None
+    if mode in ("grey", "fixed"):
+        basic = None if mode == "grey" else model.basic
+        erased = aea.erase_uint8(images, aea.fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer))
+    x, y, x_other = next(aea.epoch_batches(images, labels, sampler, torch.Generator().manual_seed(0), cfg, joint, erased))
+    assert x.shape == (4, 3, H, W) and (x_other is None) == (not joint or mode == "adversarial")
+    # record the features the triplet loss sees
+    seen = []
+    real = common.batch_hard_triplet_loss
+    monkeypatch.setattr(common, "batch_hard_triplet_loss", lambda f, lab, m: (seen.append((f.shape, lab.tolist())), real(f, lab, m))[1])
+    before = {n: [p.detach().clone() for p in getattr(model, n).parameters()] for n in ("basic", "complementary")
+              if getattr(model, n) is not None}
+    terms = aea.training_step(model, opt, x, y, cfg, joint, x_other)
+    assert torch.isfinite(torch.stack([v.detach() for v in terms.values()])).all()
+    changed = {n: any(not torch.equal(a, b) for a, b in zip(ps, getattr(model, n).parameters())) for n, ps in before.items()}
+    assert changed["basic"]
+    if "complementary" in changed:
+        assert changed["complementary"] == joint  # the warm-up gives the complementary network no step
+    # which loss terms, and L_T over which features (Eq. 8 and Sec. IV-C)
+    if not joint and variant == "b2":
+        assert set(terms) == {"L_I1", "L"} and not seen      # B2's basic network: cross-entropy only
+    elif not joint:
+        assert set(terms) == {"L_I1", "L_T", "L"} and seen == [((4, 2560), y.tolist())]
+    elif variant == "b2":
+        assert set(terms) == {"L_I1", "L_I2", "L_T", "L"} and seen == [((4, 2560), y.tolist())]  # erased only
+    else:
+        assert set(terms) == {"L_I1", "L_I2", "L_T", "L"} and seen == [((8, 2560), y.tolist() * 2)]  # 2PK
+
+
+def test_fixed_erasing_keeps_originals_and_erased_copies_aligned(tiny):
+    # The erased copy goes through the same flip and crop as its original: wherever the copy was
+    # not erased the two augmented batches are equal, where it was erased the copy is ~0.
+    ds, images, labels, sampler = tiny
+    cfg = aea.AEAConfig(variant="b3", P=2, K=2)
+    mask = aea.fixed_erasing_masks(images, 30)
+    erased = aea.erase_uint8(images, mask)
+    g = torch.Generator().manual_seed(3)
+    batches = list(aea.epoch_batches(images, labels, sampler, g, cfg, True, erased))
+    assert len(batches) == len(sampler)
+    for x, y, x_other in batches:
+        same = (x == x_other).all(dim=1)                       # [B, H, W]
+        assert (x_other[~same[:, None].expand_as(x)].abs() < 0.01).all()
+        # k = round(0.3 * 64 * 32) = 614 pixels erased per image; the crop (a shift of up to 10 px)
+        # moves some out of the frame. Misaligned flips or crops would change nearly every pixel.
+        changed = (~same).sum(dim=(1, 2))
+        assert ((changed > 0) & (changed <= 614)).all()
+    # the originals are the same as without the erased copy: the twin does not consume draws of g
+    plain = list(aea.epoch_batches(images, labels, sampler, torch.Generator().manual_seed(3), cfg, False))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, plain))
+
+
+# -----------------------------------------------------------------------------
+# Flags: the paper's defaults, the demo's, per dataset; clear errors
+
+def test_defaults_demo_and_per_dataset():
+    cfg, demo = aea.parse_config([])
+    assert demo and (cfg.root, cfg.dataset, cfg.weights, cfg.height, cfg.width) == ("data/synthetic", "synthetic", "none", 64, 32)
+    assert cfg.eval_untrained and cfg.out == os.path.join("runs", "aea", "demo")
+    cfg, demo = aea.parse_config(["--root", "somewhere", "--dataset", "cuhk03-labeled"])
+    assert not demo and (cfg.margin, cfg.R, cfg.weights, cfg.epochs, cfg.lr, cfg.lr_step) == (0.35, 20.0, "imagenet", 100, 0.01, 75)
+    assert (cfg.height, cfg.width, cfg.P, cfg.K, cfg.warmup_epochs, cfg.attention_layer) == (256, 128, 8, 4, 10, "conv2_x")
+    assert (cfg.dropout, cfg.alpha1, cfg.alpha2, cfg.variant, cfg.erasing) == (0.5, 1.0, 1.0, "aea", "adversarial")
+    assert cfg.out == os.path.join("runs", "aea", "cuhk03-labeled-aea")
+    cfg, _ = aea.parse_config(["--root", "d", "--dataset", "duke"])
+    assert (cfg.margin, cfg.R) == (0.3, 10.0)
+    # explicit flags win over the dataset's and the demo's values
+    cfg, _ = aea.parse_config(["--root", "d", "--dataset", "cuhk03-detected", "--margin", "0.5", "--R", "15"])
+    assert (cfg.margin, cfg.R) == (0.5, 15.0)
+    cfg, _ = aea.parse_config(["--epochs", "7", "--height", "96", "--width", "48", "--variant", "b1"])
+    assert (cfg.epochs, cfg.height, cfg.width, cfg.dataset) == (7, 96, 48, "synthetic")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--R", "0"], "--R is the percentage"), (["--R", "100"], "--R is the percentage"),
+    (["--margin", "-0.1"], "--margin must be >= 0"), (["--lr", "-1"], "--lr must be positive"),
+    (["--alpha1", "-1"], "--alpha1 must be >= 0"), (["--dataset", "duke"], "needs --root"),
+    (["--variant", "b3", "--erasing", "random"], "applies to --variant aea and b2"),
+    (["--epochs", "5", "--warmup-epochs", "5"], "--warmup-epochs 5 leaves no epoch"),
+    (["--variant", "b4", "--epochs", "5", "--b4-basic-epochs", "6"], "--b4-basic-epochs 6 leaves no epoch"),
+    (["--P", "1"], "--P must be >= 2")])
+def test_bad_flags_are_one_clear_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        common.exit_on_user_error(aea.main, argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_paper_is_refused(tmp_path):
+    with pytest.raises(UserError, match="not an AEA checkpoint"):
+        aea.model_from_checkpoint({"paper": "aaanet", "config": {}})
+    with pytest.raises(UserError, match="does not exist"):
+        aea.figure(["--checkpoint", str(tmp_path / "missing.pt")])
+
+
+# -----------------------------------------------------------------------------
+# End to end: train -> checkpoint -> evaluate.py reloads it -> the figure
+
+def test_train_checkpoint_reload_evaluate_and_figure(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    results = aea.main(["--root", synthetic_root, "--dataset", "synthetic", "--height", str(H), "--width", str(W),
+                        "--epochs", "2", "--warmup-epochs", "1", "--P", "4", "--K", "2", "--weights", "none",
+                        "--device", "cpu", "--out", str(out), "--eval-untrained", "--keep-every", "1"])
+    printed = capsys.readouterr().out
+    # every loss term logged: the warm-up epoch (basic alone), then Eq. (8)'s three terms
+    assert "epoch 1/2  iter 2/2  L_I1" in printed and "L_I2" not in printed.split("epoch 2/2")[0]
+    assert all(t in printed.split("epoch 2/2")[1] for t in ("L_I1", "L_I2", "L_T"))
+    assert set(results) == {"untrained", "epoch 2"} and "untrained" in printed and "mAP (official)" in printed
+    ckpt = common.load_checkpoint(str(out / "last.pt"))
+    assert ckpt["paper"] == "aea" and ckpt["epoch"] == 2 and ckpt["config"]["height"] == H
+    assert os.path.isfile(out / "epoch_1.pt") and "aug_generator" in ckpt
+    # evaluate.py dispatches to aea.model_from_checkpoint and scores the 5120-d feature
+    again = evaluate.main(["--checkpoint", str(out / "last.pt"), "--root", synthetic_root, "--dataset", "synthetic"])
+    assert "euclidean" in capsys.readouterr().out
+    assert again["euclidean"]["mAP"] == pytest.approx(results["epoch 2"]["mAP"], abs=1e-6)
+    model, size = aea.model_from_checkpoint(ckpt)
+    assert size == (H, W) and not model.training
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, H, W)).shape == (2, 5120)
+    # the figure: 3 images; rows = images + (attention, erased) per checkpoint = 5 rows
+    png = tmp_path / "fig.png"
+    aea.figure(["--checkpoint", str(out / "epoch_1.pt"), str(out / "last.pt"), "--num", "3", "--out", str(png),
+                "--device", "cpu"])
+    with Image.open(png) as im:
+        assert im.size == (3 * (W + 2), 5 * (H + 2))
