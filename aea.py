@@ -54,8 +54,8 @@ Choices where the paper and SPEC.md are silent (each marked "Choice (not in the 
   - --erasing random (REDA, Table 6): the complementary network sees a second, independent
     augmentation of the same images with random erasing (p = --reda-p 0.5, Zhong et al.'s default).
   - --erasing fixed (AOS-style, Table 6): attention erasing computed once, at the end of the
-    warm-up, from the basic network (B4 with a 10-epoch basic phase). AOS itself finds the areas by
-    sliding-window occlusion with a separate network; the row here isolates "fixed vs dynamic".
+    warm-up, from the basic network (B4 with a 10-epoch basic phase). AOS finds its areas with a
+    separately trained network (Sec. IV-D); the row here isolates "fixed vs dynamic".
   - The warm-up loss is L_I1 + L_T (no alpha2), as SPEC.md writes it; B1's likewise.
   - Every test feature is L2-normalised (5120-d: after the concatenation, SPEC.md).
   - The demo (`python aea.py`, no --root) runs 64x32 inputs, 40 epochs, random weights and no
@@ -138,8 +138,9 @@ def parse_config(argv):
     """Flags -> (AEAConfig, is_demo). Defaults: the paper's; the demo's without --root; margin and
     R per dataset. Anything given on the command line wins over all of them."""
     parser = argparse.ArgumentParser(
-        prog="aea.py", description="Train AEA (or a baseline). Without --root: the demo on data/synthetic "
-        f"with {DEMO}. Other commands: `aea.py figure -h`, `aea.py benchmark -h`.")
+        prog="aea.py", description="Train AEA (or a baseline); the defaults below are the paper's. Without "
+        "--root: the demo, with " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO.items()) +
+        ". Other commands: `aea.py figure -h`, `aea.py benchmark -h`.")
     common.add_config_args(parser, AEAConfig)
     demo = not parser.parse_args(argv).root
     if demo:
@@ -194,7 +195,8 @@ def basic_alone_epochs(cfg):
     if cfg.variant == "b1":
         return cfg.epochs  # Baseline 1 is the basic network alone
     if cfg.variant == "b4":
-        return cfg.b4_basic_epochs  # "until convergence", then erase once (Sec. IV-C)
+        # Choice (not in the paper): "until convergence" (Sec. IV-C) = --b4-basic-epochs, 40 of 100
+        return cfg.b4_basic_epochs
     # Choice (not in the paper): the warm-up exists "to enable the basic network to predict the
     # salient parts properly" (Sec. IV-B), so only erasings that read the basic network wait for it
     return cfg.warmup_epochs if erasing_mode(cfg) in ("adversarial", "fixed") else 0
@@ -247,6 +249,8 @@ class Subnetwork(nn.Module):
         # Choice (not in the paper): adaptive pooling = the equal split when the rows divide by 4
         stripes = F.adaptive_avg_pool2d(M_5, (4, 1)).flatten(2)            # [B, 2048, 4]
         parts = [fc(stripes[:, :, i]) for i, fc in enumerate(self.part_fc)]  # 4 x [B, 512]
+        # Choice (not in the paper): f after the dropout, i.e. exactly FC_2's input ("the input of
+        # FC_2 is also regarded as the input of the triplet loss", Sec. IV-C)
         f = torch.cat([g, *parts], dim=1)                                  # [B, 2560]
         return f, self.FC_2(f), M_l
 
@@ -271,7 +275,8 @@ class AEA(nn.Module):
             f = self.complementary(x)[0]                                   # [B, 2560]
         else:
             f = torch.cat([self.basic(x)[0], self.complementary(x)[0]], 1)  # [B, 5120]
-        # "We then normalize features using L2 norm" (Sec. IV-B): of the concatenation, not per half
+        # "We then normalize features using L2 norm" (Sec. IV-B): of the concatenation, not per half.
+        # Choice (not in the paper): the 2560-d features of B1 and B2 are L2-normalised as well
         return F.normalize(f.float(), dim=1)
 
 
@@ -347,16 +352,20 @@ def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
         # L_I1: cross-entropy of the basic network on the original images, Eq. (2)-(4)
         L_I1 = common.cross_entropy(v_b, y)
         if not joint and cfg.variant == "b2":
-            L = L_I1  # Baseline 2's basic network learns with the cross-entropy only (Sec. IV-C)
+            # Choice (not in the paper): Baseline 2's basic network learns with the cross-entropy only
+            # ("train the basic network using the cross-entropy loss", Sec. IV-C), in the warm-up too
+            L = L_I1
             terms = dict(L_I1=L_I1)
         elif not joint:
             # L_T: batch-hard triplet on the originals' L2-normalised 2560-d features, Eq. (5)-(7)
             L_T = common.batch_hard_triplet_loss(f_b, y, cfg.margin)
-            L = L_I1 + L_T  # the basic network alone: cross-entropy + triplet (Sec. IV-B, IV-C)
+            # Choice (not in the paper): the basic network alone, L_I1 + L_T without alpha2 (SPEC.md)
+            L = L_I1 + L_T
             terms = dict(L_I1=L_I1, L_T=L_T)
         else:
             # 2. dynamic strategy: the erasing is recomputed now, from the current basic network's
-            #    attention (Sec. III-B), detached; or the fixed / random input of the other modes
+            #    attention (Sec. III-B), detached; or the fixed / random input of the other modes.
+            #    Choice (not in the paper): it erases the augmented batch x the basic network saw
             x_erased = adversarial_erasing(x, M_l, cfg.R) if dynamic else x_other
             # 3. complementary network on the erased images (same labels as the originals)
             f_c, v_c, _ = model.complementary(x_erased)
@@ -382,9 +391,10 @@ def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
 # -----------------------------------------------------------------------------
 # Erase-once inputs (B3, B4, --erasing fixed) and the batches of one epoch
 
-# 0 in the normalised image = the ImageNet mean colour, rounded to uint8 (for cached erased copies)
+# Choice (not in the paper): 0 in the normalised image = the ImageNet mean colour, rounded to uint8
+# for cached erased copies (within 0.01 of 0 once normalised)
 MEAN_UINT8 = torch.tensor([round(255 * m) for m in data.MEAN], dtype=torch.uint8)
-# ITU-R 601 luma, the grey level of Baseline 3 (what PIL's convert("L") uses)
+# Choice (not in the paper): ITU-R 601 luma as Baseline 3's grey level (what PIL's convert("L") uses)
 LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
@@ -397,6 +407,7 @@ def fixed_erasing_masks(images, R, basic=None, attention_layer="conv2_x", batch_
     on the unaugmented images, in eval mode (BatchNorm running statistics).
     """
     if basic is not None:
+        # Choice (not in the paper): eval mode, so each image's map does not depend on its batch
         was_training = basic.training
         basic.eval()
     masks = []
@@ -428,9 +439,11 @@ def epoch_batches(images, labels, sampler, g, cfg, joint, erased_images=None):
     """
     originals = data.train_batches(images, labels, sampler, g)
     if joint and erased_images is not None:
+        # Choice (not in the paper): the erased copy aligned with its augmented original by a twin
         twin = torch.Generator().set_state(g.get_state())
         others = data.train_batches(erased_images, labels, sampler, twin)
     elif joint and erasing_mode(cfg) == "random":
+        # Choice (not in the paper): REDA as an independent second view of the image, p = --reda-p
         others = data.train_batches(images, labels, sampler, g, random_erasing=cfg.reda_p)
     else:
         return ((x, y, None) for x, y in originals)

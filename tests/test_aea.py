@@ -319,3 +319,11 @@ def test_train_checkpoint_reload_evaluate_and_figure(synthetic_root, tmp_path, c
                 "--device", "cpu"])
     with Image.open(png) as im:
         assert im.size == (3 * (W + 2), 5 * (H + 2))
+
+
+def test_benchmark_command_runs(capsys):
+    # a smoke test of `python aea.py benchmark` at a tiny size (the timings themselves are reported, not tested)
+    med, ratio = aea.main(["benchmark", "--height", "64", "--width", "32", "--P", "2", "--K", "2", "--classes", "4",
+                           "--repeats", "1", "--device", "cpu"])
+    assert set(med) == {"B1 step (basic only)", "AEA step (basic + complementary)", "attention + erasing alone"}
+    assert ratio > 0 and "AEA / B1 =" in capsys.readouterr().out
