@@ -207,7 +207,7 @@ def basic_alone_epochs(cfg):
 
 def embedding(dropout):
     """FC_1's form, used by the global branch and by each stripe: 2048 -> 512 (Sec. III-A, IV-B)."""
-    # Choice (not in the paper): the BatchNorm (SPEC.md); LeakyReLU 0.1 and Dropout 0.5 are Sec. IV-B's
+    # Choice (not in the paper): the BatchNorm (SPEC.md); LeakyReLU 0.1 and Dropout (0.5) are Sec. IV-B's
     return nn.Sequential(nn.Linear(2048, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.1), nn.Dropout(dropout))
 
 
@@ -304,7 +304,8 @@ def salient_pixels(A, R, size):
     A = F.interpolate(A[:, None].float(), size=(H, W), mode="bilinear", align_corners=False)  # [B, 1, H, W]
     # Choice (not in the paper): k rounds half to even (Python's round)
     k = round(R * H * W / 100)
-    # "select the top R% largest values": a stable descending sort keeps equal values in index order
+    # "select the top R% largest values". Choice (not in the paper): ties go to the lower pixel
+    # index, as a stable descending sort keeps equal values in index order
     order = torch.sort(A.view(B, H * W), dim=1, descending=True, stable=True).indices  # [B, H*W]
     mask = torch.zeros(B, H * W, dtype=torch.bool, device=A.device)
     mask.scatter_(1, order[:, :k], True)
@@ -478,17 +479,18 @@ def train(cfg):
     cache, results = {}, {}  # decoded query/gallery images, kept across evaluations
     if cfg.eval_untrained:
         results["untrained"] = score(model, ds, cfg, device, cache)
-    mode, erase_mask, erased_images = erasing_mode(cfg), None, None
-    if mode == "grey":
-        # Baseline 3: the grey level does not change, so its erasing is done once (Sec. IV-C)
-        erase_mask = fixed_erasing_masks(images, cfg.R)
+    # erase-once modes: the mask (kept bit-packed for the checkpoint: Market's is 53 MB) and the
+    # erased uint8 copy of the training images
+    mode, extra, erased_images = erasing_mode(cfg), {}, None
     for epoch in range(cfg.epochs):
         joint = epoch >= basic_alone_epochs(cfg)
-        if mode == "fixed" and joint and erase_mask is None:
+        if joint and erased_images is None and mode in ("grey", "fixed"):
+            # B3: the grey level does not change, so its erasing is done once (Sec. IV-C);
             # B4 / AOS-style: erase once, from the basic network as it is now (no dynamic strategy)
-            erase_mask = fixed_erasing_masks(images, cfg.R, model.basic, cfg.attention_layer)
-        if erase_mask is not None and erased_images is None:
+            basic = None if mode == "grey" else model.basic
+            erase_mask = fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer)
             erased_images = erase_uint8(images, erase_mask)
+            extra["erase_mask"] = torch.from_numpy(np.packbits(erase_mask.cpu().numpy(), axis=-1))  # [N, H, W/8]
         model.train()
         sampler.set_epoch(epoch)
         progress = common.Progress(len(sampler), prefix=f"epoch {epoch + 1}/{cfg.epochs}  ")
@@ -496,8 +498,8 @@ def train(cfg):
             terms = training_step(model, optimizer, x, y, cfg, joint, x_other)
             progress.update(len(y), **terms)
         schedule.step()
-        # everything needed to go on from here; the erase-once mask bit-packed (Market: 53 MB)
-        extra = {} if erase_mask is None else {"erase_mask": torch.from_numpy(np.packbits(erase_mask.cpu().numpy(), axis=-1))}
+        # everything needed to go on from here (a later --resume): weights, optimizer, schedule,
+        # epoch, config, every random state, and the erase-once mask where there is one
         state = common.training_state("aea", model, optimizer, schedule, epoch + 1, cfg, num_classes=ds.num_train_pids,
                                       aug_generator=g.get_state(), **extra)
         common.save_checkpoint(os.path.join(cfg.out, "last.pt"), state)
@@ -585,6 +587,8 @@ def benchmark(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    if args.repeats < 1 or args.classes < 1:
+        raise UserError(f"--repeats and --classes must be >= 1, got {args.repeats} and {args.classes}")
     device = common.pick_device(args.device)
     common.seed_everything(0)
     cfg = AEAConfig(height=args.height, width=args.width, P=args.P, K=args.K, weights="none")
@@ -645,9 +649,8 @@ def main(argv=None):
         print(f"demo: synthetic data at {cfg.root}, weights {cfg.weights} (random init: no ImageNet "
               "download offline; the real-data default is imagenet), CPU-sized schedule")
     start = time.time()
-    results = train(cfg)
-    print(f"\n{evaluate.format_table(results, label=f'AEA {cfg.variant}')}\n"
-          f"finished in {time.time() - start:.0f} s; checkpoint {os.path.join(cfg.out, 'last.pt')}")
+    results = train(cfg)  # its last table holds every row: untrained (demo), each evaluation, final
+    print(f"finished in {time.time() - start:.0f} s; checkpoint {os.path.join(cfg.out, 'last.pt')}")
     return results
 
 

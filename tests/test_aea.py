@@ -3,6 +3,7 @@ forward pass, no gradient through the erasing, the current weights every step), 
 one training step of every variant, and a tiny run through training, checkpoint, reload, evaluation."""
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -35,8 +36,8 @@ def test_attention_map_eq1_by_hand():
 # The adversarial erasing operation: exactly the top round(R% of H*W) pixels
 
 def test_erase_top_exact_top_k_with_ties():
-    # A 4x4 map at the image size (no resize). Values (row-major flat index in brackets):
-    #   [[0, 5(1), 5(2), 0], [5(4), 5(5), 0, 5(7)], [0, 0, 9(10), 0], [0, 0, 0, 0]]
+    # A 4x4 map at the image size (no resize), rows  0 5 5 0 / 5 5 0 5 / 0 0 9 0 / 0 0 0 0:
+    # the 5s sit at row-major flat indices 1, 2, 4, 5 and 7, the 9 at index 10.
     # R = 25: k = round(25 * 16 / 100) = 4 -> the 9 (index 10), then three of the five 5s: the
     # lower indices win the tie -> 1, 2, 4. Indices 5 and 7 hold a 5 too and stay.
     # R = 10: k = round(1.6) = 2 -> indices 10 and 1.
@@ -327,3 +328,20 @@ def test_benchmark_command_runs(capsys):
                            "--repeats", "1", "--device", "cpu"])
     assert set(med) == {"B1 step (basic only)", "AEA step (basic + complementary)", "attention + erasing alone"}
     assert ratio > 0 and "AEA / B1 =" in capsys.readouterr().out
+
+
+def test_b4_run_erases_once_and_saves_the_mask(synthetic_root, tmp_path, capsys):
+    # B4: epoch 1 basic alone, then the attention erasing computed once; the checkpoint holds the
+    # mask bit-packed, one bit per pixel: [N, H, W / 8] with exactly k = round(10% of 64*32) = 205 bits
+    # set per image
+    out = tmp_path / "b4"
+    aea.main(["--root", synthetic_root, "--dataset", "synthetic", "--variant", "b4", "--b4-basic-epochs", "1",
+              "--epochs", "2", "--height", str(H), "--width", str(W), "--P", "4", "--K", "2", "--weights", "none",
+              "--device", "cpu", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "erasing fixed" in printed and "L_I2" in printed.split("epoch 2/2")[1]
+    packed = common.load_checkpoint(str(out / "last.pt"))["erase_mask"]
+    n_train = len(data.load_dataset(synthetic_root, "synthetic", verbose=False).train)
+    assert packed.shape == (n_train, H, W // 8)
+    bits = np.unpackbits(packed.numpy(), axis=-1)
+    assert (bits.reshape(n_train, -1).sum(axis=1) == 205).all()
