@@ -582,10 +582,10 @@ def train_stage(cfg, stage, ds=None, images=None):
         order = torch.randperm(N, generator=g)[:steps * B].view(steps, B)  # [steps, B] image indices
         progress = common.Progress(steps, prefix=f"{stage} epoch {epoch + 1}/{cfg.epochs}  "
                                                  f"lr {optimizer.param_groups[0]['lr']:.0e}  ")
-        for idx in order:
-            idx = common.to_device(idx, device)
-            x = data.augment(train_images[idx], g, pad=cfg.pad, random_erasing=cfg.random_erasing)  # [B, 3, H, W] float32
-            terms = train_step(model, optimizer, stage, x, labels[idx], cfg)
+        # the shared data path: each row of `order` -> cache rows -> augment, x [B, 3, H, W] float32
+        for x, y in data.train_batches(train_images, labels, order.tolist(), g, pad=cfg.pad,
+                                       random_erasing=cfg.random_erasing):
+            terms = train_step(model, optimizer, stage, x, y, cfg)
             progress.update(B, **terms)
         schedule.step()
         # everything needed to continue: weights, optimizer, schedule, epoch, config, RNG states

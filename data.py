@@ -382,11 +382,12 @@ class PKSampler:
 
 
 def train_batches(images, labels, sampler, generator, **augment_args):
-    """One epoch of training batches: the sampler's PK indices -> rows of the decoded cache -> `augment`.
+    """One epoch of training batches: the sampler's index lists -> rows of the decoded cache -> `augment`.
 
     images: uint8 [N, 3, H, W] from load_images, labels: int64 [N], both on the training device
-    (on a GPU the whole cache fits, so a batch costs one small copy of indices). Call
-    sampler.set_epoch(e) first. Yields (x float32 [P*K, 3, H, W] augmented, y int64 [P*K]).
+    (on a GPU the whole cache fits, so a batch costs one small copy of indices). sampler: any
+    iterable of index lists -- a PKSampler (call sampler.set_epoch(e) first), or the rows of a
+    shuffled pass (AAA-Net). Yields (x float32 [B, 3, H, W] augmented, y int64 [B]).
     """
     for idx in sampler:
         idx = to_device(torch.tensor(idx), images.device)  # [P*K] dataset indices
