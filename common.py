@@ -1,6 +1,7 @@
 """
 What both papers share: the ResNet-50 backbone, the batch-hard triplet loss, cross-entropy, the
-optimiser and schedule builders, configs as argparse flags, a progress line and safe checkpoints.
+optimiser and schedule builders, configs as argparse flags, a progress line, safe checkpoints and
+the resume / stop-signal / NaN machinery both training loops use.
 
   AEA    -- Adversarial Erasing Attention, IEEE Access 8:56469 (2020), doi:10.1109/ACCESS.2020.2981791
   AAA-Net -- Attention-Aware Adversarial Network, Appl. Sci. 9(8):1550 (2019), doi:10.3390/app9081550
@@ -25,19 +26,28 @@ Choices made here where the papers say nothing:
   - Pairwise distances use ||a||^2 + ||b||^2 - 2ab clamped at 1e-12 before the square root, so the
     gradient stays finite where two features coincide.
   - SGD uses momentum 0.9 and weight decay 5e-4 unless a paper module says otherwise (SPEC.md, AEA).
-  - Mixed precision is bf16 autocast on CUDA and plain fp32 on the CPU; losses and distances are
-    computed in fp32 even under autocast.
+  - Mixed precision (`--precision auto`) is bf16 autocast on CUDA, with the model in channels_last,
+    and plain fp32 on the CPU; losses and distances are computed in fp32 even under autocast.
+  - On the CPU glibc keeps freed memory (`keep_freed_memory`) instead of returning it to the OS.
+  - Resuming, faults and signals (issue 6): a checkpoint at every epoch end (`RunCheckpoints`:
+    last.pt, and best.pt = the lowest mean training loss, since the datasets have no validation
+    split); SIGINT/SIGTERM finish the step and checkpoint (`StopOnSignal`); a NaN/inf loss stops the
+    run naming its step and term (`Progress.check`); `--resume` refuses changed flags (`resume_state`).
 """
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import inspect
 import io
+import math
 import os
 import pickle
 import random
 import re
+import shlex
+import signal
 import sys
 import time
 import tokenize
@@ -58,6 +68,10 @@ class UserError(Exception):
     """
 
 
+class LossNotFinite(UserError):
+    """A NaN or infinite loss: the message names the epoch, the step and the loss term."""
+
+
 def exit_on_user_error(main, argv=None):
     """Run `main(argv)`; turn a `UserError` into `error: <message>` on stderr and exit status 2."""
     try:
@@ -71,16 +85,43 @@ def exit_on_user_error(main, argv=None):
 # Device, seeding, mixed precision
 
 def pick_device(name="auto"):
-    """'auto' -> CUDA if a GPU is visible, else CPU; 'cpu', 'cuda' or 'cuda:N' as asked."""
+    """'auto' -> CUDA if a GPU is visible, else CPU; 'cpu', 'cuda' or 'cuda:N' as asked.
+    On the CPU it also calls `keep_freed_memory` (training on the CPU is the case it speeds up)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} was asked for, but PyTorch sees no CUDA GPU on this machine "
                         "(use --device cpu or --device auto)")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device name; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
+
+    A training step on the CPU allocates and frees activations of 10-130 MB. By default glibc
+    serves blocks that big with mmap and returns them with munmap on free, so the next step takes
+    page faults on every fresh page again; the kernel time this adds grew the AEA step (two networks'
+    graphs alive at once) to 2.4-2.7x the B1 step, against 2.0x with this setting (README, bench.py).
+    M_MMAP_THRESHOLD (-3) = 1 GiB: such blocks come from the heap; M_TRIM_THRESHOLD (-1) = 2 GiB - 1:
+    the heap top is not trimmed. The cost: the process keeps its peak memory until it exits.
+    Does nothing where the C library is not glibc (macOS, Windows, musl). Returns True if applied.
+    """
+    global _FREED_MEMORY_KEPT
+    if _FREED_MEMORY_KEPT is None:
+        _FREED_MEMORY_KEPT = False
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6")
+            _FREED_MEMORY_KEPT = bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 2 ** 31 - 1))
+    return _FREED_MEMORY_KEPT
+
+
+_FREED_MEMORY_KEPT = None  # set once per process by keep_freed_memory
 
 
 def seed_everything(seed):
@@ -91,27 +132,49 @@ def seed_everything(seed):
 
 
 def to_device(t, device):
-    """Copy a CPU tensor to `device`; on CUDA through pinned memory and without blocking.
+    """Copy a tensor to `device`; from the CPU to CUDA through pinned memory and without blocking.
 
     A plain copy from pageable memory makes the host wait until the GPU has finished all the work
     queued before it; from pinned memory with non_blocking=True the host goes on queueing the next
     step while the copy and the previous step run.
     """
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+    return t.to(device)  # already there (a cache on the GPU): the same tensor, no copy
 
 
-def autocast(device, enabled=True):
-    """bf16 autocast on CUDA; on the CPU a context that does nothing.
+PRECISIONS = ("auto", "bf16", "fp32")
 
-    bf16 keeps fp32's exponent range, so no loss scaling is needed (unlike fp16). On the CPU we stay
-    in fp32: CPU bf16 kernels are slower than fp32 for these convolutions on most machines.
+
+def autocast(device, precision="auto"):
+    """The mixed-precision context of a training or feature step.
+
+    precision "auto": bf16 autocast on CUDA, plain fp32 on the CPU (CPU bf16 kernels are slower
+    than fp32 for these convolutions on most CPUs); "bf16": bf16 autocast on either; "fp32": none.
+    bf16 keeps fp32's exponent range, so no loss scaling is needed (unlike fp16). Losses and
+    distances are computed in fp32 inside it (`cross_entropy`, `batch_hard_triplet_loss`).
     """
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def prepare_model(model, device):
+    """Move a model to its device; on CUDA also to channels_last (NHWC) memory format.
+
+    Under bf16 autocast cuDNN's fastest convolution kernels (tensor cores) read NHWC; with the
+    weights in channels_last, each conv turns its input into NHWC once and its output stays NHWC,
+    so the whole network runs without layout transposes. On the CPU NCHW stays (oneDNN picks its
+    own blocked layout either way).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
 
 
 # -----------------------------------------------------------------------------
@@ -353,6 +416,7 @@ class Progress:
         self.i, self.images, self.sums, self.pending = 0, 0, {}, []
         self.start = self.last = time.perf_counter()
         self.last_images = 0
+        self.totals, self.counted = {}, 0  # sums over every step checked so far, for `mean`
 
     def update(self, num_images, **terms):
         self.i += 1
@@ -362,11 +426,30 @@ class Progress:
         if self.i % self.every == 0 or self.i == self.total:
             self.print_line()
 
-    def print_line(self):
-        sums, n = {}, len(self.pending)
-        for terms in self.pending:
+    def check(self):
+        """Read the pending terms (one GPU sync); a NaN or infinite one raises `LossNotFinite`
+        naming its step and term. Returns the pending steps' sums and clears nothing."""
+        sums = {}
+        first = self.i - len(self.pending) + 1  # the 1-based step of pending[0] in this epoch
+        for j, terms in enumerate(self.pending):
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                v = float(v)
+                if not math.isfinite(v):
+                    raise LossNotFinite(f"{self.prefix.strip()} step {first + j}/{self.total}: the loss term {k} "
+                                        f"is {v}; the run stops here and the last checkpoint (written before "
+                                        "this step) is left untouched. A smaller --lr usually helps.")
+                sums[k] = sums.get(k, 0.0) + v
+        return sums
+
+    def mean(self, key):
+        """The mean of term `key` over all the steps printed so far (the whole epoch at its end)."""
+        return self.totals[key] / self.counted
+
+    def print_line(self):
+        sums, n = self.check(), len(self.pending)
+        for k, v in sums.items():
+            self.totals[k] = self.totals.get(k, 0.0) + v
+        self.counted += n
         now = time.perf_counter()
         rate = (self.images - self.last_images) / max(now - self.last, 1e-9)
         eta = (now - self.start) / self.i * (self.total - self.i)
@@ -473,3 +556,132 @@ def load_checkpoint(path, map_location="cpu"):
                         f"loading does not allow, so it may run code ({first})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+
+
+def describe_checkpoint(ckpt):
+    """What wrote a checkpoint, in words: 'an AEA checkpoint (aea.py)' and so on."""
+    paper = ckpt.get("paper") if isinstance(ckpt, dict) else None
+    return {"aea": "an AEA checkpoint (aea.py)", "aaanet": f"an AAA-Net {ckpt.get('stage', '')} checkpoint (aaanet.py)"
+            }.get(paper, f"not a checkpoint of this project (paper={paper!r})")
+
+
+def check_checkpoint(ckpt, path, paper, num_classes=None, classifier_key=None):
+    """Refuse, with one UserError saying what the file is and what was expected, a checkpoint of the
+    other paper (or of neither) or one whose classifier has another number of identities.
+
+    classifier_key: the state-dict entry of the classifier weight [num_classes, D] to compare with
+    `num_classes` (the number of training identities of the dataset given now).
+    """
+    expected = describe_checkpoint({"paper": paper, "stage": ""}).replace("  ", " ")
+    if not isinstance(ckpt, dict) or ckpt.get("paper") != paper or "model" not in ckpt:
+        raise UserError(f"{path} is {describe_checkpoint(ckpt)}; expected {expected}")
+    if num_classes is not None and classifier_key is not None:
+        have = ckpt["model"][classifier_key].shape[0]
+        if have != num_classes:
+            raise UserError(f"{path} was trained on {have} identities, but this dataset has {num_classes} training "
+                            "identities: give the --root (and --dataset) the checkpoint was trained on")
+
+
+def resume_state(path, paper, config, may_differ=()):
+    """The checkpoint `--resume` continues from, checked: written by `paper`, with the same config
+    except the fields in `may_differ` (e.g. the device). A different flag would make the resumed
+    run a different run, so each one is named instead of silently taking either value."""
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: there is no checkpoint {path} to continue from (start the run without --resume, "
+                        "or give the --out of the run to continue)")
+    state = load_checkpoint(path)
+    check_checkpoint(state, path, paper)
+    now = dataclasses.asdict(config)
+    before = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
+    differ = [f"--{k.replace('_', '-')} {before.get(k)!r} in the checkpoint, {now[k]!r} now"
+              for k in now if k not in may_differ and before.get(k) != now[k]]
+    if differ:
+        raise UserError(f"--resume {path}: the run was started with other settings ({'; '.join(differ)}); "
+                        "resume with the same flags")
+    return state
+
+
+def resume_command(argv=None):
+    """The command line that continues this run: the same command with --resume appended."""
+    argv = list(sys.argv if argv is None else argv)
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["python", os.path.basename(argv[0])] + argv[1:])
+
+
+class RunCheckpoints:
+    """OUT/last.pt after every epoch (and on a stop signal), OUT/best.pt for the epoch with the
+    lowest mean training loss.
+
+    Choice (not in either paper): "best" = the lowest mean training loss over an epoch. Market-1501,
+    DukeMTMC-reID and CUHK03-NP have no validation split, and choosing by the test set's mAP would
+    tune on the test set; the papers report their last epoch, which is last.pt.
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.last, self.best = os.path.join(folder, "last.pt"), os.path.join(folder, "best.pt")
+        self.best_loss = math.inf
+
+    def restore(self, state):
+        """Continue the best-so-far bookkeeping of a resumed run."""
+        self.best_loss = state.get("best_loss", math.inf)
+
+    def save(self, state, epoch_loss=None):
+        """Write last.pt; also best.pt when `epoch_loss` (an epoch's mean loss) beats every earlier one."""
+        if epoch_loss is not None and epoch_loss < self.best_loss:
+            self.best_loss = epoch_loss
+            state["best_loss"] = epoch_loss
+            save_checkpoint(self.last, state)
+            save_checkpoint(self.best, state)
+        else:
+            state["best_loss"] = self.best_loss
+            save_checkpoint(self.last, state)
+
+
+def check_writable(folder, flag="--out"):
+    """Create `folder` and prove it writable now, before any training: a full run must not die at its
+    first checkpoint. One UserError naming the flag and the folder otherwise."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write_test{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {folder}: cannot write there ({e.strerror}); give a folder you can write to") from None
+
+
+class StopOnSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a job scheduler) ask the training loop to stop: the current step
+    finishes, the loop writes its checkpoint, prints how to resume and the program exits 0.
+
+        with common.StopOnSignal() as stop:
+            for ...: step(); if stop.requested: save; print(resume_command()); return
+
+    A second Ctrl-C while stopping interrupts at once (KeyboardInterrupt), as usual. Signals can
+    only be caught in the main thread; elsewhere (a notebook's worker thread) this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested, self.previous = None, {}
+
+    def _handle(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: finishing this step, then writing the checkpoint", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        try:
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread
+            self.previous = {}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False

@@ -25,6 +25,8 @@ costs one small copy of indices and one of random numbers, neither of which wait
 Choices where SPEC.md is silent (each marked "Choice (not in the paper)" at its line):
 - load_dataset accepts ROOT itself or ROOT/<usual release folder> (Market-1501-v15.09.15, ...).
 - load_images resizes bilinearly (PIL, which filters when it shrinks).
+- --skip-bad-files test-decodes every image once in load_dataset (JPEGs at 1/8 scale, every byte
+  read), so a corrupt file is dropped with its labels; without the flag nothing is read twice.
 - PKSampler: an epoch is ceil(#ids / P) batches, one per group of P identities in a random
   order; the last group is filled up with identities drawn from the rest (no repeat inside a
   batch), so every batch is full and every identity appears at least once per epoch.
@@ -163,14 +165,48 @@ def _read_split(folder, skip_bad_files):
     return Split(paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64))
 
 
+def _readable(path):
+    """None if PIL decodes the whole file, else the reason it cannot (truncated, not an image, ...)."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))  # JPEG: decode at 1/8 scale, all bytes read
+            img.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+def _drop_unreadable(split, folder):
+    """`split` without the images PIL cannot decode, each named in a warning (--skip-bad-files)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        reasons = list(pool.map(_readable, split.paths))
+    for path, why in zip(split.paths, reasons):
+        if why is not None:
+            warnings.warn(f"skipping {path}: cannot decode it ({why})")
+    keep = np.array([why is None for why in reasons], dtype=bool)
+    if not keep.any():
+        raise UserError(f"{folder} holds no readable images: all {len(keep)} failed to decode")
+    return Split([p for p, k in zip(split.paths, keep) if k], split.pids[keep], split.cams[keep])
+
+
 def load_dataset(root, name="market1501", verbose=True, skip_bad_files=False):
     """Parse a dataset in the Market-1501 layout. Reads names only; load_images decodes pixels.
+
+    skip_bad_files=False: an image name that does not parse is an error naming the file (and
+    load_images names the first file that does not decode). True: such files are dropped with a
+    warning each, and every image is test-decoded here so that corrupt ones are dropped too.
 
     train: pid -1 junk and pid 0 distractors dropped, pids relabelled 0..N-1 in increasing raw pid
     order (the label a classifier predicts). query and gallery keep raw pids, junk and distractors.
     """
     folder = _find_root(root, name)
     train, query, gallery = (_read_split(os.path.join(folder, _SPLITS[s]), skip_bad_files) for s in _SPLITS)
+    if skip_bad_files:
+        # Choice (not in the paper): with the flag, every image is test-decoded here, so that a corrupt
+        # one is dropped with its labels before any index is built; without it, load_images names
+        # the first bad file when it meets it (no second read of a clean dataset)
+        train, query, gallery = (_drop_unreadable(s, os.path.join(folder, _SPLITS[n]))
+                                 for s, n in zip((train, query, gallery), _SPLITS))
     # junk (-1) and distractors (0000) are no training identity (SPEC.md: distractors are gallery
     # only); Market-1501's bounding_box_train holds neither, other copies of a dataset might
     keep = train.pids > 0
@@ -227,7 +263,8 @@ def load_images(paths, height, width, desc=""):
                 # Choice (not in the paper): bilinear resizing (PIL's, which filters when shrinking)
                 rgb = img.convert("RGB").resize((width, height), Image.BILINEAR)  # convert() reads all bytes
         except (OSError, ValueError, Image.DecompressionBombError) as e:  # missing, truncated, not an image
-            raise UserError(f"cannot decode image {paths[i]}: {e}") from None
+            raise UserError(f"cannot decode image {paths[i]}: {e} (--skip-bad-files drops such images "
+                            "with a warning)") from None
         out[i] = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
 
     # the progress line goes to stderr with "\r", so it rewrites itself in a terminal and leaves

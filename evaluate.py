@@ -556,6 +556,8 @@ def parse_args(argv):
     p.add_argument("--root", required=True, help="dataset folder in the Market-1501 layout")
     p.add_argument("--dataset", default="market1501", help="market1501, duke, cuhk03-labeled, cuhk03-detected, synthetic")
     p.add_argument("--metric", nargs="+", default=["euclidean"], choices=["euclidean", "cosine", "xqda", "kissme"])
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="warn about and drop images whose name does not parse or that do not decode")
     p.add_argument("--flip", action="store_true", help="average the features of each image and its mirror")
     p.add_argument("--show-ranks", type=int, default=0, metavar="N", help="write a PNG of N queries and their top 10")
     p.add_argument("--out", help="folder for the --show-ranks PNGs")
@@ -618,7 +620,7 @@ def run(argv=None):
     device = common.pick_device(args.device)
     common.seed_everything(args.seed)  # --weights none draws its weights: the same seed, the same network
     # the dataset first: a wrong --root fails before any model is built
-    ds = data.load_dataset(args.root, args.dataset)
+    ds = data.load_dataset(args.root, args.dataset, skip_bad_files=args.skip_bad_files)
     # the input size comes with the model: a checkpoint's config, or --height/--width for --weights
     model, size = load_model(args)
     model.to(device)

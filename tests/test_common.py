@@ -184,8 +184,30 @@ def test_device_choice_and_autocast_on_cpu():
             common.pick_device("cuda")
     with pytest.raises(common.UserError, match="not a device name"):
         common.pick_device("tpu7")
-    with common.autocast(torch.device("cpu")):  # a no-op on CPU: fp32 stays fp32
+    with common.autocast(torch.device("cpu")):  # "auto" is a no-op on CPU: fp32 stays fp32
         assert (torch.randn(2, 2) @ torch.randn(2, 2)).dtype == torch.float32
+    with common.autocast("cpu", "bf16"):  # asked for explicitly, bf16 runs on the CPU too
+        assert (torch.randn(2, 2) @ torch.randn(2, 2)).dtype == torch.bfloat16
+    with common.autocast("cpu", "fp32"):
+        assert (torch.randn(2, 2) @ torch.randn(2, 2)).dtype == torch.float32
+    with pytest.raises(common.UserError, match="--precision 'fp16'"):
+        common.autocast("cpu", "fp16")
+    # prepare_model keeps NCHW on the CPU; to_device returns a tensor already in place as it is
+    conv = common.prepare_model(torch.nn.Conv2d(3, 4, 3), "cpu")
+    assert conv.weight.is_contiguous()
+    t = torch.ones(3)
+    assert common.to_device(t, "cpu") is t
+
+
+def test_keep_freed_memory_sets_glibc_once():
+    # glibc (this project's Linux machines): mallopt returns 1 for both settings; the second call
+    # is remembered and does not call mallopt again
+    if not os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") and not os.path.exists("/lib64/libc.so.6"):
+        pytest.skip("not a glibc system")
+    assert common.keep_freed_memory() is True
+    with mock.patch("ctypes.CDLL") as cdll:
+        assert common.keep_freed_memory() is True
+    cdll.assert_not_called()
 
 
 def test_seed_everything_repeats_every_generator():
@@ -255,6 +277,23 @@ def test_progress_line_averages_the_terms():
     assert len(lines) == 2
     assert lines[0].startswith("epoch 1/1  iter 2/4  L_T 2.0000") and "img/s" in lines[0] and "ETA" in lines[0]
     assert "iter 4/4  L_T 6.0000" in lines[1]
+
+
+def test_progress_names_the_first_non_finite_step_and_term():
+    # every=3: steps 1-3 print, steps 4-5 are pending; step 5's L_T is nan. check() must name
+    # "step 5/6" and "L_T" (not L_I1, finite at step 5), and the earlier means stay readable.
+    out = io.StringIO()
+    progress = common.Progress(total=6, prefix="epoch 2/9  ", every=3, file=out)
+    for loss in (1.0, 2.0, 3.0):
+        progress.update(4, L_I1=torch.tensor(loss), L_T=torch.tensor(0.5))
+    assert progress.mean("L_I1") == pytest.approx(2.0)  # (1 + 2 + 3) / 3
+    progress.update(4, L_I1=torch.tensor(1.0), L_T=torch.tensor(0.5))
+    progress.update(4, L_I1=torch.tensor(1.0), L_T=torch.tensor(float("nan")))
+    with pytest.raises(common.LossNotFinite, match=r"epoch 2/9 step 5/6: the loss term L_T is nan"):
+        progress.check()
+    progress = common.Progress(total=2, every=1, file=out)
+    with pytest.raises(common.LossNotFinite, match=r"step 1/2: the loss term L is inf"):
+        progress.update(4, L=torch.tensor(float("inf")))  # every=1: the line's check raises at once
 
 
 # -----------------------------------------------------------------------------
@@ -339,3 +378,71 @@ def test_training_state_resumes_exactly(tmp_path):
     step(model2, opt2, sched2)
     assert torch.equal(model.weight, model2.weight) and torch.equal(model.bias, model2.bias)
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_best_checkpoint_follows_the_lowest_epoch_loss(tmp_path):
+    # epoch losses 3, 2, 2.5: last.pt is always the newest epoch, best.pt the one of loss 2
+    runs = common.RunCheckpoints(str(tmp_path))
+    for epoch, loss in enumerate((3.0, 2.0, 2.5), 1):
+        runs.save({"paper": "aea", "epoch": epoch}, epoch_loss=loss)
+    assert common.load_checkpoint(runs.last)["epoch"] == 3
+    assert common.load_checkpoint(runs.best) == {"paper": "aea", "epoch": 2, "best_loss": 2.0}
+    runs.save({"paper": "aea", "epoch": 3, "step": 5})  # a mid-epoch save (a stop signal): last only
+    assert common.load_checkpoint(runs.best)["epoch"] == 2
+    resumed = common.RunCheckpoints(str(tmp_path))
+    resumed.restore(common.load_checkpoint(runs.last))
+    resumed.save({"paper": "aea", "epoch": 4}, epoch_loss=2.1)  # 2.1 > 2.0: best.pt stays epoch 2
+    assert common.load_checkpoint(runs.best)["epoch"] == 2 and resumed.best_loss == 2.0
+
+
+def test_checkpoint_identity_checks(tmp_path):
+    state = {"paper": "aaanet", "stage": "stage1", "model": {"classifier.weight": torch.zeros(751, 8)}}
+    with pytest.raises(common.UserError, match=r"x.pt is an AAA-Net stage1 checkpoint \(aaanet.py\); "
+                                               r"expected an AEA checkpoint \(aea.py\)"):
+        common.check_checkpoint(state, "x.pt", "aea")
+    with pytest.raises(common.UserError, match="not a checkpoint of this project"):
+        common.check_checkpoint({"weight": torch.zeros(2)}, "x.pt", "aaanet")
+    with pytest.raises(common.UserError, match="trained on 751 identities, but this dataset has 702"):
+        common.check_checkpoint(state, "x.pt", "aaanet", 702, "classifier.weight")
+    common.check_checkpoint(state, "x.pt", "aaanet", 751, "classifier.weight")  # the right one passes
+
+
+def test_resume_state_refuses_other_settings(tmp_path):
+    path = str(tmp_path / "last.pt")
+    with pytest.raises(common.UserError, match="--resume: there is no checkpoint .*last.pt"):
+        common.resume_state(path, "aea", ToyConfig())
+    common.save_checkpoint(path, {"paper": "aea", "model": {}, "config": dataclasses.asdict(ToyConfig())})
+    assert common.resume_state(path, "aea", ToyConfig())["paper"] == "aea"
+    # the milestones tuple comes back from the file as a tuple or list: both compare equal
+    with pytest.raises(common.UserError, match=r"--margin 0.3 in the checkpoint, 0.5 now.*--epochs 100 in the "
+                                               r"checkpoint, 50 now"):
+        common.resume_state(path, "aea", ToyConfig(margin=0.5, epochs=50))
+    # fields in may_differ (here the resume flag itself) are not compared
+    assert common.resume_state(path, "aea", ToyConfig(resume="yes"), may_differ=("resume",))
+    with pytest.raises(common.UserError, match="expected an AAA-Net"):
+        common.resume_state(path, "aaanet", ToyConfig())
+
+
+def test_resume_command_and_writable_check(tmp_path):
+    assert common.resume_command(["/x/aea.py", "--root", "my data"]) == "python aea.py --root 'my data' --resume"
+    assert common.resume_command(["aea.py", "--resume"]) == "python aea.py --resume"
+    common.check_writable(str(tmp_path / "new" / "run"))  # created
+    assert os.path.isdir(tmp_path / "new" / "run") and os.listdir(tmp_path / "new" / "run") == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(common.UserError, match="--out .*file/run: cannot write there"):
+        common.check_writable(str(tmp_path / "file" / "run"))
+
+
+def test_stop_on_signal_lets_the_step_finish():
+    # a SIGINT inside the block only sets `requested`; the code after it still runs; on leaving,
+    # Python's own handler is back (a SIGINT then raises KeyboardInterrupt as usual)
+    import signal
+    before = signal.getsignal(signal.SIGINT)
+    with common.StopOnSignal() as stop:
+        assert stop.requested is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        finished_step = True
+        assert stop.requested == "SIGTERM" and finished_step
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C while stopping does not wait
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -108,8 +108,17 @@ def test_load_dataset_errors(tmp_path):
         data.load_dataset(str(tmp_path), verbose=False)
 
 
+def real_pictures(root):
+    """Turn every empty .jpg of a hand layout into a real 8x4 JPEG (for the decoding checks)."""
+    for folder, _, files in os.walk(root):
+        for f in files:
+            if f.endswith(".jpg"):
+                Image.new("RGB", (4, 8), (120, 60, 30)).save(os.path.join(folder, f))
+
+
 def test_load_dataset_bad_names(tmp_path):
     root = hand_layout(tmp_path)
+    real_pictures(root)
     touch(tmp_path / "query", "0011_c1.jpg")
     with pytest.raises(UserError, match="0011_c1.jpg"):
         data.load_dataset(root, verbose=False)
@@ -117,6 +126,28 @@ def test_load_dataset_bad_names(tmp_path):
     with pytest.warns(UserWarning, match="0011_c1.jpg"):
         d = data.load_dataset(root, verbose=False, skip_bad_files=True)
     assert len(d.query) == 2
+
+
+def test_skip_bad_files_drops_corrupt_images_with_their_labels(tmp_path):
+    # The hand layout's query holds 0011_c1s1_000700_01.jpg and 0012_c2s1_000800_01.jpg; the second
+    # is cut to its first 100 bytes (a truncated download). Without the flag the dataset still loads
+    # (names only) and load_images names the file; with it, the file and its pid 12 / camera 1 go.
+    root = hand_layout(tmp_path)
+    real_pictures(root)
+    cut = tmp_path / "query" / "0012_c2s1_000800_01.jpg"
+    cut.write_bytes(cut.read_bytes()[:100])
+    d = data.load_dataset(root, verbose=False)
+    with pytest.raises(UserError, match="cannot decode image .*0012_c2s1_000800_01.jpg.*--skip-bad-files"):
+        data.load_images(d.query.paths, 8, 4)
+    with pytest.warns(UserWarning, match="skipping .*0012_c2s1_000800_01.jpg: cannot decode"):
+        d = data.load_dataset(root, verbose=False, skip_bad_files=True)
+    assert [os.path.basename(p) for p in d.query.paths] == ["0011_c1s1_000700_01.jpg"]
+    assert d.query.pids.tolist() == [11] and d.query.cams.tolist() == [0]
+    assert data.load_images(d.query.paths, 8, 4).shape == (1, 3, 8, 4)
+    # a split whose every image is corrupt is an error naming the folder, flag or not
+    (tmp_path / "query" / "0011_c1s1_000700_01.jpg").write_bytes(os.urandom(64))
+    with pytest.warns(UserWarning), pytest.raises(UserError, match="query holds no readable images"):
+        data.load_dataset(root, verbose=False, skip_bad_files=True)
 
 
 def test_train_with_only_junk(tmp_path):
