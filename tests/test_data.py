@@ -380,6 +380,40 @@ def test_augment_random_erasing():
     assert (data.augment(x, torch.Generator().manual_seed(0), flip=False, pad=0) != 0).all()
 
 
+def literal_augment(x, generator, flip, pad, random_erasing):
+    """augment as its docstring says it in words, one step at a time on the float image: normalise,
+    mirror, pad with zeros, crop the window at (oy, ox), zero the erasing rectangle."""
+    B, _, H, W = x.shape
+    draws = data._draws(B, H, W, pad, random_erasing, generator)  # the same draws, in the same order
+    out = []
+    for (mirror, oy, ox, erase, y0, x0, h, w), img in zip(draws.tolist(), data.normalize(x)):
+        if flip and mirror:
+            img = img.flip(2)
+        img = F.pad(img, (pad, pad, pad, pad))[:, oy:oy + H, ox:ox + W].clone()
+        if erase:
+            img[:, y0:y0 + h, x0:x0 + w] = 0
+        out.append(img)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("shape,pad", [((6, 3, 16, 8), 3), ((5, 3, 16, 8), 10), ((4, 3, 9, 13), 0), ((3, 3, 64, 32), 10)])
+def test_augment_equals_the_literal_steps(shape, pad):
+    # augment's slice copies and strips must give the very bits of the step-by-step version, pad
+    # wider than the image (10 > 8 columns: a sample can be all padding) included, and the same
+    # batch when it is cut out of a larger cache by `index` (here the rows in reverse order)
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8)
+    for seed in range(4):
+        for flip, erasing in ((True, 0.5), (False, 1.0), (True, 0.0)):
+            expected = literal_augment(x, torch.Generator().manual_seed(seed), flip, pad, erasing)
+            got = data.augment(x, torch.Generator().manual_seed(seed), flip, pad, erasing)
+            assert torch.equal(got, expected)
+            cache = torch.cat([torch.zeros_like(x[:1]), x.flip(0)])  # row 0 unused, then x reversed
+            index = list(range(len(x), 0, -1))                       # rows len(x)..1 = x in order
+            assert torch.equal(data.augment(cache, torch.Generator().manual_seed(seed), flip, pad, erasing, index),
+                               expected)
+
+
 def test_erasing_boxes_ranges():
     # many draws on a small 16 x 8 image, where the limits are often hit: a rectangle must be
     # strictly smaller than the image (h < H, w < W, as in Zhong et al.'s code) and may sit
