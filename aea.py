@@ -21,10 +21,13 @@ Paper map (paper -> code):
   Table 6, REDA and AOS                                     -> `--erasing random|fixed`, `epoch_batches`
   Fig. 6 (R), Fig. 7 (m), Tables 7-8 (alpha), Table 9 (l)   -> `--R`, `--margin`, `--alpha1/2`, `--attention-layer`
   Figs. 3 and 5, images / attention maps / erased images   -> `figure`
+  (not in the paper) last.pt / best.pt, --resume, SIGINT/SIGTERM, NaN stop -> `train`, `RESUME_MAY_DIFFER`
+  (not in the paper) --precision auto|bf16|fp32 (autocast)  -> `training_step`, `fixed_erasing_masks`
 
 Commands (one per job):
   python aea.py                                             # demo: synthetic data, CPU-sized, ~3 min
   python aea.py --root DIR --dataset market1501 [--variant b1 ...]   # the paper's schedule
+  python aea.py <the same flags> --resume                   # continue a stopped or killed run from OUT/last.pt
   python evaluate.py --checkpoint runs/aea/market1501-aea/last.pt --root DIR --dataset market1501
   python aea.py figure --checkpoint C [C2 ...] --out attention.png   # Figs. 3 and 5
   python aea.py benchmark                                   # an AEA step vs a B1 step, same batch
@@ -60,6 +63,15 @@ Choices where the paper and SPEC.md are silent (each marked "Choice (not in the 
   - Every test feature is L2-normalised (5120-d: after the concatenation, SPEC.md).
   - The demo (`python aea.py`, no --root) runs 64x32 inputs, 40 epochs, random weights and no
     dropout in the heads (see DEMO for why); every real-data default is the paper's.
+  - --precision auto: bf16 autocast on CUDA, fp32 on the CPU (common.autocast); losses, distances
+    and the attention map A_l stay fp32 under bf16.
+  - Checkpoints: OUT/last.pt after every epoch (and on SIGINT/SIGTERM, mid-epoch), OUT/best.pt for
+    the epoch with the lowest mean total loss L (common.RunCheckpoints: the datasets have no
+    validation split; the paper reports the last epoch). A checkpoint holds the epoch's start state
+    of the augmentation generator, and --resume replays the finished steps of an interrupted epoch
+    without training on them, so on CPU a resumed run ends bit-identical to an uninterrupted one.
+  - --resume may change only --device, --out, --eval-every, --eval-untrained and --keep-every
+    (`RESUME_MAY_DIFFER`); a finished run resumed prints its stored table and trains nothing.
 """
 
 import argparse
@@ -116,6 +128,15 @@ class AEAConfig:
     eval_every: int = 0  # also evaluate every N epochs (0: only at the end)
     eval_untrained: bool = False  # evaluate the untrained network first (the demo does)
     keep_every: int = 0  # also keep epoch_N.pt every N epochs, for Fig. 5's training statuses (0: none)
+    skip_bad_files: bool = False  # warn about and drop images whose name does not parse or that do not decode
+    precision: typing.Literal["auto", "bf16", "fp32"] = "auto"  # autocast of training: auto = bf16 on CUDA, fp32 on the CPU
+    resume: bool = False  # continue the run in --out from its last.pt (same flags; see RESUME_MAY_DIFFER)
+
+
+# Choice (not in the paper): the flags a resumed run may change (`--resume`); none of them changes
+# what is trained (another device only rounds differently). Every other flag must be the one the
+# run started with, or `common.resume_state` names it and refuses.
+RESUME_MAY_DIFFER = ("resume", "device", "out", "eval_every", "eval_untrained", "keep_every")
 
 
 # Margin and R per dataset, Sec. IV-B and IV-E; flags given explicitly win.
@@ -346,7 +367,8 @@ def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
     (B3, B4, --erasing fixed or random: see `epoch_batches`).
     """
     dynamic = joint and erasing_mode(cfg) == "adversarial"
-    with common.autocast(x.device):
+    # --precision: bf16 autocast or none (auto: bf16 on CUDA, fp32 on the CPU, `common.autocast`)
+    with common.autocast(x.device, cfg.precision):
         # 1. basic network on the originals (Sec. III-A); with the dynamic erasing, the same pass
         #    also returns layer l's output (conv2_x by default), the M_l of Eq. (1)
         f_b, v_b, M_l = model.basic(x, cfg.attention_layer if dynamic else None)
@@ -400,12 +422,13 @@ LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
 @torch.no_grad()
-def fixed_erasing_masks(images, R, basic=None, attention_layer="conv2_x", batch_size=128):
+def fixed_erasing_masks(images, R, basic=None, attention_layer="conv2_x", batch_size=128, precision="auto"):
     """The pixels to erase once, for every cached image: uint8 [N, 3, H, W] -> bool [N, H, W].
 
     basic=None: Baseline 3, the top R% of the grey-level image (Sec. IV-C).
     basic given: Baseline 4 / --erasing fixed, the top R% of that network's attention (Eq. 1),
-    on the unaugmented images, in eval mode (BatchNorm running statistics).
+    on the unaugmented images, in eval mode (BatchNorm running statistics), under `precision`'s
+    autocast (the training run's --precision).
     """
     if basic is not None:
         # Choice (not in the paper): eval mode, so each image's map does not depend on its batch
@@ -416,7 +439,7 @@ def fixed_erasing_masks(images, R, basic=None, attention_layer="conv2_x", batch_
         if basic is None:
             A = (u8.float() * LUMA.to(u8.device).view(1, 3, 1, 1)).sum(dim=1)  # grey level [b, H, W]
         else:
-            with common.autocast(u8.device):
+            with common.autocast(u8.device, precision):
                 A = attention_map(basic.backbone.run(data.normalize(u8), "conv1", attention_layer))  # [b, h, w]
         masks.append(salient_pixels(A, R, u8.shape[-2:]))
     if basic is not None:
@@ -456,79 +479,180 @@ def epoch_batches(images, labels, sampler, g, cfg, joint, erased_images=None):
 
 def score(model, ds, cfg, device, cache):
     """Rank-1/5/10 and mAP of the test feature (Euclidean on L2-normalised features, Sec. IV-B)."""
-    return evaluate.evaluate_model(model, ds, (cfg.height, cfg.width), device, images=cache)["euclidean"]
+    return evaluate.evaluate_model(model, ds, (cfg.height, cfg.width), device, images=cache,
+                                   precision=cfg.precision)["euclidean"]
+
+
+def results_for_checkpoint(results):
+    """{row: rank_metrics} with the CMC as a tensor, so a checkpoint keeps loading with weights_only."""
+    return {name: dict(r, cmc=torch.as_tensor(np.asarray(r["cmc"]))) for name, r in results.items()}
+
+
+def results_from_checkpoint(saved):
+    """The inverse of `results_for_checkpoint`: the CMC back to the numpy array rank_metrics returns."""
+    return {name: dict(r, cmc=r["cmc"].numpy()) for name, r in saved.items()}
 
 
 def train(cfg):
-    """The paper's training (Sec. IV-B) with the variant's networks and inputs; a checkpoint at the
-    end of every epoch; returns {row name: rank_metrics} (untrained, every --eval-every, final)."""
+    """The paper's training (Sec. IV-B) with the variant's networks and inputs; returns {row name:
+    rank_metrics} (untrained, every --eval-every, final), or None when a signal stopped the run.
+
+    Checkpoints (common.RunCheckpoints): OUT/last.pt at the end of every epoch, OUT/best.pt for the
+    epoch with the lowest mean total loss L. Each records the position (epoch = epochs completed,
+    step = steps done in the next one) and the augmentation generator's state at the START of that
+    epoch; `--resume` rebuilds the run, restores weights, optimizer, schedule and every random
+    state, and replays the first `step` batches of the epoch without training on them, which lands
+    the generator where it was (the PK sampler is a function of (seed, epoch), every augmentation
+    draw comes from the generator). On CPU a resumed run ends bit-identical to an uninterrupted one.
+    SIGINT / SIGTERM: the current step finishes, last.pt is written mid-epoch, the resume command is
+    printed, and train returns (exit status 0). A NaN or infinite loss raises common.LossNotFinite
+    before anything more is written, so last.pt stays the last good epoch's.
+    """
     device = common.pick_device(cfg.device)
+    # before any data is read: a run must not die at its first checkpoint, an hour in
+    common.check_writable(cfg.out)
+    runs = common.RunCheckpoints(cfg.out)
+    state = common.resume_state(runs.last, "aea", cfg, may_differ=RESUME_MAY_DIFFER) if cfg.resume else None
+    if state is not None and state["epoch"] >= cfg.epochs:
+        # Choice (not in the paper): a finished run resumed reports its stored table; nothing is trained
+        print(f"{runs.last} already holds all {cfg.epochs} epochs of this run; nothing left to resume")
+        results = results_from_checkpoint(state.get("results", {}))
+        if results:
+            print(evaluate.format_table(results, label=f"AEA {cfg.variant}"), flush=True)
+        return results
+    if state is None and os.path.isfile(runs.last):
+        print(f"note: {runs.last} is there and will be overwritten by this new run (add --resume to continue it)")
     common.seed_everything(cfg.seed)
-    ds = data.load_dataset(cfg.root, cfg.dataset)
+    ds = data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
+    if cfg.P > ds.num_train_pids:
+        raise UserError(f"--P {cfg.P}: a PK batch needs P distinct identities, but the training split of "
+                        f"{cfg.root} has only {ds.num_train_pids}; give --P <= {ds.num_train_pids}")
     # the model before the images: a missing ImageNet file fails in seconds, not after decoding
-    model = AEA(ds.num_train_pids, cfg.variant, cfg.weights, cfg.dropout).to(device)
+    model = common.prepare_model(AEA(ds.num_train_pids, cfg.variant, cfg.weights, cfg.dropout), device)
     optimizer = common.make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     schedule = common.step_schedule(optimizer, [cfg.lr_step])  # lr x0.1 at epoch 75 (Sec. IV-B)
     print(f"AEA variant {cfg.variant}, erasing {erasing_mode(cfg)}, R {cfg.R}%, m {cfg.margin}, "
           f"{cfg.height}x{cfg.width}, P={cfg.P} K={cfg.K}, {cfg.epochs} epochs ({basic_alone_epochs(cfg)} basic "
-          f"alone), lr {cfg.lr} (x0.1 at {cfg.lr_step}), weights {cfg.weights}, device {device}, out {cfg.out}")
+          f"alone), lr {cfg.lr} (x0.1 at {cfg.lr_step}), weights {cfg.weights}, device {device}, "
+          f"precision {cfg.precision}, out {cfg.out}")
     images = data.load_images(ds.train.paths, cfg.height, cfg.width, desc="train").to(device)
     labels = torch.as_tensor(ds.train.pids).to(device)
     sampler = data.PKSampler(ds.train.pids, cfg.P, cfg.K, seed=cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)  # every augmentation draw (data.augment)
-    cache, results = {}, {}  # decoded query/gallery images, kept across evaluations
-    if cfg.eval_untrained:
-        results["untrained"] = score(model, ds, cfg, device, cache)
     # erase-once modes: the mask (kept bit-packed for the checkpoint: Market's is 53 MB) and the
-    # erased uint8 copy of the training images
+    # erased uint8 copy of the training images; `extra` goes into every checkpoint
     mode, extra, erased_images = erasing_mode(cfg), {}, None
-    for epoch in range(cfg.epochs):
-        joint = epoch >= basic_alone_epochs(cfg)
-        if joint and erased_images is None and mode in ("grey", "fixed"):
-            # B3: the grey level does not change, so its erasing is done once (Sec. IV-C);
-            # B4 / AOS-style: erase once, from the basic network as it is now (no dynamic strategy)
-            basic = None if mode == "grey" else model.basic
-            erase_mask = fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer)
-            erased_images = erase_uint8(images, erase_mask)
-            extra["erase_mask"] = torch.from_numpy(np.packbits(erase_mask.cpu().numpy(), axis=-1))  # [N, H, W/8]
-        model.train()
-        sampler.set_epoch(epoch)
-        progress = common.Progress(len(sampler), prefix=f"epoch {epoch + 1}/{cfg.epochs}  ")
-        for x, y, x_other in epoch_batches(images, labels, sampler, g, cfg, joint, erased_images):
-            terms = training_step(model, optimizer, x, y, cfg, joint, x_other)
-            progress.update(len(y), **terms)
-        schedule.step()
-        # everything needed to go on from here (a later --resume): weights, optimizer, schedule,
-        # epoch, config, every random state, and the erase-once mask where there is one
-        state = common.training_state("aea", model, optimizer, schedule, epoch + 1, cfg, num_classes=ds.num_train_pids,
-                                      aug_generator=g.get_state(), **extra)
-        common.save_checkpoint(os.path.join(cfg.out, "last.pt"), state)
-        if cfg.keep_every and (epoch + 1) % cfg.keep_every == 0:
-            common.save_checkpoint(os.path.join(cfg.out, f"epoch_{epoch + 1}.pt"), state)
-        if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            results[f"epoch {epoch + 1}"] = score(model, ds, cfg, device, cache)
-            print(evaluate.format_table(results, label=f"AEA {cfg.variant}"), flush=True)
+    cache, results = {}, {}  # decoded query/gallery images, kept across evaluations; the table's rows
+    start_epoch, skip, partial = 0, 0, None
+    if state is not None:
+        # the same identities (FC_2's rows) as the run being continued
+        common.check_checkpoint(state, runs.last, "aea", ds.num_train_pids, "basic.FC_2.weight")
+        start_epoch = common.restore_training(state, model, optimizer, schedule)  # + Python/numpy/torch RNG
+        skip, partial = state.get("step", 0), state.get("epoch_sums")  # no step: an epoch-end file
+        g.set_state(state["aug_generator"])  # the generator as it was at the start of epoch start_epoch
+        runs.restore(state)                  # the best epoch loss so far, for best.pt
+        results = results_from_checkpoint(state.get("results", {}))
+        if "erase_mask" in state:
+            packed = state["erase_mask"]
+            if packed.shape[0] != len(images):
+                raise UserError(f"{runs.last} holds an erasing mask for {packed.shape[0]} training images, the "
+                                f"training split of {cfg.root} has {len(images)}; resume on the run's own data")
+            extra["erase_mask"] = packed
+            erase_mask = torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=cfg.width).astype(bool))
+            erased_images = erase_uint8(images, erase_mask.to(device))
+        print(f"resuming {runs.last} at epoch {start_epoch + 1} step {skip}", flush=True)
+        state = None  # everything is restored: free the loaded checkpoint (both networks + momenta)
+    elif cfg.eval_untrained:
+        results["untrained"] = score(model, ds, cfg, device, cache)
+
+    def snapshot(epoch, step, aug_generator, **more):
+        """Everything needed to go on from here (a later --resume): weights, optimizer, schedule,
+        the position, the config, every random state, the generator at the epoch's start, the
+        erase-once mask where there is one, and the evaluations so far."""
+        return common.training_state("aea", model, optimizer, schedule, epoch, cfg, num_classes=ds.num_train_pids,
+                                     step=step, aug_generator=aug_generator, results=results_for_checkpoint(results),
+                                     **extra, **more)
+
+    with common.StopOnSignal() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            joint = epoch >= basic_alone_epochs(cfg)
+            if joint and erased_images is None and mode in ("grey", "fixed"):
+                # B3: the grey level does not change, so its erasing is done once (Sec. IV-C);
+                # B4 / AOS-style: erase once, from the basic network as it is now (no dynamic strategy)
+                basic = None if mode == "grey" else model.basic
+                erase_mask = fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer, precision=cfg.precision)
+                erased_images = erase_uint8(images, erase_mask)
+                extra["erase_mask"] = torch.from_numpy(np.packbits(erase_mask.cpu().numpy(), axis=-1))  # [N, H, W/8]
+            model.train()
+            sampler.set_epoch(epoch)
+            epoch_start = g.get_state()  # what a mid-epoch checkpoint records (the twin copies it too)
+            progress = common.Progress(len(sampler), prefix=f"epoch {epoch + 1}/{cfg.epochs}  ")
+            batches = epoch_batches(images, labels, sampler, g, cfg, joint, erased_images)
+            if skip:
+                # resume mid-epoch: draw the batches already trained on again, without training on
+                # them, so the generator (and the erase-once twin) reach the interrupted step's state
+                for _ in range(skip):
+                    next(batches)
+                # the progress line goes on counting from there; the epoch's mean loss (best.pt)
+                # includes the steps before the stop (their sums were saved with the checkpoint)
+                progress.resume(skip, skip * cfg.P * cfg.K, partial)
+                skip = 0
+            for x, y, x_other in batches:
+                terms = training_step(model, optimizer, x, y, cfg, joint, x_other)
+                progress.update(len(y), **terms)
+                if stop.requested and progress.i < len(sampler):
+                    break
+            if stop.requested and progress.i < len(sampler):
+                # stopped mid-epoch: check the steps not yet printed (a NaN raises, nothing is
+                # written), then last.pt at (epoch, step) with the generator at the epoch's start
+                # and the loss sums so far
+                runs.save(snapshot(epoch, progress.i, epoch_start, epoch_sums=progress.sums()))
+                print(f"stopped by {stop.requested} at epoch {epoch + 1}/{cfg.epochs} step {progress.i}/{len(sampler)}; "
+                      f"wrote {runs.last}. Resume with:\n  {common.resume_command()}", flush=True)
+                return None
+            schedule.step()
+            if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+                # before the checkpoint, so its table holds this row (a resumed run prints every
+                # row); evaluation draws no random number and changes no weight
+                results[f"epoch {epoch + 1}"] = score(model, ds, cfg, device, cache)
+                print(evaluate.format_table(results, label=f"AEA {cfg.variant}"), flush=True)
+            # the last step printed a line, so every term of the epoch was checked (a NaN raised)
+            saved = snapshot(epoch + 1, 0, g.get_state())
+            runs.save(saved, epoch_loss=progress.mean("L"))  # last.pt; best.pt on the lowest mean L
+            if cfg.keep_every and (epoch + 1) % cfg.keep_every == 0:
+                common.save_checkpoint(os.path.join(cfg.out, f"epoch_{epoch + 1}.pt"), saved)
+            if stop.requested and epoch + 1 < cfg.epochs:
+                print(f"stopped by {stop.requested} after epoch {epoch + 1}/{cfg.epochs}; wrote {runs.last}. "
+                      f"Resume with:\n  {common.resume_command()}", flush=True)
+                return None
     return results
 
 
-def model_from_checkpoint(ckpt):
+def model_from_checkpoint(ckpt, path="the checkpoint"):
     """evaluate.py's hook: (model, (height, width)) from an AEA checkpoint; model(x) in eval() is
-    the variant's test feature (`AEA.forward`). The config is rebuilt whole from the checkpoint."""
-    cfg = config_from_checkpoint(ckpt)
+    the variant's test feature (`AEA.forward`). The config is rebuilt whole from the checkpoint;
+    another paper's file, or one whose classifier does not match its own identity count, is refused."""
+    cfg = config_from_checkpoint(ckpt, path)
+    # FC_2's rows against the identity count the file claims (a missing FC_2 fails just below)
+    fc_2 = "basic.FC_2.weight" if "basic.FC_2.weight" in ckpt["model"] else None
+    common.check_checkpoint(ckpt, path, "aea", ckpt.get("num_classes"), fc_2)
     model = AEA(ckpt["num_classes"], cfg.variant, "none", cfg.dropout)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: the weights do not fit AEA variant {cfg.variant} "
+                        f"({str(e).splitlines()[0]})") from None
     return model.eval(), (cfg.height, cfg.width)
 
 
-def config_from_checkpoint(ckpt):
-    """The AEAConfig saved in a checkpoint; a UserError for another paper's or a foreign file."""
-    if not isinstance(ckpt, dict) or ckpt.get("paper") != "aea":
-        kind = ckpt.get("paper") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UserError(f"not an AEA checkpoint (paper={kind!r}); expected one written by `python aea.py`")
+def config_from_checkpoint(ckpt, path="the checkpoint"):
+    """The AEAConfig saved in a checkpoint; a UserError saying what the file is for another paper's
+    or a foreign file (common.check_checkpoint)."""
+    common.check_checkpoint(ckpt, path, "aea")
     try:
         return AEAConfig(**ckpt["config"])
     except (KeyError, TypeError) as e:
-        raise UserError(f"the AEA checkpoint's config does not match this aea.py: {e}") from None
+        raise UserError(f"{path}: the AEA checkpoint's config does not match this aea.py: {e}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -550,7 +674,7 @@ def figure(argv=None):
         raise UserError(f"--num must be >= 1, got {args.num}")
     device = common.pick_device(args.device)
     ckpts = [common.load_checkpoint(c) for c in args.checkpoint]
-    cfgs = [config_from_checkpoint(c) for c in ckpts]
+    cfgs = [config_from_checkpoint(c, path) for c, path in zip(ckpts, args.checkpoint)]
     if len({(c.height, c.width) for c in cfgs}) > 1:
         raise UserError("the checkpoints were trained at different input sizes; give checkpoints of one size")
     cfg = cfgs[0]
@@ -558,8 +682,8 @@ def figure(argv=None):
     pick = np.unique(np.linspace(0, len(ds.query) - 1, args.num).round().astype(int))
     images = data.load_images([ds.query.paths[i] for i in pick], cfg.height, cfg.width)  # uint8 [n, 3, H, W]
     rows = [list(images)]
-    for ckpt, c in zip(ckpts, cfgs):
-        model = model_from_checkpoint(ckpt)[0].to(device)
+    for ckpt, c, path in zip(ckpts, cfgs, args.checkpoint):
+        model = model_from_checkpoint(ckpt, path)[0].to(device)
         with torch.no_grad(), common.autocast(device):
             # the attention of the basic network, as the training step computes it (Eq. 1)
             M_l = model.basic.backbone.run(data.normalize(images.to(device)), "conv1", c.attention_layer)
@@ -586,18 +710,20 @@ def benchmark(argv=None):
     p.add_argument("--classes", type=int, default=751, help="FC_2 outputs (Market-1501: 751)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=common.PRECISIONS, default="auto",
+                   help="autocast: auto = bf16 on CUDA, fp32 on the CPU (default: auto)")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.classes < 1:
         raise UserError(f"--repeats and --classes must be >= 1, got {args.repeats} and {args.classes}")
     device = common.pick_device(args.device)
     common.seed_everything(0)
-    cfg = AEAConfig(height=args.height, width=args.width, P=args.P, K=args.K, weights="none")
+    cfg = AEAConfig(height=args.height, width=args.width, P=args.P, K=args.K, weights="none", precision=args.precision)
     check_config(cfg)
-    model = AEA(args.classes, "aea", "none").to(device).train()
+    model = common.prepare_model(AEA(args.classes, "aea", "none"), device).train()
     optimizer = common.make_sgd(model.parameters(), cfg.lr)
     x = data.normalize(torch.randint(0, 256, (args.P * args.K, 3, args.height, args.width), dtype=torch.uint8).to(device))
     y = torch.arange(args.P, device=device).repeat_interleave(args.K) % args.classes  # P identities x K
-    with torch.no_grad(), common.autocast(device):
+    with torch.no_grad(), common.autocast(device, cfg.precision):
         M_l = model.basic.backbone.run(x, "conv1", cfg.attention_layer)
 
     def timed(step):
@@ -622,7 +748,7 @@ def benchmark(argv=None):
             if r:
                 times[name].append(t)
     med = {name: float(np.median([w for w, _ in t])) for name, t in times.items()}
-    print(f"batch {args.P}x{args.K} at {args.height}x{args.width}, device {device}, torch threads "
+    print(f"batch {args.P}x{args.K} at {args.height}x{args.width}, device {device}, precision {cfg.precision}, torch threads "
           f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     for name, t in times.items():
         print(f"  {name:34s} {med[name] * 1000:9.1f} ms  (median of {', '.join(f'{w * 1000:.0f}' for w, _ in t)}; "
@@ -650,6 +776,8 @@ def main(argv=None):
               "download offline; the real-data default is imagenet), CPU-sized schedule")
     start = time.time()
     results = train(cfg)  # its last table holds every row: untrained (demo), each evaluation, final
+    if results is None:  # stopped by SIGINT / SIGTERM: train printed how to resume; exit status 0
+        return None
     print(f"finished in {time.time() - start:.0f} s; checkpoint {os.path.join(cfg.out, 'last.pt')}")
     return results
 

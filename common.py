@@ -124,6 +124,11 @@ def keep_freed_memory():
 _FREED_MEMORY_KEPT = None  # set once per process by keep_freed_memory
 
 
+def freed_memory_kept():
+    """Whether keep_freed_memory has run in this process (bench.py measures without it first)."""
+    return _FREED_MEMORY_KEPT is not None
+
+
 def seed_everything(seed):
     """Seed Python, numpy and torch (all CUDA devices too) from one integer."""
     random.seed(seed)
@@ -150,8 +155,10 @@ PRECISIONS = ("auto", "bf16", "fp32")
 def autocast(device, precision="auto"):
     """The mixed-precision context of a training or feature step.
 
-    precision "auto": bf16 autocast on CUDA, plain fp32 on the CPU (CPU bf16 kernels are slower
-    than fp32 for these convolutions on most CPUs); "bf16": bf16 autocast on either; "fp32": none.
+    precision "auto": bf16 autocast on CUDA, plain fp32 on the CPU; "bf16": bf16 autocast on either;
+    "fp32": none. Choice: the CPU default stays fp32 although bf16 can be faster there (1.35x for
+    the AEA demo on this project's CPU, which has AVX512_BF16; many CPUs have no bf16 kernels): fp32
+    is what makes a CPU run bit-identical on resume, and the demo's bf16 run ended 2.4 mAP lower.
     bf16 keeps fp32's exponent range, so no loss scaling is needed (unlike fp16). Losses and
     distances are computed in fp32 inside it (`cross_entropy`, `batch_hard_triplet_loss`).
     """
@@ -413,7 +420,7 @@ class Progress:
 
     def __init__(self, total, prefix="", every=20, file=None):
         self.total, self.prefix, self.every, self.file = total, prefix, every, file or sys.stdout
-        self.i, self.images, self.sums, self.pending = 0, 0, {}, []
+        self.i, self.images, self.pending = 0, 0, []
         self.start = self.last = time.perf_counter()
         self.last_images = 0
         self.totals, self.counted = {}, 0  # sums over every step checked so far, for `mean`
@@ -440,6 +447,19 @@ class Progress:
                                         "this step) is left untouched. A smaller --lr usually helps.")
                 sums[k] = sums.get(k, 0.0) + v
         return sums
+
+    def sums(self):
+        """The sum of each term over every step of the epoch so far, pending ones included (read and
+        checked now: a NaN raises). What a mid-epoch checkpoint saves for `resume`."""
+        pending = self.check()
+        return {k: self.totals.get(k, 0.0) + pending.get(k, 0.0) for k in {**self.totals, **pending}}
+
+    def resume(self, steps, num_images, sums):
+        """Go on with an epoch stopped after `steps` steps of `num_images` images in all, whose terms
+        summed to `sums` (`Progress.sums` of the stopped run): the lines count on from there and
+        `mean` covers the whole epoch, the steps before the stop included."""
+        self.i, self.images, self.last_images = steps, num_images, num_images
+        self.totals, self.counted = dict(sums), steps
 
     def mean(self, key):
         """The mean of term `key` over all the steps printed so far (the whole epoch at its end)."""
@@ -576,7 +596,10 @@ def check_checkpoint(ckpt, path, paper, num_classes=None, classifier_key=None):
     if not isinstance(ckpt, dict) or ckpt.get("paper") != paper or "model" not in ckpt:
         raise UserError(f"{path} is {describe_checkpoint(ckpt)}; expected {expected}")
     if num_classes is not None and classifier_key is not None:
-        have = ckpt["model"][classifier_key].shape[0]
+        weight = ckpt["model"].get(classifier_key) if isinstance(ckpt["model"], dict) else None
+        if weight is None:
+            raise UserError(f"{path} has no {classifier_key}: not a complete {expected}")
+        have = weight.shape[0]
         if have != num_classes:
             raise UserError(f"{path} was trained on {have} identities, but this dataset has {num_classes} training "
                             "identities: give the --root (and --dataset) the checkpoint was trained on")
@@ -629,14 +652,26 @@ class RunCheckpoints:
 
     def save(self, state, epoch_loss=None):
         """Write last.pt; also best.pt when `epoch_loss` (an epoch's mean loss) beats every earlier one."""
-        if epoch_loss is not None and epoch_loss < self.best_loss:
+        is_best = epoch_loss is not None and epoch_loss < self.best_loss
+        if is_best:
             self.best_loss = epoch_loss
-            state["best_loss"] = epoch_loss
-            save_checkpoint(self.last, state)
-            save_checkpoint(self.best, state)
-        else:
-            state["best_loss"] = self.best_loss
-            save_checkpoint(self.last, state)
+        state["best_loss"] = self.best_loss
+        save_checkpoint(self.last, state)
+        if is_best:
+            # best.pt = the file just written, as a second name for it (a hard link): no second
+            # write of a checkpoint that is ~460 MB for AEA. The link is made under a temporary
+            # name and renamed over best.pt, so best.pt is always whole; the next save_checkpoint
+            # replaces the name last.pt by a new file and leaves this one to best.pt.
+            tmp = os.path.join(self.folder, f".best.pt.link{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            try:
+                os.link(self.last, tmp)
+                os.replace(tmp, self.best)
+            except OSError:  # a file system without hard links: write it again
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                save_checkpoint(self.best, state)
 
 
 def check_writable(folder, flag="--out"):

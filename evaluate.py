@@ -61,16 +61,17 @@ from common import UserError
 
 
 @torch.no_grad()
-def extract_features(model, loader, device, flip=False):
-    """Test features of every image: `loader` yields uint8 CPU batches [B, 3, H, W] -> [N, D] float32 on device.
+def extract_features(model, loader, device, flip=False, precision="auto"):
+    """Test features of every image: `loader` yields uint8 batches [B, 3, H, W] -> [N, D] float32 on device.
 
     flip=True: f = (model(x) + model(mirror(x))) / 2, the horizontal mirror being a free second view.
+    precision: the autocast of `common.autocast` (auto: bf16 on CUDA, fp32 on the CPU).
     """
     model.eval()  # BatchNorm running statistics, no dropout
     feats = []
     for x in loader:
         x = data.normalize(common.to_device(x, device))  # pinned + non-blocking on CUDA
-        with common.autocast(device):
+        with common.autocast(device, precision):
             f = model(x).float()
             if flip:
                 f = (f + model(x.flip(3)).float()) / 2  # dim 3 = width
@@ -451,7 +452,7 @@ def load_model(args):
                 raise
             raise UserError(f"{args.checkpoint} is a {paper!r} checkpoint, but {paper}.py is not in this "
                             "project yet") from None
-        return module.model_from_checkpoint(ckpt)
+        return module.model_from_checkpoint(ckpt, args.checkpoint)
     if paper != "backbone":
         raise UserError(f"{args.checkpoint}: unknown checkpoint kind paper={paper!r}; expected 'backbone', "
                         "'aea' or 'aaanet' (a file written by common.save_checkpoint)")
@@ -579,7 +580,7 @@ def parse_args(argv):
 
 
 def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None, batch_size=256, flip=False,
-                   xqda_lambda=0.001, xqda_dims=0, kissme_dims=200, show_ranks=0, out=None):
+                   xqda_lambda=0.001, xqda_dims=0, kissme_dims=200, show_ranks=0, out=None, precision="auto"):
     """Score `model` on `ds` (a data.ReIDData) -> {metric: rank_metrics dict}, in `metrics` order.
 
     size: the model's input (height, width). images: a dict {split name: uint8 tensor} that is
@@ -592,7 +593,7 @@ def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None,
     def features(name):  # decode once (kept in `images`), then uint8 batches go to the device
         if name not in images:
             images[name] = data.load_images(getattr(ds, name).paths, *size, desc=name)
-        return extract_features(model, images[name].split(batch_size), device, flip=flip)
+        return extract_features(model, images[name].split(batch_size), device, flip=flip, precision=precision)
 
     qf, gf = features("query"), features("gallery")
     if {"xqda", "kissme"} & set(metrics):

@@ -24,3 +24,30 @@ def synthetic_root(tmp_path_factory):
     """Folder holding bounding_box_train / query / bounding_box_test of SYNTHETIC_SIZES; read it
     with data.load_dataset(synthetic_root, "synthetic")."""
     return data.make_synthetic(str(tmp_path_factory.mktemp("synthetic")), **SYNTHETIC_SIZES)
+
+
+def stop_at_step_script(module, step_function):
+    """Python source of a stand-in for `python <module>.py ...` that, just before the training step
+    number $STOP_AT (counted over the whole run, through `<module>.<step_function>`), either sends
+    itself the real signal $STOP_SIGNAL (SIGINT, SIGTERM: that step still runs) or, with
+    STOP_SIGNAL=PAUSE, writes the file $PAUSED_FILE and sleeps inside the step, so that a test can
+    SIGKILL it from outside at a known point of an epoch, on a fast machine as on a slow one.
+    sys.argv[0] is set to <module>.py so that the printed resume command is the user's."""
+    return f"""
+import os, signal, sys, time
+sys.path.insert(0, os.getcwd())
+import common, {module}
+stop_at, how = int(os.environ["STOP_AT"]), os.environ["STOP_SIGNAL"]
+calls, step = [0], {module}.{step_function}
+def stopping_step(*args):
+    calls[0] += 1
+    if calls[0] == stop_at and how == "PAUSE":
+        open(os.environ["PAUSED_FILE"], "w").close()
+        time.sleep(300)
+    elif calls[0] == stop_at:
+        os.kill(os.getpid(), getattr(signal, how))
+    return step(*args)
+{module}.{step_function} = stopping_step
+sys.argv[0] = "{module}.py"
+common.exit_on_user_error({module}.main)
+"""

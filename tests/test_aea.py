@@ -1,7 +1,14 @@
 """Tests of aea.py: Eq. (1) and the top-R% erasing on hand-made tensors, the dynamic strategy (one
 forward pass, no gradient through the erasing, the current weights every step), the feature sizes,
 one training step of every variant, and a tiny run through training, checkpoint, reload, evaluation."""
+import dataclasses
+import hashlib
 import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +18,7 @@ from PIL import Image
 import aea
 import common
 import data
+from conftest import stop_at_step_script
 import evaluate
 from common import UserError
 
@@ -270,8 +278,11 @@ def test_defaults_demo_and_per_dataset():
 
 
 @pytest.mark.parametrize("argv, message", [
+    # R in (0, 100): both ends and beyond each; margin >= 0; lr > 0 (0 too is refused)
     (["--R", "0"], "--R is the percentage"), (["--R", "100"], "--R is the percentage"),
+    (["--R", "-5"], "--R is the percentage"), (["--R", "150"], "--R is the percentage"),
     (["--margin", "-0.1"], "--margin must be >= 0"), (["--lr", "-1"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be positive"),
     (["--alpha1", "-1"], "--alpha1 must be >= 0"), (["--dataset", "duke"], "needs --root"),
     (["--variant", "b3", "--erasing", "random"], "applies to --variant aea and b2"),
     (["--epochs", "5", "--warmup-epochs", "5"], "--warmup-epochs 5 leaves no epoch"),
@@ -283,11 +294,22 @@ def test_bad_flags_are_one_clear_error(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_checkpoint_of_another_paper_is_refused(tmp_path):
-    with pytest.raises(UserError, match="not an AEA checkpoint"):
-        aea.model_from_checkpoint({"paper": "aaanet", "config": {}})
+def test_checkpoint_of_another_paper_or_other_identities_is_refused(tmp_path):
+    # an AAA-Net file: the message says what it is and what was expected, with the file's name
+    other = str(tmp_path / "aaanet.pt")
+    common.save_checkpoint(other, {"paper": "aaanet", "stage": "stage1", "model": {}, "config": {}})
+    with pytest.raises(UserError, match="is an AAA-Net stage1 checkpoint .*; expected an AEA checkpoint"):
+        aea.model_from_checkpoint(common.load_checkpoint(other), other)
+    with pytest.raises(UserError, match=f"{other} is an AAA-Net stage1 checkpoint"):
+        aea.figure(["--checkpoint", other])
     with pytest.raises(UserError, match="does not exist"):
         aea.figure(["--checkpoint", str(tmp_path / "missing.pt")])
+    # an AEA file whose classifier FC_2 has 4 rows but which claims 5 identities: refused before
+    # any weight is loaded
+    bad = {"paper": "aea", "config": dataclasses.asdict(aea.AEAConfig()), "num_classes": 5,
+           "model": {"basic.FC_2.weight": torch.zeros(4, 2560)}}
+    with pytest.raises(UserError, match="trained on 4 identities, but this dataset has 5"):
+        aea.model_from_checkpoint(bad, "bad.pt")
 
 
 # -----------------------------------------------------------------------------
@@ -330,18 +352,230 @@ def test_benchmark_command_runs(capsys):
     assert ratio > 0 and "AEA / B1 =" in capsys.readouterr().out
 
 
-def test_b4_run_erases_once_and_saves_the_mask(synthetic_root, tmp_path, capsys):
+def small_run(root, out, *extra):
+    """Flags of an in-process run on the conftest set (8 training identities): P=4 x K=2 -> 2 steps an epoch."""
+    return ["--root", root, "--dataset", "synthetic", "--height", str(H), "--width", str(W), "--P", "4", "--K", "2",
+            "--weights", "none", "--device", "cpu", "--out", str(out), *extra]
+
+
+def same_weights(a, b):
+    """True when two state dicts hold bit-identical tensors under the same names."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def signal_at_call(monkeypatch, function_name, call, signum):
+    """Wrap aea.<function_name> so that this process sends itself `signum` (a real signal) just
+    before call number `call`: the handler runs at once, the call itself still completes."""
+    real, calls = getattr(aea, function_name), [0]
+
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == call:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(aea, function_name, wrapped)
+
+
+def test_b4_run_erases_once_saves_the_mask_and_resumes_with_it(synthetic_root, tmp_path, monkeypatch, capsys):
     # B4: epoch 1 basic alone, then the attention erasing computed once; the checkpoint holds the
     # mask bit-packed, one bit per pixel: [N, H, W / 8] with exactly k = round(10% of 64*32) = 205 bits
     # set per image
-    out = tmp_path / "b4"
-    aea.main(["--root", synthetic_root, "--dataset", "synthetic", "--variant", "b4", "--b4-basic-epochs", "1",
-              "--epochs", "2", "--height", str(H), "--width", str(W), "--P", "4", "--K", "2", "--weights", "none",
-              "--device", "cpu", "--out", str(out)])
+    flags = small_run(synthetic_root, tmp_path / "b4", "--variant", "b4", "--b4-basic-epochs", "1", "--epochs", "2")
+    aea.main(flags)
     printed = capsys.readouterr().out
     assert "erasing fixed" in printed and "L_I2" in printed.split("epoch 2/2")[1]
-    packed = common.load_checkpoint(str(out / "last.pt"))["erase_mask"]
+    reference = common.load_checkpoint(str(tmp_path / "b4" / "last.pt"))
+    packed = reference["erase_mask"]
     n_train = len(data.load_dataset(synthetic_root, "synthetic", verbose=False).train)
     assert packed.shape == (n_train, H, W // 8)
     bits = np.unpackbits(packed.numpy(), axis=-1)
     assert (bits.reshape(n_train, -1).sum(axis=1) == 205).all()
+    # The same run stopped by SIGTERM during step 3 = epoch 2, step 1 of 2: last.pt is written at
+    # (epoch 1 done, step 1) with the mask computed at the start of epoch 2 ...
+    out = tmp_path / "stopped"
+    flags = small_run(synthetic_root, out, "--variant", "b4", "--b4-basic-epochs", "1", "--epochs", "2")
+    signal_at_call(monkeypatch, "training_step", 3, signal.SIGTERM)
+    assert aea.main(flags) is None
+    assert f"stopped by SIGTERM at epoch 2/2 step 1/2; wrote {out / 'last.pt'}" in capsys.readouterr().out
+    stopped = common.load_checkpoint(str(out / "last.pt"))
+    assert (stopped["epoch"], stopped["step"]) == (1, 1) and torch.equal(stopped["erase_mask"], packed)
+    # ... and --resume takes the mask from the checkpoint (computing it again would fail here), the
+    # twin of the generator replays step 1's flips and crops of the erased copies, and the run
+    # ends bit-identical to the uninterrupted one
+    monkeypatch.undo()
+    monkeypatch.setattr(aea, "fixed_erasing_masks", lambda *a, **k: pytest.fail("the mask was computed again"))
+    aea.main(flags + ["--resume"])
+    assert "resuming" in capsys.readouterr().out
+    assert same_weights(common.load_checkpoint(str(out / "last.pt"))["model"], reference["model"])
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: best.pt, a NaN loss, refused resumes (in-process, B1 for speed)
+
+def test_best_checkpoint_is_the_epoch_with_the_lowest_mean_loss(synthetic_root, tmp_path, monkeypatch):
+    # 3 epochs of 2 steps; the logged total loss L is replaced by set values (the training itself
+    # is untouched):  epoch 1: 4, 2 -> mean 3;  epoch 2: 0.5, 1.5 -> mean 1;  epoch 3: 0.25, 3.75 -> mean 2.
+    # best.pt = epoch 2 (lowest MEAN; epoch 3 holds the lowest single step), last.pt = epoch 3.
+    values, real = iter([4.0, 2.0, 0.5, 1.5, 0.25, 3.75]), aea.training_step
+    monkeypatch.setattr(aea, "training_step", lambda *a: dict(real(*a), L=torch.tensor(next(values))))
+    out = tmp_path / "best"
+    aea.main(small_run(synthetic_root, out, "--variant", "b1", "--epochs", "3"))
+    best, last = (common.load_checkpoint(str(out / name)) for name in ("best.pt", "last.pt"))
+    assert (best["epoch"], best["best_loss"]) == (2, 1.0)
+    assert (last["epoch"], last["best_loss"]) == (3, 1.0)
+
+
+def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_root, tmp_path, monkeypatch, capsys):
+    # B1, 2 epochs of 2 steps: L_T is computed once a step, so its 4th call is epoch 2, step 2.
+    # That call returns NaN; the check at the epoch's last step finds step 1 finite, then in step 2
+    # L_I1 finite and L_T NaN -> "epoch 2/2 step 2/2: the loss term L_T is nan". last.pt is still
+    # epoch 1's, byte for byte (its hash taken at the moment the NaN appears).
+    out = tmp_path / "nan"
+    real, calls, before = common.batch_hard_triplet_loss, [0], {}
+
+    def nan_at_fourth(f, y, m):
+        calls[0] += 1
+        if calls[0] == 4:
+            before["sha"] = hashlib.sha1((out / "last.pt").read_bytes()).hexdigest()
+            return real(f, y, m) * float("nan")
+        return real(f, y, m)
+    monkeypatch.setattr(common, "batch_hard_triplet_loss", nan_at_fourth)
+    with pytest.raises(SystemExit) as e:
+        common.exit_on_user_error(aea.main, small_run(synthetic_root, out, "--variant", "b1", "--epochs", "2"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: epoch 2/2 step 2/2: the loss term L_T is nan" in err
+    assert hashlib.sha1((out / "last.pt").read_bytes()).hexdigest() == before["sha"]
+    assert common.load_checkpoint(str(out / "last.pt"))["epoch"] == 1
+
+
+# -----------------------------------------------------------------------------
+# Resume and determinism through the real command line: subprocesses, real signals, on the CPU
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS, STEPS = 2, 4  # the conftest set's 8 training identities in batches of P=2 -> 4 steps an epoch
+
+
+def cli_flags(root, out):
+    """AEA (dynamic erasing), warm-up 1 epoch then 1 joint epoch, 64x32, random weights, CPU."""
+    return ["--root", root, "--dataset", "synthetic", "--height", str(H), "--width", str(W), "--weights", "none",
+            "--device", "cpu", "--epochs", str(EPOCHS), "--warmup-epochs", "1", "--P", "2", "--K", "2", "--out", out]
+
+
+def run_cli(*argv, env=None):
+    """`python <argv>` from the repository root, as a user runs it."""
+    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+def load(path):
+    """A checkpoint for reading in a test: memory-mapped, so a 460 MB file costs no copy."""
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+
+
+def final_row(stdout):
+    """The final table's row, e.g. 'epoch 2   0.00  40.00  70.00  16.09  10.51'."""
+    return [line for line in stdout.splitlines() if line.startswith(f"epoch {EPOCHS} ")][-1]
+
+
+@pytest.fixture(scope="module")
+def reference_run(synthetic_root, tmp_path_factory):
+    """The uninterrupted run that every resumed run must reproduce bit for bit: (out, stdout, model)."""
+    out = str(tmp_path_factory.mktemp("reference"))
+    done = run_cli("aea.py", *cli_flags(synthetic_root, out))
+    assert done.returncode == 0, done.stderr
+    assert f"epoch {EPOCHS}/{EPOCHS}  iter {STEPS}/{STEPS}" in done.stdout
+    return out, done.stdout, load(os.path.join(out, "last.pt"))["model"]
+
+
+def test_same_seed_twice_gives_identical_metrics_and_weights(reference_run, synthetic_root, tmp_path):
+    # run one after the other: side by side, two processes of 2 threads on 2 cores take 3x longer
+    again = run_cli("aea.py", *cli_flags(synthetic_root, str(tmp_path)))
+    assert again.returncode == 0, again.stderr
+    assert final_row(again.stdout) == final_row(reference_run[1])
+    assert same_weights(load(tmp_path / "last.pt")["model"], reference_run[2])
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, synthetic_root, tmp_path):
+    out, last, best = str(tmp_path), tmp_path / "last.pt", tmp_path / "best.pt"
+    proc = subprocess.Popen([sys.executable, "aea.py", *cli_flags(synthetic_root, out)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # epoch 1's last.pt, then best.pt, appear by atomic renames; 0.3 s later the run is a step
+    # into epoch 2 (a step takes ~0.25 s here; the run's end, 3 steps, an evaluation and a
+    # checkpoint of ~1 s, is still far) and SIGKILL gives it no chance to write anything
+    deadline = time.time() + 240
+    while not best.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
+    killed = load(last)
+    # the kill landed during training: the last checkpoint is epoch 1's end, not the run's end
+    assert (killed["epoch"], killed["step"]) == (1, 0)
+    resumed = run_cli("aea.py", *cli_flags(synthetic_root, out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {last} at epoch 2 step 0" in resumed.stdout
+    final = load(last)
+    assert final["epoch"] == EPOCHS and same_weights(final["model"], reference_run[2])
+    # the metrics too, and best.pt is the reference's (epoch and mean loss, restored on resume)
+    assert final_row(resumed.stdout) == final_row(reference_run[1])
+    ref_best = load(os.path.join(reference_run[0], "best.pt"))
+    assert (final["best_loss"], load(best)["epoch"]) == (ref_best["best_loss"], ref_best["epoch"])
+
+
+# the stand-in for `python aea.py` that signals itself at a chosen step (conftest.stop_at_step_script)
+SIGNAL_AT_STEP = stop_at_step_script("aea", "training_step")
+
+
+def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_run, synthetic_root, tmp_path):
+    out, last = str(tmp_path / "run"), tmp_path / "run" / "last.pt"
+    script = tmp_path / "signal_at_step.py"
+    script.write_text(SIGNAL_AT_STEP)
+    # SIGINT arrives just before step 6 = epoch 2, step 2 of 4; that step finishes, then last.pt is
+    # written with epoch 1 (completed) and step 2 (trained in epoch 2), and the run exits 0
+    stopped = run_cli(str(script), *cli_flags(synthetic_root, out),
+                      env={**os.environ, "STOP_AT": str(STEPS + 2), "STOP_SIGNAL": "SIGINT"})
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"stopped by SIGINT at epoch 2/{EPOCHS} step 2/{STEPS}; wrote {last}" in stopped.stdout
+    ckpt = load(last)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
+    # the loss sums of the 2 steps travel with it, for epoch 2's mean (best.pt)
+    assert set(ckpt["epoch_sums"]) == {"L_I1", "L_I2", "L_T", "L"}
+    # the printed command, run as printed (python -> this interpreter), finishes the run
+    argv = shlex.split(stopped.stdout.split("Resume with:\n")[1].splitlines()[0])
+    assert argv[:2] == ["python", "aea.py"] and argv[-1] == "--resume"
+    resumed = run_cli(*argv[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {last} at epoch 2 step 2" in resumed.stdout
+    # the two replayed batches left the generator where the stopped run had it: same weights
+    final = load(last)
+    assert final["epoch"] == EPOCHS and same_weights(final["model"], reference_run[2])
+
+
+def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_root, tmp_path, capsys):
+    def error(argv):
+        with pytest.raises(SystemExit) as e:
+            common.exit_on_user_error(aea.main, argv)
+        assert e.value.code == 2
+        return capsys.readouterr().err
+
+    # another --lr than the run was started with: named, with both values
+    err = error(cli_flags(synthetic_root, reference_run[0]) + ["--lr", "0.02", "--resume"])
+    assert "--lr 0.01 in the checkpoint, 0.02 now" in err and "resume with the same flags" in err
+    # nothing to resume
+    assert "--resume: there is no checkpoint" in error(cli_flags(synthetic_root, str(tmp_path / "none")) + ["--resume"])
+    # AAA-Net's last.pt in --out: what it is, what was expected
+    other = tmp_path / "other"
+    common.save_checkpoint(str(other / "last.pt"), {"paper": "aaanet", "stage": "stage1", "model": {}, "config": {}})
+    err = error(cli_flags(synthetic_root, str(other)) + ["--resume"])
+    assert f"{other / 'last.pt'} is an AAA-Net stage1 checkpoint (aaanet.py); expected an AEA checkpoint" in err
+    # an AEA last.pt with this run's flags but a classifier for 5 identities; the data has 8
+    cfg, _ = aea.parse_config(cli_flags(synthetic_root, str(tmp_path / "five")))
+    common.save_checkpoint(str(tmp_path / "five" / "last.pt"),
+                           {"paper": "aea", "config": dataclasses.asdict(cfg), "epoch": 1, "step": 0,
+                            "model": {"basic.FC_2.weight": torch.zeros(5, 2560)}})
+    err = error(cli_flags(synthetic_root, str(tmp_path / "five")) + ["--resume"])
+    assert "was trained on 5 identities, but this dataset has 8 training identities" in err
+    # the finished reference run, resumed: it says so, returns its stored table and trains nothing
+    results = aea.main(cli_flags(synthetic_root, reference_run[0]) + ["--resume"])
+    printed = capsys.readouterr().out
+    assert f"already holds all {EPOCHS} epochs" in printed and "iter" not in printed
+    assert list(results) == [f"epoch {EPOCHS}"] and final_row(printed) == final_row(reference_run[1])

@@ -279,6 +279,21 @@ def test_progress_line_averages_the_terms():
     assert "iter 4/4  L_T 6.0000" in lines[1]
 
 
+def test_progress_resumes_an_epoch_with_its_earlier_sums():
+    # an epoch of 4 steps with L = 1, 2 | stop | 3, 4: the stopped run saves sums() = {L: 3} after
+    # step 2 (step 2 still pending, every=3); the resumed run's mean over the epoch is 10 / 4 = 2.5
+    out = io.StringIO()
+    first = common.Progress(total=4, every=3, file=out)
+    for loss in (1.0, 2.0):
+        first.update(8, L=torch.tensor(loss))
+    assert first.sums() == {"L": 3.0}
+    resumed = common.Progress(total=4, every=3, file=out)
+    resumed.resume(2, 16, first.sums())
+    for loss in (3.0, 4.0):
+        resumed.update(8, L=torch.tensor(loss))
+    assert resumed.mean("L") == pytest.approx(2.5) and "iter 4/4" in out.getvalue().splitlines()[-1]
+
+
 def test_progress_names_the_first_non_finite_step_and_term():
     # every=3: steps 1-3 print, steps 4-5 are pending; step 5's L_T is nan. check() must name
     # "step 5/6" and "L_T" (not L_I1, finite at step 5), and the earlier means stay readable.
