@@ -31,6 +31,13 @@ One command per stage (real data; each stage starts from the previous stage's ch
   python aaanet.py figure --checkpoint runs/aaanet/stage3/last.pt --out fig4.png      # Fig. 4
   python aaanet.py benchmark        # stage-1 vs stage-2 vs stage-3 step on one batch, with the floor
   python aaanet.py                  # demo: all three stages on synthetic data, CPU-sized (~2 min)
+Checkpoints and faults (`train_stage`): each stage writes OUT/<stage>/last.pt at every epoch end
+(atomically) and best.pt (lowest epoch-mean total loss: L_ce, L_adv, L). --resume continues from
+last.pt (same flags; on the CPU bit-identical to an uninterrupted run); Ctrl-C or SIGTERM finishes
+the step, writes last.pt, prints the command to resume and exits 0; a NaN or infinite loss stops
+the run naming the step and the term (exit 2), last.pt untouched. `python aaanet.py demo --resume`
+loads the stages that finished and resumes the first that did not. --precision auto|bf16|fp32
+picks the training step's autocast (auto: bf16 on CUDA, none on the CPU).
 Ablation flags: --lambda1/--lambda2 (Table 1), --omega (Table 2), --point conv2_x..conv5_x (Table 3),
 stage3 --mask-source response from stage 1 (Table 4), stage1 --random-erasing 0.5 (Table 5),
 --m-occ binary (SPEC.md's second reading of M_occ).
@@ -62,6 +69,11 @@ Choices where the paper and SPEC.md are silent (each marked "Choice (not in the 
     branch, still trained by Eq. (4); the mask is the round(HW/3) positions of highest channel-
     mean f_r, ties to the lower index.
   - Stage 2 is not evaluated: the backbone is frozen, so its test feature is stage 1's.
+  - best.pt is the epoch with the lowest mean training loss (no validation split; common.RunCheckpoints);
+    a checkpoint written by a stop signal mid-epoch carries the loss sums of the steps so far, so
+    the resumed epoch's mean still covers all of its steps.
+  - --resume may change only --device and --eval-metrics (`RESUME_MAY_DIFFER`); any other flag
+    would make the resumed run a different run, so it is refused, naming the flag.
 """
 import argparse
 import contextlib
@@ -122,6 +134,9 @@ class Config:
     eval_metrics: tuple[str, ...] = ("euclidean", "xqda", "kissme")  # metrics printed after the stage (none: skip), Tables 1-5
     seed: int = 0  # seeds the weights, the batch order and the augmentation
     device: str = "auto"  # auto (CUDA if present), cpu, cuda or cuda:N
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # autocast of the training step: auto = bf16 on CUDA, fp32 on the CPU
+    resume: bool = False  # continue from OUT/<stage>/last.pt (weights, optimizer, schedule, epoch, step, RNG states), same flags
+    skip_bad_files: bool = False  # warn about and skip image files whose name does not parse or that do not decode
 
 
 def resolve(cfg, stage):
@@ -495,7 +510,9 @@ def stage_parameters(model, stage):
 
 def train_step(model, optimizer, stage, x, y, cfg):
     """One SGD step of `stage` on a batch; returns the loss terms (tensors) for the log."""
-    with common.autocast(x.device):  # bf16 on CUDA, nothing on the CPU
+    # --precision auto: bf16 on CUDA, nothing on the CPU; the occlusion probes inside the stage-2/3
+    # losses run under this same autocast
+    with common.autocast(x.device, cfg.precision):
         if stage == "stage1":
             loss, terms = stage1_loss(model, x, y, cfg)
         elif stage == "stage2":
@@ -517,9 +534,9 @@ def load_init(model, cfg, stage, num_classes):
     stage 3 follows stage 2 (Sec. 3.3); from stage 1 the attention branch keeps its fresh random
     initialisation ("the rest of the parameters are initialized randomly")."""
     ckpt = common.load_checkpoint(cfg.init)
-    paper = ckpt.get("paper") if isinstance(ckpt, dict) else None
-    if paper != "aaanet":
-        raise UserError(f"--init {cfg.init} is a {paper!r} checkpoint, not an AAA-Net one (python aaanet.py stage1 writes those)")
+    # another paper's checkpoint (an AEA one), or one trained on another number of identities, is
+    # refused with what the file is and what was expected
+    common.check_checkpoint(ckpt, f"--init {cfg.init}", "aaanet", num_classes, "classifier.weight")
     # stage 2 follows stage 1; stage 3 follows stage 2, or stage 1 for Table 4's "without fine-tuning"
     expected = "stage1" if stage == "stage2" or cfg.mask_source == "response" else "stage2"
     if ckpt.get("stage") != expected:
@@ -527,9 +544,6 @@ def load_init(model, cfg, stage, num_classes):
                 if stage == "stage3" and ckpt.get("stage") == "stage1" else "")
         raise UserError(f"--init {cfg.init} is a {ckpt.get('stage')} checkpoint; {stage} starts from {expected}{hint}")
     state = ckpt["model"]
-    if state["classifier.weight"].shape[0] != num_classes:
-        raise UserError(f"--init {cfg.init} was trained on {state['classifier.weight'].shape[0]} identities, "
-                        f"but --root {cfg.root} has {num_classes}: give the dataset the previous stage used")
     if expected == "stage2" and ckpt["config"]["point"] != cfg.point:
         raise UserError(f"--init {cfg.init} put the attention branch after {ckpt['config']['point']}; "
                         f"pass --point {ckpt['config']['point']} (or train stage 2 again with --point {cfg.point})")
@@ -541,23 +555,47 @@ def load_init(model, cfg, stage, num_classes):
         raise UserError(f"--init {cfg.init} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
+# Choice (not in the paper): the Config fields a resumed run may change; none changes the trained weights
+RESUME_MAY_DIFFER = ("resume", "device", "eval_metrics")
+# each stage's total loss, whose epoch mean chooses best.pt (common.RunCheckpoints)
+TOTAL_LOSS = {"stage1": "L_ce", "stage2": "L_adv", "stage3": "L"}
+
+
 def train_stage(cfg, stage, ds=None, images=None):
     """Train one stage (Sec. 4.2) and return (model, {metric: results}) (no results for stage 2 or
-    with --eval-metrics empty). Writes OUT/<stage>/last.pt at the end of every epoch.
+    with --eval-metrics empty; results None when SIGINT/SIGTERM stopped the run before its end).
+
+    Writes OUT/<stage>/last.pt at the end of every epoch and OUT/<stage>/best.pt for the epoch with
+    the lowest mean total loss (L_ce, L_adv or L). A checkpoint records the position (epoch =
+    epochs completed, step = steps of the next epoch already trained) and the augmentation
+    generator's state at the start of that epoch. --resume rebuilds everything as a fresh run
+    would, restores weights, optimizer, schedule and the Python/numpy/torch/CUDA RNG states, and
+    replays the first `step` batches of the epoch without training on them: the batch order and
+    every augmentation draw come from that one generator, so the replay leaves it where the
+    stopped run had it, and on the CPU the resumed run ends bit-identical to an uninterrupted one.
 
     ds, images: a loaded dataset and a {split: uint8 cache} dict to reuse (the demo passes them, so
     the images are decoded once for all three stages and every evaluation).
     """
     cfg = resolve(cfg, stage)
     device = common.pick_device(cfg.device)
+    folder = os.path.join(cfg.out, stage)
+    # a folder that cannot be written fails now, not at the first checkpoint after an epoch of training
+    common.check_writable(folder)
+    checkpoints = common.RunCheckpoints(folder)
+    # --resume: the checkpoint to continue, refused if another paper wrote it or other flags were given
+    state = common.resume_state(checkpoints.last, "aaanet", cfg, may_differ=RESUME_MAY_DIFFER) if cfg.resume else None
     common.seed_everything(cfg.seed)  # the same seed draws the same weights and batches
-    ds = ds or data.load_dataset(cfg.root, cfg.dataset)
+    ds = ds or data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
     # the network first: missing ImageNet weights or a wrong --init fail before any image is decoded
     model = AAANet(ds.num_train_pids, cfg.point, cfg.dropout, cfg.attention_channels,
                    cfg.weights if stage == "stage1" else "none")
-    if stage != "stage1":
-        load_init(model, cfg, stage, ds.num_train_pids)
-    model.to(device)
+    if state is not None:
+        # the same flags, but the dataset on disk may have changed since
+        common.check_checkpoint(state, checkpoints.last, "aaanet", ds.num_train_pids, "classifier.weight")
+    elif stage != "stage1":
+        load_init(model, cfg, stage, ds.num_train_pids)  # a resumed run takes every weight from last.pt instead
+    model = common.prepare_model(model, device)
     images = {} if images is None else images
     if "train" not in images:
         images["train"] = data.load_images(ds.train.paths, cfg.height, cfg.width, desc="train")
@@ -572,39 +610,78 @@ def train_stage(cfg, stage, ds=None, images=None):
     steps = N // B
     if steps == 0:
         raise UserError(f"--batch-size {B} is larger than the {N} training images")
-    path = os.path.join(cfg.out, stage, "last.pt")
+    start_epoch, start_step = 0, 0
+    if state is not None:
+        # weights, momentum buffers, lr schedule and the global RNGs (dropout) as they were at the save
+        start_epoch = common.restore_training(state, model, optimizer, schedule)
+        start_step = state.get("step", 0)
+        g.set_state(state["aug_generator"])  # the generator as it was at the start of epoch `start_epoch`
+        checkpoints.restore(state)
+        if start_epoch < cfg.epochs:
+            print(f"{stage}: resuming {checkpoints.last} at epoch {start_epoch + 1} step {start_step}", flush=True)
     print(f"{stage}: {N} training images of {ds.num_train_pids} identities at {cfg.height}x{cfg.width}, "
           f"{steps} batches of {B} per epoch, device {device}, "
           + (f"weights {cfg.weights}" if stage == "stage1" else f"from {cfg.init}"), flush=True)
-    for epoch in range(cfg.epochs):
-        set_stage_modes(model, stage)
-        # Choice (not in the paper): a shuffled pass over the images, the last incomplete batch dropped
-        order = torch.randperm(N, generator=g)[:steps * B].view(steps, B)  # [steps, B] image indices
-        progress = common.Progress(steps, prefix=f"{stage} epoch {epoch + 1}/{cfg.epochs}  "
-                                                 f"lr {optimizer.param_groups[0]['lr']:.0e}  ")
-        # the shared data path: each row of `order` -> cache rows -> augment, x [B, 3, H, W] float32
-        for x, y in data.train_batches(train_images, labels, order.tolist(), g, pad=cfg.pad,
-                                       random_erasing=cfg.random_erasing):
-            terms = train_step(model, optimizer, stage, x, y, cfg)
-            progress.update(B, **terms)
-        schedule.step()
-        # everything needed to continue: weights, optimizer, schedule, epoch, config, RNG states
-        common.save_checkpoint(path, common.training_state("aaanet", model, optimizer, schedule, epoch + 1, cfg,
-                                                           stage=stage, aug_generator=g.get_state()))
-    print(f"wrote {path}")
+    # SIGINT / SIGTERM: the current step finishes, last.pt is written, the command to resume printed
+    with common.StopOnSignal() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            set_stage_modes(model, stage)
+            epoch_start = g.get_state()  # a checkpoint written inside this epoch replays from here
+            # Choice (not in the paper): a shuffled pass over the images, the last incomplete batch dropped
+            order = torch.randperm(N, generator=g)[:steps * B].view(steps, B)  # [steps, B] image indices
+            progress = common.Progress(steps, prefix=f"{stage} epoch {epoch + 1}/{cfg.epochs}  "
+                                                     f"lr {optimizer.param_groups[0]['lr']:.0e}  ")
+            replay, start_step = start_step, 0
+            if replay:
+                # Choice (not in the paper): the steps trained before the stop keep their numbers and
+                # count in the epoch's mean (best.pt), from the sums the stopped run saved
+                progress.resume(replay, replay * B, state["epoch_sums"])
+            # the shared data path: each row of `order` -> cache rows -> augment, x [B, 3, H, W] float32
+            batches = data.train_batches(train_images, labels, order.tolist(), g, pad=cfg.pad,
+                                         random_erasing=cfg.random_erasing)
+            for s, (x, y) in enumerate(batches):
+                if s < replay:
+                    continue  # trained before the stop: drawn again only to move the generator on
+                terms = train_step(model, optimizer, stage, x, y, cfg)
+                progress.update(B, **terms)  # raises LossNotFinite (exit 2) when it reads a NaN or inf term
+                if stop.requested and s + 1 < steps:
+                    # no NaN since the last line may reach the checkpoint: check before writing
+                    checkpoints.save(common.training_state("aaanet", model, optimizer, schedule, epoch, cfg, stage=stage,
+                                                           step=s + 1, aug_generator=epoch_start,
+                                                           epoch_sums=progress.sums()))
+                    print(f"stopped by {stop.requested} at epoch {epoch + 1}/{cfg.epochs} step {s + 1}/{steps}; "
+                          f"wrote {checkpoints.last}. Resume with:\n  {common.resume_command()}", flush=True)
+                    return model, None
+            schedule.step()
+            # everything needed to continue: weights, optimizer, schedule, epoch, config, RNG states;
+            # the epoch's last step printed its line, so every term was checked finite
+            checkpoints.save(common.training_state("aaanet", model, optimizer, schedule, epoch + 1, cfg, stage=stage,
+                                                   step=0, aug_generator=g.get_state()),
+                             epoch_loss=progress.mean(TOTAL_LOSS[stage]))
+            if stop.requested and epoch + 1 < cfg.epochs:
+                print(f"stopped by {stop.requested} after epoch {epoch + 1}/{cfg.epochs}; wrote {checkpoints.last}. "
+                      f"Resume with:\n  {common.resume_command()}", flush=True)
+                return model, None
+    if start_epoch == cfg.epochs:
+        print(f"{stage}: {checkpoints.last} already holds all {cfg.epochs} epochs; nothing left to train")
+    else:
+        print(f"wrote {checkpoints.last} and {checkpoints.best}")
     results = {}
     # Choice (not in the paper): no evaluation after stage 2, whose test feature is stage 1's
     if stage == "stage2":
         print("stage 2 trains only the attention branch: the test feature is stage 1's, not evaluated again")
     elif cfg.eval_metrics:
-        results = evaluate.evaluate_model(model, ds, (cfg.height, cfg.width), device, cfg.eval_metrics, images=images)
+        results = evaluate.evaluate_model(model, ds, (cfg.height, cfg.width), device, cfg.eval_metrics, images=images,
+                                          precision=cfg.precision)
         print(evaluate.format_table({f"{stage} {m}": r for m, r in results.items()}, label="stage, metric"))
     return model, results
 
 
-def model_from_checkpoint(ckpt):
+def model_from_checkpoint(ckpt, path="the checkpoint"):
     """evaluate.py's hook: (model, (height, width)) from a checkpoint of any stage. model(x) in
-    eval() gives the test feature, the 2048-d pooled feature of the unoccluded image (SPEC.md)."""
+    eval() gives the test feature, the 2048-d pooled feature of the unoccluded image (SPEC.md).
+    path: the file's name, for the message that refuses another paper's checkpoint."""
+    common.check_checkpoint(ckpt, path, "aaanet")
     try:
         cfg = Config(**ckpt["config"])
         num_classes = ckpt["model"]["classifier.weight"].shape[0]
@@ -633,27 +710,48 @@ DEMO_METRICS = ("euclidean", "xqda", "kissme")
 
 def demo(argv):
     """python aaanet.py [demo]: all three stages on data/synthetic, then one table (rank-1, mAP) of
-    the untrained network, stage 1 and stage 3 under Euclidean, XQDA and KISSME, as Tables 3-5."""
+    the untrained network, stage 1 and stage 3 under Euclidean, XQDA and KISSME, as Tables 3-5.
+
+    --resume: a stage whose last.pt holds all its epochs is loaded, not trained again; the first
+    one that does not is resumed (or started, without a last.pt), and the stages after it run anew.
+    Stopped by SIGINT/SIGTERM, the demo returns None after the stopped stage wrote its last.pt."""
     p = argparse.ArgumentParser(prog="aaanet.py demo", description=demo.__doc__)
     p.add_argument("--out", default="runs/aaanet_demo", help="checkpoints go to OUT/stage1..3/last.pt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT (see above)")
+    p.add_argument("--precision", choices=common.PRECISIONS, default="auto",
+                   help="autocast of training and evaluation: auto = bf16 on CUDA, fp32 on the CPU (default: auto)")
     args = p.parse_args(argv)
     start = time.time()
     root = data.ensure_synthetic()
     ds = data.load_dataset(root, "synthetic")
-    base = Config(root=root, out=args.out, seed=args.seed, device=args.device, **DEMO)
+    base = Config(root=root, out=args.out, seed=args.seed, device=args.device, precision=args.precision, **DEMO)
     device, size, images = common.pick_device(args.device), (base.height, base.width), {}
     print(f"demo: weights {base.weights} (no ImageNet download), {size[0]}x{size[1]} inputs, batch {base.batch_size}, "
           + ", ".join(f"{s} {v['epochs']} epochs lr {v['lr']}" for s, v in DEMO_STAGES.items()))
     # the untrained network: the seed draws the very weights stage 1 starts from
     common.seed_everything(args.seed)
     untrained = AAANet(ds.num_train_pids, base.point, base.dropout, base.attention_channels, weights="none")
-    results = {"untrained": evaluate.evaluate_model(untrained.to(device), ds, size, device, DEMO_METRICS, images=images)}
+    results = {"untrained": evaluate.evaluate_model(untrained.to(device), ds, size, device, DEMO_METRICS, images=images,
+                                                    precision=args.precision)}
+    resuming = args.resume  # stays True while every stage so far was complete in OUT
     for stage in STAGE_NAMES:
-        model, _ = train_stage(dataclasses.replace(base, **DEMO_STAGES[stage]), stage, ds, images)
+        cfg = dataclasses.replace(base, **DEMO_STAGES[stage])
+        last = os.path.join(args.out, stage, "last.pt")
+        resume = resuming and os.path.isfile(last)
+        if resume:
+            ckpt = common.load_checkpoint(last)
+            # complete: train_stage loads it and trains nothing; otherwise the later stages start anew
+            resuming = isinstance(ckpt, dict) and ckpt.get("epoch") == cfg.epochs
+        else:
+            resuming = False
+        model, stage_results = train_stage(dataclasses.replace(cfg, resume=resume), stage, ds, images)
+        if stage_results is None:  # stopped by a signal: last.pt written, the resume command printed
+            return None
         if stage != "stage2":  # stage 2 leaves the test feature as it was
-            results[stage] = evaluate.evaluate_model(model, ds, size, device, DEMO_METRICS, images=images)
+            results[stage] = evaluate.evaluate_model(model, ds, size, device, DEMO_METRICS, images=images,
+                                                     precision=args.precision)
     rows = {f"{name} {metric}": r for name, by_metric in results.items() for metric, r in by_metric.items()}
     print(evaluate.format_table(rows, label="network, metric"))
     print(f"demo: {time.time() - start:.0f} s in all")
@@ -678,9 +776,7 @@ def figure(argv):
     if args.num < 1:
         raise UserError(f"--num must be at least 1, got {args.num}")
     ckpt = common.load_checkpoint(args.checkpoint)
-    if not isinstance(ckpt, dict) or ckpt.get("paper") != "aaanet":
-        raise UserError(f"--checkpoint {args.checkpoint} is not an AAA-Net checkpoint")
-    model, (H, W) = model_from_checkpoint(ckpt)
+    model, (H, W) = model_from_checkpoint(ckpt, f"--checkpoint {args.checkpoint}")
     cfg = Config(**ckpt["config"])
     if ckpt.get("stage") == "stage1" and cfg.mask_source == "attention":
         raise UserError(f"{args.checkpoint} is a stage-1 checkpoint: its attention branch is untrained "
@@ -691,7 +787,7 @@ def figure(argv):
     pick = sorted({round(i * (len(split) - 1) / max(args.num - 1, 1)) for i in range(args.num)})
     images = data.load_images([split.paths[i] for i in pick], H, W, desc="figure")  # [n, 3, H, W] uint8
     model.to(device)
-    with torch.no_grad(), common.autocast(device):
+    with torch.no_grad(), common.autocast(device, cfg.precision):
         f_r = model.middle(data.normalize(common.to_device(images, device)))
         M_att = model.attention_map(f_r)
         mask = occlusion_mask(f_r, M_att, cfg)                           # [n, h, w], True = occluded
@@ -802,7 +898,9 @@ def benchmark(argv):
 
 def run(argv):
     """Dispatch on the first word: stage1 | stage2 | stage3 | figure | benchmark | demo (the default)."""
-    argv = list(argv) or ["demo"]
+    argv = list(argv)
+    if not argv or argv[0].startswith("-"):  # `python aaanet.py --resume` is the demo's resume command
+        argv = ["demo", *argv]
     command, rest = argv[0], argv[1:]
     if command == "demo":
         return demo(rest)

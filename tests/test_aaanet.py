@@ -1,9 +1,15 @@
 """Tests for aaanet.py: the 4x4 grid occlusion and the difficult sample (Algorithm 1), Eq. (2)-(4)
 on cases worked by hand, the two masks of stage 3, what each stage's step may and may not change,
-and the three stages end to end through the command line on tiny synthetic data."""
+the three stages end to end through the command line on tiny synthetic data, and the checkpoints:
+resume after SIGKILL and SIGINT bit-identical to an uninterrupted run, NaN, refused files and flags."""
 
 import dataclasses
 import math
+import os
+import shlex
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +19,7 @@ from PIL import Image
 import aaanet
 import common
 import data
+from conftest import stop_at_step_script
 import evaluate
 
 # tiny inputs everywhere: 64x32 images give f_r 512x8x4 after conv3_x
@@ -395,18 +402,6 @@ def test_figure_draws_images_attention_and_black_occlusion(three_stages, synthet
     assert (third_row.sum(dim=1) == 0).sum().item() >= 11 * 64
 
 
-def test_demo_prints_one_table(synthetic_root, monkeypatch, tmp_path, capsys):
-    # the demo's code path on the tiny fixture set, one epoch per stage
-    monkeypatch.setattr(data, "ensure_synthetic", lambda: synthetic_root)
-    monkeypatch.setattr(aaanet, "DEMO", {**aaanet.DEMO, "batch_size": 8})
-    monkeypatch.setattr(aaanet, "DEMO_STAGES", {s: {**v, "epochs": 1} for s, v in aaanet.DEMO_STAGES.items()})
-    results = aaanet.main(["demo", "--out", str(tmp_path), "--device", "cpu"])
-    assert list(results) == ["untrained", "stage1", "stage3"]
-    printed = capsys.readouterr().out
-    rows = [line.split()[:2] for line in printed[printed.index("network, metric"):].splitlines()[1:10]]
-    assert rows == [[n, m] for n in ("untrained", "stage1", "stage3") for m in ("euclidean", "xqda", "kissme")]
-
-
 def test_benchmark_prints_ratio_and_floor(capsys):
     r = aaanet.main(["benchmark", "--height", str(H), "--width", str(W), "--batch-size", "2", "--classes", "5",
                      "--repeats", "1", "--device", "cpu"])
@@ -425,13 +420,282 @@ def test_errors_exit_2_with_the_cause(three_stages, synthetic_root, tmp_path, ca
     cases = [(["stage1", *TINY], "--root is required"),
              (["stage3", *flags, "--omega", "-0.1"], "--omega"),
              (["stage2", *flags], "does not exist"),
-             (["stage2", *flags, "--init", aea], "not an AAA-Net"),
+             (["stage2", *flags, "--init", aea], "is an AEA checkpoint (aea.py); expected an AAA-Net checkpoint"),
              (["stage3", *flags, "--init", f"{out}/stage1/last.pt"], "--mask-source response"),
              (["stage3", *flags, "--init", f"{out}/stage2/last.pt", "--point", "conv4_x"], "--point conv3_x"),
              (["figure", "--checkpoint", f"{out}/stage1/last.pt", "--out", str(tmp_path / "f.png")], "stage-1"),
+             (["figure", "--checkpoint", aea, "--out", str(tmp_path / "f.png")], "expected an AAA-Net checkpoint"),
              (["nonsense"], "unknown command")]
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:
             aaanet.main(argv)
         assert e.value.code == 2
         assert message in capsys.readouterr().err, argv
+
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints, resume and stop signals (issue 6)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the resume runs: stage 1, 3 epochs. The fixture set has 44 training images (conftest's
+# SYNTHETIC_SIZES), so batches of 8 give 44 // 8 = 5 steps per epoch, 15 in all.
+EPOCHS, STEPS = 3, 5
+
+
+def stage1_flags(root, out):
+    return ["stage1", "--root", root, "--dataset", "synthetic", "--height", str(H), "--width", str(W),
+            "--weights", "none", "--device", "cpu", "--batch-size", "8", "--epochs", str(EPOCHS),
+            "--eval-metrics", "--out", out]
+
+
+def run_stage1(root, out, *extra):
+    """`python aaanet.py stage1 ...` in a subprocess, as a user runs it; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "aaanet.py", *stage1_flags(root, out), *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def weights(path):
+    return common.load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference_run(synthetic_root, tmp_path_factory):
+    """The uninterrupted stage-1 run every resumed run must reproduce bit for bit: (out, stdout)."""
+    out = str(tmp_path_factory.mktemp("reference"))
+    done = run_stage1(synthetic_root, out)
+    assert done.returncode == 0, done.stderr
+    assert f"{STEPS} batches of 8 per epoch" in done.stdout
+    return out, done.stdout
+
+
+# the stand-in for `python aaanet.py` that stops at a chosen step (conftest.stop_at_step_script)
+STOP_AT_STEP = stop_at_step_script("aaanet", "train_step")
+
+
+def stop_at_step(tmp_path, root, out, step, how, **popen_args):
+    """Start the stand-in above on `python aaanet.py stage1 ...` (a Popen; the caller waits)."""
+    script = tmp_path / "stop_at_step.py"
+    script.write_text(STOP_AT_STEP)
+    env = {**os.environ, "STOP_AT": str(step), "STOP_SIGNAL": how, "PAUSED_FILE": str(tmp_path / "paused")}
+    return subprocess.Popen([sys.executable, str(script), *stage1_flags(root, out)], cwd=REPO, env=env, **popen_args)
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, synthetic_root, tmp_path):
+    out = str(tmp_path / "run")
+    last = tmp_path / "run" / "stage1" / "last.pt"
+    # paused inside step 8 = epoch 2, step 3 of 5: epoch 1's last.pt is written, epoch 2 has
+    # trained 2 steps that no file holds; SIGKILL from outside gives it no chance to write anything
+    proc = stop_at_step(tmp_path, synthetic_root, out, STEPS + 3, "PAUSE", stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (tmp_path / "paused").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    assert proc.wait(timeout=60) == -9  # killed, not finished
+    killed = common.load_checkpoint(str(last))
+    assert (killed["epoch"], killed["step"]) == (1, 0)
+    # the same command with --resume, as a user would type it after a crash
+    resumed = run_stage1(synthetic_root, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {last} at epoch 2 step 0" in resumed.stdout
+    final = common.load_checkpoint(str(last))
+    assert final["epoch"] == EPOCHS
+    assert_same_weights(final["model"], weights(f"{reference_run[0]}/stage1/last.pt"))
+
+
+def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_run, synthetic_root, tmp_path):
+    out = str(tmp_path / "run")
+    # SIGINT arrives during step 7 = epoch 2, step 2 of 5; that step finishes, then last.pt is
+    # written with epoch 1 (completed) and step 2 (trained in epoch 2), and the run exits 0
+    proc = stop_at_step(tmp_path, synthetic_root, out, STEPS + 2, "SIGINT", stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    last = tmp_path / "run" / "stage1" / "last.pt"
+    assert f"stopped by SIGINT at epoch 2/{EPOCHS} step 2/{STEPS}; wrote {last}" in stdout
+    ckpt = common.load_checkpoint(str(last))
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
+    # the mean of the 2 steps so far travels with it, for the epoch's mean (best.pt)
+    assert set(ckpt["epoch_sums"]) == {"L_ce"} and math.isfinite(ckpt["epoch_sums"]["L_ce"])
+    # best.pt is chosen at epoch ends only: still epoch 1's
+    assert common.load_checkpoint(str(tmp_path / "run" / "stage1" / "best.pt"))["epoch"] == 1
+    # the printed command, run as printed (python -> this interpreter), finishes the run
+    command = stdout.split("Resume with:\n")[1].splitlines()[0].strip()
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "aaanet.py", "stage1"] and argv[-1] == "--resume"
+    resumed = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {last} at epoch 2 step 2" in resumed.stdout
+    # the two replayed batches left the generator where the stopped run had it: same weights
+    assert common.load_checkpoint(str(last))["epoch"] == EPOCHS
+    assert_same_weights(weights(str(last)), weights(f"{reference_run[0]}/stage1/last.pt"))
+
+
+def test_best_checkpoint_is_the_epoch_with_the_lowest_mean_loss(reference_run):
+    out, stdout = reference_run
+    # with 5 steps per epoch (< Progress's 20), each epoch prints one line, at its last step, whose
+    # L_ce is the mean over the whole epoch, e.g. "stage1 epoch 2/3 ... iter 5/5  L_ce 2.4130  | ..."
+    means = [float(line.split("L_ce ")[1].split()[0]) for line in stdout.splitlines() if f"iter {STEPS}/{STEPS}" in line]
+    assert len(means) == EPOCHS
+    best, last = common.load_checkpoint(f"{out}/stage1/best.pt"), common.load_checkpoint(f"{out}/stage1/last.pt")
+    assert best["epoch"] == 1 + means.index(min(means))
+    assert best["best_loss"] == pytest.approx(min(means), abs=1e-4) and last["best_loss"] == best["best_loss"]
+    # best.pt is a whole checkpoint of that epoch: the same weights as last.pt when it is the last one
+    if best["epoch"] == EPOCHS:
+        assert_same_weights(best["model"], last["model"])
+    else:
+        assert not torch.equal(best["model"]["classifier.weight"], last["model"]["classifier.weight"])
+
+
+def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_root, tmp_path, capsys):
+    out = reference_run[0]
+    before = os.path.getmtime(f"{out}/stage1/last.pt")
+    # a changed flag: the resolved lr was 0.001 (stage 1's default, Sec. 4.2)
+    with pytest.raises(SystemExit) as e:
+        aaanet.main([*stage1_flags(synthetic_root, out), "--lr", "0.01", "--resume"])
+    assert e.value.code == 2
+    assert "--lr 0.001 in the checkpoint, 0.01 now" in capsys.readouterr().err
+    # another paper's checkpoint where last.pt should be
+    common.save_checkpoint(str(tmp_path / "stage1" / "last.pt"), {"paper": "aea", "config": {}, "model": {}})
+    with pytest.raises(SystemExit) as e:
+        aaanet.main([*stage1_flags(synthetic_root, str(tmp_path)), "--resume"])
+    assert e.value.code == 2
+    assert "is an AEA checkpoint (aea.py); expected an AAA-Net checkpoint (aaanet.py)" in capsys.readouterr().err
+    # nothing to resume
+    with pytest.raises(SystemExit):
+        aaanet.main([*stage1_flags(synthetic_root, str(tmp_path / "empty")), "--resume"])
+    assert "there is no checkpoint" in capsys.readouterr().err
+    # a finished run resumed: says so, trains nothing, exits normally
+    aaanet.main([*stage1_flags(synthetic_root, out), "--resume"])
+    assert f"already holds all {EPOCHS} epochs" in capsys.readouterr().out
+    assert os.path.getmtime(f"{out}/stage1/last.pt") == before
+
+
+def test_same_seed_twice_gives_identical_metrics_and_weights(three_stages, synthetic_root, tmp_path):
+    # three_stages' stage 1, run again with the same flags and seed 0 into another folder
+    out, results = three_stages
+    flags = TINY + ["--root", synthetic_root, "--out", str(tmp_path)]
+    again = aaanet.main(["stage1", *flags, "--random-erasing", "0.5", "--eval-metrics", "euclidean"])[1]
+    # every rank of the CMC curve and both mAPs, exactly
+    first = results["stage1"]["euclidean"]
+    second = again["euclidean"]
+    assert second.keys() == first.keys() and np.array_equal(second["cmc"], first["cmc"])
+    assert all(second[k] == first[k] for k in first if k != "cmc")
+    assert_same_weights(weights(f"{tmp_path}/stage1/last.pt"), weights(f"{out}/stage1/last.pt"))
+
+
+class StopAfterSteps(common.StopOnSignal):
+    """common.StopOnSignal that keeps each instance, so that a test can set `.requested` before a
+    chosen step, as the signal handler would (a real signal stays out of the pytest process)."""
+    instances = []
+
+    def __enter__(self):
+        StopAfterSteps.instances.append(self)
+        return super().__enter__()
+
+
+def test_demo_prints_one_table_and_resumes(synthetic_root, monkeypatch, tmp_path, capsys):
+    # the demo's code path on the tiny fixture set, one epoch per stage
+    monkeypatch.setattr(data, "ensure_synthetic", lambda: synthetic_root)
+    monkeypatch.setattr(aaanet, "DEMO", {**aaanet.DEMO, "batch_size": 8})
+    monkeypatch.setattr(aaanet, "DEMO_STAGES", {s: {**v, "epochs": 1} for s, v in aaanet.DEMO_STAGES.items()})
+    results = aaanet.main(["demo", "--out", str(tmp_path), "--device", "cpu"])
+    assert list(results) == ["untrained", "stage1", "stage3"]
+    printed = capsys.readouterr().out
+    rows = [line.split()[:2] for line in printed[printed.index("network, metric"):].splitlines()[1:10]]
+    assert rows == [[n, m] for n in ("untrained", "stage1", "stage3") for m in ("euclidean", "xqda", "kissme")]
+    # stopped during stage 2 (request before its 2nd step; stage 1 has 5 steps): stage 3 does not run
+    calls, real_step = [0], aaanet.train_step
+
+    def counting_train_step(*args):
+        calls[0] += 1
+        if calls[0] == STEPS + 2:
+            StopAfterSteps.instances[-1].requested = "SIGINT"
+        return real_step(*args)
+
+    monkeypatch.setattr(aaanet, "train_step", counting_train_step)
+    monkeypatch.setattr(common, "StopOnSignal", StopAfterSteps)
+    assert aaanet.main(["demo", "--out", str(tmp_path / "stopped"), "--device", "cpu"]) is None
+    assert "stopped by SIGINT at epoch 1/1 step 2/" in capsys.readouterr().out
+    assert not (tmp_path / "stopped" / "stage3").exists()
+    ckpt = common.load_checkpoint(str(tmp_path / "stopped" / "stage2" / "last.pt"))
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 2)
+    # --resume: stage 1 is complete (loaded, not trained), stage 2 resumes at step 2, stage 3 runs;
+    # the table is the uninterrupted demo's, exactly
+    resumed = aaanet.main(["--resume", "--out", str(tmp_path / "stopped"), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "stage1/last.pt already holds all 1 epochs" in printed and "stage2: resuming" in printed
+    assert calls[0] == 3 * STEPS  # stage 1's 5 steps, stage 2's 2 + 3, stage 3's 5
+    for name in results:
+        for metric in results[name]:
+            assert np.array_equal(resumed[name][metric]["cmc"], results[name][metric]["cmc"]), (name, metric)
+            assert resumed[name][metric]["mAP"] == results[name][metric]["mAP"], (name, metric)
+    # the resumed stage 2 (its first 2 batches replayed) and the stage 3 after it: bit-identical weights
+    for stage in ("stage2", "stage3"):
+        assert_same_weights(weights(f"{tmp_path}/stopped/{stage}/last.pt"), weights(f"{tmp_path}/{stage}/last.pt"))
+
+
+def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_root, tmp_path, monkeypatch, capsys):
+    # stage 1 for 2 epochs; the loss is made NaN at step 7 = epoch 2, step 2 (of 5). Epoch 1's
+    # last.pt and best.pt exist by then; the run must stop at epoch 2's line (its last step)
+    # naming step 2 and L_ce, and write nothing.
+    folder = tmp_path / "stage1"
+    calls, saved, real_loss = [0], {}, aaanet.stage1_loss
+
+    def nan_at_step_7(model, x, y, cfg):
+        calls[0] += 1
+        loss, terms = real_loss(model, x, y, cfg)
+        if calls[0] == STEPS + 2:
+            saved.update({name: (folder / name).read_bytes() for name in ("last.pt", "best.pt")})
+            loss = loss * float("nan")
+        return loss, {"L_ce": loss}
+
+    monkeypatch.setattr(aaanet, "stage1_loss", nan_at_step_7)
+    with pytest.raises(SystemExit) as e:
+        aaanet.main(["stage1", *TINY, "--root", synthetic_root, "--out", str(tmp_path), "--epochs", "2", "--eval-metrics"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "stage1 epoch 2/2" in err and f"step 2/{STEPS}: the loss term L_ce is nan" in err
+    assert calls[0] == 2 * STEPS  # the NaN weights trained on to the epoch's line, which stopped the run
+    assert {name: (folder / name).read_bytes() for name in ("last.pt", "best.pt")} == saved
+    assert common.load_checkpoint(str(folder / "last.pt"))["epoch"] == 1
+
+
+def test_bad_flags_exit_2_naming_the_flag(synthetic_root, tmp_path, capsys):
+    flags = TINY + ["--root", synthetic_root, "--out", str(tmp_path)]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cases = [(["stage3", *flags, "--omega", "-0.5"], "--omega compares two probabilities"),
+             (["stage3", *flags, "--lambda1", "-1"], "--lambda1 and --lambda2 must be >= 0"),
+             (["stage3", *flags, "--lambda2", "-0.1"], "--lambda1 and --lambda2 must be >= 0"),
+             (["stage1", *flags, "--lr", "0"], "--lr must be positive, got 0.0"),
+             (["stage1", *flags, "--lr", "-0.01"], "--lr must be positive, got -0.01"),
+             (["stage1", *flags, "--out", str(blocker / "run")], f"--out {blocker}/run/stage1: cannot write there"),
+             (["stage1", *flags, "--dataset", "imagenet"], "unknown dataset 'imagenet'")]
+    if not torch.cuda.is_available():
+        cases.append((["stage1", *flags, "--device", "cuda"], "--device cuda was asked for, but PyTorch sees no CUDA GPU"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            aaanet.main(argv)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err, argv
+
+
+def test_init_with_another_number_of_identities_is_refused(three_stages, synthetic_root, tmp_path, capsys):
+    # three_stages' stage 1 with its classifier cut from 8 to 5 identities
+    out, _ = three_stages
+    ckpt = common.load_checkpoint(f"{out}/stage1/last.pt")
+    for k in ("classifier.weight", "classifier.bias"):
+        ckpt["model"][k] = ckpt["model"][k][:5]
+    common.save_checkpoint(str(tmp_path / "five.pt"), ckpt)
+    with pytest.raises(SystemExit) as e:
+        aaanet.main(["stage2", *TINY, "--root", synthetic_root, "--out", str(tmp_path), "--init", str(tmp_path / "five.pt")])
+    assert e.value.code == 2
+    assert "was trained on 5 identities, but this dataset has 8 training identities" in capsys.readouterr().err
