@@ -1,0 +1,480 @@
+"""
+bench.py: how fast both papers' code runs on this machine, in one table (as nanoGPT's bench.py).
+
+    python bench.py            # the full run: Market-1501-sized synthetic data, the papers' batch sizes
+    python bench.py --quick    # small sizes, under a minute on a 2-core CPU
+    python bench.py -h         # every size is a flag
+
+What each row times (medians over --repeats rounds after one warm-up round, unless it says otherwise):
+  data: cache build          `data.load_images` over every training image: open the JPEG, decode,
+                             resize to HxW, write into one uint8 tensor (what a training run does once).
+  data: ours, augmentation   one shuffled pass over the uint8 cache in batches of --loader-batch,
+                             `data.train_batches` -> `data.augment` (flip, pad 10 + random crop,
+                             normalise, random erasing p=0.5) on the training device; img/s from the
+                             first batch's arrival to the end of the pass.
+  data: conventional         the same augmentations the usual way: a torch Dataset that opens the JPEG
+                             with PIL on every access, torchvision transforms (Resize, RandomHorizontalFlip,
+                             Pad, RandomCrop, ToTensor, Normalize, RandomErasing), a DataLoader with
+                             --workers processes (0 = one per core), batch --loader-batch; timed the same way.
+  train: B1, AEA             `aea.training_step` (forward, Eq. 8's losses, backward, SGD) on P x K batches
+                             from the training data path (`aea.epoch_batches`); B1 = the basic network
+                             alone (joint=False), AEA = both networks with the dynamic erasing.
+  train: AAA stage 1/2/3     `aaanet.train_step` on batches from `data.train_batches` (shuffled passes over
+                             a cache of only 4 batches' images at the AAA-Net size: the speed is the same).
+                             Every training step's time excludes its batch; the batch's own time (index
+                             the cache + augment) is the "data" part, reported as a share of data + step.
+  AEA / B1 without / with    the same two steps, once with glibc's default malloc (measured first, before
+                             anything calls `common.keep_freed_memory`, or in a fresh child process when
+                             something already has) and once with it (the training rows). CPU only.
+  AEA epoch                  derived, not timed: ceil(ids / P) batches x the AEA row's (step + data).
+  features                   `evaluate.extract_features` of the AEA test feature (both networks, eval mode)
+                             on --feature-images cached images, batches of --feature-batch; one warm-up batch.
+  rank_metrics               `evaluate.rank_metrics` on a random Q x G distance matrix with Market-like
+                             pids and cameras (on the GPU when there is one); it returns CPU numbers,
+                             so its time includes the GPU's work.
+  peak memory                CPU: the process's max RSS (ru_maxrss) over the whole run; CUDA: per
+                             training row, torch.cuda.max_memory_allocated during that row's steps.
+On CUDA every training row runs twice: fp32 in NCHW, and bf16 autocast + channels_last
+(`common.prepare_model`), the training default there. The data part is timed with the GPU
+synchronised before and after it, so its share is an upper bound: a training loop does not wait.
+
+Choices (not in either paper; this file is no paper's):
+  - The synthetic set has 751 training identities, 5 cameras and 1..9 images per camera
+    (`data.make_synthetic`), about 17.5 images per identity against Market-1501's 17.2, and only one
+    test identity: no row here reads the query or gallery images.
+  - The AAA-Net rows use the paper's 224x224 with batch 32 (its Config default), not the batch of 8 of
+    `aaanet.py benchmark`: img/s then compares directly with the AEA rows' batch of 32.
+  - The data-path rows use random erasing p=0.5, the most work the training path can be asked for
+    (AEA's originals and AAA-Net's default use none; Table 6's REDA and Table 5's baseline use 0.5).
+"""
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import itertools
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+import aaanet
+import aea
+import common
+import data
+import evaluate
+from common import UserError
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    root: str = "data/bench_market"  # the synthetic training set, written on first use and reused (git-ignored)
+    train_ids: int = 751  # training identities (Market-1501: 751)
+    cameras: int = 5  # cameras of make_synthetic; each identity is seen by 2..cameras of them
+    max_per_camera: int = 9  # images per identity and camera: 1..this (about 17.5 per identity with 5 cameras)
+    height: int = 256  # AEA input height (AEA Sec. IV-B)
+    width: int = 128  # AEA input width
+    P: int = 8  # identities per AEA batch (AEA Sec. IV-B)
+    K: int = 4  # images per identity in an AEA batch
+    aaa_size: int = 224  # AAA-Net input, square (AAA-Net Sec. 4.2)
+    aaa_batch: int = 32  # AAA-Net batch (aaanet.Config's default)
+    loader_batch: int = 32  # batch of both data-path rows
+    workers: int = 0  # DataLoader worker processes of the conventional pipeline (0: one per core)
+    repeats: int = 3  # timed rounds of the training rows (plus one warm-up round), and of rank_metrics
+    feature_images: int = 256  # images whose AEA test feature is extracted
+    feature_batch: int = 128  # batch of the feature extraction
+    queries: int = 3368  # rank_metrics problem: Market-1501's query images
+    gallery: int = 15913  # Market-1501's gallery without junk
+    distractors: int = 2798  # gallery images with pid 0
+    test_ids: int = 750  # identities of the query set
+    device: str = "auto"  # auto (CUDA if present), cpu, cuda or cuda:N
+    seed: int = 0  # seeds the synthetic data, the weights, the batches and the rank_metrics problem
+
+
+# --quick: small everything, so that the whole command takes under a minute on a 2-core CPU; the
+# rank_metrics problem keeps its Market-1501 size (about a second).
+QUICK = dict(root="data/bench_quick", train_ids=64, height=128, width=64, P=4, K=4, aaa_size=112, aaa_batch=8,
+             repeats=2, feature_images=32, feature_batch=32)
+
+# The issue's floors at the full run's sizes, {row: (bound, "<=" or ">=")}: on the 2-core CPU, and on
+# one H100/H200 GPU (an AEA epoch over the Market-sized set, AAA-Net stage 1, features, rank_metrics).
+FLOORS = {"cpu": {"AEA / B1": (2.2, "<="), "stage 2 / stage 1": (3.6, "<="), "ours / conventional": (5.0, ">="),
+                  "rank_metrics": (1.0, "<=")},
+          "cuda": {"AEA epoch": (10.0, "<="), "train: AAA stage 1": (2500.0, ">="), "features": (5000.0, ">="),
+                   "rank_metrics": (0.05, "<=")}}
+
+
+def parse_config(argv):
+    """Flags -> BenchConfig; --quick swaps in the QUICK sizes (flags given explicitly still win)."""
+    parser = argparse.ArgumentParser(prog="bench.py", description="Time the data path, the training steps of "
+                                     "both papers, feature extraction and rank_metrics on this machine; one table.")
+    parser.add_argument("--quick", action="store_true", help="small sizes: " + " ".join(f"--{k.replace('_', '-')} {v}"
+                                                                                      for k, v in QUICK.items()))
+    common.add_config_args(parser, BenchConfig)
+    if parser.parse_args(argv).quick:
+        parser.set_defaults(**QUICK)
+    args = parser.parse_args(argv)
+    cfg = common.config_from_args(BenchConfig, args)
+    # every size and count is >= 1, except these three
+    bad = [f.name for f in dataclasses.fields(cfg) if type(f.default) is int and getattr(cfg, f.name) < 1
+           and f.name not in ("seed", "workers", "distractors")]
+    if bad:
+        raise UserError(f"--{bad[0].replace('_', '-')} must be >= 1, got {getattr(cfg, bad[0])}")
+    if cfg.workers < 0 or not 0 <= cfg.distractors < cfg.gallery:
+        raise UserError(f"--workers must be >= 0 and --distractors in [0, --gallery), got {cfg.workers} "
+                        f"and {cfg.distractors}")
+    return cfg, args.quick
+
+
+# -----------------------------------------------------------------------------
+# Timing helpers
+
+def clock(device):
+    """perf_counter after the device has finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def time_rounds(jobs, repeats, device):
+    """Each job is (next_batch, step): one round calls every job once, in order, timing next_batch()
+    ("data") and step(*batch) ("step") apart. Interleaved rounds, so that a slow spell of a shared
+    machine hits every job alike; round 0 warms up (allocations, kernel choice) and is dropped.
+    Returns {job: {"data": median s, "step": median s, "peak": max CUDA bytes allocated (0 on CPU)}}."""
+    times = {name: [] for name in jobs}
+    peak = dict.fromkeys(jobs, 0)
+    for r in range(repeats + 1):
+        for name, (next_batch, step) in jobs.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = clock(device)
+            batch = next_batch()
+            t1 = clock(device)
+            step(*batch)
+            t2 = clock(device)
+            if device.type == "cuda":
+                peak[name] = max(peak[name], torch.cuda.max_memory_allocated(device))
+            if r:
+                times[name].append((t1 - t0, t2 - t1))
+    return {name: {"data": statistics.median(d for d, _ in t), "step": statistics.median(s for _, s in t),
+                   "peak": peak[name]} for name, t in times.items()}
+
+
+def pass_rate(batches, device):
+    """img/s of one pass over `batches` (pairs x, y), from the first batch's arrival to the end: the
+    steady state, without worker start-up or the first batch's one-off costs."""
+    it = iter(batches)
+    next(it)
+    start, n = clock(device), 0
+    for x, _ in it:
+        n += len(x)
+    return n / (clock(device) - start)
+
+
+def with_precision(cfg, precision, device):
+    """cfg with its `precision` field set. A config from before that field trains as "auto" (fp32 on
+    the CPU, bf16 on CUDA), so only CUDA's fp32 rows cannot be measured with it."""
+    if hasattr(cfg, "precision"):
+        return dataclasses.replace(cfg, precision=precision)
+    if device.type == "cuda" and precision == "fp32":
+        raise UserError(f"{type(cfg).__module__}.{type(cfg).__name__} has no precision field, so its training step "
+                        "runs bf16 on CUDA whatever bench.py asks; the fp32 rows need that field")
+    return cfg
+
+
+def on_device(model, device, precision):
+    """bf16 rows: the training default (`common.prepare_model`: channels_last on CUDA); fp32: NCHW."""
+    return (common.prepare_model(model, device) if precision == "bf16" else model.to(device)).train()
+
+
+# -----------------------------------------------------------------------------
+# The jobs: each paper's training step fed by its own data path
+
+def aea_jobs(cfg, images, labels, num_classes, device, precision):
+    """{"B1": job, "AEA": job} on one AEA model (B1's step uses its basic network alone, as
+    `aea.py benchmark` does), each job drawing its next P x K batch from `aea.epoch_batches`."""
+    common.seed_everything(cfg.seed)
+    model = on_device(aea.AEA(num_classes, "aea", "none"), device, precision)
+    optimizer = common.make_sgd(model.parameters(), 0.01)
+    run = aea.AEAConfig(height=cfg.height, width=cfg.width, P=cfg.P, K=cfg.K, weights="none")
+    run = with_precision(run, precision, device)
+    variants = {"B1": (dataclasses.replace(run, variant="b1"), False), "AEA": (run, True)}
+    jobs = {}
+    for name, (c, joint) in variants.items():
+        sampler = data.PKSampler(labels.cpu().numpy(), cfg.P, cfg.K, cfg.seed)
+        g = torch.Generator().manual_seed(cfg.seed)
+
+        def batches(c=c, joint=joint, sampler=sampler, g=g):  # epochs 0, 1, 2, ... of the training's batches
+            for epoch in itertools.count():
+                sampler.set_epoch(epoch)
+                yield from aea.epoch_batches(images, labels, sampler, g, c, joint)
+        stream = batches()
+        # x_other is None here (dynamic erasing, and B1 has no complementary input)
+        jobs[name] = (lambda stream=stream: next(stream),
+                      lambda x, y, x_other, c=c, joint=joint: aea.training_step(model, optimizer, x, y, c, joint, x_other))
+    return jobs, model
+
+
+def aaa_jobs(cfg, images, labels, num_classes, device, precision):
+    """{"AAA stage 1": job, ...}: `aaanet.train_step` of each stage on one AAA-Net, each stage with its
+    own optimizer over the parameters it trains, batches from a shuffled pass (as `aaanet.train_stage`)."""
+    common.seed_everything(cfg.seed)
+    run = with_precision(aaanet.Config(height=cfg.aaa_size, width=cfg.aaa_size, batch_size=cfg.aaa_batch), precision, device)
+    model = on_device(aaanet.AAANet(num_classes, run.point, 0.5, run.attention_channels, "none"), device, precision)
+
+    def prepare(stage):  # the model as `stage` trains it (modes, frozen parts) -> the parameters it updates
+        model.requires_grad_(True)  # undo stage 2's freezing
+        aaanet.set_stage_modes(model, stage)
+        return aaanet.stage_parameters(model, stage)
+    optimizers = {stage: common.make_sgd(prepare(stage), 1e-4) for stage in aaanet.STAGE_NAMES}
+    g = torch.Generator().manual_seed(cfg.seed)
+    N, B = len(images), cfg.aaa_batch
+
+    def batches():  # shuffled passes over the cache, the last incomplete batch dropped
+        for _ in itertools.count():
+            order = torch.randperm(N, generator=g)[:N // B * B].view(-1, B)  # [steps, B] image indices
+            yield from data.train_batches(images, labels, order.tolist(), g, pad=run.pad, random_erasing=run.random_erasing)
+    stream = batches()  # one stream for the three stages: each step draws the next batch
+
+    def step(stage, x, y):  # the stage's modes and frozen parts (microseconds), then its SGD step
+        prepare(stage)
+        aaanet.train_step(model, optimizers[stage], stage, x, y, run)
+    return {f"AAA stage {k}": (lambda: next(stream), lambda x, y, s=stage: step(s, x, y))
+            for k, stage in enumerate(aaanet.STAGE_NAMES, 1)}
+
+
+def load_train(cfg, height, width, count=None, device=torch.device("cpu")):
+    """(uint8 cache [N, 3, height, width] on `device`, labels [N] on `device`, identities, decode seconds)
+    of the first `count` training images (all of them by default)."""
+    ds = data.load_dataset(cfg.root, "synthetic", verbose=False)
+    paths, pids = ds.train.paths[:count], ds.train.pids[:count]
+    start = time.perf_counter()
+    images = data.load_images(paths, height, width)
+    secs = time.perf_counter() - start
+    return images.to(device), torch.as_tensor(pids).to(device), ds.num_train_pids, secs
+
+
+def aea_b1_glibc_default(cfg, cache=None):
+    """Median B1 and AEA step seconds (fp32, CPU) with glibc's default malloc. Must run where nothing
+    has called `common.keep_freed_memory` yet (the setting cannot be undone in a process)."""
+    images, labels, num_classes, _ = cache or load_train(cfg, cfg.height, cfg.width)
+    jobs, _ = aea_jobs(cfg, images, labels, num_classes, torch.device("cpu"), "fp32")
+    t = time_rounds(jobs, cfg.repeats, torch.device("cpu"))
+    return t["B1"]["step"], t["AEA"]["step"]
+
+
+# -----------------------------------------------------------------------------
+# The conventional pipeline: PIL + torchvision transforms + DataLoader workers
+
+def conventional_transform(height, width, pad=10, random_erasing=0.5, flip=0.5):
+    """torchvision's version of `data.augment` on a PIL image: resize, flip, pad + random crop,
+    to tensor, normalise, random erasing. The pad fill is the mean colour and the erased value 0 after
+    normalising, and random erasing draws the same areas and aspects as `data._erasing_boxes`, so the
+    two pipelines make the same images."""
+    return T.Compose([
+        T.Resize((height, width)),  # PIL bilinear, as data.load_images
+        T.RandomHorizontalFlip(flip),
+        T.Pad(pad, fill=tuple(round(255 * m) for m in data.MEAN)),  # the mean colour: 0 once normalised
+        T.RandomCrop((height, width)),
+        T.ToTensor(),
+        T.Normalize(data.MEAN, data.STD),
+        T.RandomErasing(random_erasing, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), value=0),
+    ])
+
+
+class ConventionalDataset(torch.utils.data.Dataset):
+    """Image i: opened and decoded from its JPEG on every access, then `conventional_transform`."""
+
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        with Image.open(self.paths[i]) as img:
+            return self.transform(img.convert("RGB")), int(self.labels[i])
+
+
+# -----------------------------------------------------------------------------
+# The benchmark
+
+def machine():
+    """One line: the CPU (or GPU), the core count, torch, the date."""
+    cpu = platform.processor() or "unknown CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads); {gpu}; torch {torch.__version__}; "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def market_like_problem(cfg, device):
+    """A random distance matrix [Q, G] on `device` with Market-1501-like labels: query pids from
+    --test-ids identities, the gallery the same identities plus --distractors pid-0 items, cameras
+    uniform over 6 (about 14.5 true matches per query at the default sizes)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    people = cfg.gallery - cfg.distractors
+    q_pids = torch.randint(1, cfg.test_ids + 1, (cfg.queries,), generator=g)
+    g_pids = torch.randint(1, cfg.test_ids + 1, (cfg.gallery,), generator=g)
+    g_pids[people:] = 0  # the last --distractors gallery items: pid 0
+    q_cams, g_cams = torch.randint(0, 6, (cfg.queries,), generator=g), torch.randint(0, 6, (cfg.gallery,), generator=g)
+    return torch.rand(cfg.queries, cfg.gallery, generator=g).to(device), q_pids, g_pids, q_cams, g_cams
+
+
+def check(row, value, device):
+    """'floor <= 2.2: met' (or NOT met) for a row with a floor in FLOORS on this device, else ''."""
+    if row not in FLOORS[device.type]:
+        return ""
+    bound, op = FLOORS[device.type][row]
+    met = value <= bound if op == "<=" else value >= bound
+    return f"floor {op} {bound:g}: {'met' if met else 'NOT met'}"
+
+
+def row_tag(precision, device):
+    """The suffix of a training row's name: nothing on the CPU (fp32 only), the precision on CUDA."""
+    return "" if device.type == "cpu" else (" [fp32 NCHW]" if precision == "fp32" else " [bf16 + channels_last]")
+
+
+def run(cfg):
+    """Measure everything; returns (rows, table): rows = [(name, value, unit, detail, ...)], table = the text."""
+    rows = []
+    # 1. the data: written once, reused (the folder is ignored by git)
+    data.ensure_synthetic(cfg.root, seed=cfg.seed, train_ids=cfg.train_ids, test_ids=1, cameras=cfg.cameras,
+                          max_per_camera=cfg.max_per_camera, junk=0, distractors=0)
+    # cache build: every training image decoded and resized once (the device is not chosen yet:
+    # pick_device would apply keep_freed_memory before the glibc-default measurement below)
+    cpu_cache = load_train(cfg, cfg.height, cfg.width)
+    images_cpu, labels_cpu, num_classes, secs = cpu_cache
+    N = len(images_cpu)
+    if N < max(2 * cfg.loader_batch, cfg.aaa_batch, cfg.P * cfg.K):
+        raise UserError(f"{cfg.root} holds {N} training images: too few for two batches of --loader-batch "
+                        f"{cfg.loader_batch}, one of --aaa-batch {cfg.aaa_batch} and one of P x K")
+    rows.append(("data: cache build (load_images)", N / secs, "img/s",
+                 f"{N} images of {num_classes} ids, JPEG decode + resize to {cfg.height}x{cfg.width}, {secs:.1f} s"))
+    # 2. AEA / B1 with glibc's default malloc, first: in this process if nothing has applied
+    # keep_freed_memory yet, else in a fresh interpreter (spawn, not fork: a fork inherits the setting)
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    without, where = None, "in this process, first"
+    if not cuda:
+        if not common.freed_memory_kept():
+            without = aea_b1_glibc_default(cfg, cpu_cache)
+        else:
+            where = "in a fresh child process (keep_freed_memory had run here)"
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                without = pool.submit(aea_b1_glibc_default, cfg).result()
+    device = common.pick_device(cfg.device)  # on the CPU this applies keep_freed_memory from here on
+    # 3. the data path: ours (cache on the training device, augment there) vs the conventional one
+    images, labels = images_cpu.to(device), labels_cpu.to(device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(N, generator=g).split(cfg.loader_batch)
+    ours = pass_rate(data.train_batches(images, labels, [o.tolist() for o in order], g, random_erasing=0.5), device)
+    workers = cfg.workers or os.cpu_count()
+    ds = data.load_dataset(cfg.root, "synthetic", verbose=False)
+    loader = torch.utils.data.DataLoader(
+        ConventionalDataset(ds.train.paths, ds.train.pids, conventional_transform(cfg.height, cfg.width)),
+        batch_size=cfg.loader_batch, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(cfg.seed))
+    theirs = pass_rate(loader, torch.device("cpu"))
+    rows.append(("data: ours, augmentation from the cache", ours, "img/s",
+                 f"train_batches on {device.type}: flip, pad 10 + crop, normalise, erasing p=0.5; batch {cfg.loader_batch}"))
+    rows.append(("data: conventional (PIL + torchvision)", theirs, "img/s",
+                 f"Dataset + transforms, DataLoader {workers} workers, batch {cfg.loader_batch}"))
+    rows.append(("ours / conventional", ours / theirs, "x", check("ours / conventional", ours / theirs, device)))
+    # 4. training rows: every job of every precision in the same interleaved rounds
+    precisions = ("fp32", "bf16") if device.type == "cuda" else ("fp32",)
+    aaa_n = cfg.aaa_batch * 4  # the AAA rows decode only these: 4 batches, cycled
+    aaa_images, aaa_labels, _, _ = load_train(cfg, cfg.aaa_size, cfg.aaa_size, aaa_n, device)
+    jobs, feature_model = {}, None
+    for p in precisions:
+        tag = row_tag(p, device)
+        a_jobs, feature_model = aea_jobs(cfg, images, labels, num_classes, device, p)
+        for name, job in {**a_jobs, **aaa_jobs(cfg, aaa_images, aaa_labels, num_classes, device, p)}.items():
+            jobs[name + tag] = job
+    t = time_rounds(jobs, cfg.repeats, device)
+    for name, r in t.items():
+        B = cfg.aaa_batch if name.startswith("AAA") else cfg.P * cfg.K
+        size = f"{cfg.aaa_size}x{cfg.aaa_size}" if name.startswith("AAA") else f"{cfg.height}x{cfg.width}"
+        memory = f", peak {r['peak'] / 2**20:.0f} MiB" if device.type == "cuda" else ""
+        # img/s of training = images / (step + its batch's data path), both medians
+        rate = B / (r["data"] + r["step"])
+        rows.append((f"train: {name}", rate, "img/s",
+                     f"batch {B} at {size}: step {r['step'] * 1000:.0f} ms + data {r['data'] * 1000:.1f} ms "
+                     f"({100 * r['data'] / (r['data'] + r['step']):.1f}% of it){memory}",
+                     check(name.split(" [")[0], rate, device)))
+    for p in precisions:
+        tag = row_tag(p, device)
+        s = {name[:-len(tag) or None]: r["step"] for name, r in t.items() if name.endswith(tag)}
+        kept = " (keep_freed_memory)" if device.type == "cpu" else ""
+        rows.append(("AEA / B1" + kept + tag, s["AEA"] / s["B1"], "x", check("AEA / B1", s["AEA"] / s["B1"], device)))
+        rows.append(("stage 2 / stage 1" + tag, s["AAA stage 2"] / s["AAA stage 1"], "x",
+                     check("stage 2 / stage 1", s["AAA stage 2"] / s["AAA stage 1"], device)))
+        rows.append(("stage 3 / stage 1" + tag, s["AAA stage 3"] / s["AAA stage 1"], "x", ""))
+        epoch = -(-num_classes // cfg.P) * (t["AEA" + tag]["data"] + t["AEA" + tag]["step"])
+        rows.append(("AEA epoch (from the AEA row)" + tag, epoch, "s",
+                     f"{-(-num_classes // cfg.P)} P x K batches of this set x (step + data); "
+                     f"100 epochs: {epoch * 100 / 60:.0f} min",
+                     check("AEA epoch", epoch, device)))
+    if without is not None:
+        rows.append(("AEA / B1 (glibc default malloc)", without[1] / without[0], "x",
+                     f"B1 {without[0]:.2f} s, AEA {without[1]:.2f} s per step, {where}",
+                     check("AEA / B1", without[1] / without[0], device)))
+    # 5. feature extraction: the AEA test feature (both networks, eval mode) of cached images
+    batches = images_cpu[:cfg.feature_images].split(cfg.feature_batch)
+    evaluate.extract_features(feature_model, batches[:1], device)  # warm-up: one batch
+    start = clock(device)
+    feats = evaluate.extract_features(feature_model, batches, device)
+    secs = clock(device) - start
+    rows.append(("features: AEA test feature", len(feats) / secs, "img/s",
+                 f"{len(feats)} images at {cfg.height}x{cfg.width}, {feats.shape[1]}-d, batch {cfg.feature_batch}",
+                 check("features", len(feats) / secs, device)))
+    # 6. rank_metrics on a Market-sized problem
+    dist, q_pids, g_pids, q_cams, g_cams = market_like_problem(cfg, device)
+    times = []
+    for _ in range(cfg.repeats + 1):  # the first call warms up
+        start = clock(device)
+        evaluate.rank_metrics(dist, q_pids, g_pids, q_cams, g_cams)
+        times.append(clock(device) - start)
+    secs = statistics.median(times[1:])
+    rows.append(("rank_metrics", secs, "s", f"Q={cfg.queries} x G={cfg.gallery} on {device.type}",
+                 check("rank_metrics", secs, device)))
+    # 7. memory
+    rows.append(("peak memory (max RSS)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, "MiB",
+                 "the whole process, all rows" + ("" if device.type == "cpu" else "; per-row CUDA peaks above")))
+    return rows, format_table(rows)
+
+
+def format_table(rows):
+    """rows -> aligned text: name, value (3 significant figures, at least the integer part), unit, and the
+    row's details then its floor's verdict (a row is (name, value, unit, detail, ...), empty parts skipped)."""
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'row':<{width}}  {'value':>9}  {'unit':<5}  detail"]
+    for name, value, unit, *parts in rows:
+        detail = "; ".join(p for p in parts if p)
+        text = f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+        lines.append(f"{name:<{width}}  {text:>9}  {unit:<5}  {detail}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """python bench.py [--quick] [flags]: print the machine line, the sizes and the table."""
+    cfg, quick = parse_config(sys.argv[1:] if argv is None else argv)
+    print(f"machine: {machine()}")
+    print(f"bench.py{' --quick' if quick else ''}: data {cfg.root}, AEA {cfg.P}x{cfg.K} at {cfg.height}x{cfg.width}, "
+          f"AAA-Net batch {cfg.aaa_batch} at {cfg.aaa_size}x{cfg.aaa_size}, timed rounds: {cfg.repeats} + 1 warm-up"
+          + ("; the floors are the issue's for the full run's sizes" if quick else ""), flush=True)
+    start = time.perf_counter()
+    rows, table = run(cfg)
+    print(table)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return rows
+
+
+if __name__ == "__main__":
+    common.exit_on_user_error(main)
