@@ -121,6 +121,7 @@ def parse_config(argv):
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
     cfg = common.config_from_args(BenchConfig, args)
+    # bad sizes fail here, with the flag's name, not minutes later inside a measurement;
     # every size and count is >= 1, except these three
     bad = [f.name for f in dataclasses.fields(cfg) if type(f.default) is int and getattr(cfg, f.name) < 1
            and f.name not in ("seed", "workers", "distractors")]
@@ -152,7 +153,11 @@ def time_rounds(jobs, repeats, device):
     for r in range(repeats + 1):
         for name, (next_batch, step) in jobs.items():
             if device.type == "cuda":
+                # per job: the peak of this job's own step, not of the largest job before it
                 torch.cuda.reset_peak_memory_stats(device)
+            # clock() synchronises CUDA, so "data" is the batch's own work and "step" the step's;
+            # in training the two overlap on a GPU (the data path is queued while the step runs),
+            # so data / (data + step) is an upper bound of the time the GPU waits for data
             t0 = clock(device)
             batch = next_batch()
             t1 = clock(device)
@@ -170,22 +175,11 @@ def pass_rate(batches, device):
     """img/s of one pass over `batches` (pairs x, y), from the first batch's arrival to the end: the
     steady state, without worker start-up or the first batch's one-off costs."""
     it = iter(batches)
-    next(it)
+    next(it)  # the first batch pays for DataLoader workers starting / the first allocations: not timed
     start, n = clock(device), 0
     for x, _ in it:
         n += len(x)
     return n / (clock(device) - start)
-
-
-def with_precision(cfg, precision, device):
-    """cfg with its `precision` field set. A config from before that field trains as "auto" (fp32 on
-    the CPU, bf16 on CUDA), so only CUDA's fp32 rows cannot be measured with it."""
-    if hasattr(cfg, "precision"):
-        return dataclasses.replace(cfg, precision=precision)
-    if device.type == "cuda" and precision == "fp32":
-        raise UserError(f"{type(cfg).__module__}.{type(cfg).__name__} has no precision field, so its training step "
-                        "runs bf16 on CUDA whatever bench.py asks; the fp32 rows need that field")
-    return cfg
 
 
 def on_device(model, device, precision):
@@ -200,10 +194,12 @@ def aea_jobs(cfg, images, labels, num_classes, device, precision):
     """{"B1": job, "AEA": job} on one AEA model (B1's step uses its basic network alone, as
     `aea.py benchmark` does), each job drawing its next P x K batch from `aea.epoch_batches`."""
     common.seed_everything(cfg.seed)
+    # random weights: the speed of a step does not depend on them, and no ImageNet file is needed
     model = on_device(aea.AEA(num_classes, "aea", "none"), device, precision)
     optimizer = common.make_sgd(model.parameters(), 0.01)
     run = aea.AEAConfig(height=cfg.height, width=cfg.width, P=cfg.P, K=cfg.K, weights="none")
-    run = with_precision(run, precision, device)
+    run = dataclasses.replace(run, precision=precision)
+    # B1 = the basic network alone (L_I1 + L_T); AEA = Eq. (8) with the dynamic erasing (joint=True)
     variants = {"B1": (dataclasses.replace(run, variant="b1"), False), "AEA": (run, True)}
     jobs = {}
     for name, (c, joint) in variants.items():
@@ -225,13 +221,14 @@ def aaa_jobs(cfg, images, labels, num_classes, device, precision):
     """{"AAA stage 1": job, ...}: `aaanet.train_step` of each stage on one AAA-Net, each stage with its
     own optimizer over the parameters it trains, batches from a shuffled pass (as `aaanet.train_stage`)."""
     common.seed_everything(cfg.seed)
-    run = with_precision(aaanet.Config(height=cfg.aaa_size, width=cfg.aaa_size, batch_size=cfg.aaa_batch), precision, device)
+    run = aaanet.Config(height=cfg.aaa_size, width=cfg.aaa_size, batch_size=cfg.aaa_batch, precision=precision)
     model = on_device(aaanet.AAANet(num_classes, run.point, 0.5, run.attention_channels, "none"), device, precision)
 
     def prepare(stage):  # the model as `stage` trains it (modes, frozen parts) -> the parameters it updates
         model.requires_grad_(True)  # undo stage 2's freezing
         aaanet.set_stage_modes(model, stage)
         return aaanet.stage_parameters(model, stage)
+    # one optimizer per stage over the parameters that stage trains (stage 2: the attention branch)
     optimizers = {stage: common.make_sgd(prepare(stage), 1e-4) for stage in aaanet.STAGE_NAMES}
     g = torch.Generator().manual_seed(cfg.seed)
     N, B = len(images), cfg.aaa_batch
@@ -253,7 +250,9 @@ def load_train(cfg, height, width, count=None, device=torch.device("cpu")):
     """(uint8 cache [N, 3, height, width] on `device`, labels [N] on `device`, identities, decode seconds)
     of the first `count` training images (all of them by default)."""
     ds = data.load_dataset(cfg.root, "synthetic", verbose=False)
+    # the first `count` images in name order: the AAA-Net rows cycle over a few batches only
     paths, pids = ds.train.paths[:count], ds.train.pids[:count]
+    # the cache build row times exactly this: decoding and resizing, not the name parsing above
     start = time.perf_counter()
     images = data.load_images(paths, height, width)
     secs = time.perf_counter() - start
@@ -263,7 +262,9 @@ def load_train(cfg, height, width, count=None, device=torch.device("cpu")):
 def aea_b1_glibc_default(cfg, cache=None):
     """Median B1 and AEA step seconds (fp32, CPU) with glibc's default malloc. Must run where nothing
     has called `common.keep_freed_memory` yet (the setting cannot be undone in a process)."""
+    # in a child process the cache is decoded again (a 1.2 GB tensor is not worth pickling over)
     images, labels, num_classes, _ = cache or load_train(cfg, cfg.height, cfg.width)
+    # the same jobs and rounds as the training rows, so the two AEA / B1 ratios compare directly
     jobs, _ = aea_jobs(cfg, images, labels, num_classes, torch.device("cpu"), "fp32")
     t = time_rounds(jobs, cfg.repeats, torch.device("cpu"))
     return t["B1"]["step"], t["AEA"]["step"]
@@ -298,6 +299,7 @@ class ConventionalDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
+        # the work a conventional pipeline repeats every epoch: open, decode, convert, transform
         with Image.open(self.paths[i]) as img:
             return self.transform(img.convert("RGB")), int(self.labels[i])
 
@@ -307,6 +309,7 @@ class ConventionalDataset(torch.utils.data.Dataset):
 
 def machine():
     """One line: the CPU (or GPU), the core count, torch, the date."""
+    # Linux names the CPU model in /proc/cpuinfo; platform.processor() is often empty there
     cpu = platform.processor() or "unknown CPU"
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
@@ -320,8 +323,11 @@ def market_like_problem(cfg, device):
     """A random distance matrix [Q, G] on `device` with Market-1501-like labels: query pids from
     --test-ids identities, the gallery the same identities plus --distractors pid-0 items, cameras
     uniform over 6 (about 14.5 true matches per query at the default sizes)."""
+    # drawn on the CPU from the seed, then moved: the same problem on any device
     g = torch.Generator().manual_seed(cfg.seed)
     people = cfg.gallery - cfg.distractors
+    # pids 1..test_ids for queries and gallery people: with 750 ids and 13,115 gallery people, a
+    # query has about 17.5 gallery images of its identity, 5/6 of them in another camera
     q_pids = torch.randint(1, cfg.test_ids + 1, (cfg.queries,), generator=g)
     g_pids = torch.randint(1, cfg.test_ids + 1, (cfg.gallery,), generator=g)
     g_pids[people:] = 0  # the last --distractors gallery items: pid 0
@@ -331,6 +337,7 @@ def market_like_problem(cfg, device):
 
 def check(row, value, device):
     """'floor <= 2.2: met' (or NOT met) for a row with a floor in FLOORS on this device, else ''."""
+    # the floors differ by device (CPU ratios; GPU rates), and rows without a floor say nothing
     if row not in FLOORS[device.type]:
         return ""
     bound, op = FLOORS[device.type][row]
@@ -345,6 +352,7 @@ def row_tag(precision, device):
 
 def run(cfg):
     """Measure everything; returns (rows, table): rows = [(name, value, unit, detail, ...)], table = the text."""
+    # rows: (name, value, unit, detail, floor verdict); the table is printed from them in this order
     rows = []
     # 1. the data: written once, reused (the folder is ignored by git)
     data.ensure_synthetic(cfg.root, seed=cfg.seed, train_ids=cfg.train_ids, test_ids=1, cameras=cfg.cameras,
@@ -361,6 +369,8 @@ def run(cfg):
                  f"{N} images of {num_classes} ids, JPEG decode + resize to {cfg.height}x{cfg.width}, {secs:.1f} s"))
     # 2. AEA / B1 with glibc's default malloc, first: in this process if nothing has applied
     # keep_freed_memory yet, else in a fresh interpreter (spawn, not fork: a fork inherits the setting)
+    # (decided without pick_device, which would apply the setting; on CUDA the host allocator does
+    # not serve the activations, so the row is CPU-only)
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     without, where = None, "in this process, first"
     if not cuda:
@@ -372,10 +382,14 @@ def run(cfg):
                 without = pool.submit(aea_b1_glibc_default, cfg).result()
     device = common.pick_device(cfg.device)  # on the CPU this applies keep_freed_memory from here on
     # 3. the data path: ours (cache on the training device, augment there) vs the conventional one
+    # ours: the cache on the training device (as aea.train / aaanet.train_stage keep it), one
+    # shuffled pass in batches of --loader-batch through the training path itself
     images, labels = images_cpu.to(device), labels_cpu.to(device)
     g = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(N, generator=g).split(cfg.loader_batch)
     ours = pass_rate(data.train_batches(images, labels, [o.tolist() for o in order], g, random_erasing=0.5), device)
+    # theirs: the same images from their JPEG files, one worker process per core (the usual
+    # setting), shuffled by the DataLoader; the batches stay on the CPU (a GPU copy is ours alone)
     workers = cfg.workers or os.cpu_count()
     ds = data.load_dataset(cfg.root, "synthetic", verbose=False)
     loader = torch.utils.data.DataLoader(
@@ -397,6 +411,7 @@ def run(cfg):
         a_jobs, feature_model = aea_jobs(cfg, images, labels, num_classes, device, p)
         for name, job in {**a_jobs, **aaa_jobs(cfg, aaa_images, aaa_labels, num_classes, device, p)}.items():
             jobs[name + tag] = job
+    # every training job in the same interleaved rounds: B1, AEA, AAA stages 1-3 (x 2 precisions on CUDA)
     t = time_rounds(jobs, cfg.repeats, device)
     for name, r in t.items():
         B = cfg.aaa_batch if name.startswith("AAA") else cfg.P * cfg.K
@@ -408,6 +423,7 @@ def run(cfg):
                      f"batch {B} at {size}: step {r['step'] * 1000:.0f} ms + data {r['data'] * 1000:.1f} ms "
                      f"({100 * r['data'] / (r['data'] + r['step']):.1f}% of it){memory}",
                      check(name.split(" [")[0], rate, device)))
+    # the ratio rows, per precision: the issue's floors compare step times, not img/s
     for p in precisions:
         tag = row_tag(p, device)
         s = {name[:-len(tag) or None]: r["step"] for name, r in t.items() if name.endswith(tag)}
@@ -416,6 +432,7 @@ def run(cfg):
         rows.append(("stage 2 / stage 1" + tag, s["AAA stage 2"] / s["AAA stage 1"], "x",
                      check("stage 2 / stage 1", s["AAA stage 2"] / s["AAA stage 1"], device)))
         rows.append(("stage 3 / stage 1" + tag, s["AAA stage 3"] / s["AAA stage 1"], "x", ""))
+        # an AEA epoch is ceil(#ids / P) PK batches (data.PKSampler), each one AEA step + its batch
         epoch = -(-num_classes // cfg.P) * (t["AEA" + tag]["data"] + t["AEA" + tag]["step"])
         rows.append(("AEA epoch (from the AEA row)" + tag, epoch, "s",
                      f"{-(-num_classes // cfg.P)} P x K batches of this set x (step + data); "
@@ -444,7 +461,7 @@ def run(cfg):
     secs = statistics.median(times[1:])
     rows.append(("rank_metrics", secs, "s", f"Q={cfg.queries} x G={cfg.gallery} on {device.type}",
                  check("rank_metrics", secs, device)))
-    # 7. memory
+    # 7. memory: ru_maxrss is in KiB on Linux; it covers every row of the run, not one of them
     rows.append(("peak memory (max RSS)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, "MiB",
                  "the whole process, all rows" + ("" if device.type == "cpu" else "; per-row CUDA peaks above")))
     return rows, format_table(rows)
