@@ -584,7 +584,8 @@ def train_stage(cfg, stage, ds=None, images=None):
     common.check_writable(folder)
     checkpoints = common.RunCheckpoints(folder)
     # --resume: the checkpoint to continue, refused if another paper wrote it or other flags were given
-    state = common.resume_state(checkpoints.last, "aaanet", cfg, may_differ=RESUME_MAY_DIFFER) if cfg.resume else None
+    state = (common.resume_state(checkpoints.last, "aaanet", cfg, may_differ=RESUME_MAY_DIFFER, device=device)
+             if cfg.resume else None)
     common.seed_everything(cfg.seed)  # the same seed draws the same weights and batches
     ds = ds or data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
     # the network first: missing ImageNet weights or a wrong --init fail before any image is decoded
@@ -610,13 +611,16 @@ def train_stage(cfg, stage, ds=None, images=None):
     steps = N // B
     if steps == 0:
         raise UserError(f"--batch-size {B} is larger than the {N} training images")
-    start_epoch, start_step = 0, 0
+    start_epoch, start_step, resume_sums = 0, 0, {}
     if state is not None:
+        # the replay below needs the same images: a changed training folder would replay other batches
+        common.check_same_images(state, checkpoints.last, N, cfg.root)
         # weights, momentum buffers, lr schedule and the global RNGs (dropout) as they were at the save
         start_epoch = common.restore_training(state, model, optimizer, schedule)
-        start_step = state.get("step", 0)
+        start_step, resume_sums = state.get("step", 0), state.get("epoch_sums", {})
         g.set_state(state["aug_generator"])  # the generator as it was at the start of epoch `start_epoch`
         checkpoints.restore(state)
+        state = None  # the loaded checkpoint (weights, momentum) is not kept alive for the whole stage
         if start_epoch < cfg.epochs:
             print(f"{stage}: resuming {checkpoints.last} at epoch {start_epoch + 1} step {start_step}", flush=True)
     print(f"{stage}: {N} training images of {ds.num_train_pids} identities at {cfg.height}x{cfg.width}, "
@@ -635,7 +639,7 @@ def train_stage(cfg, stage, ds=None, images=None):
             if replay:
                 # Choice (not in the paper): the steps trained before the stop keep their numbers and
                 # count in the epoch's mean (best.pt), from the sums the stopped run saved
-                progress.resume(replay, replay * B, state["epoch_sums"])
+                progress.resume(replay, replay * B, resume_sums)
             # the shared data path: each row of `order` -> cache rows -> augment, x [B, 3, H, W] float32
             batches = data.train_batches(train_images, labels, order.tolist(), g, pad=cfg.pad,
                                          random_erasing=cfg.random_erasing)
@@ -648,7 +652,7 @@ def train_stage(cfg, stage, ds=None, images=None):
                     # no NaN since the last line may reach the checkpoint: check before writing
                     checkpoints.save(common.training_state("aaanet", model, optimizer, schedule, epoch, cfg, stage=stage,
                                                            step=s + 1, aug_generator=epoch_start,
-                                                           epoch_sums=progress.sums()))
+                                                           epoch_sums=progress.sums(), num_images=N))
                     print(f"stopped by {stop.requested} at epoch {epoch + 1}/{cfg.epochs} step {s + 1}/{steps}; "
                           f"wrote {checkpoints.last}. Resume with:\n  {common.resume_command()}", flush=True)
                     return model, None
@@ -656,7 +660,7 @@ def train_stage(cfg, stage, ds=None, images=None):
             # everything needed to continue: weights, optimizer, schedule, epoch, config, RNG states;
             # the epoch's last step printed its line, so every term was checked finite
             checkpoints.save(common.training_state("aaanet", model, optimizer, schedule, epoch + 1, cfg, stage=stage,
-                                                   step=0, aug_generator=g.get_state()),
+                                                   step=0, aug_generator=g.get_state(), num_images=N),
                              epoch_loss=progress.mean(TOTAL_LOSS[stage]))
             if stop.requested and epoch + 1 < cfg.epochs:
                 print(f"stopped by {stop.requested} after epoch {epoch + 1}/{cfg.epochs}; wrote {checkpoints.last}. "
@@ -665,7 +669,7 @@ def train_stage(cfg, stage, ds=None, images=None):
     if start_epoch == cfg.epochs:
         print(f"{stage}: {checkpoints.last} already holds all {cfg.epochs} epochs; nothing left to train")
     else:
-        print(f"wrote {checkpoints.last} and {checkpoints.best}")
+        print(f"wrote {checkpoints.last}; {checkpoints.best} is the epoch of lowest mean {TOTAL_LOSS[stage]}")
     results = {}
     # Choice (not in the paper): no evaluation after stage 2, whose test feature is stage 1's
     if stage == "stage2":

@@ -512,7 +512,8 @@ def train(cfg):
     # before any data is read: a run must not die at its first checkpoint, an hour in
     common.check_writable(cfg.out)
     runs = common.RunCheckpoints(cfg.out)
-    state = common.resume_state(runs.last, "aea", cfg, may_differ=RESUME_MAY_DIFFER) if cfg.resume else None
+    state = (common.resume_state(runs.last, "aea", cfg, may_differ=RESUME_MAY_DIFFER, device=device)
+             if cfg.resume else None)
     if state is not None and state["epoch"] >= cfg.epochs:
         # Choice (not in the paper): a finished run resumed reports its stored table; nothing is trained
         print(f"{runs.last} already holds all {cfg.epochs} epochs of this run; nothing left to resume")
@@ -547,6 +548,8 @@ def train(cfg):
     if state is not None:
         # the same identities (FC_2's rows) as the run being continued
         common.check_checkpoint(state, runs.last, "aea", ds.num_train_pids, "basic.FC_2.weight")
+        # the replay needs the same images: a changed training folder would replay other batches
+        common.check_same_images(state, runs.last, len(images), cfg.root)
         start_epoch = common.restore_training(state, model, optimizer, schedule)  # + Python/numpy/torch RNG
         skip, partial = state.get("step", 0), state.get("epoch_sums")  # no step: an epoch-end file
         g.set_state(state["aug_generator"])  # the generator as it was at the start of epoch start_epoch
@@ -554,9 +557,6 @@ def train(cfg):
         results = results_from_checkpoint(state.get("results", {}))
         if "erase_mask" in state:
             packed = state["erase_mask"]
-            if packed.shape[0] != len(images):
-                raise UserError(f"{runs.last} holds an erasing mask for {packed.shape[0]} training images, the "
-                                f"training split of {cfg.root} has {len(images)}; resume on the run's own data")
             extra["erase_mask"] = packed
             erase_mask = torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=cfg.width).astype(bool))
             erased_images = erase_uint8(images, erase_mask.to(device))
@@ -571,6 +571,7 @@ def train(cfg):
         erase-once mask where there is one, and the evaluations so far."""
         return common.training_state("aea", model, optimizer, schedule, epoch, cfg, num_classes=ds.num_train_pids,
                                      step=step, aug_generator=aug_generator, results=results_for_checkpoint(results),
+                                     num_images=len(images),
                                      **extra, **more)
 
     with common.StopOnSignal() as stop:
@@ -631,11 +632,8 @@ def train(cfg):
 def model_from_checkpoint(ckpt, path="the checkpoint"):
     """evaluate.py's hook: (model, (height, width)) from an AEA checkpoint; model(x) in eval() is
     the variant's test feature (`AEA.forward`). The config is rebuilt whole from the checkpoint;
-    another paper's file, or one whose classifier does not match its own identity count, is refused."""
+    another paper's file is refused, and weights that do not fit the network named by it."""
     cfg = config_from_checkpoint(ckpt, path)
-    # FC_2's rows against the identity count the file claims (a missing FC_2 fails just below)
-    fc_2 = "basic.FC_2.weight" if "basic.FC_2.weight" in ckpt["model"] else None
-    common.check_checkpoint(ckpt, path, "aea", ckpt.get("num_classes"), fc_2)
     model = AEA(ckpt["num_classes"], cfg.variant, "none", cfg.dropout)
     try:
         model.load_state_dict(ckpt["model"])

@@ -319,22 +319,6 @@ def machine():
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 
-def market_like_problem(cfg, device):
-    """A random distance matrix [Q, G] on `device` with Market-1501-like labels: query pids from
-    --test-ids identities, the gallery the same identities plus --distractors pid-0 items, cameras
-    uniform over 6 (about 14.5 true matches per query at the default sizes)."""
-    # drawn on the CPU from the seed, then moved: the same problem on any device
-    g = torch.Generator().manual_seed(cfg.seed)
-    people = cfg.gallery - cfg.distractors
-    # pids 1..test_ids for queries and gallery people: with 750 ids and 13,115 gallery people, a
-    # query has about 17.5 gallery images of its identity, 5/6 of them in another camera
-    q_pids = torch.randint(1, cfg.test_ids + 1, (cfg.queries,), generator=g)
-    g_pids = torch.randint(1, cfg.test_ids + 1, (cfg.gallery,), generator=g)
-    g_pids[people:] = 0  # the last --distractors gallery items: pid 0
-    q_cams, g_cams = torch.randint(0, 6, (cfg.queries,), generator=g), torch.randint(0, 6, (cfg.gallery,), generator=g)
-    return torch.rand(cfg.queries, cfg.gallery, generator=g).to(device), q_pids, g_pids, q_cams, g_cams
-
-
 def check(row, value, device):
     """'floor <= 2.2: met' (or NOT met) for a row with a floor in FLOORS on this device, else ''."""
     # the floors differ by device (CPU ratios; GPU rates), and rows without a floor say nothing
@@ -422,7 +406,7 @@ def run(cfg):
         rows.append((f"train: {name}", rate, "img/s",
                      f"batch {B} at {size}: step {r['step'] * 1000:.0f} ms + data {r['data'] * 1000:.1f} ms "
                      f"({100 * r['data'] / (r['data'] + r['step']):.1f}% of it){memory}",
-                     check(name.split(" [")[0], rate, device)))
+                     check("train: " + name.split(" [")[0], rate, device)))
     # the ratio rows, per precision: the issue's floors compare step times, not img/s
     for p in precisions:
         tag = row_tag(p, device)
@@ -452,7 +436,9 @@ def run(cfg):
                  f"{len(feats)} images at {cfg.height}x{cfg.width}, {feats.shape[1]}-d, batch {cfg.feature_batch}",
                  check("features", len(feats) / secs, device)))
     # 6. rank_metrics on a Market-sized problem
-    dist, q_pids, g_pids, q_cams, g_cams = market_like_problem(cfg, device)
+    dist, q_pids, g_pids, q_cams, g_cams = evaluate.market_like_problem(cfg.queries, cfg.gallery, cfg.test_ids, 6,
+                                                                        cfg.distractors, cfg.seed)
+    dist = dist.to(device)  # on the GPU when there is one; the labels stay on the CPU, as in evaluation
     times = []
     for _ in range(cfg.repeats + 1):  # the first call warms up
         start = clock(device)

@@ -424,6 +424,7 @@ class Progress:
         self.start = self.last = time.perf_counter()
         self.last_images = 0
         self.totals, self.counted = {}, 0  # sums over every step checked so far, for `mean`
+        self.resumed_at = 0  # steps done before this process (a resumed epoch): not in the ETA's rate
 
     def update(self, num_images, **terms):
         self.i += 1
@@ -459,7 +460,7 @@ class Progress:
         summed to `sums` (`Progress.sums` of the stopped run): the lines count on from there and
         `mean` covers the whole epoch, the steps before the stop included."""
         self.i, self.images, self.last_images = steps, num_images, num_images
-        self.totals, self.counted = dict(sums), steps
+        self.totals, self.counted, self.resumed_at = dict(sums), steps, steps
 
     def mean(self, key):
         """The mean of term `key` over all the steps printed so far (the whole epoch at its end)."""
@@ -472,7 +473,7 @@ class Progress:
         self.counted += n
         now = time.perf_counter()
         rate = (self.images - self.last_images) / max(now - self.last, 1e-9)
-        eta = (now - self.start) / self.i * (self.total - self.i)
+        eta = (now - self.start) / (self.i - self.resumed_at) * (self.total - self.i)
         loss_txt = "  ".join(f"{k} {v / n:.4f}" for k, v in sums.items())
         print(f"{self.prefix}iter {self.i}/{self.total}  {loss_txt}  | {rate:.1f} img/s  "
               f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", file=self.file, flush=True)
@@ -513,7 +514,7 @@ def training_state(paper, model, optimizer, schedule, epoch, config, **extra):
     """
     return {"paper": paper, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "epoch": epoch, "config": dataclasses.asdict(config),
-            "rng": rng_state(), **extra}
+            "rng": rng_state(), "device_type": next(model.parameters()).device.type, **extra}
 
 
 def restore_training(state, model, optimizer, schedule):
@@ -592,7 +593,7 @@ def check_checkpoint(ckpt, path, paper, num_classes=None, classifier_key=None):
     classifier_key: the state-dict entry of the classifier weight [num_classes, D] to compare with
     `num_classes` (the number of training identities of the dataset given now).
     """
-    expected = describe_checkpoint({"paper": paper, "stage": ""}).replace("  ", " ")
+    expected = {"aea": "an AEA checkpoint (aea.py)", "aaanet": "an AAA-Net checkpoint (aaanet.py)"}.get(paper, paper)
     if not isinstance(ckpt, dict) or ckpt.get("paper") != paper or "model" not in ckpt:
         raise UserError(f"{path} is {describe_checkpoint(ckpt)}; expected {expected}")
     if num_classes is not None and classifier_key is not None:
@@ -605,10 +606,12 @@ def check_checkpoint(ckpt, path, paper, num_classes=None, classifier_key=None):
                             "identities: give the --root (and --dataset) the checkpoint was trained on")
 
 
-def resume_state(path, paper, config, may_differ=()):
+def resume_state(path, paper, config, may_differ=(), device=None):
     """The checkpoint `--resume` continues from, checked: written by `paper`, with the same config
     except the fields in `may_differ` (e.g. the device). A different flag would make the resumed
-    run a different run, so each one is named instead of silently taking either value."""
+    run a different run, so each one is named instead of silently taking either value. With
+    --precision auto, `device` (the one picked now) must be of the type the run trained on:
+    auto means fp32 on the CPU and bf16 on CUDA, so a move would change the arithmetic unasked."""
     if not os.path.isfile(path):
         raise UserError(f"--resume: there is no checkpoint {path} to continue from (start the run without --resume, "
                         "or give the --out of the run to continue)")
@@ -621,7 +624,22 @@ def resume_state(path, paper, config, may_differ=()):
     if differ:
         raise UserError(f"--resume {path}: the run was started with other settings ({'; '.join(differ)}); "
                         "resume with the same flags")
+    trained_on = state.get("device_type")
+    if device is not None and trained_on and now.get("precision") == "auto" and torch.device(device).type != trained_on:
+        raise UserError(f"--resume {path}: the run trained on {trained_on} with --precision auto, which means "
+                        f"{'bf16' if trained_on == 'cuda' else 'fp32'} there; on {torch.device(device).type} auto would "
+                        f"switch precision mid-run. Resume with --device {trained_on}, or start the run again with an "
+                        "explicit --precision")
     return state
+
+
+def check_same_images(state, path, num_images, root):
+    """Refuse to resume on a training split of another size than the run's (a resume replays the
+    interrupted epoch's batches by index, so other images would be other batches)."""
+    saved = state.get("num_images")
+    if saved is not None and saved != num_images:
+        raise UserError(f"--resume {path}: the run trained on {saved} training images, the training split of "
+                        f"{root} now has {num_images}; resume on the run's own data")
 
 
 def resume_command(argv=None):
@@ -647,31 +665,38 @@ class RunCheckpoints:
         self.best_loss = math.inf
 
     def restore(self, state):
-        """Continue the best-so-far bookkeeping of a resumed run."""
+        """Continue the best-so-far bookkeeping of a resumed run. If the run was killed after
+        writing a best last.pt but before linking it as best.pt, the link is made now."""
         self.best_loss = state.get("best_loss", math.inf)
+        if state.get("is_best") and not (os.path.exists(self.best) and os.path.samefile(self.last, self.best)):
+            self._link_best(state)
 
     def save(self, state, epoch_loss=None):
         """Write last.pt; also best.pt when `epoch_loss` (an epoch's mean loss) beats every earlier one."""
         is_best = epoch_loss is not None and epoch_loss < self.best_loss
         if is_best:
             self.best_loss = epoch_loss
-        state["best_loss"] = self.best_loss
+        # is_best marks the file that best.pt must be (restore() mends a link a crash cut off)
+        state["best_loss"], state["is_best"] = self.best_loss, is_best
         save_checkpoint(self.last, state)
         if is_best:
-            # best.pt = the file just written, as a second name for it (a hard link): no second
-            # write of a checkpoint that is ~460 MB for AEA. The link is made under a temporary
-            # name and renamed over best.pt, so best.pt is always whole; the next save_checkpoint
-            # replaces the name last.pt by a new file and leaves this one to best.pt.
-            tmp = os.path.join(self.folder, f".best.pt.link{os.getpid()}")
-            with contextlib.suppress(FileNotFoundError):
+            self._link_best(state)
+
+    def _link_best(self, state):
+        """best.pt = last.pt, as a second name for the same file (a hard link): no second write of a
+        checkpoint that is ~460 MB for AEA. The link is made under a temporary name and renamed over
+        best.pt, so best.pt is always whole; the next save_checkpoint replaces the name last.pt by a
+        new file and leaves this one to best.pt."""
+        tmp = os.path.join(self.folder, f".best.pt.link{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        try:
+            os.link(self.last, tmp)
+            os.replace(tmp, self.best)
+        except OSError:  # a file system without hard links: write it again
+            with contextlib.suppress(OSError):
                 os.remove(tmp)
-            try:
-                os.link(self.last, tmp)
-                os.replace(tmp, self.best)
-            except OSError:  # a file system without hard links: write it again
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
-                save_checkpoint(self.best, state)
+            save_checkpoint(self.best, state)
 
 
 def check_writable(folder, flag="--out"):

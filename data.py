@@ -165,13 +165,18 @@ def _read_split(folder, skip_bad_files):
     return Split(paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64))
 
 
+# what PIL raises for a file it cannot decode: missing or truncated (OSError), not an image or a bad
+# header (ValueError, SyntaxError from some plugins), absurd dimensions (DecompressionBombError)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def _readable(path):
     """None if PIL decodes the whole file, else the reason it cannot (truncated, not an image, ...)."""
     try:
         with Image.open(path) as img:
             img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))  # JPEG: decode at 1/8 scale, all bytes read
             img.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except _DECODE_ERRORS as e:
         return str(e) or type(e).__name__
     return None
 
@@ -241,9 +246,9 @@ def _mean_std(device):
 def normalize(x):
     """x_norm[c] = (x[c] / 255 - MEAN[c]) / STD[c]; uint8 [B, 3, H, W] -> float32, on x's device."""
     mean, std = _mean_std(x.device)
-    # in place on the one float32 copy: a single temporary instead of three (the same operations,
-    # so the same bits as (x / 255 - mean) / std)
-    return x.float().div_(255).sub_(mean).div_(std)
+    # in place on one float32 copy (copy=True: never the caller's tensor): a single temporary
+    # instead of three, the same operations, so the same bits as (x / 255 - mean) / std
+    return x.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)
 
 
 def load_images(paths, height, width, desc=""):
@@ -264,7 +269,7 @@ def load_images(paths, height, width, desc=""):
             with Image.open(paths[i]) as img:
                 # Choice (not in the paper): bilinear resizing (PIL's, which filters when shrinking)
                 rgb = img.convert("RGB").resize((width, height), Image.BILINEAR)  # convert() reads all bytes
-        except (OSError, ValueError, Image.DecompressionBombError) as e:  # missing, truncated, not an image
+        except _DECODE_ERRORS as e:  # missing, truncated, not an image
             raise UserError(f"cannot decode image {paths[i]}: {e} (--skip-bad-files drops such images "
                             "with a warning)") from None
         out[i] = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
@@ -333,7 +338,8 @@ def augment(images, generator, flip=True, pad=10, random_erasing=0.0, index=None
     sqrt(S_e / r_e), a position where it fits, and erase the rectangle.
 
     How it runs: flip, pad and crop only move pixels, so each sample is ONE slice copy of uint8
-    pixels from its cache row into the batch (a crop is a shifted window; no padded copy is made);
+    pixels from its cache row into the batch (a crop is a shifted window; no padded copy is made;
+    a mirrored sample costs one more copy, torch.flip's);
     then one normalisation of the whole batch; then the padding strips and the erased rectangle of
     each sample are set to 0 by slice assignment. The loop over the batch does only slicing (views
     and small copies, never a read of a device value), so on a GPU it queues work without waiting.

@@ -294,7 +294,7 @@ def test_bad_flags_are_one_clear_error(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_checkpoint_of_another_paper_or_other_identities_is_refused(tmp_path):
+def test_checkpoint_of_another_paper_or_unfitting_weights_is_refused(tmp_path):
     # an AAA-Net file: the message says what it is and what was expected, with the file's name
     other = str(tmp_path / "aaanet.pt")
     common.save_checkpoint(other, {"paper": "aaanet", "stage": "stage1", "model": {}, "config": {}})
@@ -304,11 +304,11 @@ def test_checkpoint_of_another_paper_or_other_identities_is_refused(tmp_path):
         aea.figure(["--checkpoint", other])
     with pytest.raises(UserError, match="does not exist"):
         aea.figure(["--checkpoint", str(tmp_path / "missing.pt")])
-    # an AEA file whose classifier FC_2 has 4 rows but which claims 5 identities: refused before
-    # any weight is loaded
+    # an AEA file whose weights do not fit the network its config and identity count describe
+    # (FC_2 with 4 rows where 5 identities are claimed, the rest missing): a UserError naming it
     bad = {"paper": "aea", "config": dataclasses.asdict(aea.AEAConfig()), "num_classes": 5,
            "model": {"basic.FC_2.weight": torch.zeros(4, 2560)}}
-    with pytest.raises(UserError, match="trained on 4 identities, but this dataset has 5"):
+    with pytest.raises(UserError, match="bad.pt: the weights do not fit AEA variant aea"):
         aea.model_from_checkpoint(bad, "bad.pt")
 
 

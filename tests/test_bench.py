@@ -13,7 +13,7 @@ import data
 H, W = 64, 32  # tiny inputs
 
 
-def test_bench_tiny_run_has_every_row(synthetic_root):
+def test_bench_tiny_run_has_every_row(synthetic_root, monkeypatch):
     # The conftest dataset (8 training identities, about 40 images): AEA batches of P=2 x K=2 at 64x32,
     # AAA-Net batches of 4 at 32x32 (f_r after conv3_x is 4x4, one feature per grid cell), one timed
     # round, a 20 x 100 rank_metrics problem. On the CPU the table has one row per quantity below.
@@ -23,7 +23,14 @@ def test_bench_tiny_run_has_every_row(synthetic_root):
                                      "--queries", "20", "--gallery", "100", "--distractors", "10", "--test-ids", "10",
                                      "--device", "cpu"])
     assert not quick
+    # every floor of FLOORS, the GPU's included, must be looked up under a name the run passes to
+    # check(): a key spelt differently from the row (once "AAA stage 1" for "train: AAA stage 1")
+    # would print no verdict on the machine it is meant for
+    asked, check = set(), bench.check
+    monkeypatch.setattr(bench, "check", lambda row, value, device: asked.add(row) or check(row, value, device))
     rows, table = bench.run(cfg)
+    assert set(bench.FLOORS["cpu"]) <= asked and set(bench.FLOORS["cuda"]) <= asked, asked
+    assert bench.check("train: AAA stage 1", 3000.0, torch.device("cuda")) == "floor >= 2500: met"
     names = [r[0] for r in rows]
     assert names == [
         "data: cache build (load_images)", "data: ours, augmentation from the cache",

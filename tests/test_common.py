@@ -401,13 +401,19 @@ def test_best_checkpoint_follows_the_lowest_epoch_loss(tmp_path):
     for epoch, loss in enumerate((3.0, 2.0, 2.5), 1):
         runs.save({"paper": "aea", "epoch": epoch}, epoch_loss=loss)
     assert common.load_checkpoint(runs.last)["epoch"] == 3
-    assert common.load_checkpoint(runs.best) == {"paper": "aea", "epoch": 2, "best_loss": 2.0}
+    assert common.load_checkpoint(runs.best) == {"paper": "aea", "epoch": 2, "best_loss": 2.0, "is_best": True}
     runs.save({"paper": "aea", "epoch": 3, "step": 5})  # a mid-epoch save (a stop signal): last only
     assert common.load_checkpoint(runs.best)["epoch"] == 2
     resumed = common.RunCheckpoints(str(tmp_path))
     resumed.restore(common.load_checkpoint(runs.last))
     resumed.save({"paper": "aea", "epoch": 4}, epoch_loss=2.1)  # 2.1 > 2.0: best.pt stays epoch 2
     assert common.load_checkpoint(runs.best)["epoch"] == 2 and resumed.best_loss == 2.0
+    # killed between writing a best last.pt (epoch 5, loss 1.5) and linking it: best.pt is still
+    # epoch 2; the resumed run's restore() makes the link
+    common.save_checkpoint(runs.last, {"paper": "aea", "epoch": 5, "best_loss": 1.5, "is_best": True})
+    assert common.load_checkpoint(runs.best)["epoch"] == 2
+    common.RunCheckpoints(str(tmp_path)).restore(common.load_checkpoint(runs.last))
+    assert common.load_checkpoint(runs.best)["epoch"] == 5 and os.path.samefile(runs.last, runs.best)
 
 
 def test_checkpoint_identity_checks(tmp_path):
@@ -436,6 +442,14 @@ def test_resume_state_refuses_other_settings(tmp_path):
     assert common.resume_state(path, "aea", ToyConfig(resume="yes"), may_differ=("resume",))
     with pytest.raises(common.UserError, match="expected an AAA-Net"):
         common.resume_state(path, "aaanet", ToyConfig())
+    # a run trained on CUDA with --precision auto (bf16 there) may not go on on the CPU (fp32)
+    @dataclasses.dataclass
+    class Auto:
+        precision: str = "auto"
+    common.save_checkpoint(path, {"paper": "aea", "model": {}, "config": {"precision": "auto"}, "device_type": "cuda"})
+    with pytest.raises(common.UserError, match="trained on cuda with --precision auto.*--device cuda"):
+        common.resume_state(path, "aea", Auto(), device="cpu")
+    assert common.resume_state(path, "aea", Auto(), device="cuda:1")["device_type"] == "cuda"
 
 
 def test_resume_command_and_writable_check(tmp_path):
@@ -455,9 +469,8 @@ def test_stop_on_signal_lets_the_step_finish():
     before = signal.getsignal(signal.SIGINT)
     with common.StopOnSignal() as stop:
         assert stop.requested is None
-        os.kill(os.getpid(), signal.SIGTERM)
-        finished_step = True
-        assert stop.requested == "SIGTERM" and finished_step
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the process without the handler
+        assert stop.requested == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C while stopping does not wait
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
