@@ -635,27 +635,22 @@ def train_stage(cfg, stage, ds=None, images=None):
             order = torch.randperm(N, generator=g)[:steps * B].view(steps, B)  # [steps, B] image indices
             progress = common.Progress(steps, prefix=f"{stage} epoch {epoch + 1}/{cfg.epochs}  "
                                                      f"lr {optimizer.param_groups[0]['lr']:.0e}  ")
-            replay, start_step = start_step, 0
-            if replay:
-                # Choice (not in the paper): the steps trained before the stop keep their numbers and
-                # count in the epoch's mean (best.pt), from the sums the stopped run saved
-                progress.resume(replay, replay * B, resume_sums)
             # the shared data path: each row of `order` -> cache rows -> augment, x [B, 3, H, W] float32
             batches = data.train_batches(train_images, labels, order.tolist(), g, pad=cfg.pad,
                                          random_erasing=cfg.random_erasing)
-            for s, (x, y) in enumerate(batches):
-                if s < replay:
-                    continue  # trained before the stop: drawn again only to move the generator on
-                terms = train_step(model, optimizer, stage, x, y, cfg)
-                progress.update(B, **terms)  # raises LossNotFinite (exit 2) when it reads a NaN or inf term
-                if stop.requested and s + 1 < steps:
-                    # no NaN since the last line may reach the checkpoint: check before writing
-                    checkpoints.save(common.training_state("aaanet", model, optimizer, schedule, epoch, cfg, stage=stage,
-                                                           step=s + 1, aug_generator=epoch_start,
-                                                           epoch_sums=progress.sums(), num_images=N))
-                    print(f"stopped by {stop.requested} at epoch {epoch + 1}/{cfg.epochs} step {s + 1}/{steps}; "
-                          f"wrote {checkpoints.last}. Resume with:\n  {common.resume_command()}", flush=True)
-                    return model, None
+            # Choice (not in the paper): after a stop, the steps trained before it are drawn again
+            # without training (the generator moves on), keep their numbers and count in the
+            # epoch's mean (best.pt), from the sums the stopped run saved
+            finished = common.train_epoch(batches, lambda x, y: train_step(model, optimizer, stage, x, y, cfg),
+                                          progress, stop, start_step, resume_sums)
+            start_step = 0
+            if not finished:
+                # the steps since the last line are checked for NaN before anything is written
+                checkpoints.save(common.training_state("aaanet", model, optimizer, schedule, epoch, cfg, stage=stage,
+                                                       step=progress.i, aug_generator=epoch_start,
+                                                       epoch_sums=progress.sums(), num_images=N))
+                common.stopped(stop, f"at epoch {epoch + 1}/{cfg.epochs} step {progress.i}/{steps}", checkpoints.last)
+                return model, None
             schedule.step()
             # everything needed to continue: weights, optimizer, schedule, epoch, config, RNG states;
             # the epoch's last step printed its line, so every term was checked finite
@@ -663,8 +658,7 @@ def train_stage(cfg, stage, ds=None, images=None):
                                                    step=0, aug_generator=g.get_state(), num_images=N),
                              epoch_loss=progress.mean(TOTAL_LOSS[stage]))
             if stop.requested and epoch + 1 < cfg.epochs:
-                print(f"stopped by {stop.requested} after epoch {epoch + 1}/{cfg.epochs}; wrote {checkpoints.last}. "
-                      f"Resume with:\n  {common.resume_command()}", flush=True)
+                common.stopped(stop, f"after epoch {epoch + 1}/{cfg.epochs}", checkpoints.last)
                 return model, None
     if start_epoch == cfg.epochs:
         print(f"{stage}: {checkpoints.last} already holds all {cfg.epochs} epochs; nothing left to train")

@@ -589,27 +589,18 @@ def train(cfg):
             epoch_start = g.get_state()  # what a mid-epoch checkpoint records (the twin copies it too)
             progress = common.Progress(len(sampler), prefix=f"epoch {epoch + 1}/{cfg.epochs}  ")
             batches = epoch_batches(images, labels, sampler, g, cfg, joint, erased_images)
-            if skip:
-                # resume mid-epoch: draw the batches already trained on again, without training on
-                # them, so the generator (and the erase-once twin) reach the interrupted step's state
-                for _ in range(skip):
-                    next(batches)
-                # the progress line goes on counting from there; the epoch's mean loss (best.pt)
-                # includes the steps before the stop (their sums were saved with the checkpoint)
-                progress.resume(skip, skip * cfg.P * cfg.K, partial)
-                skip = 0
-            for x, y, x_other in batches:
-                terms = training_step(model, optimizer, x, y, cfg, joint, x_other)
-                progress.update(len(y), **terms)
-                if stop.requested and progress.i < len(sampler):
-                    break
-            if stop.requested and progress.i < len(sampler):
-                # stopped mid-epoch: check the steps not yet printed (a NaN raises, nothing is
+            # resume mid-epoch: the `skip` batches already trained on are drawn again without
+            # training, so the generator (and the erase-once twin) reach the interrupted step's state
+            finished = common.train_epoch(
+                batches, lambda x, y, x_other: training_step(model, optimizer, x, y, cfg, joint, x_other),
+                progress, stop, skip, partial)
+            skip = 0
+            if not finished:
+                # stopped mid-epoch: the steps not yet printed are checked (a NaN raises, nothing is
                 # written), then last.pt at (epoch, step) with the generator at the epoch's start
                 # and the loss sums so far
                 runs.save(snapshot(epoch, progress.i, epoch_start, epoch_sums=progress.sums()))
-                print(f"stopped by {stop.requested} at epoch {epoch + 1}/{cfg.epochs} step {progress.i}/{len(sampler)}; "
-                      f"wrote {runs.last}. Resume with:\n  {common.resume_command()}", flush=True)
+                common.stopped(stop, f"at epoch {epoch + 1}/{cfg.epochs} step {progress.i}/{len(sampler)}", runs.last)
                 return None
             schedule.step()
             if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
@@ -623,8 +614,7 @@ def train(cfg):
             if cfg.keep_every and (epoch + 1) % cfg.keep_every == 0:
                 common.save_checkpoint(os.path.join(cfg.out, f"epoch_{epoch + 1}.pt"), saved)
             if stop.requested and epoch + 1 < cfg.epochs:
-                print(f"stopped by {stop.requested} after epoch {epoch + 1}/{cfg.epochs}; wrote {runs.last}. "
-                      f"Resume with:\n  {common.resume_command()}", flush=True)
+                common.stopped(stop, f"after epoch {epoch + 1}/{cfg.epochs}", runs.last)
                 return None
     return results
 

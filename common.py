@@ -712,6 +712,34 @@ def check_writable(folder, flag="--out"):
         raise UserError(f"{flag} {folder}: cannot write there ({e.strerror}); give a folder you can write to") from None
 
 
+def train_epoch(batches, step, progress, stop, skip=0, skip_sums=None):
+    """One epoch of training steps under the rules both papers' loops share; True if the epoch ran
+    to its end, False if a stop signal came in first (the caller then writes last.pt at step
+    `progress.i` with `progress.sums()`, prints `stopped(...)` and returns).
+
+    batches: the epoch's batches, each a tuple whose second item is the labels [B]; step(*batch)
+    runs one SGD step and returns its loss terms (for `progress`, which checks them for NaN).
+    skip: batches trained before a stop (--resume). They are drawn again without training on them,
+    so the generator the batches come from lands exactly where it was; skip_sums: their loss sums
+    (saved with the checkpoint), so the epoch's mean loss (best.pt) still covers the whole epoch.
+    """
+    batches = iter(batches)
+    if skip:
+        for _ in range(skip):
+            size = len(next(batches)[1])
+        progress.resume(skip, skip * size, skip_sums)
+    for batch in batches:
+        progress.update(len(batch[1]), **step(*batch))
+        if stop.requested and progress.i < progress.total:
+            return False  # the step finished; the rest of the epoch waits for --resume
+    return True
+
+
+def stopped(stop, where, path):
+    """The message after a stop signal: where the run stopped, what was written, how to go on."""
+    print(f"stopped by {stop.requested} {where}; wrote {path}. Resume with:\n  {resume_command()}", flush=True)
+
+
 class StopOnSignal:
     """SIGINT (Ctrl-C) and SIGTERM (a job scheduler) ask the training loop to stop: the current step
     finishes, the loop writes its checkpoint, prints how to resume and the program exits 0.

@@ -7,6 +7,7 @@ import io
 import math
 import os
 import random
+import types
 import typing
 from unittest import mock
 
@@ -474,3 +475,33 @@ def test_stop_on_signal_lets_the_step_finish():
         with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C while stopping does not wait
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_train_epoch_stops_after_the_step_and_replays_on_resume():
+    # 5 batches whose inputs come from one generator; the step's loss is the batch index + 1. A stop
+    # asked for during step 3 ends the epoch after step 3 (False, progress at 3, sums {L: 1+2+3}).
+    # The resume restarts the generator at the epoch's start and skips 3 batches: it trains on
+    # batches 4 and 5 with exactly the inputs an uninterrupted epoch gives them, and the epoch's
+    # mean covers all five, (1 + 2 + 3 + 4 + 5) / 5 = 3.
+    def epoch(g):
+        for i in range(5):
+            yield torch.rand(2, generator=g), torch.tensor([i, i])
+
+    stop, seen = types.SimpleNamespace(requested=None), []
+
+    def step(x, y):
+        seen.append(x)
+        if len(seen) == 3:
+            stop.requested = "SIGINT"  # arrives during step 3: the step still finishes
+        return {"L": torch.tensor(float(y[0] + 1))}
+
+    start = torch.Generator().manual_seed(0).get_state()
+    uninterrupted = [x for x, _ in epoch(torch.Generator().set_state(start))]
+    progress = common.Progress(5, every=2, file=io.StringIO())
+    assert common.train_epoch(epoch(torch.Generator().set_state(start)), step, progress, stop) is False
+    assert progress.i == 3 and progress.sums() == {"L": 6.0}
+    stop.requested, seen = None, []
+    resumed = common.Progress(5, every=2, file=io.StringIO())
+    assert common.train_epoch(epoch(torch.Generator().set_state(start)), step, resumed, stop, 3, {"L": 6.0})
+    assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(seen, uninterrupted[3:]))
+    assert resumed.mean("L") == pytest.approx(3.0)
