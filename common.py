@@ -31,7 +31,8 @@ Choices made here where the papers say nothing:
   - On the CPU glibc keeps freed memory (`keep_freed_memory`) instead of returning it to the OS.
   - Resuming, faults and signals (issue 6): a checkpoint at every epoch end (`RunCheckpoints`:
     last.pt, and best.pt = the lowest mean training loss, since the datasets have no validation
-    split); SIGINT/SIGTERM finish the step and checkpoint (`StopOnSignal`); a NaN/inf loss stops the
+    split); SIGINT/SIGTERM finish the step and checkpoint (`StopOnSignal`, `train_epoch`, which also
+    replays an interrupted epoch's batches on resume); a NaN/inf loss stops the
     run naming its step and term (`Progress.check`); `--resume` refuses changed flags (`resume_state`).
 """
 
