@@ -108,7 +108,7 @@ def keep_freed_memory():
     A training step on the CPU allocates and frees activations of 10-130 MB. By default glibc
     serves blocks that big with mmap and returns them with munmap on free, so the next step takes
     page faults on every fresh page again; the kernel time this adds grew the AEA step (two networks'
-    graphs alive at once) to 2.4-2.7x the B1 step, against 2.0x with this setting (README, bench.py).
+    graphs alive at once) to 2.2-3.8x the B1 step, against 2.0-2.1x with this setting (README, bench.py).
     M_MMAP_THRESHOLD (-3) = 1 GiB: such blocks come from the heap; M_TRIM_THRESHOLD (-1) = 2 GiB - 1:
     the heap top is not trimmed. The cost: the process keeps its peak memory until it exits.
     Does nothing where the C library is not glibc (macOS, Windows, musl). Returns True if applied.
@@ -424,7 +424,7 @@ class Progress:
         self.i, self.images, self.pending = 0, 0, []
         self.start = self.last = time.perf_counter()
         self.last_images = 0
-        self.totals, self.counted = {}, 0  # sums over every step checked so far, for `mean`
+        self.totals = {}  # sums over every step printed so far (i - len(pending) steps), for `mean`
         self.resumed_at = 0  # steps done before this process (a resumed epoch): not in the ETA's rate
 
     def update(self, num_images, **terms):
@@ -461,17 +461,16 @@ class Progress:
         summed to `sums` (`Progress.sums` of the stopped run): the lines count on from there and
         `mean` covers the whole epoch, the steps before the stop included."""
         self.i, self.images, self.last_images = steps, num_images, num_images
-        self.totals, self.counted, self.resumed_at = dict(sums), steps, steps
+        self.totals, self.resumed_at = dict(sums), steps
 
     def mean(self, key):
         """The mean of term `key` over all the steps printed so far (the whole epoch at its end)."""
-        return self.totals[key] / self.counted
+        return self.totals[key] / (self.i - len(self.pending))
 
     def print_line(self):
         sums, n = self.check(), len(self.pending)
         for k, v in sums.items():
             self.totals[k] = self.totals.get(k, 0.0) + v
-        self.counted += n
         now = time.perf_counter()
         rate = (self.images - self.last_images) / max(now - self.last, 1e-9)
         eta = (now - self.start) / (self.i - self.resumed_at) * (self.total - self.i)
@@ -583,7 +582,8 @@ def load_checkpoint(path, map_location="cpu"):
 def describe_checkpoint(ckpt):
     """What wrote a checkpoint, in words: 'an AEA checkpoint (aea.py)' and so on."""
     paper = ckpt.get("paper") if isinstance(ckpt, dict) else None
-    return {"aea": "an AEA checkpoint (aea.py)", "aaanet": f"an AAA-Net {ckpt.get('stage', '')} checkpoint (aaanet.py)"
+    stage = f" {ckpt['stage']}" if paper == "aaanet" and ckpt.get("stage") else ""  # AAA-Net: which stage wrote it
+    return {"aea": "an AEA checkpoint (aea.py)", "aaanet": f"an AAA-Net{stage} checkpoint (aaanet.py)"
             }.get(paper, f"not a checkpoint of this project (paper={paper!r})")
 
 
@@ -594,7 +594,7 @@ def check_checkpoint(ckpt, path, paper, num_classes=None, classifier_key=None):
     classifier_key: the state-dict entry of the classifier weight [num_classes, D] to compare with
     `num_classes` (the number of training identities of the dataset given now).
     """
-    expected = {"aea": "an AEA checkpoint (aea.py)", "aaanet": "an AAA-Net checkpoint (aaanet.py)"}.get(paper, paper)
+    expected = describe_checkpoint({"paper": paper})
     if not isinstance(ckpt, dict) or ckpt.get("paper") != paper or "model" not in ckpt:
         raise UserError(f"{path} is {describe_checkpoint(ckpt)}; expected {expected}")
     if num_classes is not None and classifier_key is not None:
