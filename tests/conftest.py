@@ -8,6 +8,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402  (needs the sys.path line above)
 
+
+def pytest_configure(config):
+    """The `slow` marker: system tests (whole commands, subprocesses killed and resumed, fuzzing).
+    `python -m pytest -q -m "not slow" tests` runs every paper and unit test without them."""
+    config.addinivalue_line("markers", "slow: a system test; deselect with -m 'not slow'")
+
 # A small synthetic dataset: 8 training and 6 test identities in 3 cameras, 1-3 images per
 # identity and camera (about 80 images, ~0.1 s to write), 3 junk and 3 distractor images.
 SYNTHETIC_SIZES = dict(seed=0, train_ids=8, test_ids=6, cameras=3, max_per_camera=3, junk=3, distractors=3)
