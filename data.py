@@ -2,7 +2,7 @@
 and a data path that decodes every image once into one uint8 tensor and augments batches on the
 training device.
 
-Layout (Market-1501, DukeMTMC-reID and CUHK03-NP all ship this way; SPEC.md "Shared parts"):
+Layout (Market-1501, DukeMTMC-reID and CUHK03-NP all ship this way):
     ROOT/bounding_box_train/  training images
     ROOT/query/               query images
     ROOT/bounding_box_test/   gallery images
@@ -22,7 +22,7 @@ decoding happens once, not once per epoch, and the per-sample work runs as a few
 On a GPU the uint8 cache can live on the GPU itself (Market-1501 at 256x128: 1.27 GB), so a batch
 costs one small copy of indices and one of random numbers, neither of which waits for the GPU.
 
-Choices where SPEC.md is silent (each marked "Choice (not in the paper)" at its line):
+Choices the papers leave open (each marked "Choice (not in the paper)" at its line):
 - load_dataset accepts ROOT itself or ROOT/<usual release folder> (Market-1501-v15.09.15, ...).
 - load_images resizes bilinearly (PIL, which filters when it shrinks).
 - --skip-bad-files test-decodes every image once in load_dataset (JPEGs at 1/8 scale, every byte
@@ -33,9 +33,10 @@ Choices where SPEC.md is silent (each marked "Choice (not in the paper)" at its 
 - PKSampler: an identity with n < K images gives all n images once plus K - n drawn with
   replacement; one with n >= K gives K distinct images.
 - augment: flip + pad 10 + random crop (+ random erasing), the usual re-ID baseline augmentation
-  (neither paper states one); padding and random erasing write 0 in the normalised image (the ImageNet mean colour),
-  the value AEA's adversarial erasing uses (SPEC.md); random-erasing aspect ratio uniform in
-  [0.3, 1/0.3] with up to 100 tries for a rectangle that fits (Zhong et al. 2017, Alg. 1).
+  (neither paper states one); random-erasing aspect ratio uniform in [0.3, 1/0.3] with up to
+  100 tries for a rectangle that fits (Zhong et al. 2017, Alg. 1).
+- augment: padding and random erasing write 0 in the normalised image (the ImageNet mean
+  colour), the value AEA's adversarial erasing writes, rather than black or random values.
 - make_synthetic: see its docstring (what is drawn, junk = fragments of test identities or bare
   background, distractors = one-off people or bare background, query = one image per camera).
 """
@@ -76,7 +77,7 @@ _RELEASES = {
 
 
 def parse_name(filename):
-    """(pid, cam) of a Market-style image name; pid -1 = junk, 0 = distractor; cam 0-based (c1 -> 0).
+    """(pid, cam) of a Market-style image name; pid -1 = junk, 0 = distractor; c1 -> cam 0.
 
     The camera matters beyond bookkeeping: the evaluation drops gallery images of the query's own
     pid AND camera, so a wrong camera silently changes every score. 0-based so it can index arrays.
@@ -84,14 +85,15 @@ def parse_name(filename):
     # only the file name carries the labels; the folder says which split it belongs to
     m = _NAME.match(os.path.basename(filename))
     if m is None or int(m.group(2)) < 1:
-        raise UserError(f"{filename}: image name does not parse; expected PPPP_cCsS_FFFFFF_BB.jpg "
-                        "(Market-1501), PPPP_cC_fFFFFFFF.jpg (Duke) or PPPP_cC_N.png (CUHK03-NP), camera >= 1")
+        raise UserError(f"{filename}: image name does not parse; expected "
+                        "PPPP_cCsS_FFFFFF_BB.jpg (Market-1501), PPPP_cC_fFFFFFFF.jpg (Duke) "
+                        "or PPPP_cC_N.png (CUHK03-NP), camera >= 1")
     return int(m.group(1)), int(m.group(2)) - 1
 
 
 @dataclass
 class Split:
-    """One split's images as parallel arrays: paths[i] shows person pids[i] seen by camera cams[i]."""
+    """One split as parallel arrays: paths[i] shows person pids[i] seen by camera cams[i]."""
     paths: list          # image files, sorted by name
     pids: np.ndarray     # int64 [N]; training split: relabelled 0..num_train_pids-1
     cams: np.ndarray     # int64 [N], 0-based
@@ -112,20 +114,21 @@ class ReIDData:
 
     def summary(self):
         """The table printed on load: identities / images / cameras per split."""
-        rows = [f"{self.name} at {self.root}", "  split      ids   images  cameras  junk(-1)  distractors(0000)"]
+        rows = [f"{self.name} at {self.root}",
+                "  split      ids   images  cameras  junk(-1)  distractors(0000)"]
         for s in _SPLITS:
             split = getattr(self, s)
             # train pids are labels 0..N-1 (label 0 is a person); elsewhere pid 0 is a distractor
             people = split.pids if s == "train" else split.pids[split.pids > 0]
             junk = 0 if s == "train" else int((split.pids == -1).sum())
             distractors = 0 if s == "train" else int((split.pids == 0).sum())
-            rows.append(f"  {s:8s}{len(np.unique(people)):5d}{len(split):9d}{len(np.unique(split.cams)):9d}"
-                        f"{junk:10d}{distractors:19d}")
+            rows.append(f"  {s:8s}{len(np.unique(people)):5d}{len(split):9d}"
+                        f"{len(np.unique(split.cams)):9d}{junk:10d}{distractors:19d}")
         return "\n".join(rows)
 
 
 def _find_root(root, name):
-    """The folder holding bounding_box_train, bounding_box_test and query: ROOT or ROOT/<release>."""
+    """The folder with bounding_box_train, bounding_box_test and query: ROOT or ROOT/<release>."""
     if name not in _RELEASES:
         raise UserError(f"unknown dataset {name!r}; expected one of {', '.join(_RELEASES)}")
     if not os.path.isdir(root):
@@ -137,8 +140,9 @@ def _find_root(root, name):
             return folder
     # name what ROOT lacks (the likeliest mistake: a path one level too high or too low)
     missing = [s for s in _SPLITS.values() if not os.path.isdir(os.path.join(root, s))]
-    raise UserError(f"{root} is not a {name} dataset: expected the folders {', '.join(_SPLITS.values())} "
-                    f"in it (missing: {', '.join(missing)}); also searched {', '.join(tried[1:]) or 'nothing else'}")
+    raise UserError(f"{root} is not a {name} dataset: expected the folders "
+                    f"{', '.join(_SPLITS.values())} in it (missing: {', '.join(missing)}); "
+                    f"also searched {', '.join(tried[1:]) or 'nothing else'}")
 
 
 def _read_split(folder, skip_bad_files):
@@ -154,14 +158,16 @@ def _read_split(folder, skip_bad_files):
             pid, cam = parse_name(path)
         except UserError as e:
             if not skip_bad_files:
-                raise UserError(f"{e} (pass skip_bad_files=True / --skip-bad-files to skip such files)") from None
+                raise UserError(f"{e} (pass skip_bad_files=True / --skip-bad-files "
+                                "to skip such files)") from None
             warnings.warn(f"skipping {e}")
             continue
         paths.append(path)
         pids.append(pid)
         cams.append(cam)
     if not paths:
-        raise UserError(f"{folder} holds no images (expected .jpg/.png files named like 0002_c1s1_000451_03.jpg)")
+        raise UserError(f"{folder} holds no images "
+                        "(expected .jpg/.png files named like 0002_c1s1_000451_03.jpg)")
     return Split(paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64))
 
 
@@ -171,10 +177,11 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 
 
 def _readable(path):
-    """None if PIL decodes the whole file, else the reason it cannot (truncated, not an image, ...)."""
+    """None if PIL decodes the whole file, else why it cannot (truncated, not an image, ...)."""
     try:
         with Image.open(path) as img:
-            img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))  # JPEG: decode at 1/8 scale, all bytes read
+            # JPEG: decode at 1/8 scale, which still reads every byte of the file
+            img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))
             img.load()
     except _DECODE_ERRORS as e:
         return str(e) or type(e).__name__
@@ -205,26 +212,31 @@ def load_dataset(root, name="market1501", verbose=True, skip_bad_files=False):
     order (the label a classifier predicts). query and gallery keep raw pids, junk and distractors.
     """
     folder = _find_root(root, name)
-    train, query, gallery = (_read_split(os.path.join(folder, _SPLITS[s]), skip_bad_files) for s in _SPLITS)
+    train, query, gallery = (_read_split(os.path.join(folder, _SPLITS[s]), skip_bad_files)
+                             for s in _SPLITS)
     if skip_bad_files:
-        # Choice (not in the paper): with the flag, every image is test-decoded here, so that a corrupt
-        # one is dropped with its labels before any index is built; without it, load_images names
-        # the first bad file when it meets it (no second read of a clean dataset)
+        # Choice (not in the paper): with the flag, every image is test-decoded here, so that a
+        # corrupt one is dropped with its labels before any index is built; without it,
+        # load_images names the first bad file when it meets it (no second read of a clean dataset)
         train, query, gallery = (_drop_unreadable(s, os.path.join(folder, _SPLITS[n]))
                                  for s, n in zip((train, query, gallery), _SPLITS))
-    # junk (-1) and distractors (0000) are no training identity (SPEC.md: distractors are gallery
-    # only); Market-1501's bounding_box_train holds neither, other copies of a dataset might
+    # junk (-1) and distractors (0000) are no training identity: the Market-1501 protocol puts
+    # distractors in the gallery only. Its bounding_box_train holds neither; other copies of a
+    # dataset might.
     keep = train.pids > 0
     dropped = len(train) - int(keep.sum())
     if not keep.any():
-        raise UserError(f"{os.path.join(folder, _SPLITS['train'])} holds only junk/distractor images (pid -1 or 0000)")
+        raise UserError(f"{os.path.join(folder, _SPLITS['train'])} holds only junk/distractor "
+                        "images (pid -1 or 0000)")
     # relabel: raw pid -> its rank among the sorted distinct training pids
     ids, labels = np.unique(train.pids[keep], return_inverse=True)
-    train = Split([p for p, k in zip(train.paths, keep) if k], labels.astype(np.int64), train.cams[keep])
+    train = Split([p for p, k in zip(train.paths, keep) if k], labels.astype(np.int64),
+                  train.cams[keep])
     data = ReIDData(name, folder, train, query, gallery, len(ids))
     if verbose:
         print(data.summary())
-        print(f"  train: {dropped} junk/distractor images dropped; pids relabelled 0..{len(ids) - 1}")
+        print(f"  train: {dropped} junk/distractor images dropped; "
+              f"pids relabelled 0..{len(ids) - 1}")
     return data
 
 
@@ -240,7 +252,8 @@ STD = (0.229, 0.224, 0.225)
 def _mean_std(device):
     """MEAN and STD as [3, 1, 1] tensors on `device`, made once per device: a copy to a GPU that
     is issued with every batch would make the host wait for the GPU every time."""
-    return torch.tensor(MEAN, device=device).view(3, 1, 1), torch.tensor(STD, device=device).view(3, 1, 1)
+    return (torch.tensor(MEAN, device=device).view(3, 1, 1),
+            torch.tensor(STD, device=device).view(3, 1, 1))
 
 
 def normalize(x):
@@ -267,11 +280,12 @@ def load_images(paths, height, width, desc=""):
         # runs in a worker thread; each writes its own row of `out`, so no lock is needed
         try:
             with Image.open(paths[i]) as img:
-                # Choice (not in the paper): bilinear resizing (PIL's, which filters when shrinking)
-                rgb = img.convert("RGB").resize((width, height), Image.BILINEAR)  # convert() reads all bytes
+                # Choice (not in the paper): bilinear resizing (PIL's, which filters when
+                # shrinking); convert() reads all bytes, so a truncated file fails here
+                rgb = img.convert("RGB").resize((width, height), Image.BILINEAR)
         except _DECODE_ERRORS as e:  # missing, truncated, not an image
-            raise UserError(f"cannot decode image {paths[i]}: {e} (--skip-bad-files drops such images "
-                            "with a warning)") from None
+            raise UserError(f"cannot decode image {paths[i]}: {e} "
+                            "(--skip-bad-files drops such images with a warning)") from None
         out[i] = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
 
     # the progress line goes to stderr with "\r", so it rewrites itself in a terminal and leaves
@@ -287,8 +301,8 @@ def load_images(paths, height, width, desc=""):
     finally:
         pool.shutdown(cancel_futures=True)  # after an error, do not decode the rest first
     secs = time.time() - start
-    print(f"\r{tag}decoded {N} images to {height}x{width} ({out.numel() / 2**20:.0f} MiB) in {secs:.1f} s, "
-          f"{N / max(secs, 1e-9):.0f} images/s", file=sys.stderr, flush=True)
+    print(f"\r{tag}decoded {N} images to {height}x{width} ({out.numel() / 2**20:.0f} MiB) "
+          f"in {secs:.1f} s, {N / max(secs, 1e-9):.0f} images/s", file=sys.stderr, flush=True)
     return out
 
 
@@ -300,12 +314,12 @@ def _erasing_boxes(B, H, W, p, generator):
     # S_e = U(0.02, 0.4) * H * W, r_e = U(0.3, 1/0.3): the paper's s_l, s_h, r_1 defaults
     area = H * W * (0.02 + 0.38 * torch.rand(B, tries, generator=generator))
     r = 0.3 + (1 / 0.3 - 0.3) * torch.rand(B, tries, generator=generator)
-    h = (area * r).sqrt().round().long()                           # H_e = sqrt(S_e * r_e), [B, tries]
-    w = (area / r).sqrt().round().long()                           # W_e = sqrt(S_e / r_e)
+    h = (area * r).sqrt().round().long()                       # H_e = sqrt(S_e * r_e), [B, tries]
+    w = (area / r).sqrt().round().long()                       # W_e = sqrt(S_e / r_e)
     fits = (h < H) & (w < W)
-    first = fits.long().argmax(1, keepdim=True)                    # first try that fits, [B, 1]
-    erase &= fits.any(1)                                           # none fits (rare): no erasing
-    h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]      # [B]
+    first = fits.long().argmax(1, keepdim=True)                # first try that fits, [B, 1]
+    erase &= fits.any(1)                                       # none fits (rare): no erasing
+    h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]  # [B]
     # position uniform among those where the rectangle lies inside the image
     y0 = (torch.rand(B, generator=generator) * (H - h + 1)).long()
     x0 = (torch.rand(B, generator=generator) * (W - w + 1)).long()
@@ -316,7 +330,8 @@ def _draws(B, H, W, pad, random_erasing, generator):
     """Every random number `augment` uses, drawn on the CPU: an int64 table [B, 8], one row per
     sample: mirror?, crop corner oy, ox, then erase?, y0, x0, h, w of the erasing rectangle
     (all 0 without random erasing: its 2 x 100 candidate rectangles per sample are not drawn)."""
-    boxes = _erasing_boxes(B, H, W, random_erasing, generator) if random_erasing > 0 else [torch.zeros(B)] * 5
+    boxes = (_erasing_boxes(B, H, W, random_erasing, generator) if random_erasing > 0
+             else [torch.zeros(B)] * 5)
     return torch.stack([torch.rand(B, generator=generator) < 0.5,
                         torch.randint(0, 2 * pad + 1, (B,), generator=generator),
                         torch.randint(0, 2 * pad + 1, (B,), generator=generator),
@@ -339,12 +354,12 @@ def augment(images, generator, flip=True, pad=10, random_erasing=0.0, index=None
 
     How it runs: flip, pad and crop only move pixels, so each sample is ONE slice copy of uint8
     pixels from its cache row into the batch (a crop is a shifted window; no padded copy is made;
-    a mirrored sample costs one more copy, torch.flip's);
-    then one normalisation of the whole batch; then the padding strips and the erased rectangle of
-    each sample are set to 0 by slice assignment. The loop over the batch does only slicing (views
-    and small copies, never a read of a device value), so on a GPU it queues work without waiting.
-    The result is bit-identical to normalising first, then flipping, padding with 0, cropping and
-    erasing (tests/test_data.py), and about 5x faster than doing it that way on the CPU (bench.py).
+    a mirrored sample costs one more copy, torch.flip's); then one normalisation of the whole
+    batch; then the padding strips and the erased rectangle of each sample are set to 0 by slice
+    assignment. The loop over the batch does only slicing (views and small copies, never a read of
+    a device value), so on a GPU it queues work without waiting. The result is bit-identical to
+    normalising first, then flipping, padding with 0, cropping and erasing (tests/test_data.py),
+    and about 5x faster than doing it that way on the CPU (bench.py).
     """
     B = len(images) if index is None else len(index)
     _, C, H, W = images.shape
@@ -369,15 +384,16 @@ def augment(images, generator, flip=True, pad=10, random_erasing=0.0, index=None
         windows.append((r0, r1, c0, c1))
     x = normalize(out)                                                        # [B, 3, H, W] float32
     for b, ((r0, r1, c0, c1), (*_, erase, y0, x0, h, w)) in enumerate(zip(windows, draws)):
-        # Choice (not in the paper): pad with 0 in the normalised image, i.e. the mean colour
-        # (SPEC.md's erasing value), rather than black: the strips shifted in from outside
+        # Choice (not in the paper): the strips shifted in from outside are 0 in the normalised
+        # image, i.e. the mean colour (the value AEA's adversarial erasing writes), not black
         x[b, :, :r0] = 0
         x[b, :, r1:] = 0
         x[b, :, :, :c0] = 0
         x[b, :, :, c1:] = 0
         if erase:
             # Choice (not in the paper): the erased value is 0 in the normalised image (the mean
-            # colour), as AEA's erasing (SPEC.md); Zhong et al. also fill with random values.
+            # colour), the value AEA's adversarial erasing writes; Zhong et al. also fill with
+            # random values.
             x[b, :, y0:y0 + h, x0:x0 + w] = 0
     return x
 
@@ -400,7 +416,8 @@ class PKSampler:
         if P < 1 or K < 1:
             raise UserError(f"PK sampler needs P >= 1 and K >= 1, got P={P}, K={K}")
         if len(ids) < P:
-            raise UserError(f"PK sampler needs at least P={P} identities per batch, the training set has {len(ids)}")
+            raise UserError(f"PK sampler needs at least P={P} identities per batch, "
+                            f"the training set has {len(ids)}")
         # the dataset indices of each identity; the sampler never needs the raw pid values again
         self.index = [np.flatnonzero(pids == i) for i in ids]
         if seed < 0:
@@ -425,7 +442,8 @@ class PKSampler:
             # Choice (not in the paper): fill the last group with identities drawn from the other
             # groups, so every batch has exactly P distinct identities.
             last = order[len(order) - (P - short):]
-            order = np.concatenate([order, rng.choice(np.setdiff1d(order, last), short, replace=False)])
+            fill = rng.choice(np.setdiff1d(order, last), short, replace=False)
+            order = np.concatenate([order, fill])
         for group in order.reshape(len(self), P):
             batch = []
             for i in group:
@@ -433,14 +451,15 @@ class PKSampler:
                 if len(idx) >= K:
                     pick = rng.choice(idx, K, replace=False)
                 else:
-                    # Choice (not in the paper): all n < K images once, the K - n others with replacement
+                    # Choice (not in the paper): all n < K images once, the K - n others
+                    # drawn with replacement
                     pick = np.concatenate([rng.permutation(idx), rng.choice(idx, K - len(idx))])
                 batch.extend(pick.tolist())
             yield batch
 
 
 def train_batches(images, labels, sampler, generator, **augment_args):
-    """One epoch of training batches: the sampler's index lists -> rows of the decoded cache -> `augment`.
+    """One epoch of training batches: sampler index lists -> decoded cache rows -> `augment`.
 
     images: uint8 [N, 3, H, W] from load_images, labels: int64 [N], both on the training device
     (on a GPU the whole cache fits, so a batch costs one small copy of indices). sampler: any
@@ -448,7 +467,7 @@ def train_batches(images, labels, sampler, generator, **augment_args):
     shuffled pass (AAA-Net). Yields (x float32 [B, 3, H, W] augmented, y int64 [B]).
     """
     for idx in sampler:
-        # the batch is cut straight out of the cache rows (`augment`'s index), no gathered copy first
+        # augment cuts the batch straight out of the cache rows (`index`): no gathered copy first
         x = augment(images, generator, index=list(idx), **augment_args)
         yield x, labels[to_device(torch.tensor(idx), labels.device)]   # [P*K] labels
 
@@ -460,10 +479,11 @@ _H, _W = 128, 64  # Market-1501's native image size
 _YY, _XX = np.mgrid[0:_H, 0:_W].astype(np.float32)  # pixel row / column grids, [H, W] each
 # 16 clothing colours (RGB): with tens of identities many share a shirt colour, so identity
 # lies in the combination (upper, lower, pattern, accessories, build), not in one colour.
-_PALETTE = np.array([[30, 30, 35], [225, 225, 220], [128, 128, 128], [30, 40, 110], [50, 100, 200],
-                     [190, 40, 40], [110, 25, 35], [40, 130, 60], [110, 110, 50], [220, 190, 60],
-                     [200, 180, 140], [110, 70, 40], [220, 140, 170], [110, 60, 140], [230, 120, 40],
-                     [40, 140, 140]], dtype=np.float32)
+_PALETTE = np.array([[30, 30, 35], [225, 225, 220], [128, 128, 128], [30, 40, 110],
+                     [50, 100, 200], [190, 40, 40], [110, 25, 35], [40, 130, 60],
+                     [110, 110, 50], [220, 190, 60], [200, 180, 140], [110, 70, 40],
+                     [220, 140, 170], [110, 60, 140], [230, 120, 40], [40, 140, 140]],
+                    dtype=np.float32)
 _SKIN = np.array([[235, 200, 170], [200, 150, 115], [150, 100, 70], [95, 65, 45]], dtype=np.float32)
 _HAIR = np.array([[20, 20, 20], [90, 55, 30], [200, 170, 100], [150, 150, 150]], dtype=np.float32)
 
@@ -479,11 +499,13 @@ def _identity(rng):
 
     def maybe(p):  # an accessory's colour, or None when the person has none
         return colour() if rng.random() < p else None
-    return dict(upper=colour(), upper2=colour(), pattern=rng.integers(4), period=rng.uniform(0.03, 0.07),
-                long_sleeves=rng.random() < 0.5, lower=colour(), lower_kind=rng.integers(3),
-                skin=_SKIN[rng.integers(len(_SKIN))], hair=_HAIR[rng.integers(len(_HAIR))],
-                shoes=colour() * 0.4, hat=maybe(0.25), backpack=maybe(0.3), handbag=maybe(0.2),
-                build=rng.uniform(0.85, 1.15), height=rng.uniform(0.9, 1.05))
+    # the values draw from rng in the order written: reordering them changes the whole dataset
+    return dict(upper=colour(), upper2=colour(), pattern=rng.integers(4),
+                period=rng.uniform(0.03, 0.07), long_sleeves=rng.random() < 0.5, lower=colour(),
+                lower_kind=rng.integers(3), skin=_SKIN[rng.integers(len(_SKIN))],
+                hair=_HAIR[rng.integers(len(_HAIR))], shoes=colour() * 0.4, hat=maybe(0.25),
+                backpack=maybe(0.3), handbag=maybe(0.2), build=rng.uniform(0.85, 1.15),
+                height=rng.uniform(0.9, 1.05))
 
 
 def _camera(rng):
@@ -495,8 +517,9 @@ def _camera(rng):
     def muted():  # a grey level plus a little colour: scenes are duller than clothes
         return rng.uniform(60, 190) + rng.uniform(-35, 35, 3)
     return dict(wall=muted(), floor=muted(), horizon=rng.uniform(0.55, 0.8),
-                panel=rng.uniform(6, 20), gain=rng.uniform(0.7, 1.25), tint=rng.uniform(0.85, 1.15, 3),
-                scale=rng.uniform(0.85, 1.0), blurry=rng.random() < 0.5)
+                panel=rng.uniform(6, 20), gain=rng.uniform(0.7, 1.25),
+                tint=rng.uniform(0.85, 1.15, 3), scale=rng.uniform(0.85, 1.0),
+                blurry=rng.random() < 0.5)
 
 
 def _render(rng, cam, person=None):
@@ -509,7 +532,8 @@ def _render(rng, cam, person=None):
     # background: wall above a horizon that wanders a little per image, floor below
     horizon = (cam["horizon"] + rng.uniform(-0.04, 0.04)) * _H
     panels = np.floor((_XX + rng.uniform(0, cam["panel"])) / cam["panel"]) % 2     # wall texture
-    img = np.where((_YY < horizon)[..., None], cam["wall"] * (1 - 0.12 * panels[..., None]), cam["floor"])
+    wall = cam["wall"] * (1 - 0.12 * panels[..., None])                            # [H, W, 3]
+    img = np.where((_YY < horizon)[..., None], wall, cam["floor"])
     if person is not None:
         p = person
         # viewpoint jitter: figure height s (px), centre cx, top edge; mirrored half of the time
@@ -541,8 +565,10 @@ def _render(rng, cam, person=None):
         pattern = [np.zeros_like(torso), hstripe, vstripe, hstripe ^ vstripe][int(p["pattern"])]
         img[torso & pattern] = p["upper2"]
         if p["backpack"] is not None:    # a block from behind, two straps from the front
-            pack = (np.abs(u) < 0.09) & (v > 0.19) & (v < 0.42) if back else \
-                (np.abs(np.abs(u) - 0.06) < 0.012) & (v > 0.16) & (v < 0.34)
+            if back:
+                pack = (np.abs(u) < 0.09) & (v > 0.19) & (v < 0.42)
+            else:
+                pack = (np.abs(np.abs(u) - 0.06) < 0.012) & (v > 0.16) & (v < 0.34)
             img[pack] = p["backpack"]
         # head: an ellipse of skin, hair on top (the whole head from behind), maybe a hat
         head = (uh / 0.06) ** 2 + ((v - 0.085) / 0.075) ** 2 < 1
@@ -559,7 +585,8 @@ def _render(rng, cam, person=None):
             box = (_XX >= x0) & (_XX < x0 + rng.uniform(5, 14))
         else:
             x0 = rng.uniform(-_W / 2, _W / 2)
-            box = (_YY > _H * rng.uniform(0.6, 0.85)) & (_XX >= x0) & (_XX < x0 + _W * rng.uniform(0.5, 1.0))
+            box = ((_YY > _H * rng.uniform(0.6, 0.85)) & (_XX >= x0)
+                   & (_XX < x0 + _W * rng.uniform(0.5, 1.0)))
         img[box] = rng.uniform(30, 220, 3)
     # illumination: the camera's gain and tint, a little per-image flicker, then sensor noise
     img = img * cam["gain"] * cam["tint"] * rng.uniform(0.9, 1.1) + rng.normal(0, 4, img.shape)
@@ -584,12 +611,14 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
     Deterministic for a seed (the same bytes with the same Pillow). Defaults: 442 images (217
     train, 64 query, 161 gallery) written in about 0.6 s on one CPU core.
     """
-    # cameras >= 2: every identity needs a second camera for a cross-camera match; pids are 4 digits
-    if (train_ids < 1 or test_ids < 1 or train_ids + test_ids > 9999 or cameras < 2 or max_per_camera < 1
-            or junk < 0 or distractors < 0):
-        raise UserError("make_synthetic needs train_ids >= 1, test_ids >= 1, train_ids + test_ids <= 9999, "
-                        "cameras >= 2, max_per_camera >= 1, junk >= 0, distractors >= 0; got "
-                        f"{train_ids}, {test_ids}, {cameras}, {max_per_camera}, {junk}, {distractors}")
+    # cameras >= 2: every identity needs a second camera for a cross-camera match;
+    # at most 9999 identities: pids are 4 digits
+    if (train_ids < 1 or test_ids < 1 or train_ids + test_ids > 9999 or cameras < 2
+            or max_per_camera < 1 or junk < 0 or distractors < 0):
+        raise UserError("make_synthetic needs train_ids >= 1, test_ids >= 1, "
+                        "train_ids + test_ids <= 9999, cameras >= 2, max_per_camera >= 1, "
+                        f"junk >= 0, distractors >= 0; got {train_ids}, {test_ids}, {cameras}, "
+                        f"{max_per_camera}, {junk}, {distractors}")
     for split in _SPLITS.values():
         folder = os.path.join(root, split)
         # refuse to mix with (or delete) what is there: a dataset must come from one seed
@@ -598,10 +627,11 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot create {folder} for the synthetic dataset: {e.strerror}") from None
+            raise UserError(f"cannot create {folder} for the synthetic dataset: "
+                            f"{e.strerror}") from None
     rng = np.random.default_rng(seed)
     cams = [_camera(rng) for _ in range(cameras)]
-    # raw pids: distinct, in 1..9999 and not contiguous, so relabelling to 0..N-1 is really exercised
+    # raw pids: distinct, in 1..9999 and not contiguous, so that relabelling to 0..N-1 is tested
     pids = rng.choice(np.arange(1, 10000), train_ids + test_ids, replace=False)
     people = {int(pid): _identity(rng) for pid in pids}
     frame = [0] * cameras  # a running frame number per camera keeps every name unique
@@ -609,29 +639,34 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
     def write(split, pid, c, person):
         """Render one image of `person` (None: background only) in camera c, save it in `split`."""
         frame[c] += int(rng.integers(1, 50))
-        # Market naming: pid 4 digits (junk "-1" unpadded), camera 1-based, sequence 1, frame, box 01
+        # Market naming: 4-digit pid (junk "-1" unpadded), 1-based camera, sequence 1, frame, box 01
         name = f"{'-1' if pid == -1 else f'{pid:04d}'}_c{c + 1}s1_{frame[c]:06d}_01.jpg"
         img = _render(rng, cams[c], person)
         if pid == -1 and person is not None:     # junk fragment: a top or bottom third, stretched
             third = img[:_H // 3] if rng.random() < 0.5 else img[-_H // 3:]
             img = np.asarray(Image.fromarray(third).resize((_W, _H), Image.BILINEAR))
         im = Image.fromarray(img)
-        if cams[c]["blurry"]:                    # a blurry camera: half the resolution, scaled back up
+        if cams[c]["blurry"]:                    # half the resolution, scaled back up
             im = im.resize((_W // 2, _H // 2), Image.BILINEAR).resize((_W, _H), Image.BILINEAR)
+        path = os.path.join(root, _SPLITS[split], name)
         try:
-            im.save(os.path.join(root, _SPLITS[split], name), quality=90)
+            im.save(path, quality=90)
         except OSError as e:  # disk full, folder removed under us
-            raise UserError(f"cannot write {os.path.join(root, _SPLITS[split], name)}: {e}") from None
+            raise UserError(f"cannot write {path}: {e}") from None
 
     # the first train_ids identities go to training, the rest to query + gallery
     for n, pid in enumerate(people):
-        seen = rng.choice(cameras, rng.integers(2, cameras + 1), replace=False)   # 2..cameras cameras
-        counts = rng.integers(1, max_per_camera + 1, len(seen))                   # images in each
+        # seen by 2..cameras cameras, 1..max_per_camera images in each
+        seen = rng.choice(cameras, rng.integers(2, cameras + 1), replace=False)
+        counts = rng.integers(1, max_per_camera + 1, len(seen))
         # cameras that give a query image: those with 2+ images (one stays in the gallery)
         queried = set(seen[counts >= 2].tolist()) or {int(seen[0])}
         for c, k in zip(seen.tolist(), counts.tolist()):
             for j in range(k):
-                split = "train" if n < train_ids else "query" if (j == 0 and c in queried) else "gallery"
+                if n < train_ids:
+                    split = "train"
+                else:
+                    split = "query" if j == 0 and c in queried else "gallery"
                 write(split, int(pid), c, people[pid])
     test = list(people)[train_ids:]
     for _ in range(junk):
@@ -650,33 +685,43 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
 
 def ensure_synthetic(root="data/synthetic", **sizes):
     """The paper modules' demos: use the synthetic dataset at `root` if it is there (all three
-    split folders hold files), otherwise write one with `make_synthetic(root, **sizes)`; return root.
-    A half-written folder is not patched up: make_synthetic refuses it and names the folder."""
-    if all(os.path.isdir(os.path.join(root, s)) and os.listdir(os.path.join(root, s)) for s in _SPLITS.values()):
+    split folders hold files), otherwise write one with `make_synthetic(root, **sizes)`; return
+    root. A half-written folder is not patched up: make_synthetic refuses it and names the folder.
+    """
+    folders = [os.path.join(root, s) for s in _SPLITS.values()]
+    if all(os.path.isdir(f) and os.listdir(f) for f in folders):
         return root
     print(f"writing the synthetic dataset to {root}")
     return make_synthetic(root, **sizes)
 
 
 def main(argv=None):
-    """python data.py synthetic --root DIR [sizes]  |  python data.py summary --root DIR --dataset NAME"""
+    """The command line:
+        python data.py synthetic --root DIR [sizes]
+        python data.py summary --root DIR --dataset NAME [--skip-bad-files]
+    """
     parser = argparse.ArgumentParser(description="Re-ID datasets in the Market-1501 layout.")
     sub = parser.add_subparsers(dest="command", required=True)
     syn = sub.add_parser("synthetic", help="write a synthetic dataset in the Market-1501 layout",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     syn.add_argument("--root", required=True, help="output folder (new or empty)")
     # the size flags mirror make_synthetic's keyword arguments, defaults taken from its signature
-    sizes = {"seed": "the same seed writes the same bytes", "train_ids": "identities in bounding_box_train",
-             "test_ids": "identities in query + bounding_box_test", "cameras": "number of cameras, >= 2",
+    sizes = {"seed": "the same seed writes the same bytes",
+             "train_ids": "identities in bounding_box_train",
+             "test_ids": "identities in query + bounding_box_test",
+             "cameras": "number of cameras, >= 2",
              "max_per_camera": "images of one identity in one camera: 1..this",
-             "junk": "pid -1 images in the gallery", "distractors": "pid 0000 images in the gallery"}
+             "junk": "pid -1 images in the gallery",
+             "distractors": "pid 0000 images in the gallery"}
     defaults = inspect.signature(make_synthetic).parameters
     for k, text in sizes.items():
-        syn.add_argument("--" + k.replace("_", "-"), type=int, default=defaults[k].default, help=text)
+        syn.add_argument("--" + k.replace("_", "-"), type=int, default=defaults[k].default,
+                         help=text)
     summ = sub.add_parser("summary", help="print the ids / images / cameras table of a dataset")
     summ.add_argument("--root", required=True)
     summ.add_argument("--dataset", default="market1501", choices=list(_RELEASES))
-    summ.add_argument("--skip-bad-files", action="store_true", help="warn about unparsable names instead of failing")
+    summ.add_argument("--skip-bad-files", action="store_true",
+                      help="warn about unparsable names instead of failing")
     args = parser.parse_args(argv)
     if args.command == "synthetic":
         start = time.time()

@@ -22,12 +22,14 @@ def touch(folder, *names):
 
 def hand_layout(root):
     """A dataset worked by hand (the expected results are in test_load_dataset_by_hand)."""
-    touch(os.path.join(root, "bounding_box_train"), "0007_c1s1_000100_01.jpg", "0007_c2s1_000200_01.jpg",
-          "0002_c3s2_000300_02.jpg", "0150_c6s1_000400_01.jpg", "-1_c1s1_000500_00.jpg",
-          "0000_c2s1_000600_00.jpg", "Thumbs.db")
+    touch(os.path.join(root, "bounding_box_train"),
+          "0007_c1s1_000100_01.jpg", "0007_c2s1_000200_01.jpg", "0002_c3s2_000300_02.jpg",
+          "0150_c6s1_000400_01.jpg", "-1_c1s1_000500_00.jpg", "0000_c2s1_000600_00.jpg",
+          "Thumbs.db")
     touch(os.path.join(root, "query"), "0011_c1s1_000700_01.jpg", "0012_c2s1_000800_01.jpg")
-    touch(os.path.join(root, "bounding_box_test"), "0011_c2s1_000900_01.jpg", "0012_c3s1_001000_01.jpg",
-          "0000_c1s1_001100_00.jpg", "-1_c4s1_001200_00.jpg")
+    touch(os.path.join(root, "bounding_box_test"),
+          "0011_c2s1_000900_01.jpg", "0012_c3s1_001000_01.jpg", "0000_c1s1_001100_00.jpg",
+          "-1_c4s1_001200_00.jpg")
     return str(root)
 
 
@@ -36,7 +38,7 @@ def hand_layout(root):
 
 @pytest.mark.parametrize("name, expected", [
     ("0002_c1s1_000451_03.jpg", (2, 0)),        # Market-1501: pid 0002, camera c1 -> 0
-    ("-1_c3s2_012345_00.jpg", (-1, 2)),         # Market junk: pid -1 written without padding, c3 -> 2
+    ("-1_c3s2_012345_00.jpg", (-1, 2)),         # Market junk: pid -1, not zero-padded, c3 -> 2
     ("0000_c6s4_002102_01.jpg", (0, 5)),        # Market distractor: pid 0000, c6 -> 5
     ("0005_c2_f0046985.jpg", (5, 1)),           # DukeMTMC-reID: pid 0005, c2 -> 1, frame f0046985
     ("0001_c2_10.png", (1, 1)),                 # CUHK03-NP: pid 0001, c2 -> 1, image number 10, PNG
@@ -47,7 +49,7 @@ def test_parse_name(name, expected):
 
 
 @pytest.mark.parametrize("name", ["0002_c1s1.jpg",            # Market name cut short
-                                  "0002_c0s1_000451_03.jpg",  # camera 0 does not exist (c1 is the first)
+                                  "0002_c0s1_000451_03.jpg",  # no camera 0: c1 is the first
                                   "abcd_c1s1_000451_03.jpg",  # pid not a number
                                   "0002_c1s1_000451_03.bmp"])  # not .jpg/.png
 def test_parse_name_rejects(name):
@@ -57,11 +59,12 @@ def test_parse_name_rejects(name):
 
 def test_load_dataset_by_hand(tmp_path, capsys):
     d = data.load_dataset(hand_layout(tmp_path), "market1501")
-    # train, sorted by name ('-' < '0'): -1_c1 (junk), 0000_c2 (distractor), 0002_c3, 0007_c1, 0007_c2,
-    # 0150_c6; Thumbs.db ignored. Junk and distractor dropped -> 4 images. Raw pids 2, 7, 150 ->
-    # labels 0, 1, 2, so pids [0, 1, 1, 2]; cameras c3, c1, c2, c6 -> [2, 0, 1, 5].
+    # train, sorted by name ('-' < '0'): -1_c1 (junk), 0000_c2 (distractor), 0002_c3, 0007_c1,
+    # 0007_c2, 0150_c6; Thumbs.db ignored. Junk and distractor dropped -> 4 images. Raw pids 2,
+    # 7, 150 -> labels 0, 1, 2, so pids [0, 1, 1, 2]; cameras c3, c1, c2, c6 -> [2, 0, 1, 5].
     assert [os.path.basename(p) for p in d.train.paths] == [
-        "0002_c3s2_000300_02.jpg", "0007_c1s1_000100_01.jpg", "0007_c2s1_000200_01.jpg", "0150_c6s1_000400_01.jpg"]
+        "0002_c3s2_000300_02.jpg", "0007_c1s1_000100_01.jpg", "0007_c2s1_000200_01.jpg",
+        "0150_c6s1_000400_01.jpg"]
     assert d.train.pids.tolist() == [0, 1, 1, 2] and d.train.pids.dtype == np.int64
     assert d.train.cams.tolist() == [2, 0, 1, 5] and d.train.cams.dtype == np.int64
     assert d.num_train_pids == 3
@@ -86,7 +89,8 @@ def test_load_dataset_finds_release_folders(tmp_path):
                          ("query", ["0020_c1_1.png"]), ("bounding_box_test", ["0020_c2_2.png"])]:
         touch(tmp_path / "cuhk03-np" / "labeled" / split, *names)
     d = data.load_dataset(str(tmp_path), "cuhk03-labeled", verbose=False)
-    assert d.train.pids.tolist() == [0, 1] and d.train.cams.tolist() == [0, 1] and d.gallery.cams.tolist() == [1]
+    assert d.train.pids.tolist() == [0, 1] and d.train.cams.tolist() == [0, 1]
+    assert d.gallery.cams.tolist() == [1]
 
 
 def test_load_dataset_errors(tmp_path):
@@ -137,7 +141,8 @@ def test_skip_bad_files_drops_corrupt_images_with_their_labels(tmp_path):
     cut = tmp_path / "query" / "0012_c2s1_000800_01.jpg"
     cut.write_bytes(cut.read_bytes()[:100])
     d = data.load_dataset(root, verbose=False)
-    with pytest.raises(UserError, match="cannot decode image .*0012_c2s1_000800_01.jpg.*--skip-bad-files"):
+    with pytest.raises(UserError,
+                       match="cannot decode image .*0012_c2s1_000800_01.jpg.*--skip-bad-files"):
         data.load_images(d.query.paths, 8, 4)
     with pytest.warns(UserWarning, match="skipping .*0012_c2s1_000800_01.jpg: cannot decode"):
         d = data.load_dataset(root, verbose=False, skip_bad_files=True)
@@ -146,8 +151,9 @@ def test_skip_bad_files_drops_corrupt_images_with_their_labels(tmp_path):
     assert data.load_images(d.query.paths, 8, 4).shape == (1, 3, 8, 4)
     # a split whose every image is corrupt is an error naming the folder, flag or not
     (tmp_path / "query" / "0011_c1s1_000700_01.jpg").write_bytes(os.urandom(64))
-    with pytest.warns(UserWarning), pytest.raises(UserError, match="query holds no readable images"):
-        data.load_dataset(root, verbose=False, skip_bad_files=True)
+    with pytest.warns(UserWarning):
+        with pytest.raises(UserError, match="query holds no readable images"):
+            data.load_dataset(root, verbose=False, skip_bad_files=True)
 
 
 def test_train_with_only_junk(tmp_path):
@@ -174,16 +180,18 @@ def test_synthetic_round_trip(synthetic_root, synthetic_sizes):
     with Image.open(d.gallery.paths[0]) as im:
         assert im.format == "JPEG" and im.size == (64, 128)
     # train: all train_ids identities, labels exactly 0..7, order-preserving w.r.t. the raw pids
-    assert d.num_train_pids == n["train_ids"] and set(d.train.pids.tolist()) == set(range(n["train_ids"]))
+    assert d.num_train_pids == n["train_ids"]
+    assert set(d.train.pids.tolist()) == set(range(n["train_ids"]))
     raw = np.array([data.parse_name(p)[0] for p in d.train.paths])
     assert np.array_equal(np.argsort(raw, kind="stable"), np.argsort(d.train.pids, kind="stable"))
-    assert raw.min() > 0                                          # no junk or distractor in training
+    assert raw.min() > 0                                    # no junk or distractor in training
     # query: the test_ids identities, none in training (Market-1501's disjoint protocol), no junk
     q_ids = set(d.query.pids.tolist())
     assert len(q_ids) == n["test_ids"] and min(q_ids) > 0 and not q_ids & set(raw.tolist())
     # gallery: the same people, plus exactly `junk` pid -1 and `distractors` pid 0 images
     assert set(d.gallery.pids[d.gallery.pids > 0].tolist()) == q_ids
-    assert (d.gallery.pids == -1).sum() == n["junk"] and (d.gallery.pids == 0).sum() == n["distractors"]
+    assert (d.gallery.pids == -1).sum() == n["junk"]
+    assert (d.gallery.pids == 0).sum() == n["distractors"]
     # every query has a true match in another camera (else the Market protocol would skip it)
     for pid, cam in zip(d.query.pids, d.query.cams):
         assert ((d.gallery.pids == pid) & (d.gallery.cams != cam)).any()
@@ -221,9 +229,11 @@ def test_cli(tmp_path, capsys):
     data.main(["synthetic", "--root", root, "--train-ids", "3", "--test-ids", "2", "--junk", "1",
                "--distractors", "0"])
     # the table's train row starts "train 3": 3 training identities
-    assert any(line.split()[:2] == ["train", "3"] for line in capsys.readouterr().out.splitlines())
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["train", "3"] for line in lines)
     data.main(["summary", "--root", root, "--dataset", "synthetic"])
-    assert any(line.split()[:2] == ["gallery", "2"] for line in capsys.readouterr().out.splitlines())
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["gallery", "2"] for line in lines)
     # a wrong root: one line "error: ...", exit status 2, no traceback
     with pytest.raises(SystemExit) as e:
         exit_on_user_error(data.main, ["summary", "--root", str(tmp_path / "nowhere")])
@@ -248,18 +258,18 @@ def test_pk_sampler_batches():
         assert len(batches) == 3
         seen = []
         for b in batches:
-            assert len(b) == 8                                        # P*K
+            assert len(b) == 8                                  # P*K
             ids = PIDS[b]
-            assert len(set(ids.tolist())) == 2                         # exactly P distinct identities
+            assert len(set(ids.tolist())) == 2                  # exactly P distinct identities
             for i in set(ids.tolist()):
                 picked = [j for j in b if PIDS[j] == i]
-                assert len(picked) == 4                                # K each
+                assert len(picked) == 4                         # K each
                 if i == 3:
-                    assert picked == [11] * 4                          # 1 image: repeated 4 times
+                    assert picked == [11] * 4                   # 1 image: repeated 4 times
                 elif i == 2:
-                    assert set(picked) == {9, 10}                      # both images, 2 repeats
+                    assert set(picked) == {9, 10}               # both images, 2 repeats
                 else:
-                    assert len(set(picked)) == 4                       # >= K images: no repeat
+                    assert len(set(picked)) == 4                # >= K images: no repeat
             seen += sorted(set(ids.tolist()))
         # every identity at least once; 6 slots for 5 identities -> exactly one appears twice
         assert set(seen) == {0, 1, 2, 3, 4} and len(seen) == 6
@@ -287,11 +297,13 @@ def test_train_batches_follow_the_sampler():
     # images whose pixels all equal their dataset index: each yielded batch must be the sampler's
     # batch, in order, its labels the pids of those indices, and with augment's flip/pad/erasing
     # off, x must be exactly normalize(images[idx])
-    images = torch.arange(len(PIDS), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 4, 2).contiguous()
+    images = torch.arange(len(PIDS), dtype=torch.uint8).view(-1, 1, 1, 1)   # [N, 1, 1, 1]
+    images = images.expand(-1, 3, 4, 2).contiguous()                         # [N, 3, 4, 2]
     labels = torch.as_tensor(PIDS)
     s = data.PKSampler(PIDS, P=2, K=4, seed=3)
     s.set_epoch(1)
-    batches = list(data.train_batches(images, labels, s, torch.Generator().manual_seed(0), flip=False, pad=0))
+    g = torch.Generator().manual_seed(0)
+    batches = list(data.train_batches(images, labels, s, g, flip=False, pad=0))
     assert len(batches) == len(s) == 3
     for (x, y), idx in zip(batches, s):
         assert x.shape == (8, 3, 4, 2) and x.dtype == torch.float32
@@ -309,7 +321,9 @@ def test_normalize_by_hand():
     x = torch.tensor([[[[255, 0]], [[128, 128]], [[102, 102]]]], dtype=torch.uint8)   # [1, 3, 1, 2]
     y = data.normalize(x)
     assert y.dtype == torch.float32 and y.shape == (1, 3, 1, 2)
-    expected = torch.tensor([[[[2.248908, -2.117904]], [[0.205182, 0.205182]], [[-0.026667, -0.026667]]]])
+    expected = torch.tensor([[[[2.248908, -2.117904]],
+                              [[0.205182, 0.205182]],
+                              [[-0.026667, -0.026667]]]])
     assert torch.allclose(y, expected, atol=1e-5)
 
 
@@ -365,7 +379,8 @@ def test_augment_random_erasing():
     # 200 normalises to (1.307, 1.466, 1.681), never 0, so zeros are exactly the erased pixels
     y = data.augment(x, torch.Generator().manual_seed(0), flip=False, pad=0, random_erasing=1.0)
     # the same seed gives the same draws: columns 3..7 of the table are the rectangles
-    erase, y0, x0, h, w = data._draws(B, H, W, 0, 1.0, torch.Generator().manual_seed(0))[:, 3:].unbind(1)
+    draws = data._draws(B, H, W, 0, 1.0, torch.Generator().manual_seed(0))      # [B, 8]
+    erase, y0, x0, h, w = draws[:, 3:].unbind(1)
     assert erase.all()                                                   # p = 1: every sample
     for i in range(B):
         # the zeros are exactly rows y0..y0+h-1, columns x0..x0+w-1, in all three channels
@@ -384,7 +399,8 @@ def literal_augment(x, generator, flip, pad, random_erasing):
     """augment as its docstring says it in words, one step at a time on the float image: normalise,
     mirror, pad with zeros, crop the window at (oy, ox), zero the erasing rectangle."""
     B, _, H, W = x.shape
-    draws = data._draws(B, H, W, pad, random_erasing, generator)  # the same draws, in the same order
+    # the same draws as augment's, in the same order
+    draws = data._draws(B, H, W, pad, random_erasing, generator)
     out = []
     for (mirror, oy, ox, erase, y0, x0, h, w), img in zip(draws.tolist(), data.normalize(x)):
         if flip and mirror:
@@ -396,7 +412,8 @@ def literal_augment(x, generator, flip, pad, random_erasing):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("shape,pad", [((6, 3, 16, 8), 3), ((5, 3, 16, 8), 10), ((4, 3, 9, 13), 0), ((3, 3, 64, 32), 10)])
+@pytest.mark.parametrize("shape,pad", [((6, 3, 16, 8), 3), ((5, 3, 16, 8), 10),
+                                       ((4, 3, 9, 13), 0), ((3, 3, 64, 32), 10)])
 def test_augment_equals_the_literal_steps(shape, pad):
     # augment's slice copies and strips must give the very bits of the step-by-step version, pad
     # wider than the image (10 > 8 columns: a sample can be all padding) included, and the same
@@ -410,8 +427,8 @@ def test_augment_equals_the_literal_steps(shape, pad):
             assert torch.equal(got, expected)
             cache = torch.cat([torch.zeros_like(x[:1]), x.flip(0)])  # row 0 unused, then x reversed
             index = list(range(len(x), 0, -1))                       # rows len(x)..1 = x in order
-            assert torch.equal(data.augment(cache, torch.Generator().manual_seed(seed), flip, pad, erasing, index),
-                               expected)
+            g = torch.Generator().manual_seed(seed)
+            assert torch.equal(data.augment(cache, g, flip, pad, erasing, index), expected)
 
 
 def test_erasing_boxes_ranges():
@@ -455,9 +472,11 @@ def test_load_images(tmp_path, capsys):
     # 64 -> 8 columns, bilinear widened for shrinking: output column j is centred at 8j + 4 and
     # weighs input column k (centre k + 0.5) by 1 - |k + 0.5 - (8j + 4)| / 8 (weights sum to 8).
     # Columns 0-2 see only black, 5-7 only white. Column 3 (centre 28) sees white 32..35 with
-    # weights 7/16, 5/16, 3/16, 1/16 = 1 -> 255 / 8 = 31.9; column 4 is its mirror: 255 * 7/8 = 223.1
+    # weights 7/16, 5/16, 3/16, 1/16 = 1 -> 255 / 8 = 31.9; column 4 is its mirror:
+    # 255 * 7/8 = 223.1
     assert (x[1, :, :, :3] == 0).all() and (x[1, :, :, 5:] == 255).all()
-    assert (x[1, :, :, 3].int() - 32).abs().max() <= 1 and (x[1, :, :, 4].int() - 223).abs().max() <= 1
+    assert (x[1, :, :, 3].int() - 32).abs().max() <= 1
+    assert (x[1, :, :, 4].int() - 223).abs().max() <= 1
     assert (x[2] == x[2, :1]).all() and abs(int(x[2, 0, 0, 0]) - 90) <= 2  # grey copied to R, G, B
     err = capsys.readouterr().err
     assert "decoded 3 images" in err and "images/s" in err
