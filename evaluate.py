@@ -5,48 +5,52 @@ learners AAA-Net's tables use (XQDA, KISSME), with a command line that prints on
   python evaluate.py --checkpoint runs/aea/last.pt --root data/market --dataset market1501 \
                      --metric euclidean xqda kissme [--flip] [--show-ranks 8 --out figs]
   python evaluate.py --weights imagenet --root data/market --dataset market1501   # plain ResNet-50
-  python evaluate.py benchmark                  # rank_metrics vs a per-row argsort, Market-sized
 
-Protocol (Market-1501, SPEC.md "Shared parts"), in `rank_metrics`:
-  for each query, gallery items with the same pid AND the same camera are removed, and junk
-  (pid -1) is removed; distractors (pid 0) stay and are never a match. Ranking is by distance,
-  equal distances ordered by gallery index (the stable sort of the official MATLAB code). A query
-  with no true match left is skipped and counted; CMC and mAP are averaged over the rest.
-    CMC rank-k     fraction of queries whose first true match is among the first k items
-    mAP            mean over true matches of precision at that match (torchreid / fast-reid)
-    mAP (official) trapezoid rule of Market-1501's compute_AP.m: per match (old_precision + precision) / 2
+Protocol (Market-1501's MATLAB evaluation, evaluation.m + compute_AP.m), defined by `rank_metrics`
+and computed to the same numbers, without sorting, by `fast_rank_metrics` (what `evaluate_model`
+uses): for each query, gallery items with the same pid AND the same camera are removed, and junk
+(pid -1) is removed; distractors (pid 0) stay and are never a match. Ranking is by distance, equal
+distances ordered by gallery index (the stable sort of the official MATLAB code). A query with no
+true match left is skipped and counted; CMC and mAP are averaged over the rest.
+    CMC rank-k      fraction of queries whose first true match is among the first k items
+    mAP             mean over true matches of precision at that match (torchreid / fast-reid)
+    mAP (official)  compute_AP.m's trapezoid rule: per match (old_precision + precision) / 2
 
 Metric learning (both fitted on training-set features, both in float64 torch, CPU or CUDA):
   XQDA   Liao et al., "Person Re-identification by Local Maximal Occurrence Representation and
-         Metric Learning", CVPR 2015, Sec. 4 and their XQDA.m                        -> `XQDA`
+         Metric Learning", CVPR 2015, Sec. 4 and their XQDA.m                      -> `XQDA`
   KISSME Koestinger et al., "Large Scale Metric Learning from Equivalence Constraints",
-         CVPR 2012, Eq. (12)-(16), with PCA first as in their toolbox                -> `KISSME`
+         CVPR 2012, Eq. (12)-(16), with PCA first as in their toolbox              -> `KISSME`
   The pipeline around them follows the IDE baseline scripts of Zheng et al. for Market-1501
   (github.com/zhunzhong07/IDE-baseline-Market-1501, market_evaluation/baseline_evaluation_IDE.m):
   train, query and gallery features are L2-normalised first; KISSME keeps 200 PCA dimensions.
 
-Choices where SPEC.md and the papers are silent (each marked "Choice" at its line):
+Choices where the papers and the official code are silent or differ (each marked
+"Choice (not in the paper)" at its line):
+  - A query without a true match is skipped and counted (num_skipped; num_queries counts the
+    queries averaged over), where evaluation.m scores it AP 0 (`rank_metrics`).
   - XQDA/KISSME pairs: all ordered pairs of training images from two different cameras; same id
     -> intra-personal / similar, different id -> extra-personal / dissimilar. Covariances in closed
     form over ALL such pairs (exact), instead of Liao's one-camera-vs-other split or the IDE
-    scripts' random pair samples.
-  - Both learn in the span of the training images when there are fewer images than dimensions
-    (XQDA.m's QR shortcut, exact; `_reduce_to_span`).
-  - XQDA solves the symmetric generalised eigenproblem by Cholesky (Liao's code takes the SVD of
-    inCov \\ exCov); same eigenvalues, and the metric does not depend on how W's columns are scaled.
+    scripts' random pair samples (`pair_covariances`).
+  - KISSME learns in the span of the training images when there are fewer images than
+    dimensions, as XQDA.m does for XQDA (exact; `_reduce_to_span`).
+  - Distances from XQDA/KISSME stay float64; Euclidean/cosine are float32 like the features
+    (`_quadratic_distance`).
+  - XQDA's e are the generalised eigenvalues of Sigma_E w = e Sigma_I w (Cholesky + eigh), not
+    the singular values of Sigma_I^-1 Sigma_E that XQDA.m takes, so the number of kept dimensions
+    (e > 1) can differ from XQDA.m's (`XQDA.fit`).
   - KISSME PCA dims capped at N_train - #ids (the rank of the same-id differences), so that
-    Sigma_S can be inverted; PSD repair constants of the toolbox's validateCovMatrix.m.
-  - Distances from XQDA/KISSME stay float64; Euclidean/cosine are float32 like the features.
-  - --show-ranks: N queries evenly spaced over the query list; the top 10 shown are the ranking
-    that is scored, i.e. with junk and same-id-same-camera items left out (not drawn at all).
-  - rank_metrics reports num_queries = the queries averaged over (those with a true match).
+    Sigma_S can be inverted (`KISSME.fit`).
+  - A paper checkpoint is re-scored in the precision its run trained with, "auto" resolved by
+    the device type it trained on; a plain ResNet-50 in "auto" (`trained_precision`).
+  - --show-ranks draws N queries evenly spaced over the query list (`save_rank_figure`).
+  - --show-ranks draws the ranking that is scored: junk and same-id-same-camera items are left
+    out, not drawn (`save_rank_figure`).
 """
 import argparse
 import importlib
 import os
-import resource
-import sys
-import time
 
 import numpy as np
 import torch
@@ -62,10 +66,11 @@ from common import UserError
 
 @torch.no_grad()
 def extract_features(model, loader, device, flip=False, precision="auto"):
-    """Test features of every image: `loader` yields uint8 batches [B, 3, H, W] -> [N, D] float32 on device.
+    """Test features of every image: `loader` yields uint8 batches [B, 3, H, W] -> [N, D] float32
+    on device.
 
-    flip=True: f = (model(x) + model(mirror(x))) / 2, the horizontal mirror being a free second view.
-    precision: the autocast of `common.autocast` (auto: bf16 on CUDA, fp32 on the CPU).
+    flip=True: f = (model(x) + model(mirror(x))) / 2, the horizontal mirror being a free second
+    view. precision: the autocast of `common.autocast` (auto: bf16 on CUDA, fp32 on the CPU).
     """
     model.eval()  # BatchNorm running statistics, no dropout
     feats = []
@@ -84,7 +89,8 @@ def extract_features(model, loader, device, flip=False, precision="auto"):
 def pairwise_distances(qf, gf, metric="euclidean"):
     """[Q, D] x [G, D] -> [Q, G] on qf's device.
 
-    euclidean: ||q/|q| - g/|g| || (common.pairwise_euclidean: one matrix product, clamped at 1e-12 before the root)
+    euclidean: ||q/|q| - g/|g| || (common.pairwise_euclidean: one matrix product, clamped at
+               1e-12 before the root)
     cosine:    1 - q.g / (|q| |g|)
     """
     qf = torch.as_tensor(qf).float()
@@ -99,7 +105,106 @@ def pairwise_distances(qf, gf, metric="euclidean"):
 
 
 # -----------------------------------------------------------------------------
-# Ranking metrics without sorting every row
+# Ranking metrics: the definition, then the same numbers without sorting
+
+
+def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
+    """CMC and both mAPs of a [Q, G] distance matrix under the Market-1501 protocol (module
+    docstring), step by step as Market-1501's MATLAB code computes them: evaluation.m sorts each
+    row, compute_AP.m walks down it. This is the definition; `fast_rank_metrics` gives the same
+    numbers without sorting and is what `evaluate_model` uses.
+
+    For each query:
+      1. Rank the gallery by distance with a stable sort: equal distances keep gallery order, as
+         MATLAB's sort does.
+      2. Remove junk (pid -1) and the items of the query's pid in the query's camera. What is left
+         is the valid ranking; its items of the query's pid are the n true matches. A query with
+         n = 0 is skipped.
+      3. Walk down the valid ranking. At valid position j (0-based), after `hits` true matches,
+             recall = hits / n,   precision = hits / (j + 1)
+         CMC            rank-(k+1) is a hit when the first true match is at a position <= k
+         AP             mean over the n true matches of the precision at each
+         AP (official)  compute_AP.m's trapezoid rule, summed over positions:
+                            (recall - old_recall) * (old_precision + precision) / 2
+                        old_* being the previous position's values (0 and 1.0 before the first);
+                        recall rises by 1/n at a match and stays elsewhere.
+         The walk stops at the last true match (recall 1): nothing after it changes a number.
+    CMC and both mAPs are averaged over the queries not skipped.
+
+    Accepts numpy arrays or torch tensors, CPU or CUDA (copied to the CPU). A Python step per
+    ranked item: about a minute at Market-1501's size (3368 x 15913) on a CPU, where
+    `fast_rank_metrics` takes a fraction of a second.
+    Returns {"cmc": np.ndarray [max_rank], "mAP", "mAP_official": float, "num_queries",
+    "num_skipped": int}.
+    """
+    dist, q_pids, g_pids, q_cams, g_cams = (
+        x.cpu().numpy() for x in _ranking_inputs(dist, q_pids, g_pids, q_cams, g_cams))
+    if not np.isfinite(dist).all():
+        raise UserError("rank_metrics: the distance matrix holds NaN or infinite values")
+    Q = len(dist)
+    cmc_sum, ap_sum, ap_official_sum, num_queries = np.zeros(max_rank), 0.0, 0.0, 0
+    for q in range(Q):
+        # 1. gallery indices by distance; ties in gallery order
+        order = np.argsort(dist[q], kind="stable")
+        # 2. junk and same-pid-same-camera items out; is_match: a true match at each valid position
+        same_pid = g_pids[order] == q_pids[q]
+        removed = (g_pids[order] == -1) | (same_pid & (g_cams[order] == q_cams[q]))
+        is_match = same_pid[~removed].tolist()
+        n = sum(is_match)
+        if n == 0:
+            # Choice (not in the paper): skipped and counted, not scored AP 0 as evaluation.m
+            # does — a query with nothing to find says nothing about the ranking, and torchreid
+            # and fast-reid skip it too; Market-1501 has no such query, so both rules agree there
+            continue
+        # 3. down the valid ranking
+        cmc, hits, ap, ap_official = np.zeros(max_rank), 0, 0.0, 0.0
+        old_recall, old_precision = 0.0, 1.0
+        for j, match in enumerate(is_match):
+            if match:
+                hits += 1
+                if hits == 1:
+                    cmc[j:] = 1  # the first true match at position j: a hit at every rank > j
+            recall, precision = hits / n, hits / (j + 1)
+            # AP: the precision at each true match, averaged over the n
+            if match:
+                ap += precision / n
+            # AP (official): the trapezoid between the previous position and this one
+            ap_official += (recall - old_recall) * (old_precision + precision) / 2
+            old_recall, old_precision = recall, precision
+            if hits == n:
+                break
+        cmc_sum += cmc
+        ap_sum += ap
+        ap_official_sum += ap_official
+        num_queries += 1
+    if num_queries == 0:
+        raise UserError(f"none of the {Q} queries has a true match in the gallery "
+                        "(same pid, other camera)")
+    return {"cmc": cmc_sum / num_queries, "mAP": ap_sum / num_queries,
+            "mAP_official": ap_official_sum / num_queries,
+            "num_queries": num_queries, "num_skipped": Q - num_queries}
+
+
+def _ranking_inputs(dist, q_pids, g_pids, q_cams, g_cams):
+    """The arguments of `rank_metrics` and `fast_rank_metrics`, checked, as torch tensors on dist's
+    device: dist [Q, G] float32 or float64, the four label vectors int64."""
+    dist = torch.as_tensor(dist)
+    if dist.ndim != 2:
+        raise UserError("rank_metrics needs a [Q, G] distance matrix, got shape "
+                        f"{tuple(dist.shape)}")
+    if not dist.is_floating_point():
+        dist = dist.double()  # integers up to 2^53 stay exact
+    elif dist.dtype in (torch.float16, torch.bfloat16):
+        dist = dist.float()  # exact; `_true_match_ranks`' bucket arithmetic wants fp32 or fp64
+    Q, G = dist.shape
+    q_pids, g_pids, q_cams, g_cams = (torch.as_tensor(x).reshape(-1).long().to(dist.device)
+                                      for x in (q_pids, g_pids, q_cams, g_cams))
+    if (len(q_pids), len(q_cams), len(g_pids), len(g_cams)) != (Q, Q, G, G):
+        raise UserError(f"rank_metrics: dist is {Q} x {G} but got {len(q_pids)} query pids, "
+                        f"{len(q_cams)} query cameras, {len(g_pids)} gallery pids, "
+                        f"{len(g_cams)} gallery cameras")
+    return dist, q_pids, g_pids, q_cams, g_cams
+
 
 # Buckets per query row in the counting pass of `_true_match_ranks`.
 _BUCKETS = 4096
@@ -107,43 +212,36 @@ _BUCKETS = 4096
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
-    """CMC and both mAPs of a [Q, G] distance matrix under the Market-1501 protocol (module docstring).
+def fast_rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
+    """`rank_metrics`, the same numbers and errors (tests/test_evaluate.py checks them equal on
+    random problems with ties, junk and queries without a match), without sorting any row.
 
-    Accepts numpy arrays or torch tensors, CPU or CUDA; the work stays on dist's device.
-    For query q, let r_1 < r_2 < ... < r_n be the 0-based positions of its n true matches in its
-    ranking of the VALID gallery items (junk and same-pid-same-camera removed). Then
-        CMC[k]        = fraction of queries with r_1 <= k             (k = 0 .. max_rank-1, "rank-(k+1)")
+    Accepts numpy arrays or torch tensors, CPU or CUDA; the work stays on dist's device, a chunk
+    of queries at a time. For query q, let r_1 < r_2 < ... < r_n be the 0-based positions of its
+    n true matches in its valid ranking (`rank_metrics`, steps 1-2; found by `_true_match_ranks`).
+    Then the walk of step 3 adds up to
+        CMC[k]        = fraction of queries with r_1 <= k      (k = 0 .. max_rank-1, "rank-(k+1)")
         AP            = 1/n sum_i precision_i,   precision_i = i / (r_i + 1)
         AP (official) = 1/n sum_i (old_precision_i + precision_i) / 2,
                         old_precision_i = (i - 1) / r_i  (1.0 when r_i = 0)
-    the last being what compute_AP.m's loop adds up: at the i-th hit recall rises by 1/n, and the
-    precision one valid position earlier is (i - 1) / r_i.
-    Returns {"cmc": np.ndarray [max_rank], "mAP", "mAP_official": float, "num_queries", "num_skipped": int}.
+    the last because recall rises (by 1/n) only at the i-th hit, where the precision one valid
+    position earlier is (i - 1) / r_i.
+    Returns {"cmc": np.ndarray [max_rank], "mAP", "mAP_official": float, "num_queries",
+    "num_skipped": int}.
     """
-    dist = torch.as_tensor(dist)
-    if dist.ndim != 2:
-        raise UserError(f"rank_metrics needs a [Q, G] distance matrix, got shape {tuple(dist.shape)}")
-    if not dist.is_floating_point():
-        dist = dist.double()  # integers up to 2^53 stay exact
-    elif dist.dtype in (torch.float16, torch.bfloat16):
-        dist = dist.float()  # exact; the bucket arithmetic below wants float32 or float64
+    dist, q_pids, g_pids, q_cams, g_cams = _ranking_inputs(dist, q_pids, g_pids, q_cams, g_cams)
     Q, G = dist.shape
-    q_pids, g_pids, q_cams, g_cams = (torch.as_tensor(x).reshape(-1).long().to(dist.device)
-                                      for x in (q_pids, g_pids, q_cams, g_cams))
-    if (len(q_pids), len(q_cams), len(g_pids), len(g_cams)) != (Q, Q, G, G):
-        raise UserError(f"rank_metrics: dist is {Q} x {G} but got {len(q_pids)} query pids, {len(q_cams)} query "
-                        f"cameras, {len(g_pids)} gallery pids, {len(g_cams)} gallery cameras")
     # sums over the scored queries, kept on the device in float64; read once at the end
     f64 = dict(dtype=torch.float64, device=dist.device)
-    first_hits = torch.zeros(max_rank + 1, **f64)  # how many queries have r_1 = k; the last bin: r_1 >= max_rank
+    # first_hits[k]: how many queries have r_1 = k; the last bin: r_1 >= max_rank
+    first_hits = torch.zeros(max_rank + 1, **f64)
     ap_sum, ap_official_sum, num_queries = torch.zeros((), **f64), torch.zeros((), **f64), 0
     # a chunk of queries at a time: the temporaries scale with rows x G, not Q x G
     rows = max(1, _CHUNK_ELEMENTS // max(G, 1))
     for start in range(0, Q, rows):
         sl = slice(start, start + rows)
         r, n = _true_match_ranks(dist[sl], q_pids[sl], q_cams[sl], g_pids, g_cams)
-        keep = n > 0  # queries with no true match are skipped
+        keep = n > 0  # queries with no true match are skipped, as in rank_metrics
         r, n = r[keep].double(), n[keep].double()
         num_queries += len(n)
         if not len(n):
@@ -157,18 +255,21 @@ def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
         ap_sum += ((precision * is_hit).sum(1) / n).sum()
         ap_official_sum += (((old_precision + precision) / 2 * is_hit).sum(1) / n).sum()
         # CMC: the first hit r_1 decides; rank-(k+1) counts every query with r_1 <= k (cumsum below)
-        first_hits += torch.bincount(r[:, 0].long().clamp(max=max_rank), minlength=max_rank + 1).double()
+        first_hits += torch.bincount(r[:, 0].long().clamp(max=max_rank),
+                                     minlength=max_rank + 1).double()
     if num_queries == 0:
-        raise UserError(f"none of the {Q} queries has a true match in the gallery (same pid, other camera)")
-    # Choice (not in the paper): num_queries counts the queries averaged over, num_skipped the rest
+        raise UserError(f"none of the {Q} queries has a true match in the gallery "
+                        "(same pid, other camera)")
     return {"cmc": (first_hits[:max_rank].cumsum(0) / num_queries).cpu().numpy(),
-            "mAP": float(ap_sum) / num_queries, "mAP_official": float(ap_official_sum) / num_queries,
+            "mAP": float(ap_sum) / num_queries,
+            "mAP_official": float(ap_official_sum) / num_queries,
             "num_queries": num_queries, "num_skipped": Q - num_queries}
 
 
 def _true_match_ranks(d, q_pids, q_cams, g_pids, g_cams):
-    """For a chunk d [B, G]: r [B, n_max], the sorted 0-based positions of each query's true matches
-    among its valid gallery items (entries past n[b] are padding), and n [B] its number of matches.
+    """For a chunk d [B, G]: r [B, n_max], the sorted 0-based positions of each query's true
+    matches among its valid gallery items (entries past n[b] are padding), and n [B] its number of
+    matches.
 
     Exact, without sorting a row. The order is by the key (distance, gallery index), so ties go to
     the lower index as in a stable sort. For the t-th match (0-based, in key order)
@@ -207,7 +308,8 @@ def _true_match_ranks(d, q_pids, q_cams, g_pids, g_cams):
     m_d[b_idx, slot] = d[b_idx, g_idx]
     m_g = torch.full((B, n_max), G, dtype=torch.long, device=dev)
     m_g[b_idx, slot] = g_idx
-    # sort each row's matches by key: a stable sort keeps the lower gallery index first among equal distances
+    # sort each row's matches by key: a stable sort keeps the lower gallery index first among
+    # equal distances
     m_d, order = torch.sort(m_d, dim=1, stable=True)
     m_g = m_g.gather(1, order)
     real = torch.arange(n_max, device=dev) < n[:, None]
@@ -217,19 +319,22 @@ def _true_match_ranks(d, q_pids, q_cams, g_pids, g_cams):
     # the clamp keeps the scale finite when hi == lo; items beyond the last bucket go to bucket K
     scale = ((K - 1) / (hi - lo)).clamp(max=1e30)
     u = (d - lo[:, None]).mul_(scale[:, None]).clamp_(max=K).long()
-    m_u = u.gather(1, m_g.clamp(max=G - 1)).masked_fill_(~real, K + 1)  # the matches' buckets; padding -> K + 1
-    u.masked_fill_(same_pid | (g_pids == -1)[None, :], K + 1)          # bucket K + 1 collects the uncounted
+    # the matches' buckets; padding -> K + 1
+    m_u = u.gather(1, m_g.clamp(max=G - 1)).masked_fill_(~real, K + 1)
+    # bucket K + 1 collects the uncounted
+    u.masked_fill_(same_pid | (g_pids == -1)[None, :], K + 1)
 
     # 2. counted items in strictly earlier buckets than each match
     hist = torch.zeros(B, K + 2, dtype=torch.int32, device=dev)
     hist.scatter_add_(1, u, torch.ones(1, 1, dtype=torch.int32, device=dev).expand(B, G))
     earlier = (hist.cumsum(1) - hist).gather(1, m_u).long()  # [B, n_max]
 
-    # 3. candidates. Matches sorted by key have non-decreasing buckets, so those of bucket v are the
-    # slots [m_start[v], m_start[v] + m_count[v]).
+    # 3. candidates. Matches sorted by key have non-decreasing buckets, so those of bucket v are
+    # the slots [m_start[v], m_start[v] + m_count[v]).
     m_count = torch.zeros(B, K + 2, dtype=torch.long, device=dev).scatter_add_(1, m_u, real.long())
     m_start = m_count.cumsum(1) - m_count
-    c_b, c_g = (m_count > 0).gather(1, u).nonzero(as_tuple=True)  # bucket K + 1 never holds a real match
+    # bucket K + 1 never holds a real match, so no uncounted item becomes a candidate
+    c_b, c_g = (m_count > 0).gather(1, u).nonzero(as_tuple=True)
     c_u, c_d = u[c_b, c_g], d[c_b, c_g]
     first, end = m_start[c_b, c_u], m_start[c_b, c_u] + m_count[c_b, c_u]
     # p = #matches with key < the candidate's key: those of earlier buckets, plus those of its own
@@ -239,7 +344,8 @@ def _true_match_ranks(d, q_pids, q_cams, g_pids, g_cams):
         t = (first + o).clamp(max=n_max - 1)
         closer = (m_d[c_b, t] < c_d) | ((m_d[c_b, t] == c_d) & (m_g[c_b, t] < c_g))
         p += (first + o < end) & closer
-    # the candidate precedes its bucket's matches p .. end-1: +1 on those slots, via a difference array
+    # the candidate precedes its bucket's matches p .. end-1: +1 on those slots, via a difference
+    # array
     step = torch.zeros(B, n_max + 1, dtype=torch.long, device=dev)
     ones = torch.ones_like(p)
     step.index_put_((c_b, p), ones, accumulate=True)
@@ -258,12 +364,15 @@ def pair_covariances(x, pids, cams):
     """Sigma_S, Sigma_D [D, D]: the mean of (x_i - x_j)(x_i - x_j)^T over ordered pairs of images
     from two different cameras, with the same id (S) or with different ids (D).
 
-    Choice (not in the papers): every such pair, in closed form (exact, O(N D^2), no sampling).
+    Choice (not in the paper): every such pair, in closed form — exact and O(N D^2), where Liao's
+    code splits the cameras one-vs-other and the IDE scripts sample random pairs.
     For a symmetric set P of ordered pairs, with deg_i = #{j : (i, j) in P},
         sum_P (x_i - x_j)(x_i - x_j)^T = 2 (sum_i deg_i x_i x_i^T - sum_P x_i x_j^T)
     and the cross term comes from group sums (s: all images, s_c: camera c, s_y: id y, s_yc: both):
-        all cross-camera pairs       sum_P x_i x_j^T = s s^T - sum_c s_c s_c^T                deg_i = N - N_c(i)
-        same-id cross-camera pairs   sum_P x_i x_j^T = sum_y (s_y s_y^T - sum_c s_yc s_yc^T)  deg_i = N_y(i) - N_yc(i)
+        all cross-camera pairs      sum_P x_i x_j^T = s s^T - sum_c s_c s_c^T
+                                    deg_i = N - N_c(i)
+        same-id cross-camera pairs  sum_P x_i x_j^T = sum_y (s_y s_y^T - sum_c s_yc s_yc^T)
+                                    deg_i = N_y(i) - N_yc(i)
     Different-id pairs = all cross-camera pairs minus the same-id ones.
     """
     x = torch.as_tensor(x).double()
@@ -286,16 +395,21 @@ def pair_covariances(x, pids, cams):
     scatter_S = 2 * (x.T @ (deg_S[:, None] * x) - (s_y.T @ s_y - s_yc.T @ s_yc))
     pairs_S, pairs_D = deg_S.sum(), deg_all.sum() - deg_S.sum()
     if pairs_S == 0 or pairs_D == 0:
-        raise UserError("XQDA/KISSME need training images of one id in two cameras and of two ids in two "
-                        f"cameras; this training set has {int(pairs_S)} and {int(pairs_D)} such pairs")
+        raise UserError("XQDA/KISSME need training images of one id in two cameras and of two ids "
+                        f"in two cameras; this training set has {int(pairs_S)} and {int(pairs_D)} "
+                        "such pairs")
     return scatter_S / pairs_S, (scatter_all - scatter_S) / pairs_D
 
 
 def _reduce_to_span(x):
     """XQDA.m's shortcut when there are fewer images than dimensions (N < D): (y, Q) with Q [D, N]
-    an orthonormal basis of the span of the training features and y = x Q [N, N] their coordinates.
-    Every pair difference and every centred feature lies in that span, so XQDA and KISSME can learn
-    in y and map back with Q, exactly, solving N x N instead of D x D eigenproblems. (x, None) if N >= D.
+    an orthonormal basis of the span of the training features and y = x Q [N, N] their
+    coordinates. Every pair difference and every centred feature lies in that span, so XQDA and
+    KISSME can learn in y and map back with Q, exactly, solving N x N instead of D x D
+    eigenproblems. (x, None) if N >= D.
+
+    Choice (not in the paper): KISSME learns in the span too — exact for it as well (its centred
+    features and pair differences lie in the span), and N x N eigenproblems replace D x D ones.
     """
     N, D = x.shape
     if N >= D:
@@ -308,7 +422,8 @@ def _quadratic_distance(a, b, M):
     """[Q, r] x [G, r] -> [Q, G]: (a - b)^T M (a - b) = a^T M a + b^T M b - 2 a^T M b (M symmetric).
     Not clamped at 0: with an indefinite M (XQDA forced to keep a direction with e <= 1) the
     value can be negative, and its order is still what the metric says."""
-    # Choice (not in the paper): kept in float64, as the fit was; rank_metrics ranks float64 exactly
+    # Choice (not in the paper): kept in float64 — the fit was float64, and the ranking metrics
+    # rank float64 exactly, so no rounding to float32 reorders near-equal distances
     aM = a @ M
     return (aM * a).sum(1)[:, None] + ((b @ M) * b).sum(1)[None, :] - 2 * aM @ b.T
 
@@ -319,18 +434,24 @@ class XQDA:
     fit(X [N, D], pids, cams) on training features:
       0. x <- x / |x|, as the IDE baseline does before XQDA. No centring or whitening: XQDA.m
          has none, and only differences x_i - x_j enter (centring would change nothing).
-      1. Sigma_I, Sigma_E: covariances of x_i - x_j over intra-personal (same id) and extra-personal
-         (different id) cross-camera pairs (`pair_covariances`).
+      1. Sigma_I, Sigma_E: covariances of x_i - x_j over intra-personal (same id) and
+         extra-personal (different id) cross-camera pairs (`pair_covariances`).
       2. Sigma_I <- Sigma_I + lambda I, lambda = 0.001: XQDA.m's default regulariser.
-      3. Subspace: maximise J(w) = w^T Sigma_E w / w^T Sigma_I w, i.e. the generalised eigenproblem
-         Sigma_E w = e Sigma_I w. Choice: solved via Cholesky Sigma_I = L L^T, eigh of
-         L^-1 Sigma_E L^-T, w = L^-T v (XQDA.m takes the SVD of Sigma_I \\ Sigma_E; same e).
+      3. Subspace: maximise J(w) = w^T Sigma_E w / w^T Sigma_I w, i.e. solve the generalised
+         eigenproblem Sigma_E w = e Sigma_I w. Solved via the Cholesky factor Sigma_I = L L^T:
+         eigh of the symmetric L^-1 Sigma_E L^-T, w = L^-T v, so the e are exactly the generalised
+         eigenvalues. XQDA.m differs: it takes svd(Sigma_I \\ Sigma_E) and uses the singular values
+         of Sigma_I^-1 Sigma_E as e and its left singular vectors as W. That matrix is not
+         symmetric, so its singular values are not the generalised eigenvalues (nor its singular
+         vectors the w), and the count kept in step 4 can differ from XQDA.m's.
       4. W = the w with e > 1, largest e first: directions where people differ more between
-         identities than within one. At least 1, at most qda_dims (XQDA.m's qdaDims rule).
+         identities than within one. At least 1, at most qda_dims (XQDA.m's qdaDims rule, applied
+         to the eigenvalues).
       5. M = (W^T Sigma_I W)^-1 - (W^T Sigma_E W)^-1, the QDA log-likelihood ratio in the subspace.
     distance(XQ, XG) -> [Q, G] float64:  d(x, z) = (x - z)^T W M W^T (x - z).
-    Rescaling W's columns (W -> W A) leaves d unchanged, so the eigenvectors' normalisation does not matter.
-    With fewer images than dimensions, steps 1-5 run in the span of the images (`_reduce_to_span`).
+    Rescaling W's columns (W -> W A) leaves d unchanged, so the eigenvectors' normalisation does
+    not matter. With fewer images than dimensions, steps 1-5 run in the span of the images
+    (`_reduce_to_span`).
     """
 
     def __init__(self, lam=0.001, qda_dims=None):
@@ -343,14 +464,17 @@ class XQDA:
         Sigma_I, Sigma_E = pair_covariances(y, pids, cams)
         # regulariser on the intra-personal covariance
         Sigma_I = Sigma_I + self.lam * torch.eye(len(Sigma_I), dtype=x.dtype, device=x.device)
-        # generalised eigenproblem through the Cholesky factor of Sigma_I (positive definite now).
-        # Choice (not in the paper): Cholesky + eigh rather than XQDA.m's svd(inCov \ exCov); same eigenvalues
+        # the generalised eigenproblem Sigma_E w = e Sigma_I w, through the Cholesky factor of
+        # Sigma_I (positive definite now).
+        # Choice (not in the paper): the generalised eigenvalues e by Cholesky + eigh — they are
+        # what J(w) is maximised by; XQDA.m's svd(inCov \ exCov) gives the singular values of
+        # Sigma_I^-1 Sigma_E instead, which differ from e, so its kept dimension count can differ
         L = torch.linalg.cholesky(Sigma_I)
-        L_inv_E = torch.linalg.solve_triangular(L, Sigma_E, upper=False)                 # L^-1 Sigma_E
-        C = torch.linalg.solve_triangular(L, L_inv_E.T, upper=False)                     # L^-1 Sigma_E L^-T
-        e, V = torch.linalg.eigh((C + C.T) / 2)                                          # ascending
+        L_inv_E = torch.linalg.solve_triangular(L, Sigma_E, upper=False)  # L^-1 Sigma_E
+        C = torch.linalg.solve_triangular(L, L_inv_E.T, upper=False)       # L^-1 Sigma_E L^-T
+        e, V = torch.linalg.eigh((C + C.T) / 2)                            # ascending
         e, V = e.flip(0), V.flip(1)
-        w = torch.linalg.solve_triangular(L.T, V, upper=True)                            # L^-T v
+        w = torch.linalg.solve_triangular(L.T, V, upper=True)              # L^-T v
         # subspace selection: eigenvalues above 1, at least one, at most qda_dims
         r = int((e > 1).sum())
         dims = max(1, min(r, self.qda_dims) if self.qda_dims else r)
@@ -368,8 +492,8 @@ class XQDA:
 
 def psd_repair(M, zero=1e-10, eps=1e-6):
     """KISSME's repair of a symmetric M (validateCovMatrix.m of the KISSME toolbox): if M has a
-    negative eigenvalue, M = V diag(e') V^T with e'_k = EPS = 1e-6 where e_k <= ZERO = 1e-10, else e_k.
-    A PSD M is returned as it is."""
+    negative eigenvalue, M = V diag(e') V^T with e'_k = EPS = 1e-6 where e_k <= ZERO = 1e-10,
+    else e_k. A PSD M is returned as it is."""
     e, V = torch.linalg.eigh(M)
     if e.min() >= 0:
         return M
@@ -384,14 +508,15 @@ class KISSME:
     fit(X [N, D], pids, cams) on training features:
       0. x <- x / |x|  (the IDE baseline normalises every feature first)
       1. PCA: z = P^T (x - m), m the training mean, P the top `dims` eigenvectors of the training
-         covariance. dims = 200: the IDE baseline's params.numCoeffs for Market-1501.
-         Choice: at most D and N - #ids (the rank of the same-id differences) so Sigma_S is invertible.
+         covariance. dims = 200: the IDE baseline's params.numCoeffs for Market-1501, capped at D
+         and N - #ids (see the Choice in `fit`).
       2. Sigma_S, Sigma_D: covariances of z_i - z_j over similar (same id) and dissimilar
          (different id) cross-camera pairs, Eq. (12)-(13) (`pair_covariances`).
       3. M = Sigma_S^-1 - Sigma_D^-1, Eq. (15)-(16): the log-likelihood ratio of "similar" vs
          "dissimilar" for zero-mean Gaussian differences, with the constant dropped.
       4. PSD repair (`psd_repair`, the toolbox's validateCovMatrix.m): if M has a negative
-         eigenvalue, every eigenvalue <= 1e-10 is raised to 1e-6, so that d below is a pseudo-metric.
+         eigenvalue, every eigenvalue <= 1e-10 is raised to 1e-6, so that d below is a
+         pseudo-metric.
     distance(XQ, XG) -> [Q, G] float64:  d(x, z) = (z_x - z_z)^T M (z_x - z_z).
     """
 
@@ -404,10 +529,12 @@ class KISSME:
         y, Q = _reduce_to_span(x)
         N, D = y.shape
         num_ids = len(torch.unique(torch.as_tensor(pids)))
-        # Choice (not in the paper): at most D and N - #ids, the rank of the same-id differences
+        # Choice (not in the paper): at most D and N - #ids PCA dimensions — N - #ids is the rank
+        # of the same-id differences, so more would leave Sigma_S singular
         dims = min(self.pca_dims, D, N - num_ids)
         if dims < 1:
-            raise UserError(f"KISSME needs more training images than identities; got {N} images of {num_ids} ids")
+            raise UserError(f"KISSME needs more training images than identities; got {N} images "
+                            f"of {num_ids} ids")
         # PCA on the training features
         yc = y - y.mean(0)
         _, vecs = torch.linalg.eigh(yc.T @ yc / max(N - 1, 1))  # eigenvalues ascending
@@ -437,62 +564,85 @@ class KISSME:
 
 
 def load_model(args):
-    """(model, (height, width)) from --checkpoint (dispatch on ckpt["paper"]) or --weights."""
+    """(model, (height, width), precision) from --checkpoint (dispatch on ckpt["paper"]) or
+    --weights. precision, for `extract_features`: a paper checkpoint's training precision
+    (`trained_precision`); "auto" for a plain ResNet-50 (--weights or a backbone checkpoint)."""
     if not args.checkpoint:
-        return common.Backbone(weights=args.weights, last_stride=args.last_stride), (args.height, args.width)
+        model = common.Backbone(weights=args.weights, last_stride=args.last_stride)
+        return model, (args.height, args.width), "auto"
     ckpt = common.load_checkpoint(args.checkpoint)
     paper = ckpt.get("paper") if isinstance(ckpt, dict) else None
     if paper in ("aea", "aaanet"):
-        # imported only now: each paper module arrives with its own issue, and evaluating a
-        # backbone checkpoint must not depend on them
+        # imported only now: evaluating a backbone checkpoint must not depend on the paper modules
         try:
             module = importlib.import_module(paper)
         except ModuleNotFoundError as e:
             if e.name != paper:
                 raise
-            raise UserError(f"{args.checkpoint} is a {paper!r} checkpoint, but {paper}.py is not in this "
-                            "project yet") from None
-        return module.model_from_checkpoint(ckpt, args.checkpoint)
+            raise UserError(f"{args.checkpoint} is a {paper!r} checkpoint, but {paper}.py is not "
+                            "in this project") from None
+        model, size = module.model_from_checkpoint(ckpt, args.checkpoint)
+        return model, size, trained_precision(ckpt)
     if paper != "backbone":
-        raise UserError(f"{args.checkpoint}: unknown checkpoint kind paper={paper!r}; expected 'backbone', "
-                        "'aea' or 'aaanet' (a file written by common.save_checkpoint)")
+        raise UserError(f"{args.checkpoint}: unknown checkpoint kind paper={paper!r}; expected "
+                        "'backbone', 'aea' or 'aaanet' (a file written by common.save_checkpoint)")
     try:
         cfg = ckpt["config"]
         model = common.Backbone(weights="none", last_stride=cfg.get("last_stride", 2))
         model.load_state_dict(ckpt["model"])
-        return model, (cfg["height"], cfg["width"])
+        return model, (cfg["height"], cfg["width"]), "auto"
     except (KeyError, RuntimeError) as e:
-        raise UserError(f"{args.checkpoint} does not hold a plain Backbone checkpoint (config with height, "
-                        f"width, last_stride and its state dict): {str(e).splitlines()[0]}") from None
+        raise UserError(f"{args.checkpoint} does not hold a plain Backbone checkpoint (config with "
+                        f"height, width, last_stride and its state dict): "
+                        f"{str(e).splitlines()[0]}") from None
+
+
+def trained_precision(ckpt):
+    """The precision ("bf16" or "fp32") a paper checkpoint's run trained with: its config's
+    --precision, with "auto" resolved as common.autocast resolves it on the device type the run
+    trained on (ckpt["device_type"]): bf16 on "cuda", fp32 on "cpu".
+
+    Choice (not in the paper): a checkpoint is re-scored in its run's training precision — the
+    run's own evaluations used it, so an fp32 run is not re-scored in bf16 on a GPU (nor a bf16
+    run in fp32 on the CPU), whatever device evaluates it.
+    """
+    precision = ckpt["config"].get("precision", "auto")
+    if precision != "auto":
+        return precision
+    return "bf16" if ckpt.get("device_type") == "cuda" else "fp32"
 
 
 def format_table(results, label="metric"):
     """One row per entry of `results` ({row name: rank_metrics dict}, e.g. one per metric, or
-    "untrained" / "trained"), under the column title `label`: rank-1/5/10, mAP, mAP (official), in percent."""
+    "untrained" / "trained"), under the column title `label`: rank-1/5/10, mAP, mAP (official),
+    in percent."""
     w = max(10, 2 + max(len(name) for name in results))  # the name column fits the longest name
-    lines = [f"{label:<{w}}{'rank-1':>8}{'rank-5':>8}{'rank-10':>9}{'mAP':>8}{'mAP (official)':>16}"]
+    lines = [f"{label:<{w}}{'rank-1':>8}{'rank-5':>8}{'rank-10':>9}{'mAP':>8}"
+             f"{'mAP (official)':>16}"]
     for name, r in results.items():
         cmc = r["cmc"]
         lines.append(f"{name:<{w}}{100 * cmc[0]:8.2f}{100 * cmc[4]:8.2f}{100 * cmc[9]:9.2f}"
                      f"{100 * r['mAP']:8.2f}{100 * r['mAP_official']:16.2f}")
     r = next(iter(results.values()))
-    lines.append(f"{r['num_queries']} queries evaluated, {r['num_skipped']} skipped (no true match in the gallery)")
+    lines.append(f"{r['num_queries']} queries evaluated, {r['num_skipped']} skipped "
+                 "(no true match in the gallery)")
     return "\n".join(lines)
 
 
 def save_rank_figure(path, dist, ds, num, top=10, height=128, width=64, border=3):
-    """PNG of `num` queries, one per row: the query (grey frame), then its first `top` gallery items
-    in the ranking that is scored: green frame = true match, red = any other item.
+    """PNG of `num` queries, one per row: the query (grey frame), then its first `top` gallery
+    items in the ranking that is scored: green frame = true match, red = any other item.
     Junk and same-id-same-camera items are not drawn: the protocol removes them from the ranking.
     """
     from PIL import Image  # comes with torchvision
     dist = torch.as_tensor(dist)
-    # Choice (not in the paper): queries evenly spaced over the query list, so the figure does not
-    # show only the first identity
+    # Choice (not in the paper): queries evenly spaced over the query list — so the figure does
+    # not show only the first identity
     qi = np.unique(np.linspace(0, len(ds.query) - 1, num).round().astype(int))
     rows = []
     for q in qi:
-        # the scored ranking of this query: stable sort, then junk and same-id-same-camera left out
+        # Choice (not in the paper): the ranking that is scored, junk and same-id-same-camera items
+        # left out — the figure then shows what CMC and mAP count. Stable sort, as rank_metrics.
         d = dist[q].double().cpu().numpy()
         same = ds.gallery.pids == ds.query.pids[q]
         removed = (same & (ds.gallery.cams == ds.query.cams[q])) | (ds.gallery.pids == -1)
@@ -500,9 +650,10 @@ def save_rank_figure(path, dist, ds, num, top=10, height=128, width=64, border=3
         order = order[~removed[order]][:top]
         rows.append((q, order, same[order]))  # same pid and not removed = a true match
     # every image of the figure decoded in one go, [n, H, W, 3] for PIL
-    paths = [p for q, order, _ in rows for p in [ds.query.paths[q]] + [ds.gallery.paths[g] for g in order]]
+    paths = [p for q, order, _ in rows
+             for p in [ds.query.paths[q]] + [ds.gallery.paths[g] for g in order]]
     images = data.load_images(paths, height, width, desc="--show-ranks").permute(0, 2, 3, 1).numpy()
-    tile_w, tile_h, gap = width + 2 * border, height + 2 * border, 12  # gap between query and results
+    tile_w, tile_h, gap = width + 2 * border, height + 2 * border, 12  # gap: query | results
     canvas = Image.new("RGB", (gap + (top + 1) * (tile_w + 2), len(rows) * (tile_h + 4)), "white")
     k = 0  # index into `images`, in the order of `paths`
     for row, (q, order, hits) in enumerate(rows):
@@ -524,7 +675,8 @@ def heat_overlay(images, maps, alpha=0.5):
     matters in a figure), coloured blue (low) -> green -> red (high), and blended with the image.
     """
     B, _, H, W = images.shape
-    m = F.interpolate(maps[:, None].float().cpu(), size=(H, W), mode="bilinear", align_corners=False)  # [B, 1, H, W]
+    m = F.interpolate(maps[:, None].float().cpu(), size=(H, W), mode="bilinear",
+                      align_corners=False)  # [B, 1, H, W]
     lo = m.amin(dim=(2, 3), keepdim=True)
     m = (m - lo) / (m.amax(dim=(2, 3), keepdim=True) - lo).clamp_min(1e-12)
     # a three-stop colour ramp (blue, green, red), piecewise linear in m
@@ -539,38 +691,53 @@ def save_image_grid(path, rows, gap=2):
     """Write a PNG of image rows: rows[r][c] is a uint8 [3, H, W] tensor, all the same size."""
     from PIL import Image  # comes with torchvision
     H, W = rows[0][0].shape[1:]
-    canvas = Image.new("RGB", (max(len(r) for r in rows) * (W + gap), len(rows) * (H + gap)), "white")
+    canvas = Image.new("RGB", (max(len(r) for r in rows) * (W + gap), len(rows) * (H + gap)),
+                       "white")
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
-            canvas.paste(Image.fromarray(img.permute(1, 2, 0).cpu().numpy()), (c * (W + gap), r * (H + gap)))
+            canvas.paste(Image.fromarray(img.permute(1, 2, 0).cpu().numpy()),
+                         (c * (W + gap), r * (H + gap)))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     canvas.save(path)
 
 
 def parse_args(argv):
-    """The evaluation flags (the benchmark has its own, in `benchmark`)."""
-    p = argparse.ArgumentParser(description="Evaluate a re-ID model: CMC rank-1/5/10, mAP and mAP (official) "
-                                "per distance metric. `python evaluate.py benchmark -h` times rank_metrics.")
+    """The evaluation flags."""
+    p = argparse.ArgumentParser(description="Evaluate a re-ID model: CMC rank-1/5/10, mAP and "
+                                "mAP (official) per distance metric.")
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="a checkpoint from common.save_checkpoint (paper: backbone, aea, aaanet)")
-    model.add_argument("--weights", help="instead of --checkpoint: a plain ResNet-50 with imagenet, none or PATH weights")
+    model.add_argument("--checkpoint", help="a checkpoint from common.save_checkpoint "
+                       "(paper: backbone, aea, aaanet); scored in the precision it trained with")
+    model.add_argument("--weights", help="instead of --checkpoint: a plain ResNet-50 with "
+                       "imagenet, none or PATH weights")
     p.add_argument("--root", required=True, help="dataset folder in the Market-1501 layout")
-    p.add_argument("--dataset", default="market1501", help="market1501, duke, cuhk03-labeled, cuhk03-detected, synthetic")
-    p.add_argument("--metric", nargs="+", default=["euclidean"], choices=["euclidean", "cosine", "xqda", "kissme"])
+    p.add_argument("--dataset", default="market1501",
+                   help="market1501, duke, cuhk03-labeled, cuhk03-detected, synthetic")
+    p.add_argument("--metric", nargs="+", default=["euclidean"],
+                   choices=["euclidean", "cosine", "xqda", "kissme"])
     p.add_argument("--skip-bad-files", action="store_true",
-                   help="warn about and drop images whose name does not parse or that do not decode")
-    p.add_argument("--flip", action="store_true", help="average the features of each image and its mirror")
-    p.add_argument("--show-ranks", type=int, default=0, metavar="N", help="write a PNG of N queries and their top 10")
+                   help="warn about and drop images whose name does not parse or that do not "
+                   "decode")
+    p.add_argument("--flip", action="store_true",
+                   help="average the features of each image and its mirror")
+    p.add_argument("--show-ranks", type=int, default=0, metavar="N",
+                   help="write a PNG of N queries and their top 10")
     p.add_argument("--out", help="folder for the --show-ranks PNGs")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seeds the random weights of --weights none")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--height", type=int, default=256, help="input height with --weights (a checkpoint has its own)")
-    p.add_argument("--width", type=int, default=128, help="input width with --weights (a checkpoint has its own)")
-    p.add_argument("--last-stride", type=int, default=2, choices=[1, 2], help="layer4 stride with --weights")
-    p.add_argument("--xqda-lambda", type=float, default=0.001, help="XQDA regulariser on Sigma_I (XQDA.m default)")
-    p.add_argument("--xqda-dims", type=int, default=0, help="XQDA subspace cap; 0 = all with eigenvalue > 1")
-    p.add_argument("--kissme-dims", type=int, default=200, help="PCA dims before KISSME (IDE baseline: 200)")
+    p.add_argument("--height", type=int, default=256,
+                   help="input height with --weights (a checkpoint has its own)")
+    p.add_argument("--width", type=int, default=128,
+                   help="input width with --weights (a checkpoint has its own)")
+    p.add_argument("--last-stride", type=int, default=2, choices=[1, 2],
+                   help="layer4 stride with --weights")
+    p.add_argument("--xqda-lambda", type=float, default=0.001,
+                   help="XQDA regulariser on Sigma_I (XQDA.m default)")
+    p.add_argument("--xqda-dims", type=int, default=0,
+                   help="XQDA subspace cap; 0 = all with eigenvalue > 1")
+    p.add_argument("--kissme-dims", type=int, default=200,
+                   help="PCA dims before KISSME (IDE baseline: 200)")
     args = p.parse_args(argv)
     if args.show_ranks and not args.out:
         raise UserError("--show-ranks needs --out DIR, the folder to write the PNGs into")
@@ -579,21 +746,25 @@ def parse_args(argv):
     return args
 
 
-def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None, batch_size=256, flip=False,
-                   xqda_lambda=0.001, xqda_dims=0, kissme_dims=200, show_ranks=0, out=None, precision="auto"):
-    """Score `model` on `ds` (a data.ReIDData) -> {metric: rank_metrics dict}, in `metrics` order.
+def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None, batch_size=256,
+                   flip=False, xqda_lambda=0.001, xqda_dims=0, kissme_dims=200, show_ranks=0,
+                   out=None, precision="auto"):
+    """Score `model` on `ds` (a data.ReIDData) -> {metric: rank_metrics dict}, in `metrics` order,
+    computed by `fast_rank_metrics`.
 
     size: the model's input (height, width). images: a dict {split name: uint8 tensor} that is
     filled on first use and can be passed again, so a training run that evaluates every few
-    epochs decodes each split once. The training split is decoded and its features extracted only
-    when XQDA or KISSME is asked for (both are fitted on training features, SPEC.md).
+    epochs decodes each split once. The training split is decoded and its features extracted
+    only when XQDA or KISSME is asked for (both are fitted on training features, as in the IDE
+    baseline scripts). precision: the autocast of `extract_features`.
     """
     images = {} if images is None else images
 
     def features(name):  # decode once (kept in `images`), then uint8 batches go to the device
         if name not in images:
             images[name] = data.load_images(getattr(ds, name).paths, *size, desc=name)
-        return extract_features(model, images[name].split(batch_size), device, flip=flip, precision=precision)
+        return extract_features(model, images[name].split(batch_size), device, flip=flip,
+                                precision=precision)
 
     qf, gf = features("query"), features("gallery")
     if {"xqda", "kissme"} & set(metrics):
@@ -602,12 +773,14 @@ def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None,
     results = {}
     for metric in metrics:
         if metric == "xqda":
-            dist = XQDA(xqda_lambda, xqda_dims).fit(tf, ds.train.pids, ds.train.cams).distance(qf, gf)
+            xqda = XQDA(xqda_lambda, xqda_dims).fit(tf, ds.train.pids, ds.train.cams)
+            dist = xqda.distance(qf, gf)
         elif metric == "kissme":
             dist = KISSME(kissme_dims).fit(tf, ds.train.pids, ds.train.cams).distance(qf, gf)
         else:
             dist = pairwise_distances(qf, gf, metric)
-        results[metric] = rank_metrics(dist, ds.query.pids, ds.gallery.pids, ds.query.cams, ds.gallery.cams)
+        results[metric] = fast_rank_metrics(dist, ds.query.pids, ds.gallery.pids, ds.query.cams,
+                                            ds.gallery.cams)
         if show_ranks:
             path = os.path.join(out, f"ranks_{metric}.png")
             save_rank_figure(path, dist, ds, show_ranks)
@@ -619,33 +792,33 @@ def run(argv=None):
     """The CLI's work; returns {metric: rank_metrics dict}."""
     args = parse_args(argv)
     device = common.pick_device(args.device)
-    common.seed_everything(args.seed)  # --weights none draws its weights: the same seed, the same network
+    # --weights none draws its weights: the same seed, the same network
+    common.seed_everything(args.seed)
     # the dataset first: a wrong --root fails before any model is built
     ds = data.load_dataset(args.root, args.dataset, skip_bad_files=args.skip_bad_files)
-    # the input size comes with the model: a checkpoint's config, or --height/--width for --weights
-    model, size = load_model(args)
+    # the input size and precision come with the model: a checkpoint's config, or --height/--width
+    # and "auto" for --weights
+    model, size, precision = load_model(args)
     model.to(device)
-    results = evaluate_model(model, ds, size, device, args.metric, batch_size=args.batch_size, flip=args.flip,
-                             xqda_lambda=args.xqda_lambda, xqda_dims=args.xqda_dims, kissme_dims=args.kissme_dims,
-                             show_ranks=args.show_ranks, out=args.out)
+    results = evaluate_model(model, ds, size, device, args.metric, batch_size=args.batch_size,
+                             flip=args.flip, xqda_lambda=args.xqda_lambda, xqda_dims=args.xqda_dims,
+                             kissme_dims=args.kissme_dims, show_ranks=args.show_ranks, out=args.out,
+                             precision=precision)
     print(format_table(results))
     return results
 
 
-# -----------------------------------------------------------------------------
-# Benchmark: rank_metrics against a plain per-row argsort on a Market-sized random problem
-
-
 def market_like_problem(queries, gallery, ids, cameras, distractors, seed=0):
-    """A random rank_metrics problem with Market-1501-like labels (this file's and bench.py's
-    benchmarks): (dist float32 [Q, G], q_pids, g_pids, q_cams, g_cams), all on the CPU.
+    """A random ranking problem with Market-1501-like labels, for timing the ranking metrics
+    (bench.py): (dist float32 [Q, G], q_pids, g_pids, q_cams, g_cams), all on the CPU.
 
     Query and gallery people draw their pid from 1..ids (each id about G / ids times in the
     gallery), the last `distractors` gallery items are pid 0, cameras are uniform over `cameras`:
     about 14.5 true matches per query at Market's sizes (3368 x 15913, 751 ids, 6 cameras).
     """
     g = torch.Generator().manual_seed(seed)
-    q_pids, q_cams = torch.randint(1, ids + 1, (queries,), generator=g), torch.randint(0, cameras, (queries,), generator=g)
+    q_pids = torch.randint(1, ids + 1, (queries,), generator=g)
+    q_cams = torch.randint(0, cameras, (queries,), generator=g)
     g_pids = torch.cat([torch.randint(1, ids + 1, (gallery - distractors,), generator=g),
                         torch.zeros(distractors, dtype=torch.long)])
     g_cams = torch.randint(0, cameras, (gallery,), generator=g)
@@ -653,68 +826,8 @@ def market_like_problem(queries, gallery, ids, cameras, distractors, seed=0):
     return dist, q_pids, g_pids, q_cams, g_cams
 
 
-def _rss_bytes():
-    """Current resident set size, from /proc/self/statm (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def benchmark(argv=None):
-    """Print rank_metrics' time (median of --repeats) and peak extra memory on a random Market-like
-    problem, and the time of numpy's plain per-row argsort of the same matrix, in the same run."""
-    p = argparse.ArgumentParser(prog="evaluate.py benchmark", description="Time rank_metrics on a random "
-                                "Market-1501-sized problem, beside numpy's per-row argsort of the same matrix.")
-    p.add_argument("--queries", type=int, default=3368)
-    p.add_argument("--gallery", type=int, default=15913, help="gallery size (Market-1501 without junk)")
-    p.add_argument("--ids", type=int, default=751)
-    p.add_argument("--cameras", type=int, default=6)
-    p.add_argument("--distractors", type=int, default=2798, help="gallery items with pid 0")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    device = common.pick_device(args.device)
-    Q, G = args.queries, args.gallery
-    dist, q_pids, g_pids, q_cams, g_cams = market_like_problem(Q, G, args.ids, args.cameras, args.distractors, args.seed)
-    print(f"Q={Q} x G={G}, {args.ids} ids, {args.cameras} cameras, {args.distractors} distractors; "
-          f"device {device}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} "
-          "(other busy processes slow the threaded passes a lot)")
-    # memory: the process's peak resident size after the calls (ru_maxrss) minus its resident size
-    # just before them. ru_maxrss is a high-water mark over the whole run, so an earlier peak could
-    # only make this read higher, never lower.
-    rss_before = _rss_bytes()
-    dist_d = dist.to(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        cuda_before = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        out = rank_metrics(dist_d, q_pids, g_pids, q_cams, g_cams)
-        times.append(time.perf_counter() - start)  # rank_metrics returns CPU numbers: it has synchronised
-    peak_extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
-    secs = float(np.median(times))
-    matches = float(((g_pids[None] == q_pids[:, None]) & (g_cams[None] != q_cams[:, None])).sum()) / Q
-    print(f"rank_metrics: {secs:.3f} s (median of {', '.join(f'{t:.3f}' for t in times)}); "
-          f"rank-1 {out['cmc'][0]:.4f}, mAP {out['mAP']:.4f}, {matches:.1f} true matches per query")
-    print(f"peak extra host memory: {peak_extra / 2**20:.0f} MiB (ru_maxrss after minus RSS before; the "
-          f"{dist.numel() * dist.element_size() / 2**20:.0f} MiB input matrix is not counted)")
-    if device.type == "cuda":
-        print(f"peak extra CUDA memory: {(torch.cuda.max_memory_allocated() - cuda_before) / 2**20:.0f} MiB")
-    # the yardstick: what a sort-based evaluation has to do at the least
-    start = time.perf_counter()
-    np.argsort(dist.numpy(), axis=1)
-    argsort_secs = time.perf_counter() - start
-    print(f"numpy per-row argsort of the same matrix: {argsort_secs:.3f} s; rank_metrics / argsort = "
-          f"{secs / argsort_secs:.2f}")
-
-
 def main(argv=None):
-    """`python evaluate.py [flags]` evaluates; `python evaluate.py benchmark [flags]` times rank_metrics."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["benchmark"]:
-        return common.exit_on_user_error(benchmark, argv[1:])
+    """`python evaluate.py [flags]`: `run`, a UserError printed as one line with exit status 2."""
     return common.exit_on_user_error(run, argv)
 
 

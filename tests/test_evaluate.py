@@ -1,6 +1,9 @@
-"""Tests of evaluate.py: the ranking metrics against hand-worked cases and against a literal
-reference of the official MATLAB code, the distances, XQDA/KISSME algebra, and the CLI end to end."""
-import importlib.util
+"""Tests of evaluate.py: both ranking-metric functions against hand-worked cases, the fast one
+against the definition (`rank_metrics`, the official MATLAB code step by step) on random problems,
+the distances, XQDA/KISSME algebra, the precision a checkpoint is scored in, and the CLI end to
+end (marked slow)."""
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -14,54 +17,19 @@ from common import UserError
 
 
 # -----------------------------------------------------------------------------
-# A slow, literal reference: stable argsort per row + Market-1501's compute_AP.m, line by line
+# rank_metrics (the definition) and fast_rank_metrics (the same numbers without sorting)
 
-
-def reference_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
-    """evaluation.m + compute_AP.m of the Market-1501 MATLAB code, except that a query without a
-    true match is skipped (SPEC.md) instead of scoring AP 0. Also returns the mean of the precisions
-    at the hits (the `mAP` variant)."""
-    Q, G = dist.shape
-    cmc_sum, aps, aps_official = np.zeros(max_rank), [], []
-    for q in range(Q):
-        index = np.argsort(dist[q], kind="stable")  # MATLAB's sort is stable too
-        good = set(np.flatnonzero((g_pids == q_pids[q]) & (g_cams != q_cams[q]) & (g_pids != -1)).tolist())
-        junk = set(np.flatnonzero(((g_pids == q_pids[q]) & (g_cams == q_cams[q])) | (g_pids == -1)).tolist())
-        if not good:
-            continue
-        cmc = np.zeros(max(G, max_rank))
-        ngood, old_recall, old_precision, ap = len(good), 0.0, 1.0, 0.0
-        intersect, j, good_now, njunk, precisions = 0, 0, 0, 0, []
-        for n, idx in enumerate(index):
-            flag = idx in good
-            if flag:
-                cmc[n - njunk:] = 1
-                good_now += 1
-            if idx in junk:
-                njunk += 1
-                continue
-            if flag:
-                intersect += 1
-            recall, precision = intersect / ngood, intersect / (j + 1)
-            ap += (recall - old_recall) * ((old_precision + precision) / 2)
-            if flag:
-                precisions.append(precision)
-            old_recall, old_precision, j = recall, precision, j + 1
-            if good_now == ngood:
-                break
-        cmc_sum += cmc[:max_rank]
-        aps.append(np.mean(precisions))
-        aps_official.append(ap)
-    n = len(aps)
-    return {"cmc": cmc_sum / max(n, 1), "mAP": np.mean(aps) if n else None,
-            "mAP_official": np.mean(aps_official) if n else None, "num_queries": n, "num_skipped": Q - n}
+# every hand-worked case below runs against both
+BOTH = pytest.mark.parametrize("rank_metrics", [evaluate.rank_metrics, evaluate.fast_rank_metrics],
+                               ids=["rank_metrics", "fast_rank_metrics"])
 
 
 def random_problem(rng, Q, G, kind):
     """A small random problem with junk (-1), distractors (0), same-camera matches, queries whose
     only matches are in their own camera (no match), and many ties when kind != 'float32'."""
     ids, cams = int(rng.integers(1, 6)), int(rng.integers(2, 4))
-    q_pids, g_pids = rng.integers(1, ids + 2, Q), rng.integers(-1, ids + 1, G)  # pid ids+1: never in the gallery
+    # pid ids+1: a query pid that is never in the gallery
+    q_pids, g_pids = rng.integers(1, ids + 2, Q), rng.integers(-1, ids + 1, G)
     q_cams, g_cams = rng.integers(0, cams, Q), rng.integers(0, cams, G)
     if kind == "float32":
         dist = rng.random((Q, G)).astype(np.float32)
@@ -79,9 +47,6 @@ def assert_same(out, ref):
     assert out["mAP_official"] == pytest.approx(ref["mAP_official"], abs=1e-12)
 
 
-# -----------------------------------------------------------------------------
-# rank_metrics
-
 # Gallery of the hand-worked toy (index: pid, camera):
 #   g0: 1, c0   g1: 1, c1   g2: -1 (junk), c1   g3: 2, c0   g4: 0 (distractor), c1
 #   g5: 1, c2   g6: 2, c1   g7: 3, c0
@@ -95,8 +60,10 @@ TOY_DIST = np.array([
 ])
 
 
-def test_toy_ranking_worked_by_hand():
-    # q0 (pid 1, cam 0). Sorted by (distance, index): g0 .1, g2 .2, g3 .3, g6 .4, g1 .5, g4 .5, g7 .6, g5 .9.
+@BOTH
+def test_toy_ranking_worked_by_hand(rank_metrics):
+    # q0 (pid 1, cam 0). Sorted by (distance, index): g0 .1, g2 .2, g3 .3, g6 .4, g1 .5, g4 .5,
+    #   g7 .6, g5 .9.
     #   g0 is pid 1 in camera 0 (same id, same camera) -> removed; g2 is junk -> removed.
     #   g1 and g4 tie at 0.5: the lower index, g1, goes first.
     #   valid ranking: g3, g6, g1, g4, g7, g5; true matches g1 and g5 at positions r = 2 and 5.
@@ -110,27 +77,27 @@ def test_toy_ranking_worked_by_hand():
     # q2 (pid 9) has no true match: skipped, and the averages are over q0 and q1.
     #   CMC: rank-1 0/2, rank-2 1/2 (q1), rank-3 on 2/2 (q0 at r = 2)
     #   mAP = (1/3 + 1/2) / 2 = 5/12; mAP (official) = (13/60 + 1/4) / 2 = 7/30
-    out = evaluate.rank_metrics(TOY_DIST, TOY_Q_PIDS, TOY_G_PIDS, TOY_Q_CAMS, TOY_G_CAMS, max_rank=5)
+    out = rank_metrics(TOY_DIST, TOY_Q_PIDS, TOY_G_PIDS, TOY_Q_CAMS, TOY_G_CAMS, max_rank=5)
     np.testing.assert_allclose(out["cmc"], [0, 0.5, 1, 1, 1])
     assert out["mAP"] == pytest.approx(5 / 12)
     assert out["mAP_official"] == pytest.approx(7 / 30)
     assert (out["num_queries"], out["num_skipped"]) == (2, 1)
-    assert_same(out, reference_metrics(TOY_DIST, TOY_Q_PIDS, TOY_G_PIDS, TOY_Q_CAMS, TOY_G_CAMS, 5))
 
 
-def test_toy_ties_are_broken_by_gallery_index():
+@BOTH
+def test_toy_ties_are_broken_by_gallery_index(rank_metrics):
     # Swap the columns g1 and g4 of q0 (both at 0.5): now the distractor has the lower index and
     # goes first, the match g1 (now at index 4) drops to r = 3: AP = (1/4 + 2/6) / 2 = 7/24 for q0.
     perm = [0, 4, 2, 3, 1, 5, 6, 7]
-    out = evaluate.rank_metrics(TOY_DIST[:1, perm], TOY_Q_PIDS[:1], TOY_G_PIDS[perm], TOY_Q_CAMS[:1],
-                                TOY_G_CAMS[perm], max_rank=5)
+    out = rank_metrics(TOY_DIST[:1, perm], TOY_Q_PIDS[:1], TOY_G_PIDS[perm], TOY_Q_CAMS[:1],
+                       TOY_G_CAMS[perm], max_rank=5)
     assert out["mAP"] == pytest.approx(7 / 24)
     np.testing.assert_allclose(out["cmc"], [0, 0, 0, 1, 1])
 
 
 @pytest.mark.parametrize("buckets,chunk", [(4096, 1 << 22), (2, 40), (3, 1), (17, 7)])
 @pytest.mark.parametrize("kind", ["float32", "ties64", "int"])
-def test_matches_stable_argsort_reference(monkeypatch, buckets, chunk, kind):
+def test_fast_rank_metrics_equals_rank_metrics(monkeypatch, buckets, chunk, kind):
     # Few buckets force the exact same-bucket comparison for most items; small chunks cut the
     # queries at many places (chunk=1: one query per chunk).
     monkeypatch.setattr(evaluate, "_BUCKETS", buckets)
@@ -139,12 +106,14 @@ def test_matches_stable_argsort_reference(monkeypatch, buckets, chunk, kind):
     checked = 0
     for _ in range(40):
         problem = random_problem(rng, int(rng.integers(1, 15)), int(rng.integers(1, 80)), kind)
-        ref = reference_metrics(*problem, max_rank=10)
-        if ref["num_queries"] == 0:
-            with pytest.raises(UserError, match="true match"):
-                evaluate.rank_metrics(*problem, max_rank=10)
+        try:
+            ref = evaluate.rank_metrics(*problem, max_rank=10)
+        except UserError as e:  # no query has a true match: the same error from both
+            assert "none of the" in str(e)
+            with pytest.raises(UserError, match="none of the"):
+                evaluate.fast_rank_metrics(*problem, max_rank=10)
             continue
-        assert_same(evaluate.rank_metrics(*problem, max_rank=10), ref)
+        assert_same(evaluate.fast_rank_metrics(*problem, max_rank=10), ref)
         checked += 1
     assert checked >= 30  # most problems have at least one query with a match
 
@@ -152,25 +121,31 @@ def test_matches_stable_argsort_reference(monkeypatch, buckets, chunk, kind):
 def test_numpy_and_torch_inputs_agree_on_every_device():
     rng = np.random.default_rng(0)
     dist, q_pids, g_pids, q_cams, g_cams = random_problem(rng, 30, 200, "ties64")
-    ref = reference_metrics(dist, q_pids, g_pids, q_cams, g_cams, 50)
+    ref = evaluate.rank_metrics(dist, q_pids, g_pids, q_cams, g_cams)
+    assert ref["num_skipped"] > 0  # the problem has queries without a match
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         args = [torch.as_tensor(x, device=device) for x in (dist, q_pids, g_pids, q_cams, g_cams)]
         assert_same(evaluate.rank_metrics(*args), ref)
-        assert_same(evaluate.rank_metrics(args[0].float(), q_pids, g_pids, q_cams, g_cams), ref)  # exact in fp32
-    assert_same(evaluate.rank_metrics(dist, q_pids, g_pids, q_cams, g_cams), ref)
+        assert_same(evaluate.fast_rank_metrics(*args), ref)
+        # exact in fp32: the distances are multiples of 0.25
+        assert_same(evaluate.fast_rank_metrics(args[0].float(), *args[1:]), ref)
+    assert_same(evaluate.fast_rank_metrics(dist, q_pids, g_pids, q_cams, g_cams), ref)
 
 
-def test_bad_input_is_one_clear_error():
+@BOTH
+def test_bad_input_is_one_clear_error(rank_metrics):
     args = (TOY_Q_PIDS, TOY_G_PIDS, TOY_Q_CAMS, TOY_G_CAMS)
     with pytest.raises(UserError, match="NaN"):
-        evaluate.rank_metrics(np.where(TOY_DIST == 0.6, np.nan, TOY_DIST), *args)
+        rank_metrics(np.where(TOY_DIST == 0.6, np.nan, TOY_DIST), *args)
     with pytest.raises(UserError, match="infinite"):
-        evaluate.rank_metrics(np.where(TOY_DIST == 0.6, np.inf, TOY_DIST), *args)
+        rank_metrics(np.where(TOY_DIST == 0.6, np.inf, TOY_DIST), *args)
     with pytest.raises(UserError, match="7 gallery pids"):
-        evaluate.rank_metrics(TOY_DIST, TOY_Q_PIDS, TOY_G_PIDS[:7], TOY_Q_CAMS, TOY_G_CAMS)
+        rank_metrics(TOY_DIST, TOY_Q_PIDS, TOY_G_PIDS[:7], TOY_Q_CAMS, TOY_G_CAMS)
+    with pytest.raises(UserError, match=r"distance matrix, got shape \(8,\)"):
+        rank_metrics(TOY_DIST[0], *args)
     with pytest.raises(UserError, match="none of the 1 queries"):
-        evaluate.rank_metrics(TOY_DIST[2:], TOY_Q_PIDS[2:], TOY_G_PIDS, TOY_Q_CAMS[2:], TOY_G_CAMS)
+        rank_metrics(TOY_DIST[2:], TOY_Q_PIDS[2:], TOY_G_PIDS, TOY_Q_CAMS[2:], TOY_G_CAMS)
 
 
 # -----------------------------------------------------------------------------
@@ -182,8 +157,10 @@ def test_pairwise_distances_by_hand():
     # euclidean: sqrt(0.4^2 + 0.8^2) = sqrt(0.8), sqrt(0.6^2 + 0.2^2) = sqrt(0.4)
     # cosine: 1 - 0.6 = 0.4, 1 - 0.8 = 0.2
     q, g = torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    torch.testing.assert_close(evaluate.pairwise_distances(q, g), torch.tensor([[0.8 ** 0.5, 0.4 ** 0.5]]))
-    torch.testing.assert_close(evaluate.pairwise_distances(q, g, "cosine"), torch.tensor([[0.4, 0.2]]))
+    torch.testing.assert_close(evaluate.pairwise_distances(q, g),
+                               torch.tensor([[0.8 ** 0.5, 0.4 ** 0.5]]))
+    torch.testing.assert_close(evaluate.pairwise_distances(q, g, "cosine"),
+                               torch.tensor([[0.4, 0.2]]))
     # the same direction: exactly 0 after the clamp, never NaN from a negative rounding error
     x = torch.randn(5, 64)
     same = evaluate.pairwise_distances(x, 3 * x).diagonal()
@@ -205,7 +182,8 @@ class FirstRow(torch.nn.Module):
 
 def test_extract_features_batches_normalise_and_flip():
     # row 0 of channel 0 holds the pixels 0 and 255; normalised: (0 - 0.485) / 0.229 = -2.1179 and
-    # (1 - 0.485) / 0.229 = 2.2489. flip averages the row with its mirror: both (-2.1179 + 2.2489) / 2.
+    # (1 - 0.485) / 0.229 = 2.2489. flip averages the row with its mirror: both
+    # (-2.1179 + 2.2489) / 2.
     x = torch.zeros(5, 3, 2, 2, dtype=torch.uint8)
     x[:, 0, 0, 1] = 255
     model = FirstRow()
@@ -226,7 +204,8 @@ def test_extract_features_batches_normalise_and_flip():
 def test_pair_covariances_equal_the_explicit_pair_sums():
     # brute force over every ordered pair of images in two different cameras
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(23, 4, generator=g, dtype=torch.float64) + 5  # an offset, removed by the centring
+    # an offset of 5, removed by the centring
+    x = torch.randn(23, 4, generator=g, dtype=torch.float64) + 5
     pids, cams = torch.randint(0, 5, (23,), generator=g), torch.randint(0, 3, (23,), generator=g)
     S, D = torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)
     nS = nD = 0
@@ -269,7 +248,8 @@ def toy():
 def test_xqda_algebra(toy):
     (tx, tp, tc), _, _ = toy
     xqda = evaluate.XQDA().fit(tx, tp, tc)
-    Sigma_I, Sigma_E = evaluate.pair_covariances(torch.nn.functional.normalize(tx.double(), dim=1), tp, tc)
+    x = torch.nn.functional.normalize(tx.double(), dim=1)
+    Sigma_I, Sigma_E = evaluate.pair_covariances(x, tp, tc)
     Sigma_I = Sigma_I + 0.001 * torch.eye(17, dtype=torch.float64)
     e, W = xqda.eigenvalues, xqda.W
     r = W.shape[1]
@@ -288,13 +268,15 @@ def test_kissme_algebra(toy):
     (tx, tp, tc), _, _ = toy
     kissme = evaluate.KISSME(pca_dims=10).fit(tx, tp, tc)
     assert kissme.P.shape == (17, 10)
-    torch.testing.assert_close(kissme.P.T @ kissme.P, torch.eye(10, dtype=torch.float64))  # orthonormal PCA basis
+    # an orthonormal PCA basis
+    torch.testing.assert_close(kissme.P.T @ kissme.P, torch.eye(10, dtype=torch.float64))
     assert torch.linalg.eigvalsh(kissme.M).min() > 0  # PSD after the repair
     # psd_repair by hand: diag(2, -1) has a negative eigenvalue -> -1 <= 1e-10 becomes 1e-6;
     # diag(2, 1e-12) is already PSD -> unchanged (validateCovMatrix only acts on a failed cholcov)
-    torch.testing.assert_close(evaluate.psd_repair(torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))),
-                               torch.diag(torch.tensor([2.0, 1e-6], dtype=torch.float64)))
-    psd = torch.diag(torch.tensor([2.0, 1e-12], dtype=torch.float64))
+    f64 = dict(dtype=torch.float64)
+    torch.testing.assert_close(evaluate.psd_repair(torch.diag(torch.tensor([2.0, -1.0], **f64))),
+                               torch.diag(torch.tensor([2.0, 1e-6], **f64)))
+    psd = torch.diag(torch.tensor([2.0, 1e-12], **f64))
     assert torch.equal(evaluate.psd_repair(psd), psd)
     # without repair, M = Sigma_S^-1 - Sigma_D^-1 in the PCA space
     z = (torch.nn.functional.normalize(tx.double(), dim=1) - kissme.mean) @ kissme.P
@@ -340,22 +322,25 @@ def tiny_checkpoint(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ckpt") / "backbone.pt")
     torch.manual_seed(0)
     model = common.Backbone(weights="none")
-    common.save_checkpoint(path, {"paper": "backbone", "config": {"height": 64, "width": 32, "last_stride": 2},
-                                  "model": model.state_dict()})
+    common.save_checkpoint(path, {"paper": "backbone", "model": model.state_dict(),
+                                  "config": {"height": 64, "width": 32, "last_stride": 2}})
     return path
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(synthetic_root, tiny_checkpoint, tmp_path, capsys):
     out_dir = tmp_path / "figs"
-    results = evaluate.main(["--checkpoint", tiny_checkpoint, "--root", synthetic_root, "--dataset", "synthetic",
-                             "--metric", "euclidean", "xqda", "kissme", "--flip", "--device", "cpu",
-                             "--batch-size", "16", "--show-ranks", "3", "--out", str(out_dir)])
+    results = evaluate.main(["--checkpoint", tiny_checkpoint, "--root", synthetic_root,
+                             "--dataset", "synthetic", "--metric", "euclidean", "xqda", "kissme",
+                             "--flip", "--device", "cpu", "--batch-size", "16",
+                             "--show-ranks", "3", "--out", str(out_dir)])
     printed = capsys.readouterr().out
     table = printed[printed.index("metric"):].splitlines()
     assert table[0].split() == ["metric", "rank-1", "rank-5", "rank-10", "mAP", "mAP", "(official)"]
     assert [line.split()[0] for line in table[1:4]] == ["euclidean", "xqda", "kissme"]
     ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
-    assert "queries evaluated" in table[4] and str(len(ds.query)) in table[4]  # every synthetic query has a match
+    # every synthetic query has a match
+    assert "queries evaluated" in table[4] and str(len(ds.query)) in table[4]
     for name, r in results.items():
         values = [float(v) for v in table[1 + list(results).index(name)].split()[1:]]
         assert values == pytest.approx([100 * r["cmc"][0], 100 * r["cmc"][4], 100 * r["cmc"][9],
@@ -367,23 +352,59 @@ def test_cli_end_to_end(synthetic_root, tiny_checkpoint, tmp_path, capsys):
             assert im.size == (12 + 11 * (64 + 6 + 2), 3 * (128 + 6 + 4))
 
 
-def test_cli_plain_backbone_extracts_train_features_only_when_needed(synthetic_root, monkeypatch, capsys):
+@pytest.mark.slow
+def test_cli_plain_backbone_extracts_train_features_only_when_needed(synthetic_root, monkeypatch,
+                                                                     capsys):
     # --weights none: a randomly initialised ResNet-50 at --height x --width; with Euclidean
     # distance alone, the training split is never decoded
     decoded = []
     load_images = data.load_images
-    monkeypatch.setattr(data, "load_images", lambda paths, h, w, desc="": decoded.append((desc, h, w)) or
-                        load_images(paths, h, w, desc))
-    results = evaluate.main(["--weights", "none", "--height", "64", "--width", "32", "--root", synthetic_root,
-                             "--dataset", "synthetic", "--device", "cpu"])
+    monkeypatch.setattr(data, "load_images", lambda paths, h, w, desc="":
+                        decoded.append((desc, h, w)) or load_images(paths, h, w, desc))
+    flags = ["--weights", "none", "--height", "64", "--width", "32", "--root", synthetic_root,
+             "--dataset", "synthetic", "--device", "cpu"]
+    results = evaluate.main(flags)
     assert list(results) == ["euclidean"]
     assert decoded == [("query", 64, 32), ("gallery", 64, 32)]
     assert "euclidean" in capsys.readouterr().out
     # the random weights come from --seed (default 0): a second run scores the same network
-    again = evaluate.main(["--weights", "none", "--height", "64", "--width", "32", "--root", synthetic_root,
-                           "--dataset", "synthetic", "--device", "cpu"])
+    again = evaluate.main(flags)
     assert again["euclidean"]["mAP"] == results["euclidean"]["mAP"]
     np.testing.assert_array_equal(again["euclidean"]["cmc"], results["euclidean"]["cmc"])
+
+
+@pytest.mark.parametrize("device_type,precision,expected", [
+    ("cpu", "auto", "fp32"), ("cuda", "auto", "bf16"),  # auto: what common.autocast did there
+    ("cpu", "bf16", "bf16"), ("cuda", "fp32", "fp32")])  # an explicit --precision stays
+def test_trained_precision(tmp_path, device_type, precision, expected):
+    path = str(tmp_path / "run.pt")
+    common.save_checkpoint(path, {"paper": "aea", "config": {"precision": precision},
+                                  "device_type": device_type, "model": {}})
+    assert evaluate.trained_precision(common.load_checkpoint(path)) == expected
+
+
+def test_checkpoint_is_scored_in_its_training_precision(synthetic_root, tmp_path, monkeypatch,
+                                                        capsys):
+    # a run trained on CUDA with --precision auto (= bf16) is scored in bf16, here on the CPU;
+    # the paper module is a stand-in whose model is a 4 x 2 average pool (24-d features)
+    path = str(tmp_path / "run.pt")
+    common.save_checkpoint(path, {"paper": "aea", "config": {"precision": "auto"},
+                                  "device_type": "cuda", "model": {}})
+    pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d((4, 2)), torch.nn.Flatten())
+    stand_in = types.SimpleNamespace(model_from_checkpoint=lambda ckpt, path: (pool, (64, 32)))
+    monkeypatch.setitem(sys.modules, "aea", stand_in)
+    used = []
+    extract_features = evaluate.extract_features
+    monkeypatch.setattr(evaluate, "extract_features", lambda *args, precision, **kw: used.append(
+                        precision) or extract_features(*args, precision=precision, **kw))
+    evaluate.main(["--checkpoint", path, "--root", synthetic_root, "--dataset", "synthetic",
+                   "--device", "cpu"])
+    assert used == ["bf16", "bf16"]  # query and gallery
+    assert "euclidean" in capsys.readouterr().out
+    # a plain ResNet-50 keeps "auto"
+    args = evaluate.parse_args(["--weights", "none", "--root", synthetic_root])
+    monkeypatch.setattr(common, "Backbone", lambda weights, last_stride: pool)
+    assert evaluate.load_model(args) == (pool, (256, 128), "auto")
 
 
 def test_rank_figure_frames(synthetic_root, tmp_path):
@@ -405,40 +426,43 @@ def test_rank_figure_frames(synthetic_root, tmp_path):
         assert im.getpixel((12 + 2 * tile + 1, 1)) == ((0, 170, 0) if same[second] else (220, 0, 0))
 
 
-def test_cli_errors_exit_2(tiny_checkpoint, synthetic_root, tmp_path, capsys):
-    bad = str(tmp_path / "bad.pt")
+def test_cli_errors_exit_2(synthetic_root, tmp_path, monkeypatch, capsys):
+    bad, aea = str(tmp_path / "bad.pt"), str(tmp_path / "aea.pt")
     common.save_checkpoint(bad, {"paper": "nonsense", "config": {}, "model": {}})
+    common.save_checkpoint(aea, {"paper": "aea", "config": {}, "model": {}})
+    # a paper checkpoint whose module cannot be imported gets a clear error (None in sys.modules
+    # makes `import aea` fail as if aea.py were missing)
+    monkeypatch.setitem(sys.modules, "aea", None)
     cases = [(["--checkpoint", bad], "unknown checkpoint kind"),
              (["--checkpoint", str(tmp_path / "missing.pt")], "does not exist"),
-             (["--checkpoint", tiny_checkpoint, "--show-ranks", "2"], "--show-ranks needs --out")]
-    if importlib.util.find_spec("aea") is None:  # until aea.py exists, its checkpoints get a clear error
-        aea = str(tmp_path / "aea.pt")
-        common.save_checkpoint(aea, {"paper": "aea", "config": {}, "model": {}})
-        cases.append((["--checkpoint", aea], "aea.py is not in this project yet"))
+             (["--checkpoint", bad, "--show-ranks", "2"], "--show-ranks needs --out"),
+             (["--checkpoint", aea], "aea.py is not in this project")]
     for flags, message in cases:
         with pytest.raises(SystemExit) as e:
-            evaluate.main(flags + ["--root", synthetic_root, "--dataset", "synthetic", "--device", "cpu"])
+            evaluate.main(flags + ["--root", synthetic_root, "--dataset", "synthetic",
+                                   "--device", "cpu"])
         assert e.value.code == 2
         assert message in capsys.readouterr().err
 
 
 def test_evaluate_model_decodes_each_split_once(synthetic_root, monkeypatch):
     # a training run evaluates every few epochs with one `images` dict: the second call must not
-    # decode again, and must score the same network identically; XQDA adds the training split
+    # decode again, and must score the same network identically; XQDA adds the training split.
+    # The network: a 4 x 2 average pool (24-d features), as any model goes through the same path
     ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
-    torch.manual_seed(0)
-    model = common.Backbone(weights="none")
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d((4, 2)), torch.nn.Flatten())
     decoded = []
     load_images = data.load_images
-    monkeypatch.setattr(data, "load_images", lambda paths, h, w, desc="": decoded.append(desc) or
-                        load_images(paths, h, w, desc))
-    images = {}
-    first = evaluate.evaluate_model(model, ds, (64, 32), torch.device("cpu"), ["euclidean"], images=images)
-    second = evaluate.evaluate_model(model, ds, (64, 32), torch.device("cpu"), ["xqda", "euclidean"], images=images)
+    monkeypatch.setattr(data, "load_images", lambda paths, h, w, desc="":
+                        decoded.append(desc) or load_images(paths, h, w, desc))
+    images, cpu = {}, torch.device("cpu")
+    first = evaluate.evaluate_model(model, ds, (64, 32), cpu, ["euclidean"], images=images)
+    second = evaluate.evaluate_model(model, ds, (64, 32), cpu, ["xqda", "euclidean"], images=images)
     assert decoded == ["query", "gallery", "train"]
     assert list(second) == ["xqda", "euclidean"]
     assert second["euclidean"]["mAP"] == first["euclidean"]["mAP"]
-    assert images["train"].shape == (len(ds.train), 3, 64, 32) and images["train"].dtype == torch.uint8
+    assert images["train"].shape == (len(ds.train), 3, 64, 32)
+    assert images["train"].dtype == torch.uint8
 
 
 def test_heat_overlay_colours_and_grid(tmp_path):
@@ -447,7 +471,7 @@ def test_heat_overlay_colours_and_grid(tmp_path):
     # and pure red (255, 0, 0) on the right; alpha 0.5 blends with grey 100:
     # left (50, 50, 177.5 -> 178), right (177.5 -> 178, 50, 50)
     images = torch.full((1, 3, 4, 2), 100, dtype=torch.uint8)
-    maps = torch.tensor([[[0.0, 5.0]]])             # [1, 1, 2]: resized to 4 x 2, every row the same
+    maps = torch.tensor([[[0.0, 5.0]]])  # [1, 1, 2]: resized to 4 x 2, every row the same
     out = evaluate.heat_overlay(images, maps)
     assert out.shape == (1, 3, 4, 2) and out.dtype == torch.uint8
     assert out[0, :, 0, 0].tolist() == [50, 50, 178] and out[0, :, 0, 1].tolist() == [178, 50, 50]
