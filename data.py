@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common import UserError, exit_on_user_error, to_device
+from common import UserError, exit_on_user_error
 
 # -----------------------------------------------------------------------------
 # Parsing the folder layout
@@ -249,6 +249,17 @@ STD = (0.229, 0.224, 0.225)
 
 
 @functools.lru_cache(maxsize=None)
+def to_device(t, device):
+    """Copy a tensor to `device`; from the CPU to CUDA through pinned memory and without
+    blocking: a copy from pageable memory would wait for all the GPU work queued before it, while
+    this one lets the host queue the next step as the copy runs. A tensor already on `device`
+    comes back as it is."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _mean_std(device):
     """MEAN and STD as [3, 1, 1] tensors on `device`, made once per device: a copy to a GPU that
     is issued with every batch would make the host wait for the GPU every time."""

@@ -75,7 +75,7 @@ def extract_features(model, loader, device, flip=False, precision="auto"):
     model.eval()  # BatchNorm running statistics, no dropout
     feats = []
     for x in loader:
-        x = data.normalize(common.to_device(x, device))  # pinned + non-blocking on CUDA
+        x = data.normalize(data.to_device(x, device))  # pinned + non-blocking on CUDA
         with common.autocast(device, precision):
             f = model(x).float()
             if flip:
@@ -699,6 +699,41 @@ def save_image_grid(path, rows, gap=2):
                          (c * (W + gap), r * (H + gap)))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     canvas.save(path)
+
+
+def figure_inputs(argv, prog, description, paper, default_out, several=False):
+    """What the papers' figure commands share (AEA Figs. 3 and 5, AAA-Net Fig. 4): the flags, the
+    checkpoints (refused unless `paper` wrote them), and --num images evenly spaced over a split,
+    decoded at the checkpoints' input size. Returns (args, device, [(path, ckpt)], uint8 images
+    [n, 3, H, W]); args.out is the PNG to write."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--checkpoint", nargs="+" if several else None, required=True,
+                   help="checkpoints of one run (e.g. its epoch_N.pt)" if several else None)
+    p.add_argument("--root", help="dataset folder (default: the checkpoint's)")
+    p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
+    p.add_argument("--split", default="query", choices=["train", "query", "gallery"])
+    p.add_argument("--num", type=int, default=8, help="images, evenly spaced over the split")
+    p.add_argument("--out", default=default_out, help="the PNG to write")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    if args.num < 1:
+        raise UserError(f"--num must be at least 1, got {args.num}")
+    paths = args.checkpoint if several else [args.checkpoint]
+    ckpts = [common.load_checkpoint(path) for path in paths]
+    for path, ckpt in zip(paths, ckpts):
+        common.check_checkpoint(ckpt, path, paper)
+    cfg = ckpts[0]["config"]
+    if len({(c["config"]["height"], c["config"]["width"]) for c in ckpts}) > 1:
+        raise UserError("the checkpoints were trained at different input sizes; give checkpoints "
+                        "of one size")
+    ds = data.load_dataset(args.root or cfg["root"], args.dataset or cfg["dataset"], verbose=False)
+    split = getattr(ds, args.split)
+    # Choice (not in the paper): images evenly spaced over the split, so that a figure does not
+    # show only the first identity
+    pick = np.unique(np.linspace(0, len(split) - 1, args.num).round().astype(int))
+    images = data.load_images([split.paths[i] for i in pick], cfg["height"], cfg["width"],
+                              desc="figure")
+    return args, common.pick_device(args.device), list(zip(paths, ckpts)), images
 
 
 def parse_args(argv):

@@ -203,23 +203,24 @@ def test_adversarial_gate_eq4_some_pass_some_do_not():
 # Algorithm 2 step 1: the masks
 
 def test_attention_mask_by_hand():
-    # relu(M) = [0, 0, 1, 2, 3, 4]; min-max -> [0, 0, .25, .5, .75, 1]; > 0.5 -> the last two
+    # relu(M) = [0, 0, 1, 2, 3, 4]; min-max -> [0, 0, .25, .5, .75, 1]; above 0.5 -> the last two
+    # are occluded (0 in the 0-1 mask), the rest kept (1)
     M_att = torch.tensor([[[-1.0, 0.0, 1.0], [2.0, 3.0, 4.0]]])
-    assert aaanet.attention_mask(M_att, 0.5).tolist() == [[[False, False, False], [False, True, True]]]
-    assert aaanet.attention_mask(M_att, 0.2).tolist() == [[[False, False, True], [True, True, True]]]
+    assert aaanet.attention_mask(M_att, 0.5).tolist() == [[[True, True, True], [True, False, False]]]
+    assert aaanet.attention_mask(M_att, 0.2).tolist() == [[[True, True, False], [False, False, False]]]
     # a map with no positive value occludes nothing
-    assert not aaanet.attention_mask(-torch.ones(1, 2, 3)).any()
+    assert aaanet.attention_mask(-torch.ones(1, 2, 3)).all()
 
 
 def test_response_mask_top_third_with_ties():
     # channel means [[5, 1, 5], [2, 9, 0], [5, 3, 4]]; round(9 / 3) = 3 positions: 9 (position 4),
-    # then three 5s tie (positions 0, 2, 6): the lower indices 0 and 2 win.
+    # then three 5s tie (positions 0, 2, 6): the lower indices 0 and 2 win. 0 = occluded.
     means = torch.tensor([[5.0, 1.0, 5.0], [2.0, 9.0, 0.0], [5.0, 3.0, 4.0]])
     f_r = torch.stack([means + 1, means - 1])[None]                    # [1, 2, 3, 3], channel mean = means
     mask = aaanet.response_mask(f_r)
-    assert mask.tolist() == [[[True, False, True], [False, True, False], [False, False, False]]]
+    assert mask.tolist() == [[[False, True, False], [True, False, True], [True, True, True]]]
     # exactly round(h * w / 3) positions per image: 7 x 5 -> round(11.67) = 12
-    assert (aaanet.response_mask(torch.rand(3, 4, 7, 5)).sum(dim=(1, 2)) == 12).all()
+    assert ((~aaanet.response_mask(torch.rand(3, 4, 7, 5))).sum(dim=(1, 2)) == 12).all()
 
 
 # -----------------------------------------------------------------------------
@@ -236,10 +237,9 @@ def changed(module, before):
 
 def test_stage2_step_moves_only_the_attention_branch():
     model, (x, y) = tiny_model(), tiny_batch()
-    aaanet.set_stage_modes(model, "stage2")
-    optimizer = common.make_sgd(aaanet.stage_parameters(model, "stage2"), lr=0.1)
+    optimizer = common.make_sgd(model.freeze_for("stage2"), lr=0.1)
     backbone, classifier, attention = snapshot(model.backbone), snapshot(model.classifier), snapshot(model.attention)
-    terms = aaanet.train_step(model, optimizer, "stage2", x, y, aaanet.Config())
+    terms = aaanet.training_step(model, optimizer, "stage2", x, y, aaanet.Config())
     # frozen: no parameter, no BatchNorm running mean/var, not even num_batches_tracked moved
     assert changed(model.backbone, backbone) == set()
     assert changed(model.classifier, classifier) == set()
@@ -252,7 +252,7 @@ def test_stage2_step_moves_only_the_attention_branch():
 
 def test_stage2_binary_m_occ_variant_runs():
     model, (x, y) = tiny_model(), tiny_batch()
-    aaanet.set_stage_modes(model, "stage2")
+    model.freeze_for("stage2")
     cfg = aaanet.Config(m_occ="binary")
     with torch.no_grad():
         f_r = model.middle(x)
@@ -260,8 +260,8 @@ def test_stage2_binary_m_occ_variant_runs():
     # 8x4 map, cells of 2x1: each M_occ is 1 except exactly 2 positions
     assert set(M_occ.unique().tolist()) == {0.0, 1.0}
     assert ((M_occ == 0).sum(dim=(1, 2)) == 2).all()
-    optimizer = common.make_sgd(aaanet.stage_parameters(model, "stage2"), lr=0.1)
-    assert torch.isfinite(aaanet.train_step(model, optimizer, "stage2", x, y, cfg)["L_adv"])
+    optimizer = common.make_sgd(model.freeze_for("stage2"), lr=0.1)
+    assert torch.isfinite(aaanet.training_step(model, optimizer, "stage2", x, y, cfg)["L_adv"])
 
 
 @pytest.mark.parametrize("point", aaanet.POINTS)
@@ -270,10 +270,9 @@ def test_stage3_step_moves_everything(point):
     # every sample pass the gate, so the attention branch gets Eq. (4)'s gradient; momentum and
     # weight decay 0, so whatever moves moved because of a gradient.
     model, (x, y) = tiny_model(point=point), tiny_batch()
-    aaanet.set_stage_modes(model, "stage3")
-    optimizer = common.make_sgd(aaanet.stage_parameters(model, "stage3"), lr=0.1, momentum=0, weight_decay=0)
+    optimizer = common.make_sgd(model.freeze_for("stage3"), lr=0.1, momentum=0, weight_decay=0)
     before = snapshot(model)
-    terms = aaanet.train_step(model, optimizer, "stage3", x, y, dataclasses.replace(aaanet.Config(point=point), omega=-1.0))
+    terms = aaanet.training_step(model, optimizer, "stage3", x, y, dataclasses.replace(aaanet.Config(point=point), omega=-1.0))
     moved = changed(model, before)
     # every parameter and every BatchNorm statistic, backbone, classifier and attention branch
     # (the pooled stages after conv5_x do not exist when f_r is conv5_x itself, nothing is left out)
@@ -289,10 +288,9 @@ def test_stage3_gate_closed_leaves_the_attention_branch_alone():
     # is shut, Eq. (4) adds nothing, and the hard mask passes no gradient to M_att: the attention
     # branch's weights stay (its BatchNorm statistics still move, it ran in train mode)
     model, (x, y) = tiny_model(), tiny_batch()
-    aaanet.set_stage_modes(model, "stage3")
-    optimizer = common.make_sgd(aaanet.stage_parameters(model, "stage3"), lr=0.1, momentum=0, weight_decay=0)
+    optimizer = common.make_sgd(model.freeze_for("stage3"), lr=0.1, momentum=0, weight_decay=0)
     before = snapshot(model.attention)
-    terms = aaanet.train_step(model, optimizer, "stage3", x, y, aaanet.Config(omega=0.99))
+    terms = aaanet.training_step(model, optimizer, "stage3", x, y, aaanet.Config(omega=0.99))
     assert terms["gate_pass"].item() == 0.0 and terms["L_gate"].item() == 0.0
     assert changed(model.attention, before) == {k for k in before if "running" in k or "num_batches" in k}
 
@@ -300,9 +298,8 @@ def test_stage3_gate_closed_leaves_the_attention_branch_alone():
 def test_stage3_response_mask_variant_occludes_a_third():
     # Table 4: 8x4 f_r -> round(32 / 3) = 11 positions occluded per image
     model, (x, y) = tiny_model(), tiny_batch()
-    aaanet.set_stage_modes(model, "stage3")
-    optimizer = common.make_sgd(aaanet.stage_parameters(model, "stage3"), lr=0.01)
-    terms = aaanet.train_step(model, optimizer, "stage3", x, y, aaanet.Config(mask_source="response"))
+    optimizer = common.make_sgd(model.freeze_for("stage3"), lr=0.01)
+    terms = aaanet.training_step(model, optimizer, "stage3", x, y, aaanet.Config(mask_source="response"))
     assert terms["occluded"].item() == pytest.approx(11 / 32)
 
 
@@ -402,16 +399,6 @@ def test_figure_draws_images_attention_and_black_occlusion(three_stages, synthet
     assert (third_row.sum(dim=1) == 0).sum().item() >= 11 * 64
 
 
-def test_benchmark_prints_ratio_and_floor(capsys):
-    r = aaanet.main(["benchmark", "--height", str(H), "--width", str(W), "--batch-size", "2", "--classes", "5",
-                     "--repeats", "1", "--device", "cpu"])
-    printed = capsys.readouterr().out
-    assert "stage-2 step" in printed and "floor in counted FLOPs" in printed
-    assert set(r["time"]) == {"stage1", "stage2", "stage3", "middle", "rest"}
-    # 16 passes of the rest without gradient outweigh one forward + backward of the whole network
-    assert r["flops_ratio"] > 1
-
-
 def test_errors_exit_2_with_the_cause(three_stages, synthetic_root, tmp_path, capsys):
     out, _ = three_stages
     aea = str(tmp_path / "aea.pt")
@@ -435,7 +422,7 @@ def test_errors_exit_2_with_the_cause(three_stages, synthetic_root, tmp_path, ca
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints, resume and stop signals (issue 6)
+# Checkpoints, resume and stop signals
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the resume runs: stage 1, 3 epochs. The fixture set has 44 training images (conftest's
@@ -476,7 +463,7 @@ def reference_run(synthetic_root, tmp_path_factory):
 
 
 # the stand-in for `python aaanet.py` that stops at a chosen step (conftest.stop_at_step_script)
-STOP_AT_STEP = stop_at_step_script("aaanet", "train_step")
+STOP_AT_STEP = stop_at_step_script("aaanet", "training_step")
 
 
 def stop_at_step(tmp_path, root, out, step, how, **popen_args):
@@ -591,8 +578,8 @@ def test_same_seed_twice_gives_identical_metrics_and_weights(three_stages, synth
     assert_same_weights(weights(f"{tmp_path}/stage1/last.pt"), weights(f"{out}/stage1/last.pt"))
 
 
-class StopAfterSteps(common.StopOnSignal):
-    """common.StopOnSignal that keeps each instance, so that a test can set `.requested` before a
+class StopAfterSteps(common.TrainingRun):
+    """common.TrainingRun that keeps each instance, so that a test can set `.requested` before a
     chosen step, as the signal handler would (a real signal stays out of the pytest process)."""
     instances = []
 
@@ -612,7 +599,7 @@ def test_demo_prints_one_table_and_resumes(synthetic_root, monkeypatch, tmp_path
     rows = [line.split()[:2] for line in printed[printed.index("network, metric"):].splitlines()[1:10]]
     assert rows == [[n, m] for n in ("untrained", "stage1", "stage3") for m in ("euclidean", "xqda", "kissme")]
     # stopped during stage 2 (request before its 2nd step; stage 1 has 5 steps): stage 3 does not run
-    calls, real_step = [0], aaanet.train_step
+    calls, real_step = [0], aaanet.training_step
 
     def counting_train_step(*args):
         calls[0] += 1
@@ -620,8 +607,8 @@ def test_demo_prints_one_table_and_resumes(synthetic_root, monkeypatch, tmp_path
             StopAfterSteps.instances[-1].requested = "SIGINT"
         return real_step(*args)
 
-    monkeypatch.setattr(aaanet, "train_step", counting_train_step)
-    monkeypatch.setattr(common, "StopOnSignal", StopAfterSteps)
+    monkeypatch.setattr(aaanet, "training_step", counting_train_step)
+    monkeypatch.setattr(common, "TrainingRun", StopAfterSteps)
     assert aaanet.main(["demo", "--out", str(tmp_path / "stopped"), "--device", "cpu"]) is None
     assert "stopped by SIGINT at epoch 1/1 step 2/" in capsys.readouterr().out
     assert not (tmp_path / "stopped" / "stage3").exists()
@@ -631,7 +618,7 @@ def test_demo_prints_one_table_and_resumes(synthetic_root, monkeypatch, tmp_path
     # the table is the uninterrupted demo's, exactly
     resumed = aaanet.main(["--resume", "--out", str(tmp_path / "stopped"), "--device", "cpu"])
     printed = capsys.readouterr().out
-    assert "stage1/last.pt already holds all 1 epochs" in printed and "stage2: resuming" in printed
+    assert "stage1/last.pt already holds all 1 epochs" in printed and "stage2 resuming" in printed
     assert calls[0] == 3 * STEPS  # stage 1's 5 steps, stage 2's 2 + 3, stage 3's 5
     for name in results:
         for metric in results[name]:
@@ -672,11 +659,11 @@ def test_bad_flags_exit_2_naming_the_flag(synthetic_root, tmp_path, capsys):
     flags = TINY + ["--root", synthetic_root, "--out", str(tmp_path)]
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    cases = [(["stage3", *flags, "--omega", "-0.5"], "--omega compares two probabilities"),
-             (["stage3", *flags, "--lambda1", "-1"], "--lambda1 and --lambda2 must be >= 0"),
-             (["stage3", *flags, "--lambda2", "-0.1"], "--lambda1 and --lambda2 must be >= 0"),
-             (["stage1", *flags, "--lr", "0"], "--lr must be positive, got 0.0"),
-             (["stage1", *flags, "--lr", "-0.01"], "--lr must be positive, got -0.01"),
+    cases = [(["stage3", *flags, "--omega", "-0.5"], "--omega must lie in [0, 1), got -0.5"),
+             (["stage3", *flags, "--lambda1", "-1"], "--lambda1 must lie in [0, inf), got -1.0"),
+             (["stage3", *flags, "--lambda2", "-0.1"], "--lambda2 must lie in [0, inf)"),
+             (["stage1", *flags, "--lr", "0"], "--lr must lie in (0, inf), got 0.0"),
+             (["stage1", *flags, "--lr", "-0.01"], "--lr must lie in (0, inf), got -0.01"),
              (["stage1", *flags, "--out", str(blocker / "run")], f"--out {blocker}/run/stage1: cannot write there"),
              (["stage1", *flags, "--dataset", "imagenet"], "unknown dataset 'imagenet'")]
     if not torch.cuda.is_available():

@@ -7,7 +7,6 @@ import io
 import math
 import os
 import random
-import types
 import typing
 from unittest import mock
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 import torchvision
 
 import common
+import data
 
 
 # -----------------------------------------------------------------------------
@@ -99,20 +99,17 @@ def test_triplet_easy_batch_is_zero_with_zero_gradient():
 
 
 # -----------------------------------------------------------------------------
-# cross-entropy, AEA Eq. (2)-(4)
+# cross-entropy, AEA Eq. (2), (3), (4)
 
 def test_cross_entropy_by_hand():
-    # logits [0, ln 3] -> p = [1/4, 3/4] (Eq. 4); label 1 -> q = [0, 1] (Eq. 3)
-    # L = -ln(3/4) = 0.28768 (Eq. 2)
+    # logits [0, ln 3] -> p = [1/4, 3/4] (Eq. (4)); label 1 -> q = [0, 1] (Eq. (3))
+    # L = -ln(3/4) = 0.28768 (Eq. (2))
     logits = torch.tensor([[0.0, math.log(3.0)]])
-    assert common.cross_entropy(logits, torch.tensor([1])).item() == pytest.approx(-math.log(0.75), abs=1e-6)
-    # label smoothing eps = 0.2, N = 2 -> q = [0.1, 0.9]:
-    # L = -(0.1 ln 1/4 + 0.9 ln 3/4) = 0.13863 + 0.25892 = 0.39755
-    smoothed = common.cross_entropy(logits, torch.tensor([1]), label_smoothing=0.2).item()
-    assert smoothed == pytest.approx(0.1 * math.log(4) - 0.9 * math.log(0.75), abs=1e-6)
+    assert common.cross_entropy(logits, torch.tensor([1])).item() == pytest.approx(-math.log(0.75),
+                                                                                  abs=1e-6)
     # and PyTorch's own implementation agrees on a random batch
     z, y = torch.randn(5, 7), torch.randint(0, 7, (5,))
-    assert torch.allclose(common.cross_entropy(z, y, 0.1), F.cross_entropy(z, y, label_smoothing=0.1), atol=1e-6)
+    assert torch.allclose(common.cross_entropy(z, y), F.cross_entropy(z, y), atol=1e-6)
 
 
 # -----------------------------------------------------------------------------
@@ -197,7 +194,7 @@ def test_device_choice_and_autocast_on_cpu():
     conv = common.prepare_model(torch.nn.Conv2d(3, 4, 3), "cpu")
     assert conv.weight.is_contiguous()
     t = torch.ones(3)
-    assert common.to_device(t, "cpu") is t
+    assert data.to_device(t, "cpu") is t
 
 
 def test_keep_freed_memory_sets_glibc_once():
@@ -234,8 +231,6 @@ def test_step_schedule_and_sgd():
         sched.step()
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
     assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["weight_decay"] == 5e-4
-    with pytest.raises(common.UserError, match="learning rate must be positive"):
-        common.make_sgd([p], lr=-0.01)
 
 
 # -----------------------------------------------------------------------------
@@ -267,6 +262,25 @@ def test_config_flags_from_dataclass():
 
 # -----------------------------------------------------------------------------
 # progress line
+
+@dataclasses.dataclass
+class Limited:
+    R: float = 10.0  # percent of pixels erased
+    P: int = 8  # identities per batch
+
+
+def test_check_limits_names_the_flag_and_its_meaning():
+    limits = {"R": "(0, 100)", "P": "[2, inf)"}
+    common.check_limits(Limited(), limits)
+    common.check_limits(Limited(R=99.9, P=2), limits)  # "[2": 2 itself is inside
+    for cfg, message in [(Limited(R=0.0), r"--R must lie in \(0, 100\), got 0.0 \(percent of"),
+                         (Limited(R=100.0), r"--R must lie in \(0, 100\), got 100.0"),
+                         (Limited(R=float("nan")), r"--R must lie in \(0, 100\), got nan"),
+                         (Limited(P=1), r"--P must lie in \[2, inf\), got 1 \(identities"),
+                         (Limited(P=float("inf")), r"--P must lie in \[2, inf\), got inf")]:
+        with pytest.raises(common.UserError, match=message):
+            common.check_limits(cfg, limits)
+
 
 def test_progress_line_averages_the_terms():
     out = io.StringIO()
@@ -363,58 +377,94 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path):
     assert os.listdir(tmp_path) == ["last.pt"]
 
 
-def test_training_state_resumes_exactly(tmp_path):
-    # Two SGD steps in a row must equal one step, save, rebuild everything, restore, one step:
-    # model, momentum buffers, learning-rate schedule and random generators all come back.
-    def build():
-        torch.manual_seed(0)
-        model = torch.nn.Linear(4, 2)
-        opt = common.make_sgd(model.parameters(), lr=0.1)
-        return model, opt, common.step_schedule(opt, milestones=[1])
+@dataclasses.dataclass
+class RunConfig:
+    """The fields common.TrainingRun reads from a paper's config."""
+    epochs: int = 2
+    lr: float = 0.1
+    root: str = "toy"
+    resume: bool = False
 
-    def step(model, opt, sched):
-        x = torch.randn(8, 4)  # drawn from the global generator: it must be restored too
-        loss = model(x).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
 
-    model, opt, sched = build()
-    common.seed_everything(5)
-    step(model, opt, sched)
-    common.save_checkpoint(str(tmp_path / "last.pt"), common.training_state(
-        "aea", model, opt, sched, epoch=1, config=ToyConfig(), sampler_epoch=1))
-    step(model, opt, sched)  # the uninterrupted run's second step (at lr 0.01 after the milestone)
+def toy_run(folder, cfg, stop_at=None, losses=None):
+    """A complete training loop over `cfg.epochs` epochs of 5 batches, written the way aea.py and
+    aaanet.py write theirs. Each batch x [4, 3] comes from the generator g (like the augmentation);
+    a step is one SGD step of a Linear(3, 1) on mean((out * r)^2), r a dropout-like draw from the
+    global generator (restored on resume too). losses[epoch] replaces the logged loss, to steer
+    best.pt. stop_at=(epoch, step): a stop signal arrives during that step (0-based epoch,
+    1-based step). Returns (run, model)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = common.make_sgd(model.parameters(), lr=cfg.lr)
+    schedule = common.step_schedule(optimizer, [1])
+    g = torch.Generator().manual_seed(0)
+    run = common.TrainingRun("aea", cfg, folder, ("resume", "epochs"), "cpu", loss="L")
+    first = run.start(model, optimizer, schedule, g, num_images=20, num_classes=None,
+                      classifier_key=None)
+    with run:
+        for epoch in range(first, cfg.epochs):
+            batches = ((torch.rand(4, 3, generator=g), torch.arange(4)) for _ in range(5))
+            for x, y in run.epoch(epoch, batches, 5):
+                if stop_at == (epoch, run.progress.i + 1):
+                    run.requested = "SIGINT"  # as the handler sets it; the step still runs
+                loss = (model(x) * torch.rand(4, 1)).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                run.log(len(y), {"L": torch.tensor(float(losses[epoch])) if losses else loss})
+            if run.stopped:
+                return run, model
+            schedule.step()
+            if not run.end_epoch():
+                return run, model
+    return run, model
 
-    model2, opt2, sched2 = build()
-    state = common.load_checkpoint(str(tmp_path / "last.pt"))
-    assert common.restore_training(state, model2, opt2, sched2) == 1
-    assert state["config"]["margin"] == 0.3 and state["paper"] == "aea" and state["sampler_epoch"] == 1
-    step(model2, opt2, sched2)
-    assert torch.equal(model.weight, model2.weight) and torch.equal(model.bias, model2.bias)
-    assert opt2.param_groups[0]["lr"] == pytest.approx(0.01)
+
+def test_training_run_stop_and_resume_is_bit_identical(tmp_path, capsys):
+    # The uninterrupted run: 2 epochs of 5 steps. The stopped run gets SIGINT during epoch 1's
+    # step 3: the step finishes, last.pt holds (epoch 0, step 3) with the generator as it was at
+    # the epoch's start and the loss sums of the 3 steps; the loop ends (run.stopped). Resumed, the
+    # 3 steps are drawn again without training, steps 4-5 and epoch 2 train on exactly the batches
+    # of the uninterrupted run: the same weights, bit for bit, and the same lr schedule.
+    reference, ref_model = toy_run(str(tmp_path / "ref"), RunConfig())
+    stopped, _ = toy_run(str(tmp_path / "run"), RunConfig(), stop_at=(0, 3))
+    assert stopped.stopped and "stopped by SIGINT at epoch 1/2 step 3/5" in capsys.readouterr().out
+    ckpt = common.load_checkpoint(stopped.last)
+    assert (ckpt["epoch"], ckpt["step"], set(ckpt["epoch_sums"])) == (0, 3, {"L"})
+    resumed, model = toy_run(str(tmp_path / "run"), RunConfig(resume=True))
+    assert "resuming" in capsys.readouterr().out and not resumed.stopped
+    assert torch.equal(model.weight, ref_model.weight) and torch.equal(model.bias, ref_model.bias)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # x0.1 at epoch 1
+    # the resumed epoch's mean covers all 5 steps, the 3 before the stop included
+    assert common.load_checkpoint(resumed.best)["best_loss"] == pytest.approx(
+        common.load_checkpoint(reference.best)["best_loss"], rel=1e-6)
+    # a stop during an epoch's last step: that epoch is saved whole, then the run stops
+    late, _ = toy_run(str(tmp_path / "late"), RunConfig(), stop_at=(0, 5))
+    assert late.stopped and "after epoch 1/2" in capsys.readouterr().out
+    assert common.load_checkpoint(late.last)["epoch"] == 1
 
 
 def test_best_checkpoint_follows_the_lowest_epoch_loss(tmp_path):
     # epoch losses 3, 2, 2.5: last.pt is always the newest epoch, best.pt the one of loss 2
-    runs = common.RunCheckpoints(str(tmp_path))
-    for epoch, loss in enumerate((3.0, 2.0, 2.5), 1):
-        runs.save({"paper": "aea", "epoch": epoch}, epoch_loss=loss)
-    assert common.load_checkpoint(runs.last)["epoch"] == 3
-    assert common.load_checkpoint(runs.best) == {"paper": "aea", "epoch": 2, "best_loss": 2.0, "is_best": True}
-    runs.save({"paper": "aea", "epoch": 3, "step": 5})  # a mid-epoch save (a stop signal): last only
-    assert common.load_checkpoint(runs.best)["epoch"] == 2
-    resumed = common.RunCheckpoints(str(tmp_path))
-    resumed.restore(common.load_checkpoint(runs.last))
-    resumed.save({"paper": "aea", "epoch": 4}, epoch_loss=2.1)  # 2.1 > 2.0: best.pt stays epoch 2
-    assert common.load_checkpoint(runs.best)["epoch"] == 2 and resumed.best_loss == 2.0
-    # killed between writing a best last.pt (epoch 5, loss 1.5) and linking it: best.pt is still
-    # epoch 2; the resumed run's restore() makes the link
-    common.save_checkpoint(runs.last, {"paper": "aea", "epoch": 5, "best_loss": 1.5, "is_best": True})
-    assert common.load_checkpoint(runs.best)["epoch"] == 2
-    common.RunCheckpoints(str(tmp_path)).restore(common.load_checkpoint(runs.last))
-    assert common.load_checkpoint(runs.best)["epoch"] == 5 and os.path.samefile(runs.last, runs.best)
+    run, _ = toy_run(str(tmp_path), RunConfig(epochs=3), losses=[3.0, 2.0, 2.5])
+    assert common.load_checkpoint(run.last)["epoch"] == 3
+    best = common.load_checkpoint(run.best)
+    assert (best["epoch"], best["best_loss"], best["is_best"]) == (2, 2.0, True)
+    # resumed with 4 epochs: 1.5 beats 2.0, and best.pt becomes epoch 4, the same file as last.pt
+    # (a hard link, not a second copy)
+    run, _ = toy_run(str(tmp_path), RunConfig(epochs=4, resume=True), losses=[3, 2, 2.5, 1.5])
+    assert common.load_checkpoint(run.best)["epoch"] == 4 and os.path.samefile(run.last, run.best)
+
+
+def test_best_link_cut_by_a_crash_is_made_on_resume(tmp_path):
+    # killed between writing a best last.pt (epoch 2, loss 1.0) and linking it as best.pt: best.pt
+    # is still an older file; the resumed run's start() makes the link
+    run, _ = toy_run(str(tmp_path), RunConfig(epochs=2), losses=[3.0, 1.0])
+    ckpt = common.load_checkpoint(run.last)
+    common.save_checkpoint(run.best, dict(ckpt, epoch=1, is_best=False))
+    assert common.load_checkpoint(run.best)["epoch"] == 1
+    toy_run(str(tmp_path), RunConfig(epochs=2, resume=True))  # finished: trains nothing
+    assert common.load_checkpoint(run.best)["epoch"] == 2 and os.path.samefile(run.last, run.best)
 
 
 def test_checkpoint_identity_checks(tmp_path):
@@ -463,45 +513,15 @@ def test_resume_command_and_writable_check(tmp_path):
         common.check_writable(str(tmp_path / "file" / "run"))
 
 
-def test_stop_on_signal_lets_the_step_finish():
-    # a SIGINT inside the block only sets `requested`; the code after it still runs; on leaving,
-    # Python's own handler is back (a SIGINT then raises KeyboardInterrupt as usual)
+def test_signals_let_the_step_finish(tmp_path):
+    # a SIGTERM inside `with run:` only sets `requested`; the code after it still runs; a second
+    # Ctrl-C does not wait; on leaving, Python's own handler is back
     import signal
     before = signal.getsignal(signal.SIGINT)
-    with common.StopOnSignal() as stop:
-        assert stop.requested is None
+    with common.TrainingRun("aea", RunConfig(), str(tmp_path), (), "cpu", loss="L") as run:
+        assert run.requested is None
         os.kill(os.getpid(), signal.SIGTERM)  # would end the process without the handler
-        assert stop.requested == "SIGTERM"
-        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C while stopping does not wait
+        assert run.requested == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_train_epoch_stops_after_the_step_and_replays_on_resume():
-    # 5 batches whose inputs come from one generator; the step's loss is the batch index + 1. A stop
-    # asked for during step 3 ends the epoch after step 3 (False, progress at 3, sums {L: 1+2+3}).
-    # The resume restarts the generator at the epoch's start and skips 3 batches: it trains on
-    # batches 4 and 5 with exactly the inputs an uninterrupted epoch gives them, and the epoch's
-    # mean covers all five, (1 + 2 + 3 + 4 + 5) / 5 = 3.
-    def epoch(g):
-        for i in range(5):
-            yield torch.rand(2, generator=g), torch.tensor([i, i])
-
-    stop, seen = types.SimpleNamespace(requested=None), []
-
-    def step(x, y):
-        seen.append(x)
-        if len(seen) == 3:
-            stop.requested = "SIGINT"  # arrives during step 3: the step still finishes
-        return {"L": torch.tensor(float(y[0] + 1))}
-
-    start = torch.Generator().manual_seed(0).get_state()
-    uninterrupted = [x for x, _ in epoch(torch.Generator().set_state(start))]
-    progress = common.Progress(5, every=2, file=io.StringIO())
-    assert common.train_epoch(epoch(torch.Generator().set_state(start)), step, progress, stop) is False
-    assert progress.i == 3 and progress.sums() == {"L": 6.0}
-    stop.requested, seen = None, []
-    resumed = common.Progress(5, every=2, file=io.StringIO())
-    assert common.train_epoch(epoch(torch.Generator().set_state(start)), step, resumed, stop, 3, {"L": 6.0})
-    assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(seen, uninterrupted[3:]))
-    assert resumed.mean("L") == pytest.approx(3.0)
