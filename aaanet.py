@@ -22,14 +22,11 @@ Paper map (paper -> code):
   Tables 1-5: Euclidean, XQDA, KISSME on the pooled 2048-d feature -> `AAANet.forward`
   Fig. 4, images, attention maps, occluded regions drawn black    -> `figure`
 
-Commands (each stage starts from the previous one's OUT/<stage>/last.pt):
-  python aaanet.py stage1 --root DATA --dataset market1501 --out runs/aaanet   # then stage2, 3
-  python evaluate.py --checkpoint runs/aaanet/stage3/last.pt --root DATA --dataset market1501 \
-                     --metric euclidean xqda kissme
-  python aaanet.py figure --checkpoint runs/aaanet/stage3/last.pt --out fig4.png   # Fig. 4
-  python aaanet.py                  # the demo: all three stages on synthetic data, CPU-sized
-Ablations: --lambda1/2 (Table 1), --omega (Table 2), --point (Table 3), stage3 --mask-source
-response (Table 4), stage1 --random-erasing 0.5 (Table 5), --m-occ binary.
+Commands: `python aaanet.py stage1 --root DATA --dataset market1501 --out runs/aaanet`, then
+stage2 and stage3 (each from the previous one's OUT/<stage>/last.pt); `python aaanet.py figure
+--checkpoint C` (Fig. 4); `python aaanet.py`, the CPU-sized demo. Ablations: --lambda1/2 (Table
+1), --omega (Table 2), --point (Table 3), stage3 --mask-source response (Table 4), stage1
+--random-erasing 0.5 (Table 5), --m-occ binary.
 
 Choices where the paper is silent (each at its line, "Choice (not in the paper)", with its reason):
   - Grid cells of any map size: row y in cell row floor(4y / H), columns alike.
@@ -126,8 +123,7 @@ def resolve(cfg, stage):
     init = cfg.init or (os.path.join(cfg.out, previous, "last.pt") if previous else "")
     cfg = dataclasses.replace(cfg, lr=lr, lr_step=lr_step, dropout=dropout, init=init)
     if not cfg.root:
-        raise UserError("--root is required: the dataset folder in the Market-1501 layout "
-                        "(python aaanet.py with no arguments runs the synthetic demo)")
+        raise UserError("--root is required (python aaanet.py without arguments: the demo)")
     common.check_limits(cfg, LIMITS)
     if not set(cfg.eval_metrics) <= set(METRICS):
         raise UserError(f"--eval-metrics: expected some of {', '.join(METRICS)}, got "
@@ -135,8 +131,7 @@ def resolve(cfg, stage):
     return cfg
 
 
-# -----------------------------------------------------------------------------
-# The network: ResNet-50 baseline (Sec. 3.1) + attention branch on the middle layer (Sec. 3.2)
+# --- The network: the ResNet-50 baseline (Sec. 3.1) and the attention branch (Sec. 3.2) -----------
 
 class AAANet(nn.Module):
     """ResNet-50 -> average pool (2048-d) -> dropout -> FC over the identities (Sec. 3.1), cut at
@@ -215,8 +210,7 @@ class AAANet(nn.Module):
         return self
 
 
-# -----------------------------------------------------------------------------
-# Algorithm 1, steps 1-4: the 16 occluded copies and the difficult sample
+# --- Algorithm 1, steps 1-4: the 16 occluded copies and the difficult sample ----------------------
 
 def grid_masks(H, W, grid=4, device=None):
     """The grid*grid 0-1 masks of Algorithm 1 [G, H, W] bool: mask k is 0 (occluded) on cell k
@@ -232,8 +226,7 @@ def grid_masks(H, W, grid=4, device=None):
 
 
 def grid_occlusions(f, grid=4):
-    """Algorithm 1 step 2: the grid*grid occluded copies of f [B, C, H, W] -> [B, G, C, H, W];
-    copy k is f times the 0-1 mask of cell k (`grid_masks`)."""
+    """Algorithm 1 step 2: copy k of f [B, C, H, W] is f times mask k -> [B, G, C, H, W]."""
     B, C, H, W = f.shape
     mask = grid_masks(H, W, grid, f.device).to(f.dtype)               # [G, H, W]
     return f[:, None] * mask[None, :, None]                            # [B, G, C, H, W]
@@ -246,10 +239,9 @@ def true_class_probability(logits, y):
 
 @torch.no_grad()
 def hardest_occlusion(logits_of, f_r, y, grid=4, chunk=0):
-    """Algorithm 1 steps 3-4: classify every occluded copy, keep the one found hardest.
-    logits_of: maps [n, C, h, w] -> scores [n, N]. Returns k [B], each image's difficult sample
-    (lowest true-class probability), and p [B, G], the true-class probability of every copy.
-    The copies of `chunk` images (0: all) run as ONE batch, without gradient: they only choose a
+    """Algorithm 1 steps 3-4: the hardest copy k [B] (lowest true-class probability) and every
+    copy's true-class probability p [B, G]; logits_of: maps [n, C, h, w] -> scores [n, N]. The
+    copies of `chunk` images (0: all) run as ONE batch, without gradient: they only choose a
     target, nothing is learned from them, so no activations are kept for a backward pass."""
     B, C, H, W = f_r.shape
     G, chunk = grid * grid, chunk or B
@@ -274,11 +266,10 @@ def occlusion_map(f_r, k, grid=4, reading="response"):
     binary: the difficult sample's 0-1 mask itself."""
     B, C, H, W = f_r.shape
     mask = grid_masks(H, W, grid, f_r.device)[k].float()              # [B, H, W]
-    # Choice (not in the paper): "response" is the reading of "fit the feature response range"
     if reading == "binary":
         return mask
-    f_occ = f_r.float() * mask[:, None]                                # [B, C, H, W]
-    response = f_occ.abs().mean(dim=1)                                 # [B, H, W]
+    # Choice (not in the paper): "response", the reading of "fit the feature response range"
+    response = (f_r.float() * mask[:, None]).abs().mean(dim=1)  # f_occ [B, C, H, W] -> [B, H, W]
     return response / response.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
 
@@ -295,8 +286,7 @@ def occlusion_target(model, f_r, y, cfg):
     return occlusion_map(f_r.detach(), k, cfg.grid, cfg.m_occ), p.gather(1, k[:, None])[:, 0]
 
 
-# -----------------------------------------------------------------------------
-# Losses: Eq. (1)-(4)
+# --- Losses: Eq. (1)-(4) --------------------------------------------------------------------------
 
 def attention_loss(M_att, M_occ):
     """L_att = || (max(M_att, 0) - M_occ) * M_att ||_1, Eq. (2), per image: [B, h, w] -> [B].
@@ -339,8 +329,7 @@ def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
     return (gate * (lambda1 * L_r + lambda2 * L_att)).mean(), gate
 
 
-# -----------------------------------------------------------------------------
-# Algorithm 2, step 1: the 0-1 mask (1 = kept, 0 = occluded)
+# --- Algorithm 2, step 1: the 0-1 mask (1 = kept, 0 = occluded) -----------------------------------
 
 def attention_mask(M_att, threshold=0.5):
     """Algorithm 2 step 1: the 0-1 attention mask, M_att [B, h, w] -> bool [B, h, w].
@@ -367,15 +356,7 @@ def response_mask(f_r):
     return mask.view(B, H, W)                                          # [B, h*w] -> [B, h, w]
 
 
-def occlusion_mask(f_r, M_att, cfg):
-    """Stage 3's 0-1 mask for f_r: from the attention (the method) or the response (Table 4)."""
-    if cfg.mask_source == "response":
-        return response_mask(f_r)
-    return attention_mask(M_att, cfg.threshold)
-
-
-# -----------------------------------------------------------------------------
-# One training step per stage: each loss returns (total loss, {term: value} for the log)
+# --- One training step per stage: each loss returns (total loss, {term: value} for the log) -------
 
 def stage1_loss(model, x, y, cfg):
     """Sec. 3.1: the baseline classifier, softmax cross-entropy on the identities."""
@@ -403,11 +384,11 @@ def stage2_loss(model, x, y, cfg):
 
 def stage3_loss(model, x, y, cfg):
     """Algorithm 2: the attention-aware adversarial network; the entire network learns."""
-    # f_r and M_att, with gradient
-    f_r = model.middle(x)
+    f_r = model.middle(x)  # with gradient, as M_att
     M_att = model.attention_map(f_r)
-    # Algorithm 2 step 1: the 0-1 attention mask, 0 on the attended positions
-    mask = occlusion_mask(f_r, M_att, cfg)                             # [B, h, w]
+    # Algorithm 2 step 1: the 0-1 attention mask, 0 on the attended positions (Table 4: response)
+    mask = (response_mask(f_r) if cfg.mask_source == "response"
+            else attention_mask(M_att, cfg.threshold))                 # [B, h, w]
     # Algorithm 2 step 2: "the feature maps of the middle layer multiplied by the 0-1 mask as
     # occluded feature maps"
     f_af = f_r * mask[:, None].to(f_r.dtype)                           # [B, C, h, w]
@@ -418,8 +399,8 @@ def stage3_loss(model, x, y, cfg):
     # p_bf, p_af: the true-class probability before / after the occlusion. Choice (not in the
     # paper): from this training pass (dropout on); the gate detaches them
     p_bf, p_af = true_class_probability(logits_bf, y), true_class_probability(logits_af, y)
-    # Algorithm 2 step 4, the loss of the entire network: cross-entropy on both streams
-    # ("computed by the cross-entropy", Sec. 3.3) ...
+    # Algorithm 2 step 4, the loss of the entire network: cross-entropy on both ("computed by
+    # the cross-entropy", Sec. 3.3) ...
     L_ce_bf = common.cross_entropy(logits_bf, y)
     L_ce_af = common.cross_entropy(logits_af, y)
     # ... and Eq. (4): L1 = L_r (Eq. (3)) and L2 = L_att (Eq. (2)) per sample, M_occ recomputed
@@ -437,8 +418,7 @@ def stage3_loss(model, x, y, cfg):
 def training_step(model, optimizer, stage, x, y, cfg):
     """One SGD step of `stage` on a batch; returns the loss terms (tensors) for the log."""
     stage_loss = {"stage1": stage1_loss, "stage2": stage2_loss, "stage3": stage3_loss}[stage]
-    # --precision auto: bf16 on CUDA, nothing on the CPU; the occlusion probes run under it too
-    with common.autocast(x.device, cfg.precision):
+    with common.autocast(x.device, cfg.precision):  # auto: bf16 on CUDA, fp32 on the CPU
         loss, terms = stage_loss(model, x, y, cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -446,14 +426,12 @@ def training_step(model, optimizer, stage, x, y, cfg):
     return terms
 
 
-# -----------------------------------------------------------------------------
-# Training a stage: data, the previous stage's weights, SGD, a checkpoint every epoch
+# --- Training a stage: data, the previous stage's weights, SGD, a checkpoint every epoch ----------
 
 def load_init(model, cfg, stage, num_classes):
-    """Start `stage` from the previous stage's checkpoint `cfg.init`: the baseline's weights
-    ("fine-tuned by the common layers of the baseline network", Sec. 3.2), and the attention
-    branch when stage 3 follows stage 2; from stage 1 it stays random ("the rest of the
-    parameters are initialized randomly")."""
+    """Start `stage` from the checkpoint `cfg.init`: the baseline's weights ("fine-tuned by the
+    common layers of the baseline network", Sec. 3.2), and the attention branch of stage 2; after
+    stage 1 it stays random ("the rest of the parameters are initialized randomly")."""
     ckpt, path = common.load_checkpoint(cfg.init), f"--init {cfg.init}"
     common.check_checkpoint(ckpt, path, "aaanet", num_classes, "classifier.weight")
     # stage 2 follows stage 1; stage 3 follows stage 2, or stage 1 for Table 4's variant
@@ -476,9 +454,8 @@ def load_init(model, cfg, stage, num_classes):
 
 
 def epoch_batches(images, labels, g, cfg):
-    """One epoch: a shuffled pass over the images in augmented batches (data.train_batches); the
-    order is drawn from g at the first batch, so an epoch is one sequence of g (--resume replays
-    it)."""
+    """One epoch: a shuffled pass over the images in augmented batches (data.train_batches), the
+    order drawn from g at the first batch, so that an epoch is one sequence of g to replay."""
     N, B = len(images), cfg.batch_size
     # Choice (not in the paper): a shuffled pass, the last incomplete batch dropped
     order = torch.randperm(N, generator=g)[:N // B * B].view(N // B, B)  # [steps, B] indices
@@ -502,7 +479,7 @@ def train_stage(cfg, stage, ds=None, images=None):
                              device, loss=TOTAL_LOSS[stage], label=f"{stage} ", stage=stage)
     common.seed_everything(cfg.seed)  # the same seed draws the same weights and batches
     ds = ds or data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
-    # the network first: missing ImageNet weights or a wrong --init fail before any decoding
+    # the network before the images: missing ImageNet weights or a wrong --init fail at once
     model = AAANet(ds.num_train_pids, cfg.point, cfg.dropout, cfg.attention_channels,
                    cfg.weights if stage == "stage1" else "none")
     if run.state is None and stage != "stage1":
@@ -517,10 +494,9 @@ def train_stage(cfg, stage, ds=None, images=None):
     optimizer = common.make_sgd(model.freeze_for(stage), cfg.lr, cfg.momentum, cfg.weight_decay)
     schedule = common.step_schedule(optimizer, range(cfg.lr_step, cfg.epochs, cfg.lr_step),
                                     cfg.lr_gamma)
-    # one CPU generator for the batch order and the augmentation: the same run on any device
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)  # the batch order and the augmentation, on CPU
     N, B = len(train_images), cfg.batch_size
-    if N < B:
+    if N < B:  # no complete batch
         raise UserError(f"--batch-size {B} is larger than the {N} training images")
     first = run.start(model, optimizer, schedule, g, N, ds.num_train_pids, "classifier.weight")
     print(f"{stage}: {N} training images of {ds.num_train_pids} identities at {cfg.height}x"
@@ -564,8 +540,7 @@ def model_from_checkpoint(ckpt, path="the checkpoint"):
     return model.eval(), (cfg.height, cfg.width)
 
 
-# -----------------------------------------------------------------------------
-# The demo: the three stages on the synthetic data, CPU-sized
+# --- The demo: the three stages on the synthetic data, CPU-sized ----------------------------------
 
 # Choice (not in the paper): the demo's sizes, about 2 minutes on 2 CPU cores: 64x32 inputs (f_r
 # 8x4, grid cells 2x1), the padding scaled down with them, batches of 16 for more steps, and a
@@ -583,15 +558,10 @@ def demo(argv):
     untrained network, stage 1 and stage 3 under Euclidean, XQDA and KISSME, as Tables 3-5.
     --resume: complete stages are loaded, the first incomplete one resumed, the rest run anew."""
     p = argparse.ArgumentParser(prog="aaanet.py demo", description=demo.__doc__)
-    p.add_argument("--out", default="runs/aaanet_demo", help="OUT/stage1..3/last.pt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT")
-    p.add_argument("--precision", choices=common.PRECISIONS, default="auto",
-                   help="autocast: auto = bf16 on CUDA, fp32 on the CPU (default: auto)")
+    common.add_config_args(p, Config, only=("out", "seed", "device", "precision", "resume"),
+                           defaults=dict(out="runs/aaanet_demo"))
     args = p.parse_args(argv)
-    start = time.time()
-    root = data.ensure_synthetic()
+    start, root = time.time(), data.ensure_synthetic()
     ds = data.load_dataset(root, "synthetic")
     base = Config(root=root, out=args.out, seed=args.seed, device=args.device,
                   precision=args.precision, **DEMO)
@@ -599,13 +569,14 @@ def demo(argv):
     print(f"demo: weights {base.weights} (no ImageNet download), {size[0]}x{size[1]} inputs, "
           f"batch {base.batch_size}, " + ", ".join(f"{s} {v['epochs']} epochs lr {v['lr']}"
                                                   for s, v in DEMO_STAGES.items()))
+
+    def score(model):  # one row per metric
+        return evaluate.evaluate_model(model.to(device), ds, size, device, DEMO_METRICS,
+                                       images=images, precision=args.precision)
     # the untrained network: the seed draws the very weights stage 1 starts from
     common.seed_everything(args.seed)
-    untrained = AAANet(ds.num_train_pids, base.point, base.dropout, base.attention_channels,
-                       "none")
-    results = {"untrained": evaluate.evaluate_model(untrained.to(device), ds, size, device,
-                                                    DEMO_METRICS, images=images,
-                                                    precision=args.precision)}
+    results = {"untrained": score(AAANet(ds.num_train_pids, base.point, base.dropout,
+                                         base.attention_channels, "none"))}
     resuming = args.resume  # stays True while every stage so far was complete in OUT
     for stage in STAGE_NAMES:
         cfg = dataclasses.replace(base, **DEMO_STAGES[stage])
@@ -618,8 +589,7 @@ def demo(argv):
         if done is None:  # stopped by a signal: last.pt written, resume printed
             return None
         if stage != "stage2":  # stage 2 leaves the test feature as it was
-            results[stage] = evaluate.evaluate_model(model, ds, size, device, DEMO_METRICS,
-                                                     images=images, precision=args.precision)
+            results[stage] = score(model)
     rows = {f"{name} {metric}": r for name, by_metric in results.items()
             for metric, r in by_metric.items()}
     print(evaluate.format_table(rows, label="network, metric"))
@@ -627,8 +597,7 @@ def demo(argv):
     return results
 
 
-# -----------------------------------------------------------------------------
-# Fig. 4: images, their attention maps, the occluded regions drawn black
+# --- Fig. 4: images, their attention maps, the occluded regions drawn black -----------------------
 
 def figure(argv):
     """python aaanet.py figure --checkpoint C --out F.png: like Fig. 4, three rows of N images:
@@ -637,18 +606,18 @@ def figure(argv):
     args, device, ckpts, images = evaluate.figure_inputs(argv, "aaanet.py figure", figure.__doc__,
                                                          "aaanet", "aaanet_fig4.png")
     (path, ckpt), = ckpts
-    model, (H, W) = model_from_checkpoint(ckpt, path)
-    cfg = Config(**ckpt["config"])
+    (model, (H, W)), cfg = model_from_checkpoint(ckpt, path), Config(**ckpt["config"])
     if ckpt.get("stage") == "stage1":
         raise UserError(f"{path} is a stage-1 checkpoint: its attention branch is untrained "
                         "(draw a stage-2 or stage-3 checkpoint)")
     with torch.no_grad(), common.autocast(device, cfg.precision):
         f_r = model.to(device).middle(data.normalize(data.to_device(images, device)))
         M_att = model.attention_map(f_r)
-        mask = occlusion_mask(f_r, M_att, cfg)                         # [n, h, w], 0 = occluded
-    # the map that chose the mask: relu(M_att), or the channel-mean response (Table 4)
+        mask = (response_mask(f_r) if cfg.mask_source == "response"
+                else attention_mask(M_att, cfg.threshold))             # [n, h, w], 0 = occluded
+    # the map that chose the mask: relu(M_att), or the channel-mean response (Table 4); the mask
+    # upsampled to the image (nearest: a feature position is a block of pixels)
     shown = f_r.float().mean(dim=1) if cfg.mask_source == "response" else M_att.float().relu()
-    # the mask upsampled to the image (nearest: a feature position is a block of pixels)
     kept = F.interpolate(mask[:, None].float().cpu(), size=(H, W), mode="nearest").bool()
     rows = [list(images), list(evaluate.heat_overlay(images, shown)), list(images * kept)]
     evaluate.save_image_grid(args.out, rows)
@@ -656,8 +625,7 @@ def figure(argv):
           f"occluded regions ({100 * (~mask).float().mean():.0f}% of the positions)")
 
 
-# -----------------------------------------------------------------------------
-# Command line
+# --- Command line ---------------------------------------------------------------------------------
 
 def run(argv):
     """python aaanet.py [stage1 | stage2 | stage3 | figure | demo] [flags]; no command (or only
@@ -674,8 +642,7 @@ def run(argv):
     return demo(rest) if command == "demo" else figure(rest)
 
 
-def main(argv=None):
-    """`python aaanet.py ...`; a UserError becomes `error: ...` and exit status 2."""
+def main(argv=None):  # a UserError becomes `error: ...` and exit status 2
     return common.exit_on_user_error(run, list(sys.argv[1:] if argv is None else argv))
 
 

@@ -68,8 +68,7 @@ DATASETS = typing.Literal["market1501", "duke", "cuhk03-labeled", "cuhk03-detect
 LAYERS = typing.Literal["conv2_x", "conv3_x", "conv4_x", "conv5_x"]
 
 
-# -----------------------------------------------------------------------------
-# Config: the paper's schedule as defaults (Sec. IV-B); the demo and the datasets adjust some
+# --- Config: the paper's schedule as defaults (Sec. IV-B); the demo and datasets adjust some ------
 
 @dataclass
 class AEAConfig:
@@ -108,8 +107,8 @@ class AEAConfig:
     resume: bool = False  # continue the run in --out from its last.pt (same flags)
 
 
-# Choice (not in the paper): the flags a resumed run may change; none changes what is trained
-# (another device only rounds differently). Any other flag is named and refused.
+# Choice (not in the paper): the flags a resumed run may change, none of which changes what is
+# trained; any other flag is named and refused
 RESUME_MAY_DIFFER = ("resume", "device", "out", "eval_every", "eval_untrained", "keep_every")
 
 # The valid range of each numeric flag (`common.check_limits` names the first one outside it)
@@ -119,10 +118,9 @@ LIMITS = dict(R="(0, 100)", reda_p="[0, 1]", dropout="[0, 1)", margin="[0, inf)"
               K="[1, inf)", epochs="[1, inf)", lr_step="[1, inf)", warmup_epochs="[0, inf)",
               b4_basic_epochs="[0, inf)", eval_every="[0, inf)", keep_every="[0, inf)")
 
-# Margin and R per dataset, Sec. IV-B and IV-E; flags given explicitly win.
-PER_DATASET = {"market1501": dict(margin=0.3, R=10.0), "duke": dict(margin=0.3, R=10.0),
-               "cuhk03-labeled": dict(margin=0.35, R=20.0),
-               "cuhk03-detected": dict(margin=0.35, R=20.0), "synthetic": dict(margin=0.3, R=10.0)}
+# Margin and R per dataset, Sec. IV-B and IV-E (CUHK03: 0.35 and 20); flags given explicitly win
+PER_DATASET = {d: dict(margin=0.35, R=20.0) if d.startswith("cuhk03") else dict(margin=0.3, R=10.0)
+               for d in typing.get_args(DATASETS)}
 
 # `python aea.py` without --root: the CPU-sized demo on data/synthetic, the paper's shape (warm-up,
 # one lr step at 3/4) on 40 epochs of 4 PK batches at 64x32. Choice (not in the paper): no dropout
@@ -152,8 +150,7 @@ def basic_alone_epochs(cfg):
     return cfg.warmup_epochs if erasing_mode(cfg) in ("adversarial", "fixed") else 0
 
 
-# -----------------------------------------------------------------------------
-# Networks: basic and complementary (Sec. III-A/B), the test feature (Sec. IV-B)
+# --- Networks: basic and complementary (Sec. III-A/B), the test feature (Sec. IV-B) ---------------
 
 def embedding(dropout):
     """FC_1's form, used by the global branch and by each stripe: 2048 -> 512 (Sec. III-A)."""
@@ -227,8 +224,7 @@ class AEA(nn.Module):
         return F.normalize(f.float(), dim=1)
 
 
-# -----------------------------------------------------------------------------
-# Eq. (1), the attention map, and the adversarial erasing operation (Sec. III-B, Fig. 4)
+# --- Eq. (1), the attention map, and the adversarial erasing operation (Sec. III-B, Fig. 4) -------
 
 def attention_map(M):
     """Eq. (1): A_l = sum_c |M_l,c|^2 over the C channels of layer l's output: M [B, C, h, w] ->
@@ -269,8 +265,7 @@ def adversarial_erasing(x, M_l, R):
     return erase_top(x, attention_map(M_l), R)
 
 
-# -----------------------------------------------------------------------------
-# The training step: Eq. (8) on one PK batch
+# --- The training step: Eq. (8) on one PK batch ---------------------------------------------------
 
 def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
     """One SGD step on a PK batch; returns the loss terms, for the progress line.
@@ -327,8 +322,7 @@ def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
     return dict(terms, L=L)
 
 
-# -----------------------------------------------------------------------------
-# Erase-once inputs (B3, B4, --erasing fixed) and the batches of one epoch
+# --- Erase-once inputs (B3, B4, --erasing fixed) and the batches of one epoch ---------------------
 
 # Choice (not in the paper): the ImageNet mean colour rounded to uint8 for cached erased copies
 MEAN_UINT8 = torch.tensor([round(255 * m) for m in data.MEAN], dtype=torch.uint8)
@@ -383,8 +377,7 @@ def epoch_batches(images, labels, sampler, g, cfg, joint, erased_images=None):
     return ((x, y, x_other) for (x, y), (x_other, _) in zip(originals, others))
 
 
-# -----------------------------------------------------------------------------
-# Training run (Sec. IV-B)
+# --- Training run (Sec. IV-B) ---------------------------------------------------------------------
 
 def score(model, ds, cfg, device, cache):
     """Rank-1/5/10 and mAP of the test feature: Euclidean on L2-normalised features."""
@@ -398,11 +391,9 @@ def train(cfg):
     OUT/last.pt after every epoch, OUT/best.pt, --resume and stop signals: common.TrainingRun."""
     device = common.pick_device(cfg.device)
     run = common.TrainingRun("aea", cfg, cfg.out, RESUME_MAY_DIFFER, device, loss="L")
-    if run.finished:
-        print(f"{run.last} already holds all {cfg.epochs} epochs of this run; nothing left to "
-              "resume")
-        if run.results:
-            print(evaluate.format_table(run.results, label=f"AEA {cfg.variant}"), flush=True)
+    if run.finished:  # a finished run resumed: its table
+        print(f"{run.last} already holds all {cfg.epochs} epochs; nothing left to resume")
+        print(evaluate.format_table(run.results, label=f"AEA {cfg.variant}"), flush=True)
         return run.results
     common.seed_everything(cfg.seed)
     ds = data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
@@ -475,8 +466,7 @@ def model_from_checkpoint(ckpt, path="the checkpoint"):
     return model.eval(), (cfg.height, cfg.width)
 
 
-# -----------------------------------------------------------------------------
-# Figures 3 and 5: images, their attention maps, the erased images
+# --- Figures 3 and 5: images, their attention maps, the erased images -----------------------------
 
 def figure(argv=None):
     """python aea.py figure --checkpoint C [C2 ...] --out F.png: one column per query image;
@@ -502,8 +492,7 @@ def figure(argv=None):
     return args.out
 
 
-# -----------------------------------------------------------------------------
-# Command line
+# --- Command line ---------------------------------------------------------------------------------
 
 def parse_config(argv):
     """Flags -> (AEAConfig, is_demo): the paper's defaults, the demo's without --root, margin and
@@ -528,8 +517,7 @@ def parse_config(argv):
     return cfg, demo
 
 
-def check_config(cfg):
-    """One clear UserError for the first bad value, naming the flag."""
+def check_config(cfg):  # one clear UserError for the first bad value, naming the flag
     common.check_limits(cfg, LIMITS)
     if cfg.variant not in ("aea", "b2") and cfg.erasing != "adversarial":
         raise UserError(f"--erasing {cfg.erasing} applies to --variant aea and b2; {cfg.variant} "

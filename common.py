@@ -12,19 +12,16 @@ Paper map (AEA: IEEE Access 8:56469, 2020; AAA-Net: Appl. Sci. 9(8):1550, 2019):
   AEA Eq. (5), (6), (7): batch-hard triplet loss         -> `batch_hard_triplet_loss`
   SGD with step decay (AEA Sec. IV-B, AAA-Net Sec. 4.2)  -> `make_sgd`, `step_schedule`
 
-Choices where the papers say nothing (each marked "Choice" at its line):
-  - The stem `conv1` holds conv 7x7, BatchNorm, ReLU *and* the 3x3 max-pool, as torchvision
-    groups it (the ResNet paper lists the max-pool under conv2_x; the stage outputs are the same).
-  - `last_stride=1` sets the stride of layer4's first 3x3 conv and of its 1x1 shortcut to 1
-    (torchvision's ResNet-50 is "v1.5": the stride sits on the 3x3 conv, not on the first 1x1).
-  - The triplet loss excludes the anchor itself from its positives; an anchor with no other
-    positive in the batch gets d_ap = 0, one with no negative contributes 0.
-  - Pairwise distances clamp ||a||^2 + ||b||^2 - 2ab at 1e-12 before the square root.
-  - SGD momentum 0.9 and weight decay 5e-4 (AAA-Net names SGD without settings, AEA no optimiser).
+Choices where the papers say nothing (each marked "Choice" at its line, with its reason):
+  - `conv1` holds the stem's max-pool, as torchvision groups it (the stage outputs are the same).
+  - `last_stride=1` sets the stride of layer4's first 3x3 conv and of its shortcut to 1.
+  - The triplet loss leaves the anchor out of its positives; no other positive: d_ap = 0.
+  - Distances clamp ||a||^2 + ||b||^2 - 2ab at 1e-12 before the square root.
+  - SGD momentum 0.9 and weight decay 5e-4 (AAA-Net names SGD without settings, AEA nothing).
   - `--precision auto`: bf16 autocast + channels_last on CUDA, fp32 on the CPU; losses and
     distances in fp32 under autocast. On the CPU glibc keeps freed memory (`keep_freed_memory`).
-  - best.pt = the epoch of lowest mean training loss (`TrainingRun._save`); a resumed run
-    replays the interrupted epoch's batches without training on them (`TrainingRun.epoch`).
+  - best.pt = the epoch of lowest mean training loss; a resumed run replays the interrupted
+    epoch's batches without training on them (`TrainingRun`).
 """
 
 import argparse
@@ -61,8 +58,7 @@ class LossNotFinite(UserError):
     """A NaN or infinite loss: the message names the epoch, the step and the loss term."""
 
 
-def exit_on_user_error(main, argv=None):
-    """Run `main(argv)`; turn a `UserError` into `error: <message>` on stderr and exit status 2."""
+def exit_on_user_error(main, argv=None):  # a UserError: `error: <message>` on stderr, exit 2
     try:
         return main(argv)
     except UserError as e:
@@ -70,12 +66,10 @@ def exit_on_user_error(main, argv=None):
         sys.exit(2)
 
 
-# -----------------------------------------------------------------------------
-# Device, seeding, mixed precision
+# --- Device, seeding, mixed precision -------------------------------------------------------------
 
 def pick_device(name="auto"):
-    """'auto' -> CUDA if a GPU is visible, else CPU; 'cpu', 'cuda' or 'cuda:N' as asked; on the
-    CPU also `keep_freed_memory`."""
+    """'auto' (CUDA if there is a GPU, else the CPU), 'cpu', 'cuda' or 'cuda:N' -> a device."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -92,14 +86,11 @@ def pick_device(name="auto"):
 
 
 def keep_freed_memory():
-    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
-
-    A CPU training step allocates and frees activations of 10-130 MB, which glibc serves with
-    mmap and returns with munmap, so every step page-faults on fresh pages again (an AEA step,
-    two networks' graphs at once, paid most: bench.py measures both ways). M_MMAP_THRESHOLD (-3)
-    = 1 GiB and M_TRIM_THRESHOLD (-1) = 2 GiB - 1 keep them in the heap; the cost is that the
-    process keeps its peak memory. A no-op where the C library is not glibc. True if applied.
-    """
+    """Choice (not in the paper): glibc's malloc keeps freed memory instead of handing it back.
+    A CPU step frees activations of 10-130 MB, which glibc returns with munmap, so every step
+    page-faults on fresh pages again (AEA, two graphs at once, most: bench.py measures both).
+    M_MMAP_THRESHOLD (-3) = 1 GiB, M_TRIM_THRESHOLD (-1) = 2 GiB - 1; the cost: the process keeps
+    its peak memory. A no-op where the C library is not glibc. True if applied."""
     global _FREED_MEMORY_KEPT
     if _FREED_MEMORY_KEPT is None:
         _FREED_MEMORY_KEPT = False
@@ -113,13 +104,11 @@ def keep_freed_memory():
 _FREED_MEMORY_KEPT = None  # set once per process by keep_freed_memory
 
 
-def freed_memory_kept():
-    """Whether keep_freed_memory has run in this process (bench.py measures without it first)."""
+def freed_memory_kept():  # whether keep_freed_memory has run here (bench.py measures both)
     return _FREED_MEMORY_KEPT is not None
 
 
-def seed_everything(seed):
-    """Seed Python, numpy and torch (all CUDA devices too) from one integer."""
+def seed_everything(seed):  # Python, numpy and torch (every CUDA device too)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -130,12 +119,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 def autocast(device, precision="auto"):
     """The mixed-precision context of a training or feature step: "auto" = bf16 autocast on
-    CUDA and fp32 on the CPU; "bf16" = bf16 autocast on either; "fp32" = none. bf16 keeps fp32's
-    exponent range, so no loss scaling is needed (unlike fp16).
-
-    Choice (not in the paper): fp32 on the CPU although bf16 can be faster there (where the CPU
-    has bf16 kernels): fp32 is what makes a CPU run bit-identical on resume.
-    """
+    CUDA, fp32 on the CPU; "bf16" = bf16 on either; "fp32" = none. bf16 keeps fp32's exponent
+    range, so no loss scaling is needed. Choice (not in the paper): fp32 on the CPU, although bf16
+    can be faster there, since fp32 is what makes a CPU run bit-identical on resume."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
@@ -145,16 +131,15 @@ def autocast(device, precision="auto"):
 
 
 def prepare_model(model, device):
-    """Move a model to its device; on CUDA also to channels_last (NHWC): cuDNN's tensor-core
-    kernels read NHWC, so the network then runs without layout transposes. The CPU keeps NCHW."""
+    """Move a model to its device. Choice (not in the paper): on CUDA in channels_last (NHWC),
+    which cuDNN's tensor-core kernels read without layout transposes; the CPU keeps NCHW."""
     device = torch.device(device)
     if device.type == "cuda":
         return model.to(device, memory_format=torch.channels_last)
     return model.to(device)
 
 
-# -----------------------------------------------------------------------------
-# Backbone: torchvision's ResNet-50 with its stages reachable by name
+# --- Backbone: torchvision's ResNet-50 with its stages reachable by name --------------------------
 
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # the papers' conv1, conv2_x..conv5_x
 STAGE_CHANNELS = {"conv1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
@@ -171,11 +156,10 @@ def imagenet_state_dict():
         return torch.hub.load_state_dict_from_url(url, progress=True, map_location="cpu",
                                                   weights_only=True)
     except Exception as e:  # offline: URLError, socket errors, a half-written download...
-        raise UserError(
-            f"could not load the ImageNet ResNet-50 weights ({type(e).__name__}: {e}). Without "
-            f"internet, download {url} elsewhere and put it at {cache} (the folder follows "
-            "$TORCH_HOME), or pass its path instead of 'imagenet', or use weights 'none' to "
-            "start from random weights") from None
+        raise UserError(f"could not load the ImageNet ResNet-50 weights ({type(e).__name__}: {e})"
+                        f". Offline, download {url} elsewhere and put it at {cache} (the folder "
+                        "follows $TORCH_HOME), or pass its path instead of 'imagenet', or use "
+                        "weights 'none' to start from random weights") from None
 
 
 class Backbone(nn.Module):
@@ -200,7 +184,9 @@ class Backbone(nn.Module):
             raise UserError(f"weights {weights!r}: expected 'imagenet', 'none' or the path of a "
                             "ResNet-50 state dict file")
         if weights != "none":
-            state = imagenet_state_dict() if weights == "imagenet" else load_resnet_file(weights)
+            state = imagenet_state_dict() if weights == "imagenet" else load_checkpoint(weights)
+            if not isinstance(state, dict):
+                raise UserError(f"{weights} does not hold a state dict (name -> tensor)")
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             try:
                 missing, unexpected = resnet.load_state_dict(state, strict=False)
@@ -211,10 +197,11 @@ class Backbone(nn.Module):
                 raise UserError(f"weights {weights!r} are not a torchvision ResNet-50 state dict: "
                                 f"missing or mismatched {missing[:3]}, unexpected {unexpected[:3]}")
         if last_stride == 1:
-            # AEA Sec. III-A: "remove the down-sampling of Conv5_X" -> conv5_x 16x8 at 256x128
+            # AEA Sec. III-A: "remove the down-sampling of Conv5_X" -> conv5_x 16x8 at 256x128.
+            # Choice (not in the paper): torchvision's v1.5 puts the stride on the 3x3 conv
             resnet.layer4[0].conv2.stride = (1, 1)
             resnet.layer4[0].downsample[0].stride = (1, 1)
-        self.last_stride = last_stride
+        # Choice (not in the paper): conv1 = the stem with its max-pool, torchvision's grouping
         self.conv1 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.layer1, self.layer2 = resnet.layer1, resnet.layer2
         self.layer3, self.layer4 = resnet.layer3, resnet.layer4
@@ -235,17 +222,7 @@ class Backbone(nn.Module):
         return self.run(x).mean(dim=(2, 3))
 
 
-def load_resnet_file(path):
-    """A ResNet-50 state dict from a file, loaded without running any pickled code."""
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} does not hold a plain state dict (name -> tensor), as "
-                        "torchvision's resnet50-0676ba61.pth does")
-    return state
-
-
-# -----------------------------------------------------------------------------
-# Losses
+# --- Losses ---------------------------------------------------------------------------------------
 
 def cross_entropy(logits, labels):
     """Softmax cross-entropy, AEA Eq. (2), (3), (4) (AAA-Net's "softmax classification loss",
@@ -297,7 +274,8 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
         dist = pairwise_euclidean(features, features)                     # [n, n]
     same = labels[:, None] == labels[None, :]                             # [n, n], diagonal too
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    # d_ap: farthest positive, Eq. (6); 0 where an anchor has no other positive in the batch
+    # d_ap: farthest positive, Eq. (6). Choice (not in the paper): the anchor is not its own
+    # positive, and an anchor without another positive in the batch gets 0
     d_ap = dist.masked_fill(~same | eye, 0.0).amax(dim=1)
     # d_an: nearest negative, Eq. (7); +inf where there is none, so that anchor's loss is 0
     d_an = dist.masked_fill(same, float("inf")).amin(dim=1)
@@ -305,8 +283,7 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
     return F.relu(d_ap + margin - d_an).mean()
 
 
-# -----------------------------------------------------------------------------
-# Optimiser and learning-rate schedule
+# --- Optimiser and learning-rate schedule ---------------------------------------------------------
 
 def make_sgd(params, lr, momentum=0.9, weight_decay=5e-4):
     """SGD, as both papers train (AAA-Net Sec. 4.2 names it; AEA names no optimiser).
@@ -325,8 +302,7 @@ def step_schedule(optimizer, milestones, gamma=0.1):
                                                 gamma=gamma)
 
 
-# -----------------------------------------------------------------------------
-# One visible config per paper: a dataclass, its flags built from it
+# --- One visible config per paper: a dataclass, its flags built from it ---------------------------
 
 def field_comments(cls):
     """{field name: its trailing comment} read from the dataclass source: the flag's help."""
@@ -339,18 +315,19 @@ def field_comments(cls):
     return comments
 
 
-def add_config_args(parser, cls):
-    """One flag per dataclass field: `--field-name`, its type and default, its comment as help.
-
-    bool fields become `--flag / --no-flag`; `typing.Literal[...]` fields get their choices;
-    `tuple[int, ...]`-like fields take several values.
-    """
+def add_config_args(parser, cls, only=None, defaults=None):
+    """One flag per dataclass field (or per field in `only`): `--field-name`, its type and default
+    (or the one in `defaults`), its comment as help. bool fields become `--flag / --no-flag`;
+    `typing.Literal[...]` fields get their choices; `tuple[...]` fields take several values."""
     hints, helps = typing.get_type_hints(cls), field_comments(cls)
     for f in dataclasses.fields(cls):
+        if only and f.name not in only:
+            continue
         kind, flag = hints[f.name], "--" + f.name.replace("_", "-")
         if typing.get_origin(kind) is typing.Union:  # Optional[X]: the flag takes an X
             kind = next(k for k in typing.get_args(kind) if k is not type(None))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = (defaults or {}).get(f.name, default)
         # argparse %-formats help texts: a comment such as "top R% pixels" needs its % doubled
         kw = dict(default=default,
                   help=f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%"))
@@ -369,8 +346,8 @@ def add_config_args(parser, cls):
 
 
 def check_limits(cfg, limits):
-    """Refuse, naming the flag, the first value outside its interval. limits = {field: "[lo, hi)"},
-    written as in mathematics (inf allowed); a NaN lies outside every interval."""
+    """Refuse the first value outside its interval, naming the flag: limits = {field: "[lo, hi)"}
+    as in mathematics (inf allowed); a NaN lies outside every interval."""
     helps = field_comments(type(cfg))
     for name, interval in limits.items():
         value = getattr(cfg, name)
@@ -391,16 +368,12 @@ def config_from_args(cls, args):
     return cls(**values)
 
 
-# -----------------------------------------------------------------------------
-# Progress line
+# --- Progress line --------------------------------------------------------------------------------
 
 class Progress:
-    """Prints, every `every` iterations, one line: iteration, mean loss terms, img/s and ETA.
-
-        epoch 3/100  lr 1e-02  iter 120/400  L_I1 2.3110  L_T 0.1820  | 41.3 img/s  ETA 00:01:08
-
-    `update(num_images, name=value, ...)` once per iteration; tensors are read only when a line
-    is printed, so the GPU is synchronised once per line, not per step."""
+    """Prints every `every` iterations one line: iteration, mean loss terms, img/s and ETA, e.g.
+    "epoch 3/100  lr 1e-02  iter 120/400  L_I1 2.3110  L_T 0.1820  | 41.3 img/s  ETA 00:01:08".
+    The terms are read only when a line is printed: one GPU synchronisation per line."""
 
     def __init__(self, total, prefix="", every=20, file=None, where=None):
         self.total, self.prefix, self.every, self.file = total, prefix, every, file or sys.stdout
@@ -464,8 +437,7 @@ class Progress:
         self.pending, self.last, self.last_images = [], now, self.images
 
 
-# -----------------------------------------------------------------------------
-# Checkpoints: atomic writes, safe loads, RNG state
+# --- Checkpoints: atomic writes, safe loads, RNG state --------------------------------------------
 
 def rng_state():
     """The random states of Python, numpy, torch and CUDA, as types `weights_only` accepts."""
@@ -478,8 +450,7 @@ def rng_state():
     return state
 
 
-def set_rng_state(state):
-    """Restore what `rng_state` saved."""
+def set_rng_state(state):  # what rng_state saved
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -489,9 +460,8 @@ def set_rng_state(state):
 
 
 def save_checkpoint(path, state):
-    """Write `state` to `path` atomically (a temporary file in the same folder, fsync, rename),
-    so a run killed mid-write leaves the previous file whole. `state` holds only tensors and plain
-    values, so that `load_checkpoint` reads it with weights_only=True: data, never code."""
+    """Write `state` (tensors and plain values only: data, never code) to `path` atomically: a
+    temporary file, fsync, rename, so a run killed mid-write leaves the previous file whole."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
@@ -507,8 +477,7 @@ def save_checkpoint(path, state):
         finally:
             os.close(dir_fd)
     except BaseException as e:
-        # whatever went wrong (disk full, an unpicklable value, Ctrl-C), the old checkpoint at
-        # `path` is untouched; only the half-written temporary file needs removing
+        # whatever went wrong (disk full, Ctrl-C, ...), `path` is untouched; the temporary goes
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if isinstance(e, OSError) or (isinstance(e, RuntimeError)
@@ -539,15 +508,13 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def check_checkpoint(ckpt, path, paper, num_classes=None, classifier_key=None):
-    """Refuse, with one UserError saying what the file is and what was expected, a checkpoint of
-    the other paper (or of neither), or one whose classifier weight `ckpt["model"]
-    [classifier_key]` has another number of identities than `num_classes` (the dataset's now)."""
+    """Refuse, saying what the file is and what was expected, another paper's checkpoint (or a
+    foreign file), or one whose classifier_key weight has other than `num_classes` rows."""
     def describe(c):  # what wrote a checkpoint, in words
         kind = c.get("paper") if isinstance(c, dict) else None
         stage = f" {c['stage']}" if kind == "aaanet" and c.get("stage") else ""
-        return {"aea": "an AEA checkpoint (aea.py)",
-                "aaanet": f"an AAA-Net{stage} checkpoint (aaanet.py)",
-                }.get(kind, f"not a checkpoint of this project (paper={kind!r})")
+        return {"aea": "an AEA checkpoint (aea.py)", "aaanet": f"an AAA-Net{stage} checkpoint "
+                "(aaanet.py)"}.get(kind, f"not a checkpoint of this project (paper={kind!r})")
     expected = describe({"paper": paper})
     if not isinstance(ckpt, dict) or ckpt.get("paper") != paper or "model" not in ckpt:
         raise UserError(f"{path} is {describe(ckpt)}; expected {expected}")
@@ -563,9 +530,8 @@ def check_checkpoint(ckpt, path, paper, num_classes=None, classifier_key=None):
 
 def resume_state(path, paper, config, may_differ=(), device=None):
     """The checkpoint `--resume` continues from, checked: written by `paper`, with the same config
-    except the fields in `may_differ` (another flag would make it another run: each is named).
-    With --precision auto the device type must stay the run's (auto is fp32 on the CPU and bf16
-    on CUDA, so a move would change the arithmetic unasked)."""
+    but for `may_differ` (another flag would make it another run: each is named), and with
+    --precision auto on the same device type (auto is fp32 on the CPU, bf16 on CUDA)."""
     if not os.path.isfile(path):
         raise UserError(f"--resume: there is no checkpoint {path} to continue from (start the run "
                         "without --resume, or give the --out of the run to continue)")
@@ -609,8 +575,7 @@ def check_writable(folder, flag="--out"):
                         "can write to") from None
 
 
-# -----------------------------------------------------------------------------
-# Long runs: the TrainingRun around a training loop
+# --- Long runs: the TrainingRun around a training loop --------------------------------------------
 
 class TrainingRun:
     """What both training loops share, in small calls that leave the loop in the paper's file:
@@ -619,22 +584,17 @@ class TrainingRun:
         first = run.start(model, optimizer, schedule, g, num_images, num_classes, key)
         with run:                                   # SIGINT / SIGTERM: finish the step, stop
             for epoch in range(first, cfg.epochs):
-                for x, y in run.epoch(epoch, batches, steps):
+                for x, y in run.epoch(epoch, batches, steps):  # replays a stopped epoch's steps
                     run.log(len(y), training_step(model, optimizer, x, y, cfg))
-                if run.stopped:                     # a signal: last.pt written mid-epoch
-                    return None
+                if run.stopped: return              # a signal: last.pt written mid-epoch
                 schedule.step()
-                if not run.end_epoch():             # last.pt, best.pt; False: a signal came
-                    return None
+                if not run.end_epoch(): return      # last.pt, best.pt; False: a signal came
 
-    A checkpoint holds the weights, optimizer, schedule, config, every random state, `results`,
-    the position (epoch = epochs completed, step = steps done in the next one) and the
-    augmentation generator g as it was at the START of that epoch. --resume restores it all and
-    `epoch` draws the first `step` batches again without handing them out: every draw comes from
-    g, so the replay leaves g where it was, and on the CPU the resumed run ends bit-identical.
-    On a signal the step finishes, last.pt is written, the command to resume is printed and the
-    loop returns (exit 0); a second Ctrl-C stops at once. A NaN or inf loss raises
-    `LossNotFinite` before anything more is written.
+    A checkpoint holds the weights, optimizer, schedule, config, random states, `results`, the
+    position (epochs done, steps done in the next) and the generator g at that epoch's START; on
+    --resume `epoch` draws the done steps again without handing them out, which leaves g where it
+    was: on the CPU the resumed run ends bit-identical. A NaN or inf loss raises `LossNotFinite`
+    before anything more is written; a second Ctrl-C stops at once.
     """
 
     def __init__(self, paper, cfg, folder, may_differ, device, loss, label="", **extra):
@@ -655,8 +615,8 @@ class TrainingRun:
 
     def start(self, model, optimizer, schedule, generator, num_images, num_classes,
               classifier_key):
-        """Remember what a checkpoint holds; on --resume load it all back (weights, momenta,
-        schedule, every random state, g at the epoch's start). Returns the first epoch to train."""
+        """Remember what a checkpoint holds; on --resume load it all back. Returns the first
+        epoch to train."""
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.generator, self.num_images = generator, num_images
         if self.state is None:
@@ -679,7 +639,7 @@ class TrainingRun:
         if state.get("is_best") and not (os.path.exists(self.best)
                                          and os.path.samefile(self.last, self.best)):
             self._link_best(state)  # killed after writing a best last.pt, before linking it
-        # the weights and momenta are loaded: keep only the small entries (a paper's own extras)
+        # loaded: keep only the small entries (a paper's own extras), not the weights and momenta
         self.state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
         if state["epoch"] < self.cfg.epochs:
             print(f"{self.label}resuming {path} at epoch {state['epoch'] + 1} step {self.skip}",
@@ -687,8 +647,7 @@ class TrainingRun:
         return state["epoch"]
 
     def __enter__(self):
-        # signals can only be caught in the main thread; elsewhere (a notebook's worker) no-op
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError):  # not the main thread (a notebook's worker): no-op
             self.handlers = {s: signal.signal(s, self._on_signal)
                              for s in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -709,7 +668,6 @@ class TrainingRun:
         """Hand out epoch `epoch`'s (0-based) `steps` batches. After a stop, the steps trained
         before it are drawn again and skipped; a stop signal ends the epoch after the current
         step, writing last.pt at (epoch, step) and setting `stopped`."""
-        # a checkpoint written inside this epoch replays it from here
         self.epoch_index, self.epoch_start = epoch, self.generator.get_state()
         where = f"{self.label}epoch {epoch + 1}/{self.cfg.epochs}"
         lr = self.optimizer.param_groups[0]["lr"]
@@ -733,15 +691,13 @@ class TrainingRun:
                 return
 
     def log(self, num_images, terms):
-        """One step's loss terms: the progress line every 20 steps, which also checks them (a NaN
-        or inf raises `LossNotFinite`, naming the step and the term)."""
+        """One step's loss terms, to the progress line, which checks them as it prints."""
         self.progress.update(num_images, **terms)
 
     def end_epoch(self, keep_copy=False):
         """After the epoch's last step, the schedule's step and any evaluation (in `results`):
-        last.pt, best.pt when the epoch's mean loss is the lowest so far, and OUT/epoch_N.pt if
-        `keep_copy`. False when a stop signal came during the epoch's last step (the run stops,
-        resumable from here); True to go on."""
+        last.pt, best.pt if the epoch's mean loss is the lowest so far, OUT/epoch_N.pt if
+        `keep_copy`. False if a stop signal came (the run stops, resumable); True to go on."""
         done = self.epoch_index + 1
         # the last step printed a line, so every term of the epoch was checked finite
         state = self._save(done, 0, self.generator.get_state(), self.progress.mean(self.loss))
@@ -754,11 +710,9 @@ class TrainingRun:
 
     def _save(self, epoch, step, aug_generator, epoch_loss=None, **more):
         """last.pt at (epoch, step), and best.pt when `epoch_loss` beats every earlier epoch.
-
-        Choice (not in either paper): "best" = the lowest mean training loss over an epoch.
-        Market-1501, DukeMTMC-reID and CUHK03-NP have no validation split, and choosing by the
-        test set's mAP would tune on the test set; the papers report their last epoch, last.pt.
-        """
+        Choice (not in either paper): "best" = the lowest mean training loss: the datasets have no
+        validation split, and the test set's mAP would tune on the test set (the papers report
+        their last epoch, last.pt)."""
         is_best = epoch_loss is not None and epoch_loss < self.best_loss
         self.best_loss = epoch_loss if is_best else self.best_loss
         results = {k: dict(r, cmc=torch.as_tensor(np.asarray(r["cmc"])))
@@ -780,9 +734,9 @@ class TrainingRun:
         """best.pt = last.pt as a second name of the same file (a hard link, not a second write of
         ~460 MB for AEA), made under a temporary name and renamed, so best.pt is always whole."""
         tmp = os.path.join(self.folder, f".best.pt.link{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
         try:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
             os.link(self.last, tmp)
             os.replace(tmp, self.best)
         except OSError:  # a file system without hard links: write it again
@@ -790,8 +744,7 @@ class TrainingRun:
                 os.remove(tmp)
             save_checkpoint(self.best, state)
 
-    def _stopped(self, where):
-        """After a stop signal: where the run stopped, what was written, how to go on."""
+    def _stopped(self, where):  # after a stop signal: where, what was written, how to go on
         self.stopped = True
         print(f"stopped by {self.requested} {where}; wrote {self.last}. Resume with:\n  "
               f"{resume_command()}", flush=True)
