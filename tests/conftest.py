@@ -1,4 +1,5 @@
-"""Shared test fixtures. Puts the repository root on sys.path so tests can `import data`, `import common`."""
+"""Shared test fixtures. Puts the repository root on sys.path so tests can `import data`,
+`import common`."""
 import os
 import sys
 
@@ -14,9 +15,11 @@ def pytest_configure(config):
     `python -m pytest -q -m "not slow" tests` runs every paper and unit test without them."""
     config.addinivalue_line("markers", "slow: a system test; deselect with -m 'not slow'")
 
+
 # A small synthetic dataset: 8 training and 6 test identities in 3 cameras, 1-3 images per
 # identity and camera (about 80 images, ~0.1 s to write), 3 junk and 3 distractor images.
-SYNTHETIC_SIZES = dict(seed=0, train_ids=8, test_ids=6, cameras=3, max_per_camera=3, junk=3, distractors=3)
+SYNTHETIC_SIZES = dict(seed=0, train_ids=8, test_ids=6, cameras=3, max_per_camera=3, junk=3,
+                       distractors=3)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
 """Tests for aaanet.py: the 4x4 grid occlusion and the difficult sample (Algorithm 1), Eq. (2)-(4)
 on cases worked by hand, the two masks of stage 3, what each stage's step may and may not change,
-the three stages end to end through the command line on tiny synthetic data, and the checkpoints:
-resume after SIGKILL and SIGINT bit-identical to an uninterrupted run, NaN, refused files and flags."""
+the three stages end to end through the command line on tiny synthetic data, and the
+checkpoints: resume after SIGKILL and SIGINT bit-identical to an uninterrupted run, NaN, refused
+files and flags."""
 
+import copy
 import dataclasses
 import math
 import os
@@ -26,9 +28,24 @@ import evaluate
 H, W = 64, 32
 
 
-def tiny_model(num_classes=4, point="conv3_x", seed=0):
-    torch.manual_seed(seed)
-    return aaanet.AAANet(num_classes, point, dropout=0.5, attention_channels=8, weights="none")
+@pytest.fixture(scope="module")
+def tiny_model():
+    """tiny_model(point) -> a fresh AAANet for 4 identities with the random weights of seed 0,
+    8 attention channels. A ResNet-50 from scratch takes about half a second, so each point's
+    network is built once for the module and every call returns a deep copy of it, with the
+    global generator put back where the build left it: the dropout draws of a test are those of
+    a network built just before it."""
+    built = {}
+
+    def make(point="conv3_x"):
+        if point not in built:
+            torch.manual_seed(0)
+            network = aaanet.AAANet(4, point, dropout=0.5, attention_channels=8, weights="none")
+            built[point] = network, torch.get_rng_state()
+        network, rng = built[point]
+        torch.set_rng_state(rng)
+        return copy.deepcopy(network)
+    return make
 
 
 def tiny_batch(B=4, num_classes=4, seed=0):
@@ -62,7 +79,8 @@ def test_grid_cells_when_the_size_is_not_a_multiple_of_4():
     expected_cols = [[0, 1], [2], [3], [4]]
     for k in range(16):
         ys, xs = occluded[k].nonzero(as_tuple=True)
-        assert sorted(set(ys.tolist())) == expected_rows[k // 4]    # cell k: row k // 4, column k % 4
+        # cell k: row k // 4, column k % 4
+        assert sorted(set(ys.tolist())) == expected_rows[k // 4]
         assert sorted(set(xs.tolist())) == expected_cols[k % 4]
     # cell 0 = rows 0-1 x columns 0-1 (4 positions); cell 15 = row 6 x column 4 (1 position)
     assert occluded[0].sum() == 4 and occluded[15].sum() == 1
@@ -131,7 +149,8 @@ def test_hardest_occlusion_takes_no_gradient():
 
 
 def test_occlusion_map_by_hand():
-    # C = 2 channels, v = 1..16 on the 4x4 map, channel 0 = v, channel 1 = -v: channel-mean of |f| = v.
+    # C = 2 channels, v = 1..16 on the 4x4 map, channel 0 = v, channel 1 = -v: the channel mean
+    # of |f| is v.
     # Copy k = 15 zeroes position (3, 3), the value 16; the largest remaining response is 15, so
     # M_occ = v / 15 with 0 at (3, 3): M_occ[0, 0] = 1/15, M_occ[3, 2] = 15/15 = 1.
     v = torch.arange(1.0, 17.0).view(4, 4)
@@ -163,7 +182,8 @@ def test_attention_loss_eq2_by_hand():
     M_occ = torch.tensor([[[0.5, 1.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]])
     L_att = aaanet.attention_loss(M_att, M_occ)
     assert L_att.tolist() == pytest.approx([8.75, 0.0])
-    # gradient of image 0: where M > 0 the term is (M - m) M -> 2M - m; where M < 0 it is |-m M| = m |M|
+    # gradient of image 0: where M > 0 the term is (M - m) M -> 2M - m; where M < 0 it is
+    # |-m M| = m |M|
     #   1 -> 2 - 0.5 = 1.5;  -2 -> d(-1 * M)/dM = -1;  0.5 -> 2 * 0.5 = 1;  3 -> 6 - 1 = 5
     L_att.sum().backward()
     torch.testing.assert_close(M_att.grad[0], torch.tensor([[1.5, -1.0], [1.0, 5.0]]))
@@ -193,7 +213,8 @@ def test_adversarial_gate_eq4_some_pass_some_do_not():
     loss, gate = aaanet.adversarial_loss(L_r, L_att, p_bf, p_af, 0.3, 1.7, 0.04)
     assert gate.tolist() == [1.0, 0.0, 0.0, 1.0]
     assert loss.item() == pytest.approx(21.625)
-    # only the samples that pass carry gradient: dL/dL_att = 1.7 / 4 = 0.425, dL/dL_r = 0.3 / 4 = 0.075
+    # only the samples that pass carry gradient: dL/dL_att = 1.7 / 4 = 0.425,
+    # dL/dL_r = 0.3 / 4 = 0.075
     loss.backward()
     assert L_att.grad.tolist() == pytest.approx([0.425, 0.0, 0.0, 0.425])
     assert L_r.grad.tolist() == pytest.approx([0.075, 0.0, 0.0, 0.075])
@@ -206,8 +227,10 @@ def test_attention_mask_by_hand():
     # relu(M) = [0, 0, 1, 2, 3, 4]; min-max -> [0, 0, .25, .5, .75, 1]; above 0.5 -> the last two
     # are occluded (0 in the 0-1 mask), the rest kept (1)
     M_att = torch.tensor([[[-1.0, 0.0, 1.0], [2.0, 3.0, 4.0]]])
-    assert aaanet.attention_mask(M_att, 0.5).tolist() == [[[True, True, True], [True, False, False]]]
-    assert aaanet.attention_mask(M_att, 0.2).tolist() == [[[True, True, False], [False, False, False]]]
+    assert aaanet.attention_mask(M_att, 0.5).tolist() == [[[True, True, True],
+                                                           [True, False, False]]]
+    assert aaanet.attention_mask(M_att, 0.2).tolist() == [[[True, True, False],
+                                                           [False, False, False]]]
     # a map with no positive value occludes nothing
     assert aaanet.attention_mask(-torch.ones(1, 2, 3)).all()
 
@@ -216,7 +239,8 @@ def test_response_mask_top_third_with_ties():
     # channel means [[5, 1, 5], [2, 9, 0], [5, 3, 4]]; round(9 / 3) = 3 positions: 9 (position 4),
     # then three 5s tie (positions 0, 2, 6): the lower indices 0 and 2 win. 0 = occluded.
     means = torch.tensor([[5.0, 1.0, 5.0], [2.0, 9.0, 0.0], [5.0, 3.0, 4.0]])
-    f_r = torch.stack([means + 1, means - 1])[None]                    # [1, 2, 3, 3], channel mean = means
+    # [1, 2, 3, 3], channel mean = means
+    f_r = torch.stack([means + 1, means - 1])[None]
     mask = aaanet.response_mask(f_r)
     assert mask.tolist() == [[[False, True, False], [True, False, True], [True, True, True]]]
     # exactly round(h * w / 3) positions per image: 7 x 5 -> round(11.67) = 12
@@ -235,10 +259,11 @@ def changed(module, before):
     return {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
 
 
-def test_stage2_step_moves_only_the_attention_branch():
+def test_stage2_step_moves_only_the_attention_branch(tiny_model):
     model, (x, y) = tiny_model(), tiny_batch()
     optimizer = common.make_sgd(model.freeze_for("stage2"), lr=0.1)
-    backbone, classifier, attention = snapshot(model.backbone), snapshot(model.classifier), snapshot(model.attention)
+    backbone, classifier = snapshot(model.backbone), snapshot(model.classifier)
+    attention = snapshot(model.attention)
     terms = aaanet.training_step(model, optimizer, "stage2", x, y, aaanet.Config())
     # frozen: no parameter, no BatchNorm running mean/var, not even num_batches_tracked moved
     assert changed(model.backbone, backbone) == set()
@@ -247,10 +272,12 @@ def test_stage2_step_moves_only_the_attention_branch():
     # the attention branch learned: every weight, and its own BatchNorm statistics (train mode)
     assert changed(model.attention, attention) == set(attention)
     assert set(terms) == {"L_adv", "L_att", "L_r", "p_hard"}
-    assert terms["L_adv"].item() == pytest.approx(terms["L_att"].item() + terms["L_r"].item(), rel=1e-5)  # Eq. (1)
+    # Eq. (1)
+    assert terms["L_adv"].item() == pytest.approx(terms["L_att"].item() + terms["L_r"].item(),
+                                                  rel=1e-5)
 
 
-def test_stage2_binary_m_occ_variant_runs():
+def test_stage2_binary_m_occ_variant_runs(tiny_model):
     model, (x, y) = tiny_model(), tiny_batch()
     model.freeze_for("stage2")
     cfg = aaanet.Config(m_occ="binary")
@@ -265,25 +292,27 @@ def test_stage2_binary_m_occ_variant_runs():
 
 
 @pytest.mark.parametrize("point", aaanet.POINTS)
-def test_stage3_step_moves_everything(point):
+def test_stage3_step_moves_everything(tiny_model, point):
     # Table 3: every occlusion point. omega = -1 (outside the flags' range; set here directly) makes
     # every sample pass the gate, so the attention branch gets Eq. (4)'s gradient; momentum and
     # weight decay 0, so whatever moves moved because of a gradient.
     model, (x, y) = tiny_model(point=point), tiny_batch()
     optimizer = common.make_sgd(model.freeze_for("stage3"), lr=0.1, momentum=0, weight_decay=0)
     before = snapshot(model)
-    terms = aaanet.training_step(model, optimizer, "stage3", x, y, dataclasses.replace(aaanet.Config(point=point), omega=-1.0))
+    cfg = dataclasses.replace(aaanet.Config(point=point), omega=-1.0)
+    terms = aaanet.training_step(model, optimizer, "stage3", x, y, cfg)
     moved = changed(model, before)
     # every parameter and every BatchNorm statistic, backbone, classifier and attention branch
     # (the pooled stages after conv5_x do not exist when f_r is conv5_x itself, nothing is left out)
     assert moved == set(before)
     assert terms["gate_pass"].item() == 1.0
-    assert model.backbone.training  # the grid probe ran in eval mode and gave the training mode back
+    # the grid probe ran in eval mode and gave the training mode back
+    assert model.backbone.training
     expected = terms["L_ce_bf"] + terms["L_ce_af"] + terms["L_gate"]
     assert terms["L"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_stage3_gate_closed_leaves_the_attention_branch_alone():
+def test_stage3_gate_closed_leaves_the_attention_branch_alone(tiny_model):
     # omega = 0.99: no sample of an untrained network loses 0.99 of true-class probability, the gate
     # is shut, Eq. (4) adds nothing, and the hard mask passes no gradient to M_att: the attention
     # branch's weights stay (its BatchNorm statistics still move, it ran in train mode)
@@ -292,18 +321,20 @@ def test_stage3_gate_closed_leaves_the_attention_branch_alone():
     before = snapshot(model.attention)
     terms = aaanet.training_step(model, optimizer, "stage3", x, y, aaanet.Config(omega=0.99))
     assert terms["gate_pass"].item() == 0.0 and terms["L_gate"].item() == 0.0
-    assert changed(model.attention, before) == {k for k in before if "running" in k or "num_batches" in k}
+    statistics = {k for k in before if "running" in k or "num_batches" in k}
+    assert changed(model.attention, before) == statistics
 
 
-def test_stage3_response_mask_variant_occludes_a_third():
+def test_stage3_response_mask_variant_occludes_a_third(tiny_model):
     # Table 4: 8x4 f_r -> round(32 / 3) = 11 positions occluded per image
     model, (x, y) = tiny_model(), tiny_batch()
     optimizer = common.make_sgd(model.freeze_for("stage3"), lr=0.01)
-    terms = aaanet.training_step(model, optimizer, "stage3", x, y, aaanet.Config(mask_source="response"))
+    cfg = aaanet.Config(mask_source="response")
+    terms = aaanet.training_step(model, optimizer, "stage3", x, y, cfg)
     assert terms["occluded"].item() == pytest.approx(11 / 32)
 
 
-def test_forward_is_the_pooled_2048_feature():
+def test_forward_is_the_pooled_2048_feature(tiny_model):
     model, (x, _) = tiny_model(), tiny_batch()
     model.eval()
     with torch.no_grad():
@@ -312,19 +343,25 @@ def test_forward_is_the_pooled_2048_feature():
         assert model.attention_map(f_r).shape == (4, 8, 4)
         g = model(x)
         assert g.shape == (4, 2048)
-        torch.testing.assert_close(g, model.backbone(x))  # the unoccluded image through all of ResNet-50
+        # the unoccluded image through all of ResNet-50
+        torch.testing.assert_close(g, model.backbone(x))
         assert model.logits_from_middle(f_r).shape == (4, 4)
 
 
 def test_resolve_fills_the_paper_defaults_per_stage():
     cfg = aaanet.Config(root="somewhere", dataset="duke")
     s1, s2, s3 = (aaanet.resolve(cfg, s) for s in aaanet.STAGE_NAMES)
-    assert (s1.lr, s1.lr_step, s2.lr, s2.lr_step, s3.lr, s3.lr_step) == (0.001, 2, 0.0001, 3, 0.0001, 3)  # Sec. 4.2
+    # Sec. 4.2
+    assert (s1.lr, s1.lr_step, s2.lr, s2.lr_step, s3.lr, s3.lr_step) == (
+        0.001, 2, 0.0001, 3, 0.0001, 3)
     assert s1.dropout == 0.6 and aaanet.resolve(aaanet.Config(root="x"), "stage1").dropout == 0.5
-    assert (s1.init, s2.init, s3.init) == ("", "runs/aaanet/stage1/last.pt", "runs/aaanet/stage2/last.pt")
-    assert aaanet.resolve(dataclasses.replace(cfg, mask_source="response"), "stage3").init == "runs/aaanet/stage1/last.pt"
-    for bad, message in [(dict(omega=-0.1), "--omega"), (dict(lr=-1.0), "--lr"), (dict(threshold=1.5), "--threshold"),
-                         (dict(lambda1=-1.0), "--lambda1"), (dict(root=""), "--root is required"),
+    assert (s1.init, s2.init, s3.init) == (
+        "", "runs/aaanet/stage1/last.pt", "runs/aaanet/stage2/last.pt")
+    response = dataclasses.replace(cfg, mask_source="response")
+    assert aaanet.resolve(response, "stage3").init == "runs/aaanet/stage1/last.pt"
+    for bad, message in [(dict(omega=-0.1), "--omega"), (dict(lr=-1.0), "--lr"),
+                         (dict(threshold=1.5), "--threshold"), (dict(lambda1=-1.0), "--lambda1"),
+                         (dict(root=""), "--root is required"),
                          (dict(eval_metrics=("bogus",)), "--eval-metrics")]:
         with pytest.raises(common.UserError, match=message):
             aaanet.resolve(dataclasses.replace(cfg, **bad), "stage3")
@@ -333,8 +370,8 @@ def test_resolve_fills_the_paper_defaults_per_stage():
 # -----------------------------------------------------------------------------
 # End to end: the three stages through the command line
 
-TINY = ["--dataset", "synthetic", "--height", str(H), "--width", str(W), "--pad", "3", "--batch-size", "8",
-        "--epochs", "1", "--weights", "none", "--device", "cpu"]
+TINY = ["--dataset", "synthetic", "--height", str(H), "--width", str(W), "--pad", "3",
+        "--batch-size", "8", "--epochs", "1", "--weights", "none", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -342,14 +379,17 @@ def three_stages(synthetic_root, tmp_path_factory):
     """stage1 (with Table 5's random erasing), stage2, stage3, and Table 4's stage3 from stage 1."""
     out = str(tmp_path_factory.mktemp("aaanet"))
     flags = TINY + ["--root", synthetic_root, "--out", out]
-    results = {"stage1": aaanet.main(["stage1", *flags, "--random-erasing", "0.5", "--eval-metrics", "euclidean"])[1],
+    results = {"stage1": aaanet.main(["stage1", *flags, "--random-erasing", "0.5",
+                                      "--eval-metrics", "euclidean"])[1],
                "stage2": aaanet.main(["stage2", *flags])[1],
-               "stage3": aaanet.main(["stage3", *flags, "--eval-metrics", "euclidean", "xqda"])[1]}
+               "stage3": aaanet.main(["stage3", *flags, "--eval-metrics", "euclidean",
+                                      "xqda"])[1]}
     aaanet.main(["stage3", *flags, "--mask-source", "response", "--out", out + "/table4",
                  "--init", out + "/stage1/last.pt", "--eval-metrics"])
     return out, results
 
 
+@pytest.mark.slow
 def test_three_stages_write_complete_checkpoints(three_stages):
     out, results = three_stages
     assert list(results["stage1"]) == ["euclidean"] and results["stage2"] == {}
@@ -358,11 +398,14 @@ def test_three_stages_write_complete_checkpoints(three_stages):
         ckpt = common.load_checkpoint(f"{out}/{stage}/last.pt")
         assert ckpt["paper"] == "aaanet" and ckpt["stage"] == stage and ckpt["epoch"] == 1
         assert {"model", "optimizer", "schedule", "rng", "aug_generator", "config"} <= set(ckpt)
-        # the config is saved resolved: the paper's lr and decay for the stage, dropout for synthetic
-        assert (ckpt["config"]["lr"], ckpt["config"]["lr_step"], ckpt["config"]["dropout"]) == (lr, lr_step, 0.5)
+        # the config is saved resolved: the paper's lr and decay for the stage, dropout for
+        # synthetic
+        config = ckpt["config"]
+        assert (config["lr"], config["lr_step"], config["dropout"]) == (lr, lr_step, 0.5)
     assert common.load_checkpoint(f"{out}/stage1/last.pt")["config"]["random_erasing"] == 0.5
     s1, s2, s3 = (common.load_checkpoint(f"{out}/{s}/last.pt")["model"] for s in aaanet.STAGE_NAMES)
-    # stage 2 froze the baseline (weights and BatchNorm statistics) and trained the attention branch
+    # stage 2 froze the baseline (weights and BatchNorm statistics) and trained the attention
+    # branch
     for k in s1:
         if k.startswith("attention."):
             continue
@@ -370,13 +413,15 @@ def test_three_stages_write_complete_checkpoints(three_stages):
     assert not torch.equal(s2["attention.0.weight"], s3["attention.0.weight"])
     # stage 3 trained the baseline too
     assert not torch.equal(s2["backbone.conv1.0.weight"], s3["backbone.conv1.0.weight"])
-    assert common.load_checkpoint(f"{out}/table4/stage3/last.pt")["config"]["mask_source"] == "response"
+    table4 = common.load_checkpoint(f"{out}/table4/stage3/last.pt")
+    assert table4["config"]["mask_source"] == "response"
 
 
+@pytest.mark.slow
 def test_evaluate_cli_loads_the_stage3_checkpoint(three_stages, synthetic_root, capsys):
     out, results = three_stages
-    r = evaluate.main(["--checkpoint", f"{out}/stage3/last.pt", "--root", synthetic_root, "--dataset", "synthetic",
-                       "--metric", "euclidean", "--device", "cpu"])
+    r = evaluate.main(["--checkpoint", f"{out}/stage3/last.pt", "--root", synthetic_root,
+                       "--dataset", "synthetic", "--metric", "euclidean", "--device", "cpu"])
     table = capsys.readouterr().out
     assert "euclidean" in table and "queries evaluated" in table
     # evaluate.py scores the same network the stage command scored at its end
@@ -386,39 +431,55 @@ def test_evaluate_cli_loads_the_stage3_checkpoint(three_stages, synthetic_root, 
     assert model(torch.zeros(2, 3, H, W)).shape == (2, 2048)
 
 
-def test_figure_draws_images_attention_and_black_occlusion(three_stages, synthetic_root, tmp_path):
+@pytest.mark.slow
+def test_figure_draws_images_attention_and_black_occlusion(three_stages, synthetic_root,
+                                                           tmp_path):
     out, _ = three_stages
     for ckpt in (f"{out}/stage3/last.pt", f"{out}/table4/stage3/last.pt"):
         path = tmp_path / "fig.png"
-        aaanet.main(["figure", "--checkpoint", ckpt, "--out", str(path), "--num", "4", "--device", "cpu",
-                     "--root", synthetic_root])
+        aaanet.main(["figure", "--checkpoint", ckpt, "--out", str(path), "--num", "4",
+                     "--device", "cpu", "--root", synthetic_root])
         with Image.open(path) as im:
             assert im.size == (4 * (W + 2), 3 * (H + 2))  # three rows of 4 images, 2-px gaps
-            third_row = torch.from_numpy(np.array(im.crop((0, 2 * (H + 2), W, 3 * H + 4)))).view(-1, 3)  # [H*W, 3]
+            first_image = im.crop((0, 2 * (H + 2), W, 3 * H + 4))  # of the third row
+            third_row = torch.from_numpy(np.array(first_image)).view(-1, 3)  # [H*W, 3]
     # Table 4's mask: 11 of the 32 positions of the 8x4 map, each an 8x8 block of black pixels
     assert (third_row.sum(dim=1) == 0).sum().item() >= 11 * 64
 
 
-def test_errors_exit_2_with_the_cause(three_stages, synthetic_root, tmp_path, capsys):
-    out, _ = three_stages
-    aea = str(tmp_path / "aea.pt")
-    common.save_checkpoint(aea, {"paper": "aea", "config": {}, "model": {}})
-    flags = TINY + ["--root", synthetic_root, "--out", str(tmp_path)]
-    cases = [(["stage1", *TINY], "--root is required"),
-             (["stage3", *flags, "--omega", "-0.1"], "--omega"),
-             (["stage2", *flags], "does not exist"),
-             (["stage2", *flags, "--init", aea], "is an AEA checkpoint (aea.py); expected an AAA-Net checkpoint"),
-             (["stage3", *flags, "--init", f"{out}/stage1/last.pt"], "--mask-source response"),
-             (["stage3", *flags, "--init", f"{out}/stage2/last.pt", "--point", "conv4_x"], "--point conv3_x"),
-             (["figure", "--checkpoint", f"{out}/stage1/last.pt", "--out", str(tmp_path / "f.png")], "stage-1"),
-             (["figure", "--checkpoint", aea, "--out", str(tmp_path / "f.png")], "expected an AAA-Net checkpoint"),
-             (["nonsense"], "unknown command")]
+def assert_exit_2(cases, capsys):
+    """Each (argv, message): `python aaanet.py <argv>` exits with status 2 and says `message`."""
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:
             aaanet.main(argv)
         assert e.value.code == 2
         assert message in capsys.readouterr().err, argv
 
+
+def test_errors_exit_2_with_the_cause(synthetic_root, tmp_path, capsys):
+    aea = str(tmp_path / "aea.pt")
+    common.save_checkpoint(aea, {"paper": "aea", "config": {}, "model": {}})
+    flags = TINY + ["--root", synthetic_root, "--out", str(tmp_path)]
+    figure = ["figure", "--out", str(tmp_path / "f.png"), "--checkpoint"]
+    assert_exit_2([(["stage1", *TINY], "--root is required"),
+                   (["stage3", *flags, "--omega", "-0.1"], "--omega"),
+                   (["stage2", *flags], "does not exist"),
+                   (["stage2", *flags, "--init", aea],
+                    "is an AEA checkpoint (aea.py); expected an AAA-Net checkpoint"),
+                   ([*figure, aea], "expected an AAA-Net checkpoint"),
+                   (["nonsense"], "unknown command")], capsys)
+
+
+@pytest.mark.slow
+def test_checkpoints_of_another_stage_exit_2(three_stages, synthetic_root, tmp_path, capsys):
+    out, _ = three_stages
+    flags = TINY + ["--root", synthetic_root, "--out", str(tmp_path)]
+    figure = ["figure", "--out", str(tmp_path / "f.png"), "--checkpoint"]
+    assert_exit_2([(["stage3", *flags, "--init", f"{out}/stage1/last.pt"],
+                    "--mask-source response"),
+                   (["stage3", *flags, "--init", f"{out}/stage2/last.pt", "--point", "conv4_x"],
+                    "--point conv3_x"),
+                   ([*figure, f"{out}/stage1/last.pt"], "stage-1")], capsys)
 
 
 # -----------------------------------------------------------------------------
@@ -431,15 +492,16 @@ EPOCHS, STEPS = 3, 5
 
 
 def stage1_flags(root, out):
-    return ["stage1", "--root", root, "--dataset", "synthetic", "--height", str(H), "--width", str(W),
-            "--weights", "none", "--device", "cpu", "--batch-size", "8", "--epochs", str(EPOCHS),
-            "--eval-metrics", "--out", out]
+    return ["stage1", "--root", root, "--dataset", "synthetic", "--height", str(H),
+            "--width", str(W), "--weights", "none", "--device", "cpu", "--batch-size", "8",
+            "--epochs", str(EPOCHS), "--eval-metrics", "--out", out]
 
 
 def run_stage1(root, out, *extra):
-    """`python aaanet.py stage1 ...` in a subprocess, as a user runs it; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, "aaanet.py", *stage1_flags(root, out), *extra], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    """`python aaanet.py stage1 ...` in a subprocess, as a user runs it; returns the
+    CompletedProcess."""
+    return subprocess.run([sys.executable, "aaanet.py", *stage1_flags(root, out), *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def weights(path):
@@ -454,7 +516,8 @@ def assert_same_weights(a, b):
 
 @pytest.fixture(scope="module")
 def reference_run(synthetic_root, tmp_path_factory):
-    """The uninterrupted stage-1 run every resumed run must reproduce bit for bit: (out, stdout)."""
+    """The uninterrupted stage-1 run every resumed run must reproduce bit for bit:
+    (out, stdout)."""
     out = str(tmp_path_factory.mktemp("reference"))
     done = run_stage1(synthetic_root, out)
     assert done.returncode == 0, done.stderr
@@ -462,7 +525,8 @@ def reference_run(synthetic_root, tmp_path_factory):
     return out, done.stdout
 
 
-# the stand-in for `python aaanet.py` that stops at a chosen step (conftest.stop_at_step_script)
+# the stand-in for `python aaanet.py` that stops at a chosen step
+# (conftest.stop_at_step_script)
 STOP_AT_STEP = stop_at_step_script("aaanet", "training_step")
 
 
@@ -470,17 +534,21 @@ def stop_at_step(tmp_path, root, out, step, how, **popen_args):
     """Start the stand-in above on `python aaanet.py stage1 ...` (a Popen; the caller waits)."""
     script = tmp_path / "stop_at_step.py"
     script.write_text(STOP_AT_STEP)
-    env = {**os.environ, "STOP_AT": str(step), "STOP_SIGNAL": how, "PAUSED_FILE": str(tmp_path / "paused")}
-    return subprocess.Popen([sys.executable, str(script), *stage1_flags(root, out)], cwd=REPO, env=env, **popen_args)
+    env = {**os.environ, "STOP_AT": str(step), "STOP_SIGNAL": how,
+           "PAUSED_FILE": str(tmp_path / "paused")}
+    return subprocess.Popen([sys.executable, str(script), *stage1_flags(root, out)], cwd=REPO,
+                            env=env, **popen_args)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, synthetic_root, tmp_path):
     out = str(tmp_path / "run")
     last = tmp_path / "run" / "stage1" / "last.pt"
     # paused inside step 8 = epoch 2, step 3 of 5: epoch 1's last.pt is written, epoch 2 has
-    # trained 2 steps that no file holds; SIGKILL from outside gives it no chance to write anything
-    proc = stop_at_step(tmp_path, synthetic_root, out, STEPS + 3, "PAUSE", stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
+    # trained 2 steps that no file holds; SIGKILL from outside gives it no chance to write
+    # anything
+    proc = stop_at_step(tmp_path, synthetic_root, out, STEPS + 3, "PAUSE",
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (tmp_path / "paused").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -497,12 +565,14 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, synthetic
     assert_same_weights(final["model"], weights(f"{reference_run[0]}/stage1/last.pt"))
 
 
-def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_run, synthetic_root, tmp_path):
+@pytest.mark.slow
+def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_run,
+                                                                      synthetic_root, tmp_path):
     out = str(tmp_path / "run")
     # SIGINT arrives during step 7 = epoch 2, step 2 of 5; that step finishes, then last.pt is
     # written with epoch 1 (completed) and step 2 (trained in epoch 2), and the run exits 0
-    proc = stop_at_step(tmp_path, synthetic_root, out, STEPS + 2, "SIGINT", stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True)
+    proc = stop_at_step(tmp_path, synthetic_root, out, STEPS + 2, "SIGINT",
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     last = tmp_path / "run" / "stage1" / "last.pt"
@@ -517,7 +587,8 @@ def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_
     command = stdout.split("Resume with:\n")[1].splitlines()[0].strip()
     argv = shlex.split(command)
     assert argv[:3] == ["python", "aaanet.py", "stage1"] and argv[-1] == "--resume"
-    resumed = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {last} at epoch 2 step 2" in resumed.stdout
     # the two replayed batches left the generator where the stopped run had it: same weights
@@ -525,23 +596,32 @@ def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_
     assert_same_weights(weights(str(last)), weights(f"{reference_run[0]}/stage1/last.pt"))
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_the_epoch_with_the_lowest_mean_loss(reference_run):
     out, stdout = reference_run
-    # with 5 steps per epoch (< Progress's 20), each epoch prints one line, at its last step, whose
-    # L_ce is the mean over the whole epoch, e.g. "stage1 epoch 2/3 ... iter 5/5  L_ce 2.4130  | ..."
-    means = [float(line.split("L_ce ")[1].split()[0]) for line in stdout.splitlines() if f"iter {STEPS}/{STEPS}" in line]
+    # with 5 steps per epoch (< Progress's 20), each epoch prints one line, at its last step,
+    # whose L_ce is the mean over the whole epoch, e.g.
+    # "stage1 epoch 2/3 ... iter 5/5  L_ce 2.4130  | ..."
+    means = [float(line.split("L_ce ")[1].split()[0]) for line in stdout.splitlines()
+             if f"iter {STEPS}/{STEPS}" in line]
     assert len(means) == EPOCHS
-    best, last = common.load_checkpoint(f"{out}/stage1/best.pt"), common.load_checkpoint(f"{out}/stage1/last.pt")
+    best = common.load_checkpoint(f"{out}/stage1/best.pt")
+    last = common.load_checkpoint(f"{out}/stage1/last.pt")
     assert best["epoch"] == 1 + means.index(min(means))
-    assert best["best_loss"] == pytest.approx(min(means), abs=1e-4) and last["best_loss"] == best["best_loss"]
-    # best.pt is a whole checkpoint of that epoch: the same weights as last.pt when it is the last one
+    assert best["best_loss"] == pytest.approx(min(means), abs=1e-4)
+    assert last["best_loss"] == best["best_loss"]
+    # best.pt is a whole checkpoint of that epoch: the same weights as last.pt when it is the
+    # last one
     if best["epoch"] == EPOCHS:
         assert_same_weights(best["model"], last["model"])
     else:
-        assert not torch.equal(best["model"]["classifier.weight"], last["model"]["classifier.weight"])
+        assert not torch.equal(best["model"]["classifier.weight"],
+                               last["model"]["classifier.weight"])
 
 
-def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_root, tmp_path, capsys):
+@pytest.mark.slow
+def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_root, tmp_path,
+                                                      capsys):
     out = reference_run[0]
     before = os.path.getmtime(f"{out}/stage1/last.pt")
     # a changed flag: the resolved lr was 0.001 (stage 1's default, Sec. 4.2)
@@ -550,11 +630,13 @@ def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_r
     assert e.value.code == 2
     assert "--lr 0.001 in the checkpoint, 0.01 now" in capsys.readouterr().err
     # another paper's checkpoint where last.pt should be
-    common.save_checkpoint(str(tmp_path / "stage1" / "last.pt"), {"paper": "aea", "config": {}, "model": {}})
+    common.save_checkpoint(str(tmp_path / "stage1" / "last.pt"),
+                           {"paper": "aea", "config": {}, "model": {}})
     with pytest.raises(SystemExit) as e:
         aaanet.main([*stage1_flags(synthetic_root, str(tmp_path)), "--resume"])
     assert e.value.code == 2
-    assert "is an AEA checkpoint (aea.py); expected an AAA-Net checkpoint (aaanet.py)" in capsys.readouterr().err
+    assert ("is an AEA checkpoint (aea.py); expected an AAA-Net checkpoint (aaanet.py)"
+            in capsys.readouterr().err)
     # nothing to resume
     with pytest.raises(SystemExit):
         aaanet.main([*stage1_flags(synthetic_root, str(tmp_path / "empty")), "--resume"])
@@ -565,11 +647,14 @@ def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_r
     assert os.path.getmtime(f"{out}/stage1/last.pt") == before
 
 
-def test_same_seed_twice_gives_identical_metrics_and_weights(three_stages, synthetic_root, tmp_path):
+@pytest.mark.slow
+def test_same_seed_twice_gives_identical_metrics_and_weights(three_stages, synthetic_root,
+                                                             tmp_path):
     # three_stages' stage 1, run again with the same flags and seed 0 into another folder
     out, results = three_stages
     flags = TINY + ["--root", synthetic_root, "--out", str(tmp_path)]
-    again = aaanet.main(["stage1", *flags, "--random-erasing", "0.5", "--eval-metrics", "euclidean"])[1]
+    again = aaanet.main(["stage1", *flags, "--random-erasing", "0.5",
+                         "--eval-metrics", "euclidean"])[1]
     # every rank of the CMC curve and both mAPs, exactly
     first = results["stage1"]["euclidean"]
     second = again["euclidean"]
@@ -588,17 +673,22 @@ class StopAfterSteps(common.TrainingRun):
         return super().__enter__()
 
 
+@pytest.mark.slow
 def test_demo_prints_one_table_and_resumes(synthetic_root, monkeypatch, tmp_path, capsys):
     # the demo's code path on the tiny fixture set, one epoch per stage
     monkeypatch.setattr(data, "ensure_synthetic", lambda: synthetic_root)
     monkeypatch.setattr(aaanet, "DEMO", {**aaanet.DEMO, "batch_size": 8})
-    monkeypatch.setattr(aaanet, "DEMO_STAGES", {s: {**v, "epochs": 1} for s, v in aaanet.DEMO_STAGES.items()})
+    monkeypatch.setattr(aaanet, "DEMO_STAGES",
+                        {s: {**v, "epochs": 1} for s, v in aaanet.DEMO_STAGES.items()})
     results = aaanet.main(["demo", "--out", str(tmp_path), "--device", "cpu"])
     assert list(results) == ["untrained", "stage1", "stage3"]
     printed = capsys.readouterr().out
-    rows = [line.split()[:2] for line in printed[printed.index("network, metric"):].splitlines()[1:10]]
-    assert rows == [[n, m] for n in ("untrained", "stage1", "stage3") for m in ("euclidean", "xqda", "kissme")]
-    # stopped during stage 2 (request before its 2nd step; stage 1 has 5 steps): stage 3 does not run
+    table = printed[printed.index("network, metric"):].splitlines()[1:10]
+    rows = [line.split()[:2] for line in table]
+    assert rows == [[n, m] for n in ("untrained", "stage1", "stage3")
+                    for m in ("euclidean", "xqda", "kissme")]
+    # stopped during stage 2 (request before its 2nd step; stage 1 has 5 steps): stage 3 does
+    # not run
     calls, real_step = [0], aaanet.training_step
 
     def counting_train_step(*args):
@@ -614,22 +704,27 @@ def test_demo_prints_one_table_and_resumes(synthetic_root, monkeypatch, tmp_path
     assert not (tmp_path / "stopped" / "stage3").exists()
     ckpt = common.load_checkpoint(str(tmp_path / "stopped" / "stage2" / "last.pt"))
     assert (ckpt["epoch"], ckpt["step"]) == (0, 2)
-    # --resume: stage 1 is complete (loaded, not trained), stage 2 resumes at step 2, stage 3 runs;
-    # the table is the uninterrupted demo's, exactly
+    # --resume: stage 1 is complete (loaded, not trained), stage 2 resumes at step 2, stage 3
+    # runs; the table is the uninterrupted demo's, exactly
     resumed = aaanet.main(["--resume", "--out", str(tmp_path / "stopped"), "--device", "cpu"])
     printed = capsys.readouterr().out
     assert "stage1/last.pt already holds all 1 epochs" in printed and "stage2 resuming" in printed
     assert calls[0] == 3 * STEPS  # stage 1's 5 steps, stage 2's 2 + 3, stage 3's 5
     for name in results:
         for metric in results[name]:
-            assert np.array_equal(resumed[name][metric]["cmc"], results[name][metric]["cmc"]), (name, metric)
-            assert resumed[name][metric]["mAP"] == results[name][metric]["mAP"], (name, metric)
-    # the resumed stage 2 (its first 2 batches replayed) and the stage 3 after it: bit-identical weights
+            again, first = resumed[name][metric], results[name][metric]
+            assert np.array_equal(again["cmc"], first["cmc"]), (name, metric)
+            assert again["mAP"] == first["mAP"], (name, metric)
+    # the resumed stage 2 (its first 2 batches replayed) and the stage 3 after it: bit-identical
+    # weights
     for stage in ("stage2", "stage3"):
-        assert_same_weights(weights(f"{tmp_path}/stopped/{stage}/last.pt"), weights(f"{tmp_path}/{stage}/last.pt"))
+        assert_same_weights(weights(f"{tmp_path}/stopped/{stage}/last.pt"),
+                            weights(f"{tmp_path}/{stage}/last.pt"))
 
 
-def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_root, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_root, tmp_path,
+                                                                    monkeypatch, capsys):
     # stage 1 for 2 epochs; the loss is made NaN at step 7 = epoch 2, step 2 (of 5). Epoch 1's
     # last.pt and best.pt exist by then; the run must stop at epoch 2's line (its last step)
     # naming step 2 and L_ce, and write nothing.
@@ -646,11 +741,13 @@ def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_ro
 
     monkeypatch.setattr(aaanet, "stage1_loss", nan_at_step_7)
     with pytest.raises(SystemExit) as e:
-        aaanet.main(["stage1", *TINY, "--root", synthetic_root, "--out", str(tmp_path), "--epochs", "2", "--eval-metrics"])
+        aaanet.main(["stage1", *TINY, "--root", synthetic_root, "--out", str(tmp_path),
+                     "--epochs", "2", "--eval-metrics"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "stage1 epoch 2/2" in err and f"step 2/{STEPS}: the loss term L_ce is nan" in err
-    assert calls[0] == 2 * STEPS  # the NaN weights trained on to the epoch's line, which stopped the run
+    # the NaN weights trained on to the epoch's line, which stopped the run
+    assert calls[0] == 2 * STEPS
     assert {name: (folder / name).read_bytes() for name in ("last.pt", "best.pt")} == saved
     assert common.load_checkpoint(str(folder / "last.pt"))["epoch"] == 1
 
@@ -664,18 +761,18 @@ def test_bad_flags_exit_2_naming_the_flag(synthetic_root, tmp_path, capsys):
              (["stage3", *flags, "--lambda2", "-0.1"], "--lambda2 must lie in [0, inf)"),
              (["stage1", *flags, "--lr", "0"], "--lr must lie in (0, inf), got 0.0"),
              (["stage1", *flags, "--lr", "-0.01"], "--lr must lie in (0, inf), got -0.01"),
-             (["stage1", *flags, "--out", str(blocker / "run")], f"--out {blocker}/run/stage1: cannot write there"),
+             (["stage1", *flags, "--out", str(blocker / "run")],
+              f"--out {blocker}/run/stage1: cannot write there"),
              (["stage1", *flags, "--dataset", "imagenet"], "unknown dataset 'imagenet'")]
     if not torch.cuda.is_available():
-        cases.append((["stage1", *flags, "--device", "cuda"], "--device cuda was asked for, but PyTorch sees no CUDA GPU"))
-    for argv, message in cases:
-        with pytest.raises(SystemExit) as e:
-            aaanet.main(argv)
-        assert e.value.code == 2
-        assert message in capsys.readouterr().err, argv
+        cases.append((["stage1", *flags, "--device", "cuda"],
+                      "--device cuda was asked for, but PyTorch sees no CUDA GPU"))
+    assert_exit_2(cases, capsys)
 
 
-def test_init_with_another_number_of_identities_is_refused(three_stages, synthetic_root, tmp_path, capsys):
+@pytest.mark.slow
+def test_init_with_another_number_of_identities_is_refused(three_stages, synthetic_root,
+                                                           tmp_path, capsys):
     # three_stages' stage 1 with its classifier cut from 8 to 5 identities
     out, _ = three_stages
     ckpt = common.load_checkpoint(f"{out}/stage1/last.pt")
@@ -683,6 +780,8 @@ def test_init_with_another_number_of_identities_is_refused(three_stages, synthet
         ckpt["model"][k] = ckpt["model"][k][:5]
     common.save_checkpoint(str(tmp_path / "five.pt"), ckpt)
     with pytest.raises(SystemExit) as e:
-        aaanet.main(["stage2", *TINY, "--root", synthetic_root, "--out", str(tmp_path), "--init", str(tmp_path / "five.pt")])
+        aaanet.main(["stage2", *TINY, "--root", synthetic_root, "--out", str(tmp_path),
+                     "--init", str(tmp_path / "five.pt")])
     assert e.value.code == 2
-    assert "was trained on 5 identities, but this dataset has 8 training identities" in capsys.readouterr().err
+    assert ("was trained on 5 identities, but this dataset has 8 training identities"
+            in capsys.readouterr().err)

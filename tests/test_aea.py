@@ -1,8 +1,11 @@
 """Tests of aea.py: Eq. (1) and the top-R% erasing on hand-made tensors, the dynamic strategy (one
 forward pass, no gradient through the erasing, the current weights every step), the feature sizes,
-one training step of every variant, and a tiny run through training, checkpoint, reload, evaluation."""
+one training step of every variant, and a tiny run through training, checkpoint, reload,
+evaluation."""
+import copy
 import dataclasses
 import hashlib
+import itertools
 import os
 import shlex
 import signal
@@ -53,28 +56,33 @@ def test_erase_top_exact_top_k_with_ties():
     for i in (1, 2, 4, 5, 7):
         A.view(-1)[i] = 5.0
     A[2, 2] = 9.0
-    images = torch.arange(2 * 3 * 16, dtype=torch.float32).view(2, 3, 4, 4) + 1  # no zero before erasing
+    # no zero before erasing
+    images = torch.arange(2 * 3 * 16, dtype=torch.float32).view(2, 3, 4, 4) + 1
     out = aea.erase_top(images, torch.stack([A, A]), 25)
     erased = torch.zeros(16, dtype=torch.bool)
     erased[[1, 2, 4, 10]] = True
     erased = erased.view(1, 1, 4, 4).expand_as(images)
-    assert torch.equal(out[erased], torch.zeros(2 * 3 * 4))  # exactly those pixels, all 3 channels, set to 0
-    assert torch.equal(out[~erased], images[~erased])       # everything else untouched
-    assert aea.salient_pixels(A[None], 10, (4, 4)).view(-1).nonzero().flatten().tolist() == [1, 10]
+    # exactly those pixels, all 3 channels, set to 0; everything else untouched
+    assert torch.equal(out[erased], torch.zeros(2 * 3 * 4))
+    assert torch.equal(out[~erased], images[~erased])
+    top = aea.salient_pixels(A[None], 10, (4, 4)).view(-1).nonzero().flatten().tolist()
+    assert top == [1, 10]
     # the same tie rule for any batch: k pixels in every image
-    assert aea.salient_pixels(torch.rand(5, 4, 4), 25, (4, 4)).sum(dim=(1, 2)).tolist() == [4] * 5
+    per_image = aea.salient_pixels(torch.rand(5, 4, 4), 25, (4, 4)).sum(dim=(1, 2))
+    assert per_image.tolist() == [4] * 5
 
 
 def test_salient_pixels_resizes_bilinearly():
-    # A 2x2 map [[0, 0], [0, 1]] resized to 4x4 (bilinear, half-pixel centres): output index i reads
-    # source coordinate (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25, clamped to [0, 1], so the weight
-    # of source row/column 1 is w = [0, 0.25, 0.75, 1] and A_up[i, j] = w[i] * w[j]:
+    # A 2x2 map [[0, 0], [0, 1]] resized to 4x4 (bilinear, half-pixel centres): output index i
+    # reads source coordinate (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25, clamped to [0, 1],
+    # so the weight of source row/column 1 is w = [0, 0.25, 0.75, 1] and A_up[i, j] = w[i] * w[j]:
     #   row 3: [0, .25, .75, 1]   row 2: [0, .1875, .5625, .75]   row 1: [0, .0625, .1875, .25]
     # top 3 (R = 18.75, k = 3): 1 at (3, 3) = flat 15; 0.75 at (2, 3) = 11 and (3, 2) = 14
     # top 4 (R = 25): + 0.5625 at (2, 2) = 10
     # top 5 (R = 31.25): + one of the two 0.25 -- (1, 3) = 7 beats (3, 1) = 13 by index
     A = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])
-    top = {R: aea.salient_pixels(A, R, (4, 4)).view(-1).nonzero().flatten().tolist() for R in (18.75, 25, 31.25)}
+    top = {R: aea.salient_pixels(A, R, (4, 4)).view(-1).nonzero().flatten().tolist()
+           for R in (18.75, 25, 31.25)}
     assert top == {18.75: [11, 14, 15], 25: [10, 11, 14, 15], 31.25: [7, 10, 11, 14, 15]}
 
 
@@ -82,45 +90,85 @@ def test_grey_level_mask_baseline3():
     # One 2x2 image, pixels (R, G, B) -> grey 0.299 R + 0.587 G + 0.114 B:
     #   (255, 0, 0) -> 76.2   (0, 255, 0) -> 149.7   (0, 0, 255) -> 29.1   (100, 100, 100) -> 100
     # R = 25 -> k = 1: pixel 1 (green); R = 50 -> k = 2: pixels 1 and 3
-    img = torch.tensor([[255, 0, 0, 100], [0, 255, 0, 100], [0, 0, 255, 100]], dtype=torch.uint8).view(1, 3, 2, 2)
+    img = torch.tensor([[255, 0, 0, 100], [0, 255, 0, 100], [0, 0, 255, 100]],
+                       dtype=torch.uint8).view(1, 3, 2, 2)
     assert aea.fixed_erasing_masks(img, 25).view(-1).nonzero().flatten().tolist() == [1]
     assert aea.fixed_erasing_masks(img, 50).view(-1).nonzero().flatten().tolist() == [1, 3]
     # the cached erased copy holds the mean colour, which normalises to (almost) 0
     erased = aea.erase_uint8(img, aea.fixed_erasing_masks(img, 25))
-    assert erased[0, :, 0, 1].tolist() == aea.MEAN_UINT8.tolist() and torch.equal(erased[0, :, 1, 1], img[0, :, 1, 1])
+    assert erased[0, :, 0, 1].tolist() == aea.MEAN_UINT8.tolist()
+    assert torch.equal(erased[0, :, 1, 1], img[0, :, 1, 1])
     assert data.normalize(erased)[0, :, 0, 1].abs().max() < 0.01
+
+
+# -----------------------------------------------------------------------------
+# The networks of the tests: two ResNet-50s built once, a fresh copy for each test
+
+@pytest.fixture(scope="module")
+def tiny(synthetic_root):
+    """The synthetic training split at 64x32, a PK sampler (P=2, K=2) and its labels."""
+    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
+    images = data.load_images(ds.train.paths, H, W)
+    return ds, images, torch.as_tensor(ds.train.pids), data.PKSampler(ds.train.pids, 2, 2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    """AEA with random weights (seed 0) for the synthetic set's 8 identities, built once for the
+    module: two ResNet-50s from scratch take about a second. Tests train `fresh` copies of it."""
+    common.seed_everything(0)
+    return aea.AEA(tiny[0].num_train_pids, "aea", "none")
+
+
+def fresh(reference, variant="aea"):
+    """A new network of `variant` that starts from the reference's weights (B1: its basic
+    network alone), as `aea.AEA(N, variant, "none")` built after the same seed would. The same
+    variant is a deep copy; another is built on the meta device (shapes only, no memory, no
+    random draws) and then takes copies of the reference's tensors. The strict load checks
+    that both have the same names and shapes."""
+    if variant == reference.variant:
+        return copy.deepcopy(reference)
+    with torch.device("meta"):
+        model = aea.AEA(reference.basic.FC_2.out_features, variant, "none")
+    state = reference.state_dict()
+    model.load_state_dict({k: state[k].clone() for k in model.state_dict()}, assign=True)
+    assert not any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+    return model
+
+
+@pytest.fixture
+def model(reference):
+    """A fresh AEA network (basic and complementary) for one test."""
+    return fresh(reference)
 
 
 # -----------------------------------------------------------------------------
 # Networks: sizes of the features
 
-@pytest.fixture(scope="module")
-def model():
-    common.seed_everything(0)
-    return aea.AEA(num_classes=4, variant="aea", weights="none")
-
-
-def test_feature_sizes(model):
+def test_feature_sizes(model, reference):
     x = torch.randn(4, 3, H, W)
     model.train()
     f, v, M_l = model.basic(x, "conv2_x")
-    assert f.shape == (4, 2560) and v.shape == (4, 4)
+    assert f.shape == (4, 2560) and v.shape == (4, 8)  # 8 identities
     assert M_l.shape == (4, 256, H // 4, W // 4)  # conv2_x: 256 x H/4 x W/4 (64x32 at 256x128)
     assert model.basic(x)[2] is None
-    # conv5_x as the attention layer: the map is the last stage itself, 2048 x H/16 x W/16 (stride 1)
+    # conv5_x as the attention layer: the map is the last stage itself, 2048 x H/16 x W/16
+    # (stride 1)
     assert model.basic(x, "conv5_x")[2].shape == (4, 2048, H // 16, W // 16)
     model.eval()
     with torch.no_grad():
         feat = model(x)
     assert feat.shape == (4, 5120)
-    assert torch.allclose(feat.norm(dim=1), torch.ones(4), atol=1e-5)  # concat, then L2-normalised
-    # the concatenation is normalised as a whole, not each half: the halves keep their own lengths
+    # concat, then L2-normalised
+    assert torch.allclose(feat.norm(dim=1), torch.ones(4), atol=1e-5)
+    # the concatenation is normalised as a whole, not each half: the halves keep their own
+    # lengths
     with torch.no_grad():
         f_b, f_c = model.basic(x)[0], model.complementary(x)[0]
-    assert torch.allclose(feat, torch.nn.functional.normalize(torch.cat([f_b, f_c], 1), dim=1), atol=1e-5)
+    whole = torch.nn.functional.normalize(torch.cat([f_b, f_c], 1), dim=1)
+    assert torch.allclose(feat, whole, atol=1e-5)
     # B1 tests on the basic network alone (it has no complementary one), B2 on the complementary
-    common.seed_everything(0)
-    b1, b2 = aea.AEA(4, "b1", "none").eval(), aea.AEA(4, "b2", "none").eval()
+    b1, b2 = fresh(reference, "b1").eval(), fresh(reference, "b2").eval()
     assert b1.complementary is None
     with torch.no_grad():
         assert b1(x).shape == (4, 2560)
@@ -139,12 +187,12 @@ def test_erasing_passes_no_gradient_to_the_basic_network(model):
     assert M_l.requires_grad  # the basic network's activation, part of its graph
     x_erased = aea.adversarial_erasing(x, M_l, 10)
     assert not x_erased.requires_grad
-    assert int((x_erased == 0).all(dim=1).sum()) == 4 * round(10 * H * W / 100)  # k pixels per image
+    # k pixels per image
+    assert int((x_erased == 0).all(dim=1).sum()) == 4 * round(10 * H * W / 100)
     # L_I2 reaches the complementary network only
     common.cross_entropy(model.complementary(x_erased)[1], y).backward()
     assert all(p.grad is None for p in model.basic.parameters())
     assert all(p.grad is not None for p in model.complementary.backbone.parameters())
-    model.zero_grad(set_to_none=True)
 
 
 def test_one_basic_forward_per_step_and_the_current_weights(model, monkeypatch):
@@ -156,15 +204,21 @@ def test_one_basic_forward_per_step_and_the_current_weights(model, monkeypatch):
     cfg = aea.AEAConfig(height=H, width=W, P=2, K=2)
     x, y = torch.randn(4, 3, H, W), torch.tensor([0, 0, 1, 1])
     calls, received = {"basic": 0, "complementary": 0}, []
-    hooks = [getattr(model, n).backbone.conv1.register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls[n] + 1))
-             for n in calls]
+
+    def count(name):
+        return lambda *_: calls.__setitem__(name, calls[name] + 1)
+    hooks = [getattr(model, n).backbone.conv1.register_forward_hook(count(n)) for n in calls]
     real = aea.adversarial_erasing
-    monkeypatch.setattr(aea, "adversarial_erasing", lambda x_, M_l, R: (received.append(M_l.detach().clone()), real(x_, M_l, R))[1])
+
+    def recording_erasing(x_, M_l, R):
+        received.append(M_l.detach().clone())
+        return real(x_, M_l, R)
+    monkeypatch.setattr(aea, "adversarial_erasing", recording_erasing)
     model.train()
     expected = []
     for _ in range(2):
-        with torch.no_grad():
-            expected.append(model.basic.backbone.run(x, "conv1", "conv2_x"))  # train mode: batch statistics
+        with torch.no_grad():  # train mode: batch statistics
+            expected.append(model.basic.backbone.run(x, "conv1", "conv2_x"))
         calls.update(basic=0, complementary=0)
         terms = aea.training_step(model, opt, x, y, cfg, joint=True)
         assert calls == {"basic": 1, "complementary": 1}  # no extra pass for the attention
@@ -175,22 +229,14 @@ def test_one_basic_forward_per_step_and_the_current_weights(model, monkeypatch):
     for got, want in zip(received, expected):
         assert torch.allclose(got, want, atol=1e-5)
     # the step changed the basic network, so the second step's attention differs from the first
-    assert not torch.allclose(aea.attention_map(received[0]), aea.attention_map(received[1]), atol=1e-4)
+    A_1, A_2 = aea.attention_map(received[0]), aea.attention_map(received[1])
+    assert not torch.allclose(A_1, A_2, atol=1e-4)
     # ... and so do the pixels it erases
-    assert not torch.equal(aea.salient_pixels(aea.attention_map(received[0]), 10, (H, W)),
-                           aea.salient_pixels(aea.attention_map(received[1]), 10, (H, W)))
+    assert not torch.equal(aea.salient_pixels(A_1, 10, (H, W)), aea.salient_pixels(A_2, 10, (H, W)))
 
 
 # -----------------------------------------------------------------------------
 # Every variant: one training step on tiny synthetic data
-
-@pytest.fixture(scope="module")
-def tiny(synthetic_root):
-    """The synthetic training split at 64x32, a PK sampler (P=2, K=2) and its labels."""
-    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
-    images = data.load_images(ds.train.paths, H, W)
-    return ds, images, torch.as_tensor(ds.train.pids), data.PKSampler(ds.train.pids, 2, 2, seed=0)
-
 
 VARIANTS = [("aea", "adversarial", True), ("aea", "adversarial", False), ("aea", "random", True),
             ("aea", "fixed", True), ("b1", "adversarial", False), ("b2", "adversarial", True),
@@ -198,40 +244,54 @@ VARIANTS = [("aea", "adversarial", True), ("aea", "adversarial", False), ("aea",
 
 
 @pytest.mark.parametrize("variant, erasing, joint", VARIANTS)
-def test_every_variant_trains_one_step(tiny, variant, erasing, joint, monkeypatch):
+def test_every_variant_trains_one_step(tiny, reference, variant, erasing, joint, monkeypatch):
     ds, images, labels, sampler = tiny
-    cfg = aea.AEAConfig(height=H, width=W, P=2, K=2, variant=variant, erasing=erasing, weights="none")
+    cfg = aea.AEAConfig(height=H, width=W, P=2, K=2, variant=variant, erasing=erasing,
+                        weights="none")
     common.seed_everything(0)
-    model = aea.AEA(ds.num_train_pids, variant, "none").train()
+    model = fresh(reference, variant).train()
     opt = common.make_sgd(model.parameters(), cfg.lr)
     mode = aea.erasing_mode(cfg)
     erased = None
     if mode in ("grey", "fixed"):
         basic = None if mode == "grey" else model.basic
-        erased = aea.erase_uint8(images, aea.fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer))
-    x, y, x_other = next(aea.epoch_batches(images, labels, sampler, torch.Generator().manual_seed(0), cfg, joint, erased))
+        mask = aea.fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer)
+        erased = aea.erase_uint8(images, mask)
+    g = torch.Generator().manual_seed(0)
+    x, y, x_other = next(aea.epoch_batches(images, labels, sampler, g, cfg, joint, erased))
     assert x.shape == (4, 3, H, W) and (x_other is None) == (not joint or mode == "adversarial")
     # record the features the triplet loss sees
     seen = []
     real = common.batch_hard_triplet_loss
-    monkeypatch.setattr(common, "batch_hard_triplet_loss", lambda f, lab, m: (seen.append((f.shape, lab.tolist())), real(f, lab, m))[1])
-    before = {n: [p.detach().clone() for p in getattr(model, n).parameters()] for n in ("basic", "complementary")
-              if getattr(model, n) is not None}
+
+    def recording_triplet(f, lab, m):
+        seen.append((f.shape, lab.tolist()))
+        return real(f, lab, m)
+    monkeypatch.setattr(common, "batch_hard_triplet_loss", recording_triplet)
+    nets = [n for n in ("basic", "complementary") if getattr(model, n) is not None]
+    before = {n: [p.detach().clone() for p in getattr(model, n).parameters()] for n in nets}
     terms = aea.training_step(model, opt, x, y, cfg, joint, x_other)
     assert torch.isfinite(torch.stack([v.detach() for v in terms.values()])).all()
-    changed = {n: any(not torch.equal(a, b) for a, b in zip(ps, getattr(model, n).parameters())) for n, ps in before.items()}
+    changed = {n: any(not torch.equal(a, b) for a, b in zip(ps, getattr(model, n).parameters()))
+               for n, ps in before.items()}
     assert changed["basic"]
     if "complementary" in changed:
-        assert changed["complementary"] == joint  # the warm-up gives the complementary network no step
-    # which loss terms, and L_T over which features (Eq. 8 and Sec. IV-C)
+        # the warm-up gives the complementary network no step
+        assert changed["complementary"] == joint
+    # which loss terms, and L_T over which features (Eq. (8) and Sec. IV-C)
     if not joint and variant == "b2":
-        assert set(terms) == {"L_I1", "L"} and not seen      # B2's basic network: cross-entropy only
+        # B2's basic network: cross-entropy only
+        assert set(terms) == {"L_I1", "L"} and not seen
     elif not joint:
         assert set(terms) == {"L_I1", "L_T", "L"} and seen == [((4, 2560), y.tolist())]
     elif variant == "b2":
-        assert set(terms) == {"L_I1", "L_I2", "L_T", "L"} and seen == [((4, 2560), y.tolist())]  # erased only
+        # the erased images only
+        assert set(terms) == {"L_I1", "L_I2", "L_T", "L"}
+        assert seen == [((4, 2560), y.tolist())]
     else:
-        assert set(terms) == {"L_I1", "L_I2", "L_T", "L"} and seen == [((8, 2560), y.tolist() * 2)]  # 2PK
+        # 2PK: the originals and the erased images
+        assert set(terms) == {"L_I1", "L_I2", "L_T", "L"}
+        assert seen == [((8, 2560), y.tolist() * 2)]
 
 
 def test_fixed_erasing_keeps_originals_and_erased_copies_aligned(tiny):
@@ -247,12 +307,14 @@ def test_fixed_erasing_keeps_originals_and_erased_copies_aligned(tiny):
     for x, y, x_other in batches:
         same = (x == x_other).all(dim=1)                       # [B, H, W]
         assert (x_other[~same[:, None].expand_as(x)].abs() < 0.01).all()
-        # k = round(0.3 * 64 * 32) = 614 pixels erased per image; the crop (a shift of up to 10 px)
-        # moves some out of the frame. Misaligned flips or crops would change nearly every pixel.
+        # k = round(0.3 * 64 * 32) = 614 pixels erased per image; the crop (a shift of up to
+        # 10 px) moves some out of the frame. Misaligned flips or crops would change nearly
+        # every pixel.
         changed = (~same).sum(dim=(1, 2))
         assert ((changed > 0) & (changed <= 614)).all()
     # the originals are the same as without the erased copy: the twin does not consume draws of g
-    plain = list(aea.epoch_batches(images, labels, sampler, torch.Generator().manual_seed(3), cfg, False))
+    g = torch.Generator().manual_seed(3)
+    plain = list(aea.epoch_batches(images, labels, sampler, g, cfg, False))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, plain))
 
 
@@ -261,19 +323,26 @@ def test_fixed_erasing_keeps_originals_and_erased_copies_aligned(tiny):
 
 def test_defaults_demo_and_per_dataset():
     cfg, demo = aea.parse_config([])
-    assert demo and (cfg.root, cfg.dataset, cfg.weights, cfg.height, cfg.width) == ("data/synthetic", "synthetic", "none", 64, 32)
-    assert cfg.eval_untrained and cfg.out == os.path.join("runs", "aea", "demo")
+    assert demo and cfg.eval_untrained and cfg.out == os.path.join("runs", "aea", "demo")
+    assert (cfg.root, cfg.dataset, cfg.weights, cfg.height, cfg.width) == (
+        "data/synthetic", "synthetic", "none", 64, 32)
     cfg, demo = aea.parse_config(["--root", "somewhere", "--dataset", "cuhk03-labeled"])
-    assert not demo and (cfg.margin, cfg.R, cfg.weights, cfg.epochs, cfg.lr, cfg.lr_step) == (0.35, 20.0, "imagenet", 100, 0.01, 75)
-    assert (cfg.height, cfg.width, cfg.P, cfg.K, cfg.warmup_epochs, cfg.attention_layer) == (256, 128, 8, 4, 10, "conv2_x")
-    assert (cfg.dropout, cfg.alpha1, cfg.alpha2, cfg.variant, cfg.erasing) == (0.5, 1.0, 1.0, "aea", "adversarial")
+    assert not demo
+    assert (cfg.margin, cfg.R, cfg.weights, cfg.epochs, cfg.lr, cfg.lr_step) == (
+        0.35, 20.0, "imagenet", 100, 0.01, 75)
+    assert (cfg.height, cfg.width, cfg.P, cfg.K, cfg.warmup_epochs, cfg.attention_layer) == (
+        256, 128, 8, 4, 10, "conv2_x")
+    assert (cfg.dropout, cfg.alpha1, cfg.alpha2, cfg.variant, cfg.erasing) == (
+        0.5, 1.0, 1.0, "aea", "adversarial")
     assert cfg.out == os.path.join("runs", "aea", "cuhk03-labeled-aea")
     cfg, _ = aea.parse_config(["--root", "d", "--dataset", "duke"])
     assert (cfg.margin, cfg.R) == (0.3, 10.0)
     # explicit flags win over the dataset's and the demo's values
-    cfg, _ = aea.parse_config(["--root", "d", "--dataset", "cuhk03-detected", "--margin", "0.5", "--R", "15"])
+    cfg, _ = aea.parse_config(["--root", "d", "--dataset", "cuhk03-detected", "--margin", "0.5",
+                               "--R", "15"])
     assert (cfg.margin, cfg.R) == (0.5, 15.0)
-    cfg, _ = aea.parse_config(["--epochs", "7", "--height", "96", "--width", "48", "--variant", "b1"])
+    cfg, _ = aea.parse_config(["--epochs", "7", "--height", "96", "--width", "48",
+                               "--variant", "b1"])
     assert (cfg.epochs, cfg.height, cfg.width, cfg.dataset) == (7, 96, 48, "synthetic")
 
 
@@ -287,7 +356,8 @@ def test_defaults_demo_and_per_dataset():
     (["--alpha1", "-1"], "--alpha1 must lie in [0, inf)"), (["--dataset", "duke"], "needs --root"),
     (["--variant", "b3", "--erasing", "random"], "applies to --variant aea and b2"),
     (["--epochs", "5", "--warmup-epochs", "5"], "--warmup-epochs 5 leaves no epoch"),
-    (["--variant", "b4", "--epochs", "5", "--b4-basic-epochs", "6"], "--b4-basic-epochs 6 leaves no epoch"),
+    (["--variant", "b4", "--epochs", "5", "--b4-basic-epochs", "6"],
+     "--b4-basic-epochs 6 leaves no epoch"),
     (["--P", "1"], "--P must lie in [2, inf), got 1 (identities per batch")])
 def test_bad_flags_are_one_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -298,8 +368,10 @@ def test_bad_flags_are_one_clear_error(argv, message, capsys):
 def test_checkpoint_of_another_paper_or_unfitting_weights_is_refused(tmp_path):
     # an AAA-Net file: the message says what it is and what was expected, with the file's name
     other = str(tmp_path / "aaanet.pt")
-    common.save_checkpoint(other, {"paper": "aaanet", "stage": "stage1", "model": {}, "config": {}})
-    with pytest.raises(UserError, match="is an AAA-Net stage1 checkpoint .*; expected an AEA checkpoint"):
+    common.save_checkpoint(other, {"paper": "aaanet", "stage": "stage1", "model": {},
+                                   "config": {}})
+    with pytest.raises(UserError,
+                       match="is an AAA-Net stage1 checkpoint .*; expected an AEA checkpoint"):
         aea.model_from_checkpoint(common.load_checkpoint(other), other)
     with pytest.raises(UserError, match=f"{other} is an AAA-Net stage1 checkpoint"):
         aea.figure(["--checkpoint", other])
@@ -316,22 +388,27 @@ def test_checkpoint_of_another_paper_or_unfitting_weights_is_refused(tmp_path):
 # -----------------------------------------------------------------------------
 # End to end: train -> checkpoint -> evaluate.py reloads it -> the figure
 
+@pytest.mark.slow
 def test_train_checkpoint_reload_evaluate_and_figure(synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
-    results = aea.main(["--root", synthetic_root, "--dataset", "synthetic", "--height", str(H), "--width", str(W),
-                        "--epochs", "2", "--warmup-epochs", "1", "--P", "4", "--K", "2", "--weights", "none",
-                        "--device", "cpu", "--out", str(out), "--eval-untrained", "--keep-every", "1"])
+    results = aea.main(["--root", synthetic_root, "--dataset", "synthetic",
+                        "--height", str(H), "--width", str(W), "--epochs", "2",
+                        "--warmup-epochs", "1", "--P", "4", "--K", "2", "--weights", "none",
+                        "--device", "cpu", "--out", str(out), "--eval-untrained",
+                        "--keep-every", "1"])
     printed = capsys.readouterr().out
     # every loss term logged: the warm-up epoch (basic alone), then Eq. (8)'s three terms
-    assert "epoch 1/2  lr 1e-02  iter 2/2  L_I1" in printed and "L_I2" not in printed.split("epoch 2/2")[0]
+    assert "epoch 1/2  lr 1e-02  iter 2/2  L_I1" in printed
+    assert "L_I2" not in printed.split("epoch 2/2")[0]
     assert all(t in printed.split("epoch 2/2")[1] for t in ("L_I1", "L_I2", "L_T"))
-    assert set(results) == {"untrained", "epoch 2"} and "untrained" in printed and "mAP (official)" in printed
+    assert set(results) == {"untrained", "epoch 2"}
+    assert "untrained" in printed and "mAP (official)" in printed
     ckpt = common.load_checkpoint(str(out / "last.pt"))
     assert ckpt["paper"] == "aea" and ckpt["epoch"] == 2 and ckpt["config"]["height"] == H
     assert os.path.isfile(out / "epoch_1.pt") and "aug_generator" in ckpt
     # evaluate.py dispatches to aea.model_from_checkpoint and scores the 5120-d feature
-    again = evaluate.main(["--checkpoint", str(out / "last.pt"), "--root", synthetic_root, "--dataset", "synthetic",
-                           "--device", "cpu"])
+    again = evaluate.main(["--checkpoint", str(out / "last.pt"), "--root", synthetic_root,
+                           "--dataset", "synthetic", "--device", "cpu"])
     assert "euclidean" in capsys.readouterr().out
     assert again["euclidean"]["mAP"] == pytest.approx(results["epoch 2"]["mAP"], abs=1e-6)
     model, size = aea.model_from_checkpoint(ckpt)
@@ -340,16 +417,18 @@ def test_train_checkpoint_reload_evaluate_and_figure(synthetic_root, tmp_path, c
         assert model(torch.randn(2, 3, H, W)).shape == (2, 5120)
     # the figure: 3 images; rows = images + (attention, erased) per checkpoint = 5 rows
     png = tmp_path / "fig.png"
-    aea.figure(["--checkpoint", str(out / "epoch_1.pt"), str(out / "last.pt"), "--num", "3", "--out", str(png),
-                "--device", "cpu"])
+    aea.figure(["--checkpoint", str(out / "epoch_1.pt"), str(out / "last.pt"), "--num", "3",
+                "--out", str(png), "--device", "cpu"])
     with Image.open(png) as im:
         assert im.size == (3 * (W + 2), 5 * (H + 2))
 
 
 def small_run(root, out, *extra):
-    """Flags of an in-process run on the conftest set (8 training identities): P=4 x K=2 -> 2 steps an epoch."""
-    return ["--root", root, "--dataset", "synthetic", "--height", str(H), "--width", str(W), "--P", "4", "--K", "2",
-            "--weights", "none", "--device", "cpu", "--out", str(out), *extra]
+    """Flags of an in-process run on the conftest set (8 training identities): P=4 x K=2 -> 2
+    steps an epoch."""
+    return ["--root", root, "--dataset", "synthetic", "--height", str(H), "--width", str(W),
+            "--P", "4", "--K", "2", "--weights", "none", "--device", "cpu", "--out", str(out),
+            *extra]
 
 
 def same_weights(a, b):
@@ -370,12 +449,14 @@ def signal_at_call(monkeypatch, function_name, call, signum):
     monkeypatch.setattr(aea, function_name, wrapped)
 
 
-def test_b4_run_erases_once_saves_the_mask_and_resumes_with_it(synthetic_root, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_b4_run_erases_once_saves_the_mask_and_resumes_with_it(synthetic_root, tmp_path,
+                                                               monkeypatch, capsys):
     # B4: epoch 1 basic alone, then the attention erasing computed once; the checkpoint holds the
-    # mask bit-packed, one bit per pixel: [N, H, W / 8] with exactly k = round(10% of 64*32) = 205 bits
-    # set per image
-    flags = small_run(synthetic_root, tmp_path / "b4", "--variant", "b4", "--b4-basic-epochs", "1", "--epochs", "2")
-    aea.main(flags)
+    # mask bit-packed, one bit per pixel: [N, H, W / 8] with exactly k = round(10% of 64*32) =
+    # 205 bits set per image
+    b4 = ["--variant", "b4", "--b4-basic-epochs", "1", "--epochs", "2"]
+    aea.main(small_run(synthetic_root, tmp_path / "b4", *b4))
     printed = capsys.readouterr().out
     assert "erasing fixed" in printed and "L_I2" in printed.split("epoch 2/2")[1]
     reference = common.load_checkpoint(str(tmp_path / "b4" / "last.pt"))
@@ -384,20 +465,23 @@ def test_b4_run_erases_once_saves_the_mask_and_resumes_with_it(synthetic_root, t
     assert packed.shape == (n_train, H, W // 8)
     bits = np.unpackbits(packed.numpy(), axis=-1)
     assert (bits.reshape(n_train, -1).sum(axis=1) == 205).all()
-    # The same run stopped by SIGTERM during step 3 = epoch 2, step 1 of 2: last.pt is written at
-    # (epoch 1 done, step 1) with the mask computed at the start of epoch 2 ...
+    # The same run stopped by SIGTERM during step 3 = epoch 2, step 1 of 2: last.pt is written
+    # at (epoch 1 done, step 1) with the mask computed at the start of epoch 2 ...
     out = tmp_path / "stopped"
-    flags = small_run(synthetic_root, out, "--variant", "b4", "--b4-basic-epochs", "1", "--epochs", "2")
+    flags = small_run(synthetic_root, out, *b4)
     signal_at_call(monkeypatch, "training_step", 3, signal.SIGTERM)
     assert aea.main(flags) is None
-    assert f"stopped by SIGTERM at epoch 2/2 step 1/2; wrote {out / 'last.pt'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"stopped by SIGTERM at epoch 2/2 step 1/2; wrote {out / 'last.pt'}" in printed
     stopped = common.load_checkpoint(str(out / "last.pt"))
-    assert (stopped["epoch"], stopped["step"]) == (1, 1) and torch.equal(stopped["erase_mask"], packed)
-    # ... and --resume takes the mask from the checkpoint (computing it again would fail here), the
-    # twin of the generator replays step 1's flips and crops of the erased copies, and the run
-    # ends bit-identical to the uninterrupted one
+    assert (stopped["epoch"], stopped["step"]) == (1, 1)
+    assert torch.equal(stopped["erase_mask"], packed)
+    # ... and --resume takes the mask from the checkpoint (computing it again would fail here),
+    # the twin of the generator replays step 1's flips and crops of the erased copies, and the
+    # run ends bit-identical to the uninterrupted one
     monkeypatch.undo()
-    monkeypatch.setattr(aea, "fixed_erasing_masks", lambda *a, **k: pytest.fail("the mask was computed again"))
+    monkeypatch.setattr(aea, "fixed_erasing_masks",
+                        lambda *a, **k: pytest.fail("the mask was computed again"))
     aea.main(flags + ["--resume"])
     assert "resuming" in capsys.readouterr().out
     assert same_weights(common.load_checkpoint(str(out / "last.pt"))["model"], reference["model"])
@@ -406,12 +490,16 @@ def test_b4_run_erases_once_saves_the_mask_and_resumes_with_it(synthetic_root, t
 # -----------------------------------------------------------------------------
 # Checkpoints: best.pt, a NaN loss, refused resumes (in-process, B1 for speed)
 
-def test_best_checkpoint_is_the_epoch_with_the_lowest_mean_loss(synthetic_root, tmp_path, monkeypatch):
-    # 3 epochs of 2 steps; the logged total loss L is replaced by set values (the training itself
-    # is untouched):  epoch 1: 4, 2 -> mean 3;  epoch 2: 0.5, 1.5 -> mean 1;  epoch 3: 0.25, 3.75 -> mean 2.
+@pytest.mark.slow
+def test_best_checkpoint_is_the_epoch_with_the_lowest_mean_loss(synthetic_root, tmp_path,
+                                                                monkeypatch):
+    # 3 epochs of 2 steps; the logged total loss L is replaced by set values (the training
+    # itself is untouched):  epoch 1: 4, 2 -> mean 3;  epoch 2: 0.5, 1.5 -> mean 1;
+    # epoch 3: 0.25, 3.75 -> mean 2.
     # best.pt = epoch 2 (lowest MEAN; epoch 3 holds the lowest single step), last.pt = epoch 3.
     values, real = iter([4.0, 2.0, 0.5, 1.5, 0.25, 3.75]), aea.training_step
-    monkeypatch.setattr(aea, "training_step", lambda *a: dict(real(*a), L=torch.tensor(next(values))))
+    monkeypatch.setattr(aea, "training_step",
+                        lambda *a: dict(real(*a), L=torch.tensor(next(values))))
     out = tmp_path / "best"
     aea.main(small_run(synthetic_root, out, "--variant", "b1", "--epochs", "3"))
     best, last = (common.load_checkpoint(str(out / name)) for name in ("best.pt", "last.pt"))
@@ -419,11 +507,13 @@ def test_best_checkpoint_is_the_epoch_with_the_lowest_mean_loss(synthetic_root, 
     assert (last["epoch"], last["best_loss"]) == (3, 1.0)
 
 
-def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_root, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_root, tmp_path,
+                                                                    monkeypatch, capsys):
     # B1, 2 epochs of 2 steps: L_T is computed once a step, so its 4th call is epoch 2, step 2.
-    # That call returns NaN; the check at the epoch's last step finds step 1 finite, then in step 2
-    # L_I1 finite and L_T NaN -> "epoch 2/2 step 2/2: the loss term L_T is nan". last.pt is still
-    # epoch 1's, byte for byte (its hash taken at the moment the NaN appears).
+    # That call returns NaN; the check at the epoch's last step finds step 1 finite, then in
+    # step 2 L_I1 finite and L_T NaN -> "epoch 2/2 step 2/2: the loss term L_T is nan". last.pt
+    # is still epoch 1's, byte for byte (its hash taken at the moment the NaN appears).
     out = tmp_path / "nan"
     real, calls, before = common.batch_hard_triplet_loss, [0], {}
 
@@ -435,7 +525,8 @@ def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_ro
         return real(f, y, m)
     monkeypatch.setattr(common, "batch_hard_triplet_loss", nan_at_fourth)
     with pytest.raises(SystemExit) as e:
-        common.exit_on_user_error(aea.main, small_run(synthetic_root, out, "--variant", "b1", "--epochs", "2"))
+        common.exit_on_user_error(aea.main, small_run(synthetic_root, out, "--variant", "b1",
+                                                      "--epochs", "2"))
     err = capsys.readouterr().err
     assert e.value.code == 2 and "error: epoch 2/2 step 2/2: the loss term L_T is nan" in err
     assert hashlib.sha1((out / "last.pt").read_bytes()).hexdigest() == before["sha"]
@@ -446,18 +537,21 @@ def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_ro
 # Resume and determinism through the real command line: subprocesses, real signals, on the CPU
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EPOCHS, STEPS = 2, 4  # the conftest set's 8 training identities in batches of P=2 -> 4 steps an epoch
+# the conftest set's 8 training identities in batches of P=2 -> 4 steps an epoch
+EPOCHS, STEPS = 2, 4
 
 
 def cli_flags(root, out):
     """AEA (dynamic erasing), warm-up 1 epoch then 1 joint epoch, 64x32, random weights, CPU."""
-    return ["--root", root, "--dataset", "synthetic", "--height", str(H), "--width", str(W), "--weights", "none",
-            "--device", "cpu", "--epochs", str(EPOCHS), "--warmup-epochs", "1", "--P", "2", "--K", "2", "--out", out]
+    return ["--root", root, "--dataset", "synthetic", "--height", str(H), "--width", str(W),
+            "--weights", "none", "--device", "cpu", "--epochs", str(EPOCHS),
+            "--warmup-epochs", "1", "--P", "2", "--K", "2", "--out", out]
 
 
 def run_cli(*argv, env=None):
     """`python <argv>` from the repository root, as a user runs it."""
-    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
 
 
 def load(path):
@@ -472,7 +566,8 @@ def final_row(stdout):
 
 @pytest.fixture(scope="module")
 def reference_run(synthetic_root, tmp_path_factory):
-    """The uninterrupted run that every resumed run must reproduce bit for bit: (out, stdout, model)."""
+    """The uninterrupted run that every resumed run must reproduce bit for bit: (out, stdout,
+    model)."""
     out = str(tmp_path_factory.mktemp("reference"))
     done = run_cli("aea.py", *cli_flags(synthetic_root, out))
     assert done.returncode == 0, done.stderr
@@ -480,7 +575,9 @@ def reference_run(synthetic_root, tmp_path_factory):
     return out, done.stdout, load(os.path.join(out, "last.pt"))["model"]
 
 
-def test_same_seed_twice_gives_identical_metrics_and_weights(reference_run, synthetic_root, tmp_path):
+@pytest.mark.slow
+def test_same_seed_twice_gives_identical_metrics_and_weights(reference_run, synthetic_root,
+                                                             tmp_path):
     # run one after the other: side by side, two processes of 2 threads on 2 cores take 3x longer
     again = run_cli("aea.py", *cli_flags(synthetic_root, str(tmp_path)))
     assert again.returncode == 0, again.stderr
@@ -488,10 +585,11 @@ def test_same_seed_twice_gives_identical_metrics_and_weights(reference_run, synt
     assert same_weights(load(tmp_path / "last.pt")["model"], reference_run[2])
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, synthetic_root, tmp_path):
     out, last, best = str(tmp_path), tmp_path / "last.pt", tmp_path / "best.pt"
-    proc = subprocess.Popen([sys.executable, "aea.py", *cli_flags(synthetic_root, out)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "aea.py", *cli_flags(synthetic_root, out)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # epoch 1's last.pt, then best.pt, appear by atomic renames; 0.3 s later the run is a step
     # into epoch 2 (a step takes ~0.25 s here; the run's end, 3 steps, an evaluation and a
     # checkpoint of ~1 s, is still far) and SIGKILL gives it no chance to write anything
@@ -515,16 +613,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, synthetic
     assert (final["best_loss"], load(best)["epoch"]) == (ref_best["best_loss"], ref_best["epoch"])
 
 
-# the stand-in for `python aea.py` that signals itself at a chosen step (conftest.stop_at_step_script)
+# the stand-in for `python aea.py` that signals itself at a chosen step
+# (conftest.stop_at_step_script)
 SIGNAL_AT_STEP = stop_at_step_script("aea", "training_step")
 
 
-def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_run, synthetic_root, tmp_path):
+@pytest.mark.slow
+def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_run,
+                                                                      synthetic_root, tmp_path):
     out, last = str(tmp_path / "run"), tmp_path / "run" / "last.pt"
     script = tmp_path / "signal_at_step.py"
     script.write_text(SIGNAL_AT_STEP)
-    # SIGINT arrives just before step 6 = epoch 2, step 2 of 4; that step finishes, then last.pt is
-    # written with epoch 1 (completed) and step 2 (trained in epoch 2), and the run exits 0
+    # SIGINT arrives just before step 6 = epoch 2, step 2 of 4; that step finishes, then last.pt
+    # is written with epoch 1 (completed) and step 2 (trained in epoch 2), and the run exits 0
     stopped = run_cli(str(script), *cli_flags(synthetic_root, out),
                       env={**os.environ, "STOP_AT": str(STEPS + 2), "STOP_SIGNAL": "SIGINT"})
     assert stopped.returncode == 0, stopped.stderr
@@ -544,7 +645,9 @@ def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_
     assert final["epoch"] == EPOCHS and same_weights(final["model"], reference_run[2])
 
 
-def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_root, tmp_path, capsys):
+@pytest.mark.slow
+def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_root, tmp_path,
+                                                      capsys):
     def error(argv):
         with pytest.raises(SystemExit) as e:
             common.exit_on_user_error(aea.main, argv)
@@ -555,21 +658,26 @@ def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_r
     err = error(cli_flags(synthetic_root, reference_run[0]) + ["--lr", "0.02", "--resume"])
     assert "--lr 0.01 in the checkpoint, 0.02 now" in err and "resume with the same flags" in err
     # nothing to resume
-    assert "--resume: there is no checkpoint" in error(cli_flags(synthetic_root, str(tmp_path / "none")) + ["--resume"])
+    err = error(cli_flags(synthetic_root, str(tmp_path / "none")) + ["--resume"])
+    assert "--resume: there is no checkpoint" in err
     # AAA-Net's last.pt in --out: what it is, what was expected
     other = tmp_path / "other"
-    common.save_checkpoint(str(other / "last.pt"), {"paper": "aaanet", "stage": "stage1", "model": {}, "config": {}})
+    common.save_checkpoint(str(other / "last.pt"),
+                           {"paper": "aaanet", "stage": "stage1", "model": {}, "config": {}})
     err = error(cli_flags(synthetic_root, str(other)) + ["--resume"])
-    assert f"{other / 'last.pt'} is an AAA-Net stage1 checkpoint (aaanet.py); expected an AEA checkpoint" in err
+    assert (f"{other / 'last.pt'} is an AAA-Net stage1 checkpoint (aaanet.py); "
+            "expected an AEA checkpoint") in err
     # an AEA last.pt with this run's flags but a classifier for 5 identities; the data has 8
     cfg, _ = aea.parse_config(cli_flags(synthetic_root, str(tmp_path / "five")))
     common.save_checkpoint(str(tmp_path / "five" / "last.pt"),
-                           {"paper": "aea", "config": dataclasses.asdict(cfg), "epoch": 1, "step": 0,
-                            "model": {"basic.FC_2.weight": torch.zeros(5, 2560)}})
+                           {"paper": "aea", "config": dataclasses.asdict(cfg), "epoch": 1,
+                            "step": 0, "model": {"basic.FC_2.weight": torch.zeros(5, 2560)}})
     err = error(cli_flags(synthetic_root, str(tmp_path / "five")) + ["--resume"])
     assert "was trained on 5 identities, but this dataset has 8 training identities" in err
-    # the finished reference run, resumed: it says so, returns its stored table and trains nothing
+    # the finished reference run, resumed: it says so, returns its stored table and trains
+    # nothing
     results = aea.main(cli_flags(synthetic_root, reference_run[0]) + ["--resume"])
     printed = capsys.readouterr().out
     assert f"already holds all {EPOCHS} epochs" in printed and "iter" not in printed
-    assert list(results) == [f"epoch {EPOCHS}"] and final_row(printed) == final_row(reference_run[1])
+    assert list(results) == [f"epoch {EPOCHS}"]
+    assert final_row(printed) == final_row(reference_run[1])

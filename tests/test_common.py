@@ -6,6 +6,7 @@ import dataclasses
 import io
 import math
 import os
+import platform
 import random
 import typing
 from unittest import mock
@@ -26,13 +27,15 @@ import data
 def test_triplet_six_samples_by_hand():
     # Six 1-D features, three identities, margin m = 0.6, no normalisation:
     #   x = [0, 2, 3.5, 5, 7, 1.2], labels = [0, 0, 1, 1, 2, 2]
-    # anchor  x    positive: d_ap (Eq. 6)   negatives: distances -> d_an (Eq. 7)   [d_ap + m - d_an]_+
-    #   0     0    x=2:   2                  3.5, 5, 7, 1.2    -> 1.2 (x=1.2)      2 + .6 - 1.2 = 1.4
-    #   1     2    x=0:   2                  1.5, 3, 5, 0.8    -> 0.8 (x=1.2)      2 + .6 - 0.8 = 1.8
-    #   2     3.5  x=5:   1.5                3.5, 1.5, 3.5, 2.3 -> 1.5 (x=2)       1.5 + .6 - 1.5 = 0.6
-    #   3     5    x=3.5: 1.5                5, 3, 2, 3.8      -> 2 (x=7)          1.5 + .6 - 2 = 0.1
-    #   4     7    x=1.2: 5.8                7, 5, 3.5, 2      -> 2 (x=5)          5.8 + .6 - 2 = 4.4
-    #   5     1.2  x=7:   5.8                1.2, 0.8, 2.3, 3.8 -> 0.8 (x=2)       5.8 + .6 - .8 = 5.6
+    # For each anchor: d_ap, the distance to its positive (Eq. (6)); d_an, the nearest of its
+    # distances to the negatives (Eq. (7)); and its term [d_ap + m - d_an]_+:
+    # anchor x    positive: d_ap  negatives          -> d_an         [d_ap + m - d_an]_+
+    #   0    0    x=2:   2        3.5, 5, 7, 1.2     -> 1.2 (x=1.2)  2 + .6 - 1.2 = 1.4
+    #   1    2    x=0:   2        1.5, 3, 5, 0.8     -> 0.8 (x=1.2)  2 + .6 - 0.8 = 1.8
+    #   2    3.5  x=5:   1.5      3.5, 1.5, 3.5, 2.3 -> 1.5 (x=2)    1.5 + .6 - 1.5 = 0.6
+    #   3    5    x=3.5: 1.5      5, 3, 2, 3.8       -> 2 (x=7)      1.5 + .6 - 2 = 0.1
+    #   4    7    x=1.2: 5.8      7, 5, 3.5, 2       -> 2 (x=5)      5.8 + .6 - 2 = 4.4
+    #   5    1.2  x=7:   5.8      1.2, 0.8, 2.3, 3.8 -> 0.8 (x=2)    5.8 + .6 - .8 = 5.6
     # L_T = mean = (1.4 + 1.8 + 0.6 + 0.1 + 4.4 + 5.6) / 6 = 13.9 / 6 = 2.31667
     x = torch.tensor([[0.0], [2.0], [3.5], [5.0], [7.0], [1.2]], requires_grad=True)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -60,7 +63,8 @@ def test_triplet_normalises_features_first():
     #   [0,3]: sqrt13 = 3.6056, sqrt10 = 3.1623       -> 0.7433
     #   [-1,0]: sqrt26 = 5.0990, 3 (to [2,0])         -> 2.3990
     #   [0,-5]: sqrt26 = 5.0990, sqrt29 = 5.3852      -> 0.0138      mean = 4.0617 / 4 = 1.0154
-    assert common.batch_hard_triplet_loss(x, labels, 0.3, normalize=False).item() == pytest.approx(1.0154, abs=1e-4)
+    raw = common.batch_hard_triplet_loss(x, labels, 0.3, normalize=False)
+    assert raw.item() == pytest.approx(1.0154, abs=1e-4)
 
 
 def test_triplet_edge_cases():
@@ -69,8 +73,8 @@ def test_triplet_edge_cases():
     # d_ap = 4, d_an = 1 -> 3.5; anchor 2: d_ap = 4, d_an = 1 -> 3.5; anchor 3 (alone): d_ap = 0,
     # d_an = 1 -> 0. L_T = 7 / 4 = 1.75.
     x = torch.tensor([[0.0], [1.0], [5.0], [6.0]])
-    assert common.batch_hard_triplet_loss(x, torch.tensor([0, 1, 1, 2]), 0.5, normalize=False).item() == \
-        pytest.approx(1.75, abs=1e-5)
+    loss = common.batch_hard_triplet_loss(x, torch.tensor([0, 1, 1, 2]), 0.5, normalize=False)
+    assert loss.item() == pytest.approx(1.75, abs=1e-5)
     # One identity only: no negatives anywhere, d_an = +inf, the loss is 0 (not NaN)
     assert common.batch_hard_triplet_loss(x, torch.zeros(4, dtype=torch.long), 0.5).item() == 0.0
 
@@ -115,10 +119,16 @@ def test_cross_entropy_by_hand():
 # -----------------------------------------------------------------------------
 # backbone
 
-def test_backbone_stage_shapes_and_run_ranges():
+@pytest.fixture(scope="module")
+def backbone():
+    """A ResNet-50 Backbone with random weights (seed 0) in eval mode, built once for the module
+    (about half a second); the tests only read it."""
     torch.manual_seed(0)
-    net = common.Backbone("none").eval()
-    x = torch.randn(2, 3, 64, 32)
+    return common.Backbone("none").eval()
+
+
+def test_backbone_stage_shapes_and_run_ranges(backbone):
+    net, x = backbone, torch.randn(2, 3, 64, 32)
     # 64x32 input: stem /4 -> 16x8, layer1 same, layer2 /2 -> 8x4, layer3 -> 4x2, layer4 -> 2x1
     expected = {"conv1": (64, 16, 8), "layer1": (256, 16, 8), "layer2": (512, 8, 4),
                 "layer3": (1024, 4, 2), "layer4": (2048, 2, 1)}
@@ -126,7 +136,8 @@ def test_backbone_stage_shapes_and_run_ranges():
         f = x
         for name in common.STAGES:
             f = net.run(f, name, name)
-            assert tuple(f.shape) == (2, *expected[name]) and f.shape[1] == common.STAGE_CHANNELS[name]
+            assert tuple(f.shape) == (2, *expected[name])
+            assert f.shape[1] == common.STAGE_CHANNELS[name]
         # cutting at a middle layer and going on from there gives the same output as one pass
         middle = net.run(x, "conv1", "layer2")
         assert torch.allclose(net.run(middle, "layer3", "layer4"), net.run(x), atol=1e-5)
@@ -142,6 +153,7 @@ def test_backbone_last_stride_one_keeps_conv5_resolution():
 
 def test_backbone_loads_a_state_dict_file(tmp_path):
     reference = torchvision.models.resnet50(weights=None)
+    reference.layer4[2].bn3.running_mean.normal_()  # not the zeros of a fresh network
     path = tmp_path / "resnet50.pth"
     torch.save(reference.state_dict(), path)
     net = common.Backbone(str(path))
@@ -153,13 +165,14 @@ def test_backbone_loads_a_state_dict_file(tmp_path):
         common.Backbone(str(tmp_path / "other.pth"))
 
 
-def test_backbone_refuses_other_weights_clearly(tmp_path):
+def test_backbone_refuses_other_weights_clearly(backbone, tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(common.UserError, match="not a torchvision ResNet-50"):  # same names, other shapes
+    # same names, other shapes
+    with pytest.raises(common.UserError, match="not a torchvision ResNet-50"):
         common.Backbone(str(tmp_path / "r18.pth"))
     with pytest.raises(common.UserError, match="expected 'imagenet', 'none' or the path"):
         common.Backbone("imagenett")
-    net = common.Backbone("none")
+    net = backbone
     with pytest.raises(common.UserError, match="unknown stage 'conv6_x'"):
         net.run(torch.zeros(1, 3, 32, 32), "conv1", "conv6_x")
     # the papers' names map onto torchvision's: conv2_x = layer1
@@ -198,9 +211,9 @@ def test_device_choice_and_autocast_on_cpu():
 
 
 def test_keep_freed_memory_sets_glibc_once():
-    # glibc (this project's Linux machines): mallopt returns 1 for both settings; the second call
-    # is remembered and does not call mallopt again
-    if not os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") and not os.path.exists("/lib64/libc.so.6"):
+    # glibc (Linux): mallopt returns 1 for both settings; the second call is remembered and does
+    # not call mallopt again
+    if platform.libc_ver()[0] != "glibc":
         pytest.skip("not a glibc system")
     assert common.keep_freed_memory() is True
     with mock.patch("ctypes.CDLL") as cdll:
@@ -255,7 +268,8 @@ def test_config_flags_from_dataclass():
     assert cfg == ToyConfig(margin=0.35, epochs=100, dataset="duke", flip=True, milestones=(40, 70))
     help_text = parser.format_help()  # the field's comment is the flag's help, a % in it included
     assert "m in Eq. (5), Sec. IV-B" in help_text and "top R% of the attention map" in help_text
-    assert common.config_from_args(ToyConfig, parser.parse_args(["--resume", "last.pt"])).resume == "last.pt"
+    resumed = common.config_from_args(ToyConfig, parser.parse_args(["--resume", "last.pt"]))
+    assert resumed.resume == "last.pt"
     with pytest.raises(SystemExit):
         parser.parse_args(["--dataset", "cuhk99"])
 
@@ -290,7 +304,8 @@ def test_progress_line_averages_the_terms():
     lines = out.getvalue().splitlines()
     # two lines: the means of (1, 3) and of (5, 7)
     assert len(lines) == 2
-    assert lines[0].startswith("epoch 1/1  iter 2/4  L_T 2.0000") and "img/s" in lines[0] and "ETA" in lines[0]
+    assert lines[0].startswith("epoch 1/1  iter 2/4  L_T 2.0000")
+    assert "img/s" in lines[0] and "ETA" in lines[0]
     assert "iter 4/4  L_T 6.0000" in lines[1]
 
 
@@ -332,8 +347,8 @@ def test_progress_names_the_first_non_finite_step_and_term():
 def test_checkpoint_round_trip_with_rng_state(tmp_path):
     path = tmp_path / "run" / "last.pt"  # the folder is created
     common.seed_everything(1)
-    state = {"paper": "backbone", "epoch": 3, "config": {"height": 64}, "model": {"w": torch.arange(4.0)},
-             "rng": common.rng_state()}
+    state = {"paper": "backbone", "epoch": 3, "config": {"height": 64},
+             "model": {"w": torch.arange(4.0)}, "rng": common.rng_state()}
     common.save_checkpoint(str(path), state)
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     loaded = common.load_checkpoint(str(path))
@@ -350,7 +365,8 @@ class Payload:
 
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"model": Payload()}, path)  # torch.save pickles the object; loading it would run os.system
+    # torch.save pickles the object; loading it would run os.system
+    torch.save({"model": Payload()}, path)
     with pytest.raises(common.UserError, match="refusing to load .*evil.pt"):
         common.load_checkpoint(str(path))
 
@@ -468,26 +484,31 @@ def test_best_link_cut_by_a_crash_is_made_on_resume(tmp_path):
 
 
 def test_checkpoint_identity_checks(tmp_path):
-    state = {"paper": "aaanet", "stage": "stage1", "model": {"classifier.weight": torch.zeros(751, 8)}}
-    with pytest.raises(common.UserError, match=r"x.pt is an AAA-Net stage1 checkpoint \(aaanet.py\); "
-                                               r"expected an AEA checkpoint \(aea.py\)"):
+    state = {"paper": "aaanet", "stage": "stage1",
+             "model": {"classifier.weight": torch.zeros(751, 8)}}
+    with pytest.raises(common.UserError, match=r"x.pt is an AAA-Net stage1 checkpoint "
+                                               r"\(aaanet.py\); expected an AEA checkpoint "
+                                               r"\(aea.py\)"):
         common.check_checkpoint(state, "x.pt", "aea")
     with pytest.raises(common.UserError, match="not a checkpoint of this project"):
         common.check_checkpoint({"weight": torch.zeros(2)}, "x.pt", "aaanet")
-    with pytest.raises(common.UserError, match="trained on 751 identities, but this dataset has 702"):
+    with pytest.raises(common.UserError,
+                       match="trained on 751 identities, but this dataset has 702"):
         common.check_checkpoint(state, "x.pt", "aaanet", 702, "classifier.weight")
-    common.check_checkpoint(state, "x.pt", "aaanet", 751, "classifier.weight")  # the right one passes
+    # the right one passes
+    common.check_checkpoint(state, "x.pt", "aaanet", 751, "classifier.weight")
 
 
 def test_resume_state_refuses_other_settings(tmp_path):
     path = str(tmp_path / "last.pt")
     with pytest.raises(common.UserError, match="--resume: there is no checkpoint .*last.pt"):
         common.resume_state(path, "aea", ToyConfig())
-    common.save_checkpoint(path, {"paper": "aea", "model": {}, "config": dataclasses.asdict(ToyConfig())})
+    common.save_checkpoint(path, {"paper": "aea", "model": {},
+                                  "config": dataclasses.asdict(ToyConfig())})
     assert common.resume_state(path, "aea", ToyConfig())["paper"] == "aea"
     # the milestones tuple comes back from the file as a tuple or list: both compare equal
-    with pytest.raises(common.UserError, match=r"--margin 0.3 in the checkpoint, 0.5 now.*--epochs 100 in the "
-                                               r"checkpoint, 50 now"):
+    with pytest.raises(common.UserError, match=r"--margin 0.3 in the checkpoint, 0.5 now.*"
+                                               r"--epochs 100 in the checkpoint, 50 now"):
         common.resume_state(path, "aea", ToyConfig(margin=0.5, epochs=50))
     # fields in may_differ (here the resume flag itself) are not compared
     assert common.resume_state(path, "aea", ToyConfig(resume="yes"), may_differ=("resume",))
@@ -497,14 +518,17 @@ def test_resume_state_refuses_other_settings(tmp_path):
     @dataclasses.dataclass
     class Auto:
         precision: str = "auto"
-    common.save_checkpoint(path, {"paper": "aea", "model": {}, "config": {"precision": "auto"}, "device_type": "cuda"})
-    with pytest.raises(common.UserError, match="trained on cuda with --precision auto.*--device cuda"):
+    common.save_checkpoint(path, {"paper": "aea", "model": {}, "config": {"precision": "auto"},
+                                  "device_type": "cuda"})
+    with pytest.raises(common.UserError,
+                       match="trained on cuda with --precision auto.*--device cuda"):
         common.resume_state(path, "aea", Auto(), device="cpu")
     assert common.resume_state(path, "aea", Auto(), device="cuda:1")["device_type"] == "cuda"
 
 
 def test_resume_command_and_writable_check(tmp_path):
-    assert common.resume_command(["/x/aea.py", "--root", "my data"]) == "python aea.py --root 'my data' --resume"
+    command = common.resume_command(["/x/aea.py", "--root", "my data"])
+    assert command == "python aea.py --root 'my data' --resume"
     assert common.resume_command(["aea.py", "--resume"]) == "python aea.py --resume"
     common.check_writable(str(tmp_path / "new" / "run"))  # created
     assert os.path.isdir(tmp_path / "new" / "run") and os.listdir(tmp_path / "new" / "run") == []

@@ -22,31 +22,34 @@ import data
 import evaluate
 
 # the small sizes every command gets here: no ImageNet file, 64x32 inputs, the CPU, one epoch
-SMALL = ["--dataset", "synthetic", "--weights", "none", "--height", "64", "--width", "32", "--device", "cpu",
-         "--epochs", "1"]
+SMALL = ["--dataset", "synthetic", "--weights", "none", "--height", "64", "--width", "32",
+         "--device", "cpu", "--epochs", "1"]
 
 
 def run_aea(root, out, *flags):
-    return common.exit_on_user_error(aea.main, ["--root", root, "--out", out, "--P", "4", "--K", "2",
-                                                "--warmup-epochs", "0", *SMALL, *flags])
+    return common.exit_on_user_error(aea.main, ["--root", root, "--out", out, "--P", "4",
+                                                "--K", "2", "--warmup-epochs", "0", *SMALL,
+                                                *flags])
 
 
 def run_aaanet(root, out, *flags):
-    return aaanet.main(["stage1", "--root", root, "--out", out, "--batch-size", "4", "--eval-metrics", *SMALL, *flags])
+    return aaanet.main(["stage1", "--root", root, "--out", out, "--batch-size", "4",
+                        "--eval-metrics", *SMALL, *flags])
 
 
 def run_evaluate(root, out, *flags):
     # evaluate.py takes no --epochs/--out: a plain ResNet-50 with random weights, Euclidean only
     flags = [f for f in flags if f not in ("--epochs", "1")]
-    return evaluate.main(["--weights", "none", "--root", root, "--dataset", "synthetic", "--height", "64",
-                          "--width", "32", "--device", "cpu", *flags])
+    return evaluate.main(["--weights", "none", "--root", root, "--dataset", "synthetic",
+                          "--height", "64", "--width", "32", "--device", "cpu", *flags])
 
 
 COMMANDS = {"aea": run_aea, "aaanet": run_aaanet, "evaluate": run_evaluate}
 
 
 def expect_error(capsys, command, root, out, *flags):
-    """Run `command`; it must exit with status 2 and a single `error: ...` line; returns that line."""
+    """Run `command`; it must exit with status 2 and a single `error: ...` line; returns that
+    line."""
     with pytest.raises(SystemExit) as exit_info:
         command(root, out, *flags)
     assert exit_info.value.code == 2
@@ -58,9 +61,10 @@ def expect_error(capsys, command, root, out, *flags):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A small valid synthetic dataset (6 training identities), copied by the tests that spoil it."""
-    return data.make_synthetic(str(tmp_path_factory.mktemp("tiny")), seed=1, train_ids=6, test_ids=4, cameras=2,
-                               max_per_camera=2, junk=1, distractors=1)
+    """A small valid synthetic dataset (6 training identities), copied by the tests that spoil
+    it."""
+    return data.make_synthetic(str(tmp_path_factory.mktemp("tiny")), seed=1, train_ids=6,
+                               test_ids=4, cameras=2, max_per_camera=2, junk=1, distractors=1)
 
 
 def spoilt(tiny, tmp_path):
@@ -75,7 +79,8 @@ def test_missing_root_and_missing_split_folders(command, tiny, tmp_path, capsys)
     root = spoilt(tiny, tmp_path)
     shutil.rmtree(root / "query")
     line = expect_error(capsys, COMMANDS[command], str(root), str(tmp_path / "out"))
-    assert "expected the folders bounding_box_train, query, bounding_box_test" in line and "missing: query" in line
+    assert "expected the folders bounding_box_train, query, bounding_box_test" in line
+    assert "missing: query" in line
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -101,7 +106,8 @@ def test_empty_split(command, tiny, tmp_path, capsys):
     root = spoilt(tiny, tmp_path)
     for f in os.listdir(root / "bounding_box_test"):
         os.remove(root / "bounding_box_test" / f)
-    (root / "bounding_box_test" / "readme.txt").write_text("not an image")  # ignored, as Market's Thumbs.db
+    # ignored, as Market's Thumbs.db
+    (root / "bounding_box_test" / "readme.txt").write_text("not an image")
     line = expect_error(capsys, COMMANDS[command], str(root), str(tmp_path / "out"))
     assert "bounding_box_test holds no images" in line
 
@@ -117,7 +123,8 @@ def test_fewer_identities_than_a_batch_needs(tiny, tmp_path, capsys):
 @pytest.mark.parametrize("command", ["aea", "aaanet"])
 def test_unknown_dataset_device_and_unwritable_out(command, tiny, tmp_path, capsys):
     run = COMMANDS[command]
-    with pytest.raises(SystemExit) as exit_info:  # argparse's choices or our check: status 2 either way
+    # argparse's choices or our check: status 2 either way
+    with pytest.raises(SystemExit) as exit_info:
         run(str(tiny), str(tmp_path / "out"), "--dataset", "market9000")
     assert exit_info.value.code == 2 and "market9000" in capsys.readouterr().err
     if not torch.cuda.is_available():
@@ -131,8 +138,10 @@ def test_unknown_dataset_device_and_unwritable_out(command, tiny, tmp_path, caps
 def random_name(rng):
     """A file name that may or may not parse: right pattern with random numbers, or noise."""
     kind = rng.randrange(4)
-    if kind == 0:
-        return f"{rng.randrange(-1, 2000):04d}_c{rng.randrange(0, 9)}s{rng.randrange(9)}_{rng.randrange(10**6):06d}_0{rng.randrange(9)}.jpg"
+    if kind == 0:  # Market-1501's pattern: 0002_c1s1_000451_03.jpg
+        pid, camera, sequence = rng.randrange(-1, 2000), rng.randrange(0, 9), rng.randrange(9)
+        frame, box = rng.randrange(10**6), rng.randrange(9)
+        return f"{pid:04d}_c{camera}s{sequence}_{frame:06d}_0{box}.jpg"
     if kind == 1:
         return f"{rng.randrange(10**4):04d}_c{rng.randrange(1, 9)}_f{rng.randrange(10**7):07d}.jpg"
     if kind == 2:
@@ -140,6 +149,7 @@ def random_name(rng):
     return f"{rng.randrange(10**4):04d}_c{rng.randrange(1, 9)}_{rng.randrange(99)}.png"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 def test_random_bytes_and_names_never_end_in_a_traceback(seed, tmp_path, capsys):
     # The right three folders, each holding 0-12 files with random names (some parse, some do not)
@@ -150,13 +160,15 @@ def test_random_bytes_and_names_never_end_in_a_traceback(seed, tmp_path, capsys)
     for split in ("bounding_box_train", "query", "bounding_box_test"):
         os.makedirs(root / split)
         for _ in range(rng.randrange(13)):
-            head = b"\xff\xd8\xff\xe0" if rng.random() < 0.5 else b""  # a JPEG's first bytes, or not
+            # a JPEG's first bytes, or not
+            head = b"\xff\xd8\xff\xe0" if rng.random() < 0.5 else b""
             (root / split / random_name(rng)).write_bytes(head + rng.randbytes(rng.randrange(2000)))
     for command in COMMANDS.values():
         for flags in ((), ("--skip-bad-files",)):
             expect_error(capsys, command, str(root), str(tmp_path / "out"), *flags)
 
 
+@pytest.mark.slow
 def test_skip_bad_files_trains_on_what_is_left(tiny, tmp_path, capsys):
     # one corrupt training image and one unparsable gallery name: with the flag, AEA warns about
     # both, trains its one epoch on the rest and writes its checkpoint
