@@ -291,7 +291,9 @@ def test_stage2_binary_m_occ_variant_runs(tiny_model):
     assert torch.isfinite(aaanet.training_step(model, optimizer, "stage2", x, y, cfg)["L_adv"])
 
 
-@pytest.mark.parametrize("point", aaanet.POINTS)
+# conv3_x (the default) and conv5_x (no stage after f_r) in the fast run, all four in the full one
+@pytest.mark.parametrize("point", [p if p in ("conv3_x", "conv5_x") else
+                                   pytest.param(p, marks=pytest.mark.slow) for p in aaanet.POINTS])
 def test_stage3_step_moves_everything(tiny_model, point):
     # Table 3: every occlusion point. omega = -1 (outside the flags' range; set here directly) makes
     # every sample pass the gate, so the attention branch gets Eq. (4)'s gradient; momentum and
@@ -456,6 +458,7 @@ def assert_exit_2(cases, capsys):
         assert message in capsys.readouterr().err, argv
 
 
+@pytest.mark.slow  # the command end to end
 def test_errors_exit_2_with_the_cause(synthetic_root, tmp_path, capsys):
     aea = str(tmp_path / "aea.pt")
     common.save_checkpoint(aea, {"paper": "aea", "config": {}, "model": {}})
@@ -752,6 +755,7 @@ def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_ro
     assert common.load_checkpoint(str(folder / "last.pt"))["epoch"] == 1
 
 
+@pytest.mark.slow  # the command end to end
 def test_bad_flags_exit_2_naming_the_flag(synthetic_root, tmp_path, capsys):
     flags = TINY + ["--root", synthetic_root, "--out", str(tmp_path)]
     blocker = tmp_path / "a_file"

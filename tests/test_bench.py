@@ -77,6 +77,7 @@ def test_bench_tiny_run_has_every_row(synthetic_root, monkeypatch):
     assert "input not counted" in row["fast_rank_metrics: extra host memory"][3]
 
 
+@pytest.mark.slow  # counts the FLOPs of three ResNet-50 passes
 def test_stage2_floor_flops():
     # At 32x32 with batch 2 and 8 identities: f_r (conv1..conv3_x) is 2 x 512 x 4 x 4, and the
     # rest (conv4_x, conv5_x, pool, FC) runs on 2 x 16 = 32 occluded copies of it. The rest's

@@ -21,6 +21,9 @@ import common
 import data
 import evaluate
 
+# every case runs a whole command (python aea.py, aaanet.py, evaluate.py): system tests
+pytestmark = pytest.mark.slow
+
 # the small sizes every command gets here: no ImageNet file, 64x32 inputs, the CPU, one epoch
 SMALL = ["--dataset", "synthetic", "--weights", "none", "--height", "64", "--width", "32",
          "--device", "cpu", "--epochs", "1"]
@@ -149,7 +152,6 @@ def random_name(rng):
     return f"{rng.randrange(10**4):04d}_c{rng.randrange(1, 9)}_{rng.randrange(99)}.png"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 def test_random_bytes_and_names_never_end_in_a_traceback(seed, tmp_path, capsys):
     # The right three folders, each holding 0-12 files with random names (some parse, some do not)
@@ -168,7 +170,6 @@ def test_random_bytes_and_names_never_end_in_a_traceback(seed, tmp_path, capsys)
             expect_error(capsys, command, str(root), str(tmp_path / "out"), *flags)
 
 
-@pytest.mark.slow
 def test_skip_bad_files_trains_on_what_is_left(tiny, tmp_path, capsys):
     # one corrupt training image and one unparsable gallery name: with the flag, AEA warns about
     # both, trains its one epoch on the rest and writes its checkpoint

@@ -104,7 +104,7 @@ def test_fast_rank_metrics_equals_rank_metrics(monkeypatch, buckets, chunk, kind
     monkeypatch.setattr(evaluate, "_CHUNK_ELEMENTS", chunk)
     rng = np.random.default_rng(buckets * 1000 + chunk + len(kind))
     checked = 0
-    for _ in range(40):
+    for _ in range(25):
         problem = random_problem(rng, int(rng.integers(1, 15)), int(rng.integers(1, 80)), kind)
         try:
             ref = evaluate.rank_metrics(*problem, max_rank=10)
@@ -115,7 +115,7 @@ def test_fast_rank_metrics_equals_rank_metrics(monkeypatch, buckets, chunk, kind
             continue
         assert_same(evaluate.fast_rank_metrics(*problem, max_rank=10), ref)
         checked += 1
-    assert checked >= 30  # most problems have at least one query with a match
+    assert checked >= 15  # most problems have at least one query with a match
 
 
 def test_numpy_and_torch_inputs_agree_on_every_device():
