@@ -19,18 +19,18 @@ otherwise):
                            RandomHorizontalFlip, Pad, RandomCrop, ToTensor, Normalize,
                            RandomErasing), a DataLoader with --workers processes (0 = one per
                            core), batch --loader-batch; timed the same way.
-  train: B1, AEA           `aea.training_step` (forward, Eq. 8's losses, backward, SGD) on P x K
-                           batches from the training data path (`aea.epoch_batches`); B1 = the
-                           basic network alone (joint=False), AEA = both networks with the dynamic
-                           erasing.
+  train: B1, AEA           `aea.training_step` (forward, the losses of Eq. (8), backward, SGD) on
+                           P x K batches from the training data path (`aea.epoch_batches`); B1 =
+                           the basic network alone (joint=False), AEA = both networks with the
+                           dynamic erasing.
   train: AAA stage 1/2/3   `AAANet.freeze_for(stage)`, then `aaanet.training_step`, on batches of
                            `aaanet.epoch_batches` (epoch after epoch over a cache of only 4
                            batches' images at the AAA-Net size: the speed is the same).
                            Every training step's time excludes its batch; the batch's own time
                            (index the cache + augment) is the "data" part, reported as a share of
                            data + step.
-  attention + erasing      `aea.adversarial_erasing(x, M_l, R)` alone (Eq. 1's map, its top R%
-                           erased) on one AEA batch, M_l = the basic network's conv2_x output
+  attention + erasing      `aea.adversarial_erasing(x, M_l, R)` alone (the map of Eq. (1), its top
+                           R% erased) on one AEA batch, M_l = the basic network's conv2_x output
                            computed once without gradient; timed in the training rows' rounds and
                            shown as a share of the AEA step.
   stage-2 floor (timed)    what a stage-2 step cannot avoid, run as stage 2 runs it (eval mode, no
@@ -97,6 +97,7 @@ import resource
 import statistics
 import sys
 import time
+import typing
 
 import numpy as np
 import torch
@@ -124,6 +125,7 @@ class BenchConfig:
     K: int = 4  # images per identity in an AEA batch
     aaa_size: int = 224  # AAA-Net input, square (AAA-Net Sec. 4.2)
     aaa_batch: int = 32  # AAA-Net batch (aaanet.Config's default)
+    aaa_point: typing.Literal[aaanet.POINTS] = "conv3_x"  # AAA-Net's middle layer f_r (Table 3)
     loader_batch: int = 32  # batch of both data-path rows
     workers: int = 0  # DataLoader worker processes of the conventional pipeline (0: one per core)
     repeats: int = 3  # timed rounds of the training rows (+ one warm-up) and of fast_rank_metrics
@@ -319,7 +321,7 @@ def aaa_jobs(cfg, images, labels, num_classes, device, precision):
     of one stream of epochs (`aaanet.epoch_batches`, as `aaanet.train_stage` draws them)."""
     common.seed_everything(cfg.seed)
     run = aaanet.Config(height=cfg.aaa_size, width=cfg.aaa_size, batch_size=cfg.aaa_batch,
-                        precision=precision)
+                        point=cfg.aaa_point, precision=precision)
     model = aaanet.AAANet(num_classes, run.point, 0.5, run.attention_channels, "none")
     model = on_device(model, device, precision)
     # one optimizer per stage over the parameters that stage trains (stage 2: the attention
@@ -368,7 +370,8 @@ def stage2_floor_flops(cfg, num_classes):
     two parts, f_r of the B images and the rest of the network on their B*16 occluded copies,
     and of a stage-1 forward + backward, at the AAA-Net rows' sizes: (f_r, rest, stage 1).
     Counted on the meta device: its tensors have shapes and no data, so nothing is computed."""
-    run = aaanet.Config(height=cfg.aaa_size, width=cfg.aaa_size, batch_size=cfg.aaa_batch)
+    run = aaanet.Config(height=cfg.aaa_size, width=cfg.aaa_size, batch_size=cfg.aaa_batch,
+                        point=cfg.aaa_point)
     with torch.device("meta"):
         model = aaanet.AAANet(num_classes, run.point, 0.5, run.attention_channels, "none")
         x = torch.empty(cfg.aaa_batch, 3, cfg.aaa_size, cfg.aaa_size)
