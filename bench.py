@@ -2,7 +2,7 @@
 bench.py: how fast both papers' code runs on this machine, in one table (as nanoGPT's bench.py).
 
     python bench.py            # the full run: Market-1501-sized synthetic data, the papers' batches
-    python bench.py --quick    # small sizes, under a minute on a 2-core CPU
+    python bench.py --quick    # small sizes, about 1.5 minutes on a 2-core CPU
     python bench.py -h         # every size is a flag
 
 What each row times (medians over --repeats rounds after one warm-up round, unless it says
@@ -139,7 +139,7 @@ class BenchConfig:
     seed: int = 0  # seeds the synthetic data, the weights, the batches and the ranking problem
 
 
-# --quick: small everything, so that the whole command takes under a minute on a 2-core CPU; the
+# --quick: small everything, about 1.5 minutes on 2 CPU cores (the full run: about 20); the
 # ranking problem keeps its Market-1501 size (a few seconds with the argsort yardstick).
 QUICK = dict(root="data/bench_quick", train_ids=64, height=128, width=64, P=4, K=4,
              aaa_size=112, aaa_batch=8, repeats=2, feature_images=32, feature_batch=32)
