@@ -248,7 +248,6 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-@functools.lru_cache(maxsize=None)
 def to_device(t, device):
     """Copy a tensor to `device`; from the CPU to CUDA through pinned memory and without
     blocking: a copy from pageable memory would wait for all the GPU work queued before it, while
@@ -260,6 +259,7 @@ def to_device(t, device):
     return t.to(device)
 
 
+@functools.lru_cache(maxsize=None)
 def _mean_std(device):
     """MEAN and STD as [3, 1, 1] tensors on `device`, made once per device: a copy to a GPU that
     is issued with every batch would make the host wait for the GPU every time."""

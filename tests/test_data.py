@@ -1,7 +1,9 @@
 """Tests of data.py: the name parser and folder layout, the synthetic dataset, the PK sampler,
 the decode-once image cache and the on-device augmentation. CPU only, a few seconds."""
+import gc
 import os
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -325,6 +327,18 @@ def test_normalize_by_hand():
                               [[0.205182, 0.205182]],
                               [[-0.026667, -0.026667]]]])
     assert torch.allclose(y, expected, atol=1e-5)
+
+
+def test_statistics_made_once_and_batches_not_kept():
+    # normalize's MEAN / STD tensors are made once per device; a batch copied by to_device is
+    # not held after its caller drops it (a cache there would keep every batch alive)
+    assert data._mean_std(torch.device("cpu")) is data._mean_std(torch.device("cpu"))
+    batch = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    alive = weakref.ref(batch)
+    assert data.to_device(batch, "cpu") is batch  # already there: the same tensor
+    del batch
+    gc.collect()
+    assert alive() is None
 
 
 def ramp(B, H, W):
