@@ -307,7 +307,7 @@ def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
             terms = dict(L_I1=L_I1, L_I2=L_I2, L_T=L_T)
         elif cfg.variant == "b2":
             # Choice (not in the paper): Baseline 2's basic network learns with the cross-entropy
-            # alone ("train the basic network using the cross-entropy loss", Sec. IV-C)
+            # alone, as Sec. IV-C says: "train the basic network using the cross-entropy loss"
             L, terms = L_I1, dict(L_I1=L_I1)
         else:
             # L_T on the originals' features, Eq. (5). Choice (not in the paper): L_I1 + L_T
