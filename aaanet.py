@@ -610,7 +610,7 @@ def figure(argv):
     if ckpt.get("stage") == "stage1":
         raise UserError(f"{path} is a stage-1 checkpoint: its attention branch is untrained "
                         "(draw a stage-2 or stage-3 checkpoint)")
-    with torch.no_grad(), common.autocast(device, cfg.precision):
+    with torch.no_grad(), common.autocast(device, evaluate.trained_precision(ckpt)):
         f_r = model.to(device).middle(data.normalize(data.to_device(images, device)))
         M_att = model.attention_map(f_r)
         mask = (response_mask(f_r) if cfg.mask_source == "response"

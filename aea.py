@@ -390,7 +390,8 @@ def train(cfg):
     rank_metrics} (untrained, every --eval-every, final), or None when a signal stopped the run.
     OUT/last.pt after every epoch, OUT/best.pt, --resume and stop signals: common.TrainingRun."""
     device = common.pick_device(cfg.device)
-    run = common.TrainingRun("aea", cfg, cfg.out, RESUME_MAY_DIFFER, device, loss="L")
+    run = common.TrainingRun("aea", cfg, cfg.out, RESUME_MAY_DIFFER, device, loss="L",
+                             erase_mask=None)  # erase-once runs (B3, B4, fixed): the mask, packed
     if run.finished:  # a finished run resumed: its table
         print(f"{run.last} already holds all {cfg.epochs} epochs; nothing left to resume")
         print(evaluate.format_table(run.results, label=f"AEA {cfg.variant}"), flush=True)
@@ -416,8 +417,7 @@ def train(cfg):
     first = run.start(model, optimizer, schedule, g, len(images), ds.num_train_pids,
                       "basic.FC_2.weight")
     mode, erased_images, cache = erasing_mode(cfg), None, {}  # cache: decoded query / gallery
-    if "erase_mask" in (run.state or {}):  # a resumed erase-once run: its mask, bit-packed
-        run.extra["erase_mask"] = run.state["erase_mask"]
+    if run.extra["erase_mask"] is not None:  # a resumed erase-once run: its mask, bit-packed
         mask = np.unpackbits(run.extra["erase_mask"].numpy(), axis=-1, count=cfg.width)
         erased_images = erase_uint8(images, torch.from_numpy(mask.astype(bool)).to(device))
     elif run.state is None and cfg.eval_untrained:
@@ -478,7 +478,7 @@ def figure(argv=None):
     rows = [list(images)]                                                 # uint8 [n, 3, H, W]
     for path, ckpt in ckpts:
         model, cfg = model_from_checkpoint(ckpt, path)[0].to(device), AEAConfig(**ckpt["config"])
-        with torch.no_grad(), common.autocast(device):
+        with torch.no_grad(), common.autocast(device, evaluate.trained_precision(ckpt)):
             # the basic network's attention (Eq. (1)) at test time: the unaugmented images, in
             # eval mode (BatchNorm's running statistics), as `fixed_erasing_masks` computes it
             M_l = model.basic.backbone.run(data.normalize(images.to(device)), "conv1",

@@ -561,9 +561,9 @@ def resume_command(argv=None):
     return shlex.join(["python", os.path.basename(argv[0])] + argv[1:])
 
 
-def check_writable(folder, flag="--out"):
+def check_writable(folder):
     """Create `folder` and prove it writable now, before any work (a run must not die at its
-    first checkpoint); otherwise one UserError naming the flag and the folder."""
+    first checkpoint); otherwise one UserError naming --out and the folder."""
     try:
         os.makedirs(folder, exist_ok=True)
         probe = os.path.join(folder, f".write_test{os.getpid()}")
@@ -571,7 +571,7 @@ def check_writable(folder, flag="--out"):
             f.write(b"ok")
         os.remove(probe)
     except OSError as e:
-        raise UserError(f"{flag} {folder}: cannot write there ({e.strerror}); give a folder you "
+        raise UserError(f"--out {folder}: cannot write there ({e.strerror}); give a folder you "
                         "can write to") from None
 
 
@@ -591,10 +591,10 @@ class TrainingRun:
                 if not run.end_epoch(): return      # last.pt, best.pt; False: a signal came
 
     A checkpoint holds the weights, optimizer, schedule, config, random states, `results`, the
-    position (epochs done, steps done in the next) and the generator g at that epoch's START; on
-    --resume `epoch` draws the done steps again without handing them out, which leaves g where it
-    was: on the CPU the resumed run ends bit-identical. A NaN or inf loss raises `LossNotFinite`
-    before anything more is written; a second Ctrl-C stops at once.
+    position (epochs done, steps done in the next), the generator g at that epoch's START and the
+    keyword `extra` entries (back in run.extra on --resume); on --resume `epoch` draws the done
+    steps again without handing them out, which leaves g where it was: on the CPU the resumed run
+    ends bit-identical. A NaN or inf loss raises `LossNotFinite` before anything more is written.
     """
 
     def __init__(self, paper, cfg, folder, may_differ, device, loss, label="", **extra):
@@ -639,8 +639,8 @@ class TrainingRun:
         if state.get("is_best") and not (os.path.exists(self.best)
                                          and os.path.samefile(self.last, self.best)):
             self._link_best(state)  # killed after writing a best last.pt, before linking it
-        # loaded: keep only the small entries (a paper's own extras), not the weights and momenta
-        self.state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+        self.extra.update({k: state[k] for k in self.extra if k in state})  # a paper's own entries
+        self.state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}  # loaded
         if state["epoch"] < self.cfg.epochs:
             print(f"{self.label}resuming {path} at epoch {state['epoch'] + 1} step {self.skip}",
                   flush=True)
