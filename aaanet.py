@@ -22,17 +22,16 @@ Paper map (paper -> code):
   Tables 1-5: Euclidean, XQDA, KISSME on the pooled 2048-d feature -> `AAANet.forward`
   Fig. 4, images, attention maps, occluded regions drawn black    -> `figure`
 
-Commands: `python aaanet.py stage1 --root DATA --dataset market1501 --out runs/aaanet`, then
-stage2 and stage3 (each from the previous one's OUT/<stage>/last.pt); `python aaanet.py figure
---checkpoint C` (Fig. 4); `python aaanet.py`, the CPU-sized demo. Ablations: --lambda1/2 (Table
-1), --omega (Table 2), --point (Table 3), stage3 --mask-source response (Table 4), stage1
---random-erasing 0.5 (Table 5), --m-occ binary.
+Commands: `python aaanet.py stage1|stage2|stage3 --root DATA --dataset market1501 --out OUT`,
+each stage from the previous one's OUT/<stage>/last.pt; `python aaanet.py figure --checkpoint C`
+(Fig. 4); `python aaanet.py`, the CPU-sized demo. Ablations: --lambda1/2 (Table 1), --omega (Table
+2), --point (Table 3), stage3 --mask-source response (Table 4), stage1 --random-erasing 0.5 (5).
 
 Choices where the paper is silent (each at its line, "Choice (not in the paper)", with its reason):
   - Grid cells of any map size: row y in cell row floor(4y / H), columns alike.
   - The attention branch: conv 1x1 C->64, BN, ReLU, conv 3x3, BN, ReLU, conv 1x1 64->1, raw M_att.
   - Last stride 2 kept; classifier N(0, 0.001^2), bias 0; dropout 0.5 where the paper gives none.
-  - Batch 32, an epoch = one shuffled pass, the last incomplete batch dropped.
+  - Pad 10, batch 32, momentum 0.9, decay 5e-4; an epoch: one shuffled pass, no partial batch.
   - M_occ = the difficult sample's channel-mean |f| over its maximum (--m-occ binary: its mask).
   - Eq. (2), (3): L1 norms over one image's positions; Eq. (4)'s term averaged over the batch.
   - The 16-copy probe runs in eval mode, also in stage 3.
@@ -40,6 +39,7 @@ Choices where the paper is silent (each at its line, "Choice (not in the paper)"
     occluded copy run as one batch of 2B, p_bf and p_af from that pass.
   - Table 4: stage 3 from stage 1 with a fresh attention branch, the top third of f_r occluded.
   - Stage 2 is not evaluated; --resume may change only --device and --eval-metrics.
+  - The demo (`DEMO`): 64x32, pad 3, batch 16, a larger lr, random weights.
 """
 import argparse
 import dataclasses
@@ -168,7 +168,7 @@ class AAANet(nn.Module):
             nn.Conv2d(a, 1, 1))
 
     def middle(self, x):
-        """f_r: "the convolutional modules in the baseline network" up to `point`."""
+        """f_r: "the convolutional modules in the baseline network" up to `point` (Sec. 3.2)."""
         return self.backbone.run(x, "conv1", self.point)
 
     def rest(self, f):
@@ -190,9 +190,9 @@ class AAANet(nn.Module):
 
     def freeze_for(self, stage):
         """What each stage trains, in one place; returns the parameters for SGD. stage1: the
-        baseline. stage2: the attention branch alone (Algorithm 1 step 5); the backbone and the
-        classifier, "fixed in the backward stage" (Sec. 3.2), get no gradient and stay in eval
-        mode (`train`: no BatchNorm statistics move, no dropout). stage3: "the entire network"."""
+        baseline. stage2: the attention branch (Algorithm 1 step 5); the rest, "fixed in the
+        backward stage" (Sec. 3.2), gets no gradient and stays in eval mode (`train`: no BatchNorm
+        update, no dropout). stage3: "the entire network" (Algorithm 2 step 4)."""
         self.frozen = stage == "stage2"
         for part in (self.backbone, self.classifier):
             part.requires_grad_(not self.frozen)
@@ -318,7 +318,7 @@ def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
         L_i = lambda1 * L1_i + lambda2 * L2_i   if p_bf_i - p_af_i > omega,   0 otherwise
         L1 = L_r (Eq. (3)), L2 = L_att (Eq. (2))
 
-    The gate is the paper's "switchable gradient update": only samples whose true-class
+    The gate is the "switchable gradient update" of Sec. 3.3: only samples whose true-class
     probability the occlusion lowers by more than omega update the attention through this term.
     """
     # the gate: a comparison of probabilities, no gradient
@@ -542,7 +542,7 @@ def model_from_checkpoint(ckpt, path="the checkpoint"):
 
 # --- The demo: the three stages on the synthetic data, CPU-sized ----------------------------------
 
-# Choice (not in the paper): the demo's sizes, about 2 minutes on 2 CPU cores: 64x32 inputs (f_r
+# Choice (not in the paper): the demo's sizes, about 11 minutes on 2 CPU cores: 64x32 inputs (f_r
 # 8x4, grid cells 2x1), the padding scaled down with them, batches of 16 for more steps, and a
 # larger lr than the paper's fine-tuning for random initial weights (no ImageNet file offline).
 DEMO = dict(dataset="synthetic", height=64, width=32, pad=3, weights="none", batch_size=16,

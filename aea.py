@@ -40,8 +40,9 @@ Choices where the paper is silent (each at its line, "Choice (not in the paper)"
   - The basic network alone trains with L_I1 + L_T; Baseline 2's with L_I1 only.
   - B4 "until convergence" = --b4-basic-epochs (40) of the basic network alone.
   - Erase-once masks (B3, B4, --erasing fixed) from the unaugmented images, the basic network in
-    eval mode; B3's grey level is ITU-R 601 luma; the erased copy gets its original's flip and
-    crop (a twin generator). --erasing random: an independent second augmentation (REDA).
+    eval mode; --erasing fixed (AOS-style) from the basic network after the warm-up, not from a
+    separate network; B3's grey level is ITU-R 601 luma; the erased copy gets its original's flip
+    and crop (a twin generator). --erasing random: an independent second augmentation (REDA).
   - Every test feature is L2-normalised (B1's and B2's 2560-d ones too).
   - The demo: 64x32, 40 epochs, random weights, no dropout (`DEMO`); --resume may change only
     the device, --out and the evaluation flags (`RESUME_MAY_DIFFER`).
@@ -142,8 +143,7 @@ def basic_alone_epochs(cfg):
     if cfg.variant == "b1":
         return cfg.epochs  # Baseline 1 is the basic network alone
     if cfg.variant == "b4":
-        # Choice (not in the paper): "until convergence" (Sec. IV-C), which gives no number, =
-        # --b4-basic-epochs
+        # Choice (not in the paper): --b4-basic-epochs for "until convergence" (Sec. IV-C)
         return cfg.b4_basic_epochs
     # Choice (not in the paper): the warm-up exists "to enable the basic network to predict the
     # salient parts properly" (Sec. IV-B), so only erasings that read the basic network wait
@@ -154,8 +154,8 @@ def basic_alone_epochs(cfg):
 
 def embedding(dropout):
     """FC_1's form, used by the global branch and by each stripe: 2048 -> 512 (Sec. III-A)."""
-    # Choice (not in the paper): the BatchNorm, so that the five 512-d outputs share one scale;
-    # LeakyReLU 0.1 and Dropout are Sec. IV-B's
+    # Choice (not in the paper): the BatchNorm, so that the five 512-d outputs share one scale,
+    # and the stripe FCs in FC_1's form (Sec. IV-B gives LeakyReLU 0.1 and Dropout for FC_1)
     return nn.Sequential(nn.Linear(2048, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.1),
                          nn.Dropout(dropout))
 
@@ -331,8 +331,7 @@ LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
 @torch.no_grad()
-def fixed_erasing_masks(images, R, basic=None, attention_layer="conv2_x", batch_size=128,
-                        precision="auto"):
+def fixed_erasing_masks(images, R, basic=None, attention_layer="conv2_x", precision="auto"):
     """The pixels to erase once, for every cached image: uint8 [N, 3, H, W] -> bool [N, H, W]:
     the top R% of the grey-level image (basic=None, Baseline 3, Sec. IV-C), or of `basic`'s
     attention (Eq. (1); Baseline 4, --erasing fixed) on the unaugmented images."""
@@ -341,7 +340,7 @@ def fixed_erasing_masks(images, R, basic=None, attention_layer="conv2_x", batch_
         was_training = basic.training
         basic.eval()
     masks = []
-    for u8 in images.split(batch_size):
+    for u8 in images.split(128):  # 128 images at a time
         if basic is None:
             A = (u8.float() * LUMA.to(u8.device).view(1, 3, 1, 1)).sum(dim=1)  # grey [b, H, W]
         else:
@@ -426,8 +425,9 @@ def train(cfg):
         for epoch in range(first, cfg.epochs):
             joint = epoch >= basic_alone_epochs(cfg)
             if joint and erased_images is None and mode in ("grey", "fixed"):
-                # B3: the grey level does not change, so it is erased once (Sec. IV-C); B4 and
-                # AOS-style: erase once, from the basic network as it is now (no dynamic strategy)
+                # B3's grey level, B4's trained basic network: erased once (Sec. IV-C). Choice
+                # (not in the paper): AOS-style (Table 6) erases once from the basic network after
+                # its warm-up, where AOS learns the erased area with a separate network
                 basic = None if mode == "grey" else model.basic
                 mask = fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer,
                                            precision=cfg.precision)

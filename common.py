@@ -235,7 +235,7 @@ def cross_entropy(logits, labels):
     Computed in fp32 even under autocast: log-softmax over hundreds of classes needs it.
     """
     B, N = logits.shape
-    # log p(t), Eq. (4), in fp32
+    # log p(t), Eq. (4). Choice (not in the paper): in fp32, also under autocast
     log_p = F.log_softmax(logits.float(), dim=1)                           # [B, N]
     # q(t), Eq. (3): one-hot of the label
     q = torch.zeros_like(log_p).scatter_(1, labels.view(B, 1), 1.0)       # [B, N]
@@ -265,8 +265,8 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
 
     features [n, d], labels [n] -> scalar loss.
     """
-    # fp32 even under bf16 autocast: with unit-length features d^2 = 2 - 2 cos, and bf16's 8-bit
-    # mantissa would move small distances by ~20%, enough to change which pair is the hardest
+    # Choice (not in the paper): fp32 under bf16 autocast: with unit-length features d^2 = 2 - 2
+    # cos, and bf16's 8-bit mantissa would move small distances by ~20%, changing the hardest pair
     with torch.autocast(features.device.type, enabled=False):
         features = features.float()
         if normalize:
