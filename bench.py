@@ -240,9 +240,20 @@ def max_rss_bytes():
 
 
 def ranking_problem(cfg):
-    """The Market-sized ranking problem (dist [Q, G] float32 and the four label vectors, CPU)."""
-    return evaluate.market_like_problem(cfg.queries, cfg.gallery, cfg.test_ids, 6,
-                                        cfg.distractors, cfg.seed)
+    """A random ranking problem with Market-1501-like labels: (dist float32 [Q, G], q_pids,
+    g_pids, q_cams, g_cams), all on the CPU. Query and gallery people draw their pid from
+    1..test_ids (each id about G / ids times in the gallery), the last `distractors` gallery items
+    are pid 0, cameras are uniform over 6: about 14.5 true matches per query at Market's sizes
+    (3368 x 15913, 751 ids, 6 cameras)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    Q, G, ids, cams = cfg.queries, cfg.gallery, cfg.test_ids, 6
+    q_pids = torch.randint(1, ids + 1, (Q,), generator=g)
+    q_cams = torch.randint(0, cams, (Q,), generator=g)
+    g_pids = torch.cat([torch.randint(1, ids + 1, (G - cfg.distractors,), generator=g),
+                        torch.zeros(cfg.distractors, dtype=torch.long)])
+    g_cams = torch.randint(0, cams, (G,), generator=g)
+    dist = torch.rand(Q, G, generator=g)  # float32 like Euclidean distances
+    return dist, q_pids, g_pids, q_cams, g_cams
 
 
 def rank_memory(cfg):

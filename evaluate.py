@@ -44,7 +44,7 @@ Choices where the papers and the official code are silent or differ (each marked
     Sigma_S can be inverted (`KISSME.fit`).
   - A paper checkpoint is re-scored in the precision its run trained with, "auto" resolved by
     the device type it trained on; a plain ResNet-50 in "auto" (`trained_precision`).
-  - --show-ranks draws N queries evenly spaced over the query list (`save_rank_figure`).
+  - --show-ranks and the papers' figures draw N items evenly spaced over a list (`evenly_spaced`).
   - --show-ranks draws the ranking that is scored: junk and same-id-same-camera items are left
     out, not drawn (`save_rank_figure`).
 """
@@ -144,12 +144,8 @@ def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
     Q = len(dist)
     cmc_sum, ap_sum, ap_official_sum, num_queries = np.zeros(max_rank), 0.0, 0.0, 0
     for q in range(Q):
-        # 1. gallery indices by distance; ties in gallery order
-        order = np.argsort(dist[q], kind="stable")
-        # 2. junk and same-pid-same-camera items out; is_match: a true match at each valid position
-        same_pid = g_pids[order] == q_pids[q]
-        removed = (g_pids[order] == -1) | (same_pid & (g_cams[order] == q_cams[q]))
-        is_match = same_pid[~removed].tolist()
+        # 1-2. the valid ranking; is_match: a true match at each valid position
+        is_match = valid_ranking(dist[q], q_pids[q], q_cams[q], g_pids, g_cams)[1].tolist()
         n = sum(is_match)
         if n == 0:
             # Choice (not in the paper): skipped and counted, not scored AP 0 as evaluation.m
@@ -183,6 +179,17 @@ def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
     return {"cmc": cmc_sum / num_queries, "mAP": ap_sum / num_queries,
             "mAP_official": ap_official_sum / num_queries,
             "num_queries": num_queries, "num_skipped": Q - num_queries}
+
+
+def valid_ranking(d, q_pid, q_cam, g_pids, g_cams):
+    """Steps 1-2 of `rank_metrics` for one query, numpy: d [G] -> (order, is_match), the gallery
+    indices of the valid ranking and whether each is a true match."""
+    # 1. gallery indices by distance; ties in gallery order
+    order = np.argsort(d, kind="stable")
+    # 2. junk (pid -1) and the query's pid in the query's camera out
+    same_pid = g_pids[order] == q_pid
+    kept = ~((g_pids[order] == -1) | (same_pid & (g_cams[order] == q_cam)))
+    return order[kept], same_pid[kept]
 
 
 def _ranking_inputs(dist, q_pids, g_pids, q_cams, g_cams):
@@ -629,6 +636,13 @@ def format_table(results, label="metric"):
     return "\n".join(lines)
 
 
+def evenly_spaced(n, num):
+    """Up to `num` indices of 0..n-1, evenly spaced, first and last included."""
+    # Choice (not in the paper): figures draw evenly spaced queries / images, so that they do not
+    # show only the first identity
+    return np.unique(np.linspace(0, n - 1, num).round().astype(int))
+
+
 def save_rank_figure(path, dist, ds, num, top=10, height=128, width=64, border=3):
     """PNG of `num` queries, one per row: the query (grey frame), then its first `top` gallery
     items in the ranking that is scored: green frame = true match, red = any other item.
@@ -636,19 +650,13 @@ def save_rank_figure(path, dist, ds, num, top=10, height=128, width=64, border=3
     """
     from PIL import Image  # comes with torchvision
     dist = torch.as_tensor(dist)
-    # Choice (not in the paper): queries evenly spaced over the query list — so the figure does
-    # not show only the first identity
-    qi = np.unique(np.linspace(0, len(ds.query) - 1, num).round().astype(int))
     rows = []
-    for q in qi:
+    for q in evenly_spaced(len(ds.query), num):
         # Choice (not in the paper): the ranking that is scored, junk and same-id-same-camera items
-        # left out — the figure then shows what CMC and mAP count. Stable sort, as rank_metrics.
-        d = dist[q].double().cpu().numpy()
-        same = ds.gallery.pids == ds.query.pids[q]
-        removed = (same & (ds.gallery.cams == ds.query.cams[q])) | (ds.gallery.pids == -1)
-        order = np.argsort(d, kind="stable")
-        order = order[~removed[order]][:top]
-        rows.append((q, order, same[order]))  # same pid and not removed = a true match
+        # left out — the figure then shows what CMC and mAP count
+        order, hits = valid_ranking(dist[q].double().cpu().numpy(), ds.query.pids[q],
+                                    ds.query.cams[q], ds.gallery.pids, ds.gallery.cams)
+        rows.append((q, order[:top], hits[:top]))
     # every image of the figure decoded in one go, [n, H, W, 3] for PIL
     paths = [p for q, order, _ in rows
              for p in [ds.query.paths[q]] + [ds.gallery.paths[g] for g in order]]
@@ -728,11 +736,8 @@ def figure_inputs(argv, prog, description, paper, default_out, several=False):
                         "of one size")
     ds = data.load_dataset(args.root or cfg["root"], args.dataset or cfg["dataset"], verbose=False)
     split = getattr(ds, args.split)
-    # Choice (not in the paper): images evenly spaced over the split, so that a figure does not
-    # show only the first identity
-    pick = np.unique(np.linspace(0, len(split) - 1, args.num).round().astype(int))
-    images = data.load_images([split.paths[i] for i in pick], cfg["height"], cfg["width"],
-                              desc="figure")
+    images = data.load_images([split.paths[i] for i in evenly_spaced(len(split), args.num)],
+                              cfg["height"], cfg["width"], desc="figure")
     return args, common.pick_device(args.device), list(zip(paths, ckpts)), images
 
 
@@ -841,24 +846,6 @@ def run(argv=None):
                              precision=precision)
     print(format_table(results))
     return results
-
-
-def market_like_problem(queries, gallery, ids, cameras, distractors, seed=0):
-    """A random ranking problem with Market-1501-like labels, for timing the ranking metrics
-    (bench.py): (dist float32 [Q, G], q_pids, g_pids, q_cams, g_cams), all on the CPU.
-
-    Query and gallery people draw their pid from 1..ids (each id about G / ids times in the
-    gallery), the last `distractors` gallery items are pid 0, cameras are uniform over `cameras`:
-    about 14.5 true matches per query at Market's sizes (3368 x 15913, 751 ids, 6 cameras).
-    """
-    g = torch.Generator().manual_seed(seed)
-    q_pids = torch.randint(1, ids + 1, (queries,), generator=g)
-    q_cams = torch.randint(0, cameras, (queries,), generator=g)
-    g_pids = torch.cat([torch.randint(1, ids + 1, (gallery - distractors,), generator=g),
-                        torch.zeros(distractors, dtype=torch.long)])
-    g_cams = torch.randint(0, cameras, (gallery,), generator=g)
-    dist = torch.rand(queries, gallery, generator=g)  # float32 like Euclidean distances
-    return dist, q_pids, g_pids, q_cams, g_cams
 
 
 def main(argv=None):
