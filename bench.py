@@ -363,16 +363,14 @@ def aaa_jobs(cfg, images, labels, num_classes, device, precision):
         model.train()  # the next step's freeze_for sets each stage's modes from here
         return out
 
-    x, _ = next(aaanet.epoch_batches(images, labels, torch.Generator().manual_seed(cfg.seed), run))
+    x, y = next(aaanet.epoch_batches(images, labels, torch.Generator().manual_seed(cfg.seed), run))
     f_r = as_stage2(model.middle, x)  # the second part's input, computed once
-    B, C, h, w = f_r.shape
-    G = run.grid ** 2
 
-    def rest_on_copies(f_r):  # Algorithm 1 steps 2-3: the B*G copies through the rest at once
-        copies = aaanet.grid_occlusions(f_r, run.grid)                # [B, G, C, h, w]
-        return model.logits_from_middle(copies.reshape(B * G, C, h, w))  # [B*G, C, h, w]
+    def probe(f_r):  # Algorithm 1 steps 2-4 as stage 2 runs them: the B*G copies through the rest
+        return aaanet.hardest_occlusion(model.logits_from_middle, f_r, y, run.grid,
+                                        run.occlusion_chunk)
     floor = {"stage-2 floor: f_r": (lambda: (x,), lambda x: as_stage2(model.middle, x)),
-             "stage-2 floor: rest": (lambda: (f_r,), lambda f: as_stage2(rest_on_copies, f))}
+             "stage-2 floor: rest": (lambda: (f_r,), lambda f: as_stage2(probe, f))}
     return steps, floor
 
 
@@ -393,11 +391,8 @@ def stage2_floor_flops(cfg, num_classes):
     model.eval()  # stage 2's frozen parts, without gradient
     with torch.no_grad(), FlopCounterMode(display=False) as middle:
         f_r = model.middle(x)
-    B, C, h, w = f_r.shape
-    G = run.grid ** 2
-    with torch.no_grad(), FlopCounterMode(display=False) as rest:
-        copies = aaanet.grid_occlusions(f_r, run.grid)                # [B, G, C, h, w]
-        model.logits_from_middle(copies.reshape(B * G, C, h, w))      # [B*G, C, h, w]
+    with torch.no_grad(), FlopCounterMode(display=False) as rest:  # Algorithm 1 steps 2-4
+        aaanet.hardest_occlusion(model.logits_from_middle, f_r, y, run.grid, run.occlusion_chunk)
     return middle.get_total_flops(), rest.get_total_flops(), stage1.get_total_flops()
 
 
@@ -432,8 +427,9 @@ def aea_b1_glibc_default(cfg, cache=None):
 def conventional_transform(height, width, pad=10, random_erasing=0.5, flip=0.5):
     """torchvision's version of `data.augment` on a PIL image: resize, flip, pad + random crop,
     to tensor, normalise, random erasing. The pad fill is the mean colour and the erased value 0
-    after normalising, and random erasing draws the same areas and aspects as
-    `data._erasing_boxes`, so the two pipelines make the same images."""
+    after normalising, and random erasing draws from the same area and aspect ranges as
+    `data._erasing_boxes` (torchvision: aspects log-uniform, 10 tries), so the two pipelines do
+    the same kind of work per image."""
     mean_colour = tuple(round(255 * m) for m in data.MEAN)  # 0 once normalised
     return T.Compose([
         T.Resize((height, width)),  # PIL bilinear, as data.load_images
