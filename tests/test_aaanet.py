@@ -582,7 +582,7 @@ def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_
     assert f"stopped by SIGINT at epoch 2/{EPOCHS} step 2/{STEPS}; wrote {last}" in stdout
     ckpt = common.load_checkpoint(str(last))
     assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
-    # the mean of the 2 steps so far travels with it, for the epoch's mean (best.pt)
+    # the loss sums of the 2 steps so far travel with it, for the epoch's mean (best.pt)
     assert set(ckpt["epoch_sums"]) == {"L_ce"} and math.isfinite(ckpt["epoch_sums"]["L_ce"])
     # best.pt is chosen at epoch ends only: still epoch 1's
     assert common.load_checkpoint(str(tmp_path / "run" / "stage1" / "best.pt"))["epoch"] == 1

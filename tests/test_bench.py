@@ -71,9 +71,6 @@ def test_bench_tiny_run_has_every_row(synthetic_root, monkeypatch):
     assert row["attention + erasing / AEA step"][1] < 100
     assert "the rest on 64 copies" in row["stage-2 floor / stage 1 (timed)"][3]
     assert 2 < row["stage-2 floor / stage 1 (FLOPs)"][1] < 5
-    # the yardstick's ratio is the two times' quotient
-    fast, argsort = row["fast_rank_metrics"][1], row["numpy per-row argsort (yardstick)"][1]
-    assert math.isclose(row["fast_rank_metrics / argsort"][1], fast / argsort)
     assert "input not counted" in row["fast_rank_metrics: extra host memory"][3]
 
 
@@ -144,11 +141,11 @@ def test_conventional_pipeline_same_pad_colour_and_erasing(tmp_path):
     # is white = (1 - MEAN) / STD = (2.2489, 2.4286, 2.6400). Padding 10 + a random crop shifts
     # mean-colour borders in, and random erasing (p = 1) sets a rectangle of 2-40% of the image
     # to 0. Ours pads and erases with exactly 0; torchvision pads with the uint8 mean colour
-    # (124, 116, 104), i.e. (124/255 - 0.485) / 0.229 = 0.0055 (and 0.0058, 0.0035): within 0.01
-    # of 0. So in both, every pixel is white or ~0, and every image has at least 2% ~0 pixels
-    # (the erased rectangle) and at most 40% + the shifted-in border (<= 10/64 of the rows +
-    # 10/32 of the columns): < 0.75. A black pad (-2.1) or a random erasing value would fail the
-    # first check.
+    # (124, 116, 104), i.e. (124/255 - 0.485) / 0.229 = 0.0056 (and -0.0049, 0.0082): within
+    # 0.01 of 0. So in both, every pixel is white or ~0, and every image has at least 2% ~0 pixels
+    # (the erased rectangle) and at most the shifted-in border, 1 - (54/64)(22/32) = 0.42, plus
+    # the rectangle, 0.40 and the rounding of its sides (<= 0.017 here): < 0.84. A black pad (-2.1)
+    # or a random erasing value would fail the first check.
     path = str(tmp_path / "white.jpg")
     Image.new("RGB", (W, H), (255, 255, 255)).save(path, quality=90)
     white = ((1 - torch.tensor(data.MEAN)) / torch.tensor(data.STD)).view(3, 1, 1)
@@ -164,4 +161,4 @@ def test_conventional_pipeline_same_pad_colour_and_erasing(tmp_path):
         is_white = ((batch - white).abs() < 1e-4).all(1)
         assert bool((near_zero | is_white).all())
         frac = near_zero.float().mean(dim=(1, 2)).numpy()
-        assert np.all(frac >= 0.02) and np.all(frac < 0.75), frac
+        assert np.all(frac >= 0.02) and np.all(frac < 0.84), frac

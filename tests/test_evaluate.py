@@ -278,7 +278,7 @@ def test_kissme_algebra(toy):
                                torch.diag(torch.tensor([2.0, 1e-6], **f64)))
     psd = torch.diag(torch.tensor([2.0, 1e-12], **f64))
     assert torch.equal(evaluate.psd_repair(psd), psd)
-    # without repair, M = Sigma_S^-1 - Sigma_D^-1 in the PCA space
+    # M = Sigma_S^-1 - Sigma_D^-1 in the PCA space, symmetrised, then repaired
     z = (torch.nn.functional.normalize(tx.double(), dim=1) - kissme.mean) @ kissme.P
     Sigma_S, Sigma_D = evaluate.pair_covariances(z, tp, tc)
     M = torch.linalg.inv(Sigma_S) - torch.linalg.inv(Sigma_D)
