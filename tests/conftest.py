@@ -1,11 +1,14 @@
 """Shared test fixtures. Puts the repository root on sys.path so tests can `import data`,
 `import common`."""
 import os
+import subprocess
 import sys
 
 import pytest
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 import data  # noqa: E402  (needs the sys.path line above)
 
@@ -33,6 +36,19 @@ def synthetic_root(tmp_path_factory):
     """Folder holding bounding_box_train / query / bounding_box_test of SYNTHETIC_SIZES; read it
     with data.load_dataset(synthetic_root, "synthetic")."""
     return data.make_synthetic(str(tmp_path_factory.mktemp("synthetic")), **SYNTHETIC_SIZES)
+
+
+def run_python(*argv, env=None):
+    """`python <argv>` in a subprocess from the repository root, as a user runs it."""
+    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def assert_same_weights(a, b):
+    """Two state dicts hold bit-identical tensors under the same names (else: the first name)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def stop_at_step_script(module, step_function):

@@ -21,7 +21,7 @@ from PIL import Image
 import aea
 import common
 import data
-from conftest import stop_at_step_script
+from conftest import REPO, assert_same_weights, run_python, stop_at_step_script
 import evaluate
 from common import UserError
 
@@ -435,11 +435,6 @@ def small_run(root, out, *extra):
             *extra]
 
 
-def same_weights(a, b):
-    """True when two state dicts hold bit-identical tensors under the same names."""
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def signal_at_call(monkeypatch, function_name, call, signum):
     """Wrap aea.<function_name> so that this process sends itself `signum` (a real signal) just
     before call number `call`: the handler runs at once, the call itself still completes."""
@@ -488,7 +483,7 @@ def test_b4_run_erases_once_saves_the_mask_and_resumes_with_it(synthetic_root, t
                         lambda *a, **k: pytest.fail("the mask was computed again"))
     aea.main(flags + ["--resume"])
     assert "resuming" in capsys.readouterr().out
-    assert same_weights(common.load_checkpoint(str(out / "last.pt"))["model"], reference["model"])
+    assert_same_weights(common.load_checkpoint(str(out / "last.pt"))["model"], reference["model"])
 
 
 # -----------------------------------------------------------------------------
@@ -540,7 +535,6 @@ def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_ro
 # -----------------------------------------------------------------------------
 # Resume and determinism through the real command line: subprocesses, real signals, on the CPU
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the conftest set's 8 training identities in batches of P=2 -> 4 steps an epoch
 EPOCHS, STEPS = 2, 4
 
@@ -550,12 +544,6 @@ def cli_flags(root, out):
     return ["--root", root, "--dataset", "synthetic", "--height", str(H), "--width", str(W),
             "--weights", "none", "--device", "cpu", "--epochs", str(EPOCHS),
             "--warmup-epochs", "1", "--P", "2", "--K", "2", "--out", out]
-
-
-def run_cli(*argv, env=None):
-    """`python <argv>` from the repository root, as a user runs it."""
-    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def load(path):
@@ -573,7 +561,7 @@ def reference_run(synthetic_root, tmp_path_factory):
     """The uninterrupted run that every resumed run must reproduce bit for bit: (out, stdout,
     model)."""
     out = str(tmp_path_factory.mktemp("reference"))
-    done = run_cli("aea.py", *cli_flags(synthetic_root, out))
+    done = run_python("aea.py", *cli_flags(synthetic_root, out))
     assert done.returncode == 0, done.stderr
     assert f"epoch {EPOCHS}/{EPOCHS}  lr 1e-02  iter {STEPS}/{STEPS}" in done.stdout
     return out, done.stdout, load(os.path.join(out, "last.pt"))["model"]
@@ -583,41 +571,45 @@ def reference_run(synthetic_root, tmp_path_factory):
 def test_same_seed_twice_gives_identical_metrics_and_weights(reference_run, synthetic_root,
                                                              tmp_path):
     # run one after the other: side by side, two processes of 2 threads on 2 cores take 3x longer
-    again = run_cli("aea.py", *cli_flags(synthetic_root, str(tmp_path)))
+    again = run_python("aea.py", *cli_flags(synthetic_root, str(tmp_path)))
     assert again.returncode == 0, again.stderr
     assert final_row(again.stdout) == final_row(reference_run[1])
-    assert same_weights(load(tmp_path / "last.pt")["model"], reference_run[2])
+    assert_same_weights(load(tmp_path / "last.pt")["model"], reference_run[2])
 
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, synthetic_root, tmp_path):
-    out, last, best = str(tmp_path), tmp_path / "last.pt", tmp_path / "best.pt"
-    proc = subprocess.Popen([sys.executable, "aea.py", *cli_flags(synthetic_root, out)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # epoch 1's last.pt, then best.pt, appear by atomic renames; 0.3 s later the run is a step
-    # into epoch 2 (a step takes ~0.25 s here; the run's end, 3 steps, an evaluation and a
-    # checkpoint of ~1 s, is still far) and SIGKILL gives it no chance to write anything
+    out = str(tmp_path / "run")
+    last, best = tmp_path / "run" / "last.pt", tmp_path / "run" / "best.pt"
+    script = tmp_path / "signal_at_step.py"
+    script.write_text(SIGNAL_AT_STEP)
+    # paused inside step 6 = epoch 2, step 2 of 4: epoch 1's last.pt is written, epoch 2 has
+    # trained 1 step that no file holds; SIGKILL from outside gives it no chance to write anything
+    env = {**os.environ, "STOP_AT": str(STEPS + 2), "STOP_SIGNAL": "PAUSE",
+           "PAUSED_FILE": str(tmp_path / "paused")}
+    proc = subprocess.Popen([sys.executable, str(script), *cli_flags(synthetic_root, out)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not best.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
+    while not (tmp_path / "paused").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
     proc.kill()
     assert proc.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
     killed = load(last)
     # the kill landed during training: the last checkpoint is epoch 1's end, not the run's end
     assert (killed["epoch"], killed["step"]) == (1, 0)
-    resumed = run_cli("aea.py", *cli_flags(synthetic_root, out), "--resume")
+    resumed = run_python("aea.py", *cli_flags(synthetic_root, out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {last} at epoch 2 step 0" in resumed.stdout
     final = load(last)
-    assert final["epoch"] == EPOCHS and same_weights(final["model"], reference_run[2])
+    assert final["epoch"] == EPOCHS
+    assert_same_weights(final["model"], reference_run[2])
     # the metrics too, and best.pt is the reference's (epoch and mean loss, restored on resume)
     assert final_row(resumed.stdout) == final_row(reference_run[1])
     ref_best = load(os.path.join(reference_run[0], "best.pt"))
     assert (final["best_loss"], load(best)["epoch"]) == (ref_best["best_loss"], ref_best["epoch"])
 
 
-# the stand-in for `python aea.py` that signals itself at a chosen step
+# the stand-in for `python aea.py` that signals itself, or pauses, at a chosen step
 # (conftest.stop_at_step_script)
 SIGNAL_AT_STEP = stop_at_step_script("aea", "training_step")
 
@@ -630,8 +622,8 @@ def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_
     script.write_text(SIGNAL_AT_STEP)
     # SIGINT arrives just before step 6 = epoch 2, step 2 of 4; that step finishes, then last.pt
     # is written with epoch 1 (completed) and step 2 (trained in epoch 2), and the run exits 0
-    stopped = run_cli(str(script), *cli_flags(synthetic_root, out),
-                      env={**os.environ, "STOP_AT": str(STEPS + 2), "STOP_SIGNAL": "SIGINT"})
+    stopped = run_python(str(script), *cli_flags(synthetic_root, out),
+                         env={**os.environ, "STOP_AT": str(STEPS + 2), "STOP_SIGNAL": "SIGINT"})
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped by SIGINT at epoch 2/{EPOCHS} step 2/{STEPS}; wrote {last}" in stopped.stdout
     ckpt = load(last)
@@ -641,12 +633,13 @@ def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_
     # the printed command, run as printed (python -> this interpreter), finishes the run
     argv = shlex.split(stopped.stdout.split("Resume with:\n")[1].splitlines()[0])
     assert argv[:2] == ["python", "aea.py"] and argv[-1] == "--resume"
-    resumed = run_cli(*argv[1:])
+    resumed = run_python(*argv[1:])
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {last} at epoch 2 step 2" in resumed.stdout
     # the two replayed batches left the generator where the stopped run had it: same weights
     final = load(last)
-    assert final["epoch"] == EPOCHS and same_weights(final["model"], reference_run[2])
+    assert final["epoch"] == EPOCHS
+    assert_same_weights(final["model"], reference_run[2])
 
 
 @pytest.mark.slow

@@ -352,15 +352,25 @@ def test_cli_end_to_end(synthetic_root, tiny_checkpoint, tmp_path, capsys):
             assert im.size == (12 + 11 * (64 + 6 + 2), 3 * (128 + 6 + 4))
 
 
+def record_decoding(monkeypatch):
+    """A list that data.load_images appends (desc, height, width) to at each call."""
+    decoded, load_images = [], data.load_images
+    monkeypatch.setattr(data, "load_images", lambda paths, h, w, desc="":
+                        decoded.append((desc, h, w)) or load_images(paths, h, w, desc))
+    return decoded
+
+
+def pool_model():
+    """A stand-in network: a 4 x 2 average pool, 24-d features from any image size."""
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d((4, 2)), torch.nn.Flatten())
+
+
 @pytest.mark.slow
 def test_cli_plain_backbone_extracts_train_features_only_when_needed(synthetic_root, monkeypatch,
                                                                      capsys):
     # --weights none: a randomly initialised ResNet-50 at --height x --width; with Euclidean
     # distance alone, the training split is never decoded
-    decoded = []
-    load_images = data.load_images
-    monkeypatch.setattr(data, "load_images", lambda paths, h, w, desc="":
-                        decoded.append((desc, h, w)) or load_images(paths, h, w, desc))
+    decoded = record_decoding(monkeypatch)
     flags = ["--weights", "none", "--height", "64", "--width", "32", "--root", synthetic_root,
              "--dataset", "synthetic", "--device", "cpu"]
     results = evaluate.main(flags)
@@ -390,7 +400,7 @@ def test_checkpoint_is_scored_in_its_training_precision(synthetic_root, tmp_path
     path = str(tmp_path / "run.pt")
     common.save_checkpoint(path, {"paper": "aea", "config": {"precision": "auto"},
                                   "device_type": "cuda", "model": {}})
-    pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d((4, 2)), torch.nn.Flatten())
+    pool = pool_model()
     stand_in = types.SimpleNamespace(model_from_checkpoint=lambda ckpt, path: (pool, (64, 32)))
     monkeypatch.setitem(sys.modules, "aea", stand_in)
     used = []
@@ -450,15 +460,11 @@ def test_evaluate_model_decodes_each_split_once(synthetic_root, monkeypatch):
     # decode again, and must score the same network identically; XQDA adds the training split.
     # The network: a 4 x 2 average pool (24-d features), as any model goes through the same path
     ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
-    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d((4, 2)), torch.nn.Flatten())
-    decoded = []
-    load_images = data.load_images
-    monkeypatch.setattr(data, "load_images", lambda paths, h, w, desc="":
-                        decoded.append(desc) or load_images(paths, h, w, desc))
+    model, decoded = pool_model(), record_decoding(monkeypatch)
     images, cpu = {}, torch.device("cpu")
     first = evaluate.evaluate_model(model, ds, (64, 32), cpu, ["euclidean"], images=images)
     second = evaluate.evaluate_model(model, ds, (64, 32), cpu, ["xqda", "euclidean"], images=images)
-    assert decoded == ["query", "gallery", "train"]
+    assert [desc for desc, _, _ in decoded] == ["query", "gallery", "train"]
     assert list(second) == ["xqda", "euclidean"]
     assert second["euclidean"]["mAP"] == first["euclidean"]["mAP"]
     assert images["train"].shape == (len(ds.train), 3, 64, 32)
