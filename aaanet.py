@@ -23,9 +23,9 @@ Paper map (paper -> code):
   Fig. 4, images, attention maps, occluded regions drawn black    -> `figure`
 
 Commands: `python aaanet.py stage1|stage2|stage3 --root DATA --dataset market1501 --out OUT`,
-each stage from the previous one's OUT/<stage>/last.pt; `python aaanet.py figure --checkpoint C`
-(Fig. 4); `python aaanet.py`, the CPU-sized demo. Ablations: --lambda1/2 (Table 1), --omega (Table
-2), --point (Table 3), stage3 --mask-source response (Table 4), stage1 --random-erasing 0.5 (5).
+each from the previous stage's OUT/<stage>/last.pt; `python aaanet.py figure --checkpoint C` (Fig.
+4); `python aaanet.py`: the CPU demo. Ablations: --lambda1/2 (Table 1), --omega (Table 2), --point
+(Table 3), stage3 --mask-source response (Table 4), stage1 --random-erasing 0.5 (Table 5).
 
 Choices where the paper is silent (each at its line, "Choice (not in the paper)", with its reason):
   - Grid cells of any map size: row y in cell row floor(4y / H), columns alike.
