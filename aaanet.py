@@ -542,7 +542,7 @@ def model_from_checkpoint(ckpt, path="the checkpoint"):
 
 # --- The demo: the three stages on the synthetic data, CPU-sized ----------------------------------
 
-# Choice (not in the paper): the demo's sizes, about 11 minutes on 2 CPU cores: 64x32 inputs (f_r
+# Choice (not in the paper): the demo's sizes, 7-11 minutes on 2 CPU cores: 64x32 inputs (f_r
 # 8x4, grid cells 2x1), the padding scaled down with them, batches of 16 for more steps, and a
 # larger lr than the paper's fine-tuning for random initial weights (no ImageNet file offline).
 DEMO = dict(dataset="synthetic", height=64, width=32, pad=3, weights="none", batch_size=16,
