@@ -41,10 +41,14 @@ Choices the papers leave open (each marked "Choice (not in the paper)" at its li
   background, distractors = one-off people or bare background, query = one image per camera).
 """
 import argparse
+import contextlib
+import errno
 import functools
 import inspect
 import os
 import re
+import shutil
+import stat
 import sys
 import time
 import warnings
@@ -55,7 +59,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import UserError, exit_on_user_error
+from common import UserError, exit_on_user_error, pid_running
 
 # -----------------------------------------------------------------------------
 # Parsing the folder layout
@@ -126,19 +130,40 @@ class ReIDData:
         return "\n".join(rows)
 
 
+def _is_folder(path):
+    """os.path.isdir(path), except that a folder we may not look into is an error naming it:
+    os.path.isdir answers False there, which would report the folders in it as missing."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except PermissionError as e:
+        raise UserError(f"cannot look into the folder {os.path.dirname(path) or '.'}: "
+                        f"{e.strerror}") from None
+    except OSError:  # no such file, a file where a folder was expected on the way, ...
+        return False
+
+
+def _listdir(folder):
+    """os.listdir(folder), with a folder that cannot be read (permission denied, ...) reported as
+    an error naming it."""
+    try:
+        return os.listdir(folder)
+    except OSError as e:
+        raise UserError(f"cannot read the folder {folder}: {e.strerror}") from None
+
+
 def _find_root(root, name):
     """The folder with bounding_box_train, bounding_box_test and query: ROOT or ROOT/<release>."""
     if name not in _RELEASES:
         raise UserError(f"unknown dataset {name!r}; expected one of {', '.join(_RELEASES)}")
-    if not os.path.isdir(root):
+    if not _is_folder(root):
         raise UserError(f"dataset root {root} does not exist (or is not a folder)")
     # ROOT itself first, so that a path to the exact folder always wins over a guess below it
     tried = [root] + [os.path.join(root, r) for r in _RELEASES[name]]
     for folder in tried:
-        if all(os.path.isdir(os.path.join(folder, s)) for s in _SPLITS.values()):
+        if all(_is_folder(os.path.join(folder, s)) for s in _SPLITS.values()):
             return folder
     # name what ROOT lacks (the likeliest mistake: a path one level too high or too low)
-    missing = [s for s in _SPLITS.values() if not os.path.isdir(os.path.join(root, s))]
+    missing = [s for s in _SPLITS.values() if not _is_folder(os.path.join(root, s))]
     raise UserError(f"{root} is not a {name} dataset: expected the folders "
                     f"{', '.join(_SPLITS.values())} in it (missing: {', '.join(missing)}); "
                     f"also searched {', '.join(tried[1:]) or 'nothing else'}")
@@ -149,7 +174,7 @@ def _read_split(folder, skip_bad_files):
     # sorted: os.listdir's order depends on the file system, and the index of an image must not,
     # or the same seed would draw different batches on two machines. Non-images (Thumbs.db,
     # readme.txt) are skipped silently; an image whose name does not parse is an error.
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(_IMAGE_EXT))
+    files = sorted(f for f in _listdir(folder) if f.lower().endswith(_IMAGE_EXT))
     paths, pids, cams = [], [], []
     for f in files:
         path = os.path.join(folder, f)
@@ -175,10 +200,39 @@ def _read_split(folder, skip_bad_files):
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def _open_image(path):
+    """Image.open(path), for the two decoders below; raises one of _DECODE_ERRORS.
+
+    A file that is not a regular one (a named pipe, a device, a folder) is refused before it is
+    opened: reading a named pipe would wait forever for a writer. An image larger than PIL's
+    decompression-bomb limit (Image.MAX_IMAGE_PIXELS) gets a warning that names the file; PIL's
+    own warning names none, so the decoders silence it (_without_pil_bomb_warning).
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError("not a regular file")
+    img = Image.open(path)  # raises DecompressionBombError above twice the limit
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.width * img.height > limit:
+        warnings.warn(f"{path}: {img.width}x{img.height} = {img.width * img.height} pixels, "
+                      f"more than PIL's limit of {limit} (Image.MAX_IMAGE_PIXELS); a "
+                      "decompression bomb?", Image.DecompressionBombWarning)
+    return img
+
+
+@contextlib.contextmanager
+def _without_pil_bomb_warning():
+    """PIL's DecompressionBombWarning silenced (_open_image warns instead, naming the file). The
+    warning filters are shared by all threads, so the thread that runs a decoding pool enters this
+    and the pool's workers see it too."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module="PIL")
+        yield
+
+
 def _readable(path):
     """None if PIL decodes the whole file, else why it cannot (truncated, not an image, ...)."""
     try:
-        with Image.open(path) as img:
+        with _open_image(path) as img:
             # JPEG: decode at 1/8 scale, which still reads every byte of the file
             img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))
             img.load()
@@ -189,7 +243,7 @@ def _readable(path):
 
 def _drop_unreadable(split, folder):
     """`split` without the images PIL cannot decode, each named in a warning (--skip-bad-files)."""
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with _without_pil_bomb_warning(), ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         reasons = list(pool.map(_readable, split.paths))
     for path, why in zip(split.paths, reasons):
         if why is not None:
@@ -289,11 +343,11 @@ def load_images(paths, height, width, desc=""):
     def decode(i):
         # runs in a worker thread; each writes its own row of `out`, so no lock is needed
         try:
-            with Image.open(paths[i]) as img:
+            with _open_image(paths[i]) as img:
                 # Choice (not in the paper): bilinear resizing (PIL's, which filters when
                 # shrinking); convert() reads all bytes, so a truncated file fails here
                 rgb = img.convert("RGB").resize((width, height), Image.BILINEAR)
-        except _DECODE_ERRORS as e:  # missing, truncated, not an image
+        except _DECODE_ERRORS as e:  # missing, truncated, not an image, a named pipe
             raise UserError(f"cannot decode image {paths[i]}: {e} "
                             "(--skip-bad-files drops such images with a warning)") from None
         out[i] = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
@@ -303,13 +357,15 @@ def load_images(paths, height, width, desc=""):
     tag = f"{desc} " if desc else ""
     start = last = time.time()
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
-    try:
-        for done, _ in enumerate(pool.map(decode, range(N)), 1):
-            if time.time() - last > 0.5:
-                last = time.time()
-                print(f"\r{tag}decoding {done}/{N} images", end="", file=sys.stderr, flush=True)
-    finally:
-        pool.shutdown(cancel_futures=True)  # after an error, do not decode the rest first
+    with _without_pil_bomb_warning():   # until the last worker has stopped
+        try:
+            for done, _ in enumerate(pool.map(decode, range(N)), 1):
+                if time.time() - last > 0.5:
+                    last = time.time()
+                    print(f"\r{tag}decoding {done}/{N} images", end="", file=sys.stderr,
+                          flush=True)
+        finally:
+            pool.shutdown(cancel_futures=True)  # after an error, do not decode the rest first
     secs = time.time() - start
     print(f"\r{tag}decoded {N} images to {height}x{width} ({out.numel() / 2**20:.0f} MiB) "
           f"in {secs:.1f} s, {N / max(secs, 1e-9):.0f} images/s", file=sys.stderr, flush=True)
@@ -620,6 +676,8 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
     background (false detections).
     Deterministic for a seed (the same bytes with the same Pillow). Defaults: 442 images (217
     train, 64 query, 161 gallery) written in about 0.6 s on one CPU core.
+    Written into a temporary folder next to root (.NAME.tmp<pid>), renamed to root once complete:
+    after a failure (disk full, Ctrl-C) root does not exist rather than holding part of a dataset.
     """
     # cameras >= 2: every identity needs a second camera for a cross-camera match;
     # at most 9999 identities: pids are 4 digits
@@ -629,16 +687,64 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
                         "train_ids + test_ids <= 9999, cameras >= 2, max_per_camera >= 1, "
                         f"junk >= 0, distractors >= 0; got {train_ids}, {test_ids}, {cameras}, "
                         f"{max_per_camera}, {junk}, {distractors}")
-    for split in _SPLITS.values():
-        folder = os.path.join(root, split)
-        # refuse to mix with (or delete) what is there: a dataset must come from one seed
-        if os.path.isdir(folder) and os.listdir(folder):
-            raise UserError(f"{folder} is not empty; give make_synthetic a new or empty --root")
+    # numpy's generators take seeds >= 0; checked here, before anything is written
+    if not 0 <= seed <= 2**32 - 1:
+        raise UserError(f"--seed must lie in [0, 2**32 - 1], got {seed}")
+    # refuse to mix with (or delete) what is there: a dataset must come from one seed. Empty
+    # split folders hold nothing to lose: they are replaced.
+    if _is_folder(root):
+        for entry in sorted(_listdir(root)):
+            path = os.path.join(root, entry)
+            if entry not in _SPLITS.values() or not _is_folder(path) or _listdir(path):
+                raise UserError(f"{root} is not empty (it holds {entry}); give make_synthetic a "
+                                "new or empty --root")
+    elif os.path.lexists(root):
+        raise UserError(f"{root} is not a folder; give make_synthetic a new or empty --root")
+    # the real path: a root that is a symbolic link gets the dataset where the link points
+    final = os.path.realpath(root)
+    parent, name = os.path.split(final)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {parent} for the synthetic dataset: "
+                        f"{e.strerror}") from None
+    _remove_dead_temporaries(parent, name)
+    tmp = os.path.join(parent, f".{name}.tmp{os.getpid()}")
+    try:
+        _draw_synthetic(tmp, seed, train_ids, test_ids, cameras, max_per_camera, junk,
+                        distractors)
         try:
-            os.makedirs(folder, exist_ok=True)
+            for split in _SPLITS.values():
+                if _is_folder(os.path.join(final, split)):
+                    os.rmdir(os.path.join(final, split))
+            os.rename(tmp, final)  # replaces final if it is an empty folder (POSIX)
         except OSError as e:
-            raise UserError(f"cannot create {folder} for the synthetic dataset: "
-                            f"{e.strerror}") from None
+            raise UserError(f"cannot rename {tmp} to {final}: {e.strerror}") from None
+    except BaseException:  # UserError, Ctrl-C, ...: no partial dataset is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _remove_dead_temporaries(parent, name):
+    """Remove the temporary folders .NAME.tmp<pid> in `parent` whose process no longer runs
+    (make_synthetic killed before it could clean up); those of running processes stay."""
+    with contextlib.suppress(OSError):  # a folder we may write in but not list: nothing seen
+        for entry in os.listdir(parent):
+            m = re.fullmatch(re.escape(f".{name}.tmp") + r"(\d+)", entry)
+            if m and not pid_running(m.group(1)):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _draw_synthetic(folder, seed, train_ids, test_ids, cameras, max_per_camera, junk,
+                    distractors):
+    """The dataset make_synthetic describes, drawn and written into the new folder `folder`."""
+    for split in _SPLITS.values():
+        try:
+            os.makedirs(os.path.join(folder, split))
+        except OSError as e:
+            raise UserError(f"cannot create {os.path.join(folder, split)} for the synthetic "
+                            f"dataset: {e.strerror}") from None
     rng = np.random.default_rng(seed)
     cams = [_camera(rng) for _ in range(cameras)]
     # raw pids: distinct, in 1..9999 and not contiguous, so that relabelling to 0..N-1 is tested
@@ -658,10 +764,13 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
         im = Image.fromarray(img)
         if cams[c]["blurry"]:                    # half the resolution, scaled back up
             im = im.resize((_W // 2, _H // 2), Image.BILINEAR).resize((_W, _H), Image.BILINEAR)
-        path = os.path.join(root, _SPLITS[split], name)
+        path = os.path.join(folder, _SPLITS[split], name)
         try:
             im.save(path, quality=90)
-        except OSError as e:  # disk full, folder removed under us
+        except OSError as e:  # disk full, folder removed under us; make_synthetic removes folder
+            if e.errno == errno.ENOSPC:
+                raise UserError(f"no space left on device writing {path} (the partial dataset "
+                                "was removed)") from None
             raise UserError(f"cannot write {path}: {e}") from None
 
     # the first train_ids identities go to training, the rest to query + gallery
@@ -687,7 +796,6 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
         # a passer-by seen only once (a new identity), or a false detection of background
         who = _identity(rng) if rng.random() < 0.5 else None
         write("gallery", 0, int(rng.integers(cameras)), who)
-    return root
 
 
 # -----------------------------------------------------------------------------
@@ -696,10 +804,10 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
 def ensure_synthetic(root="data/synthetic", **sizes):
     """The paper modules' demos: use the synthetic dataset at `root` if it is there (all three
     split folders hold files), otherwise write one with `make_synthetic(root, **sizes)`; return
-    root. A half-written folder is not patched up: make_synthetic refuses it and names the folder.
+    root. A half-filled folder is not patched up: make_synthetic refuses it and names the folder.
     """
     folders = [os.path.join(root, s) for s in _SPLITS.values()]
-    if all(os.path.isdir(f) and os.listdir(f) for f in folders):
+    if all(_is_folder(f) and _listdir(f) for f in folders):
         return root
     print(f"writing the synthetic dataset to {root}")
     return make_synthetic(root, **sizes)

@@ -1,8 +1,12 @@
 """Tests of data.py: the name parser and folder layout, the synthetic dataset, the PK sampler,
 the decode-once image cache and the on-device augmentation. CPU only, a few seconds."""
+import errno
 import gc
 import os
 import re
+import subprocess
+import sys
+import warnings
 import weakref
 
 import numpy as np
@@ -13,6 +17,7 @@ from PIL import Image
 
 import data
 from common import UserError, exit_on_user_error
+from conftest import run_python
 
 
 def touch(folder, *names):
@@ -112,6 +117,48 @@ def test_load_dataset_errors(tmp_path):
     touch(tmp_path / "query")
     with pytest.raises(UserError, match="query holds no images"):
         data.load_dataset(str(tmp_path), verbose=False)
+
+
+def deny(monkeypatch, name, inside):
+    """os.<name> (listdir or stat) raises PermissionError for every path inside `inside`, as for
+    a user without the folder's read / search permission (tests run as root, where chmod 000
+    does not stop reading)."""
+    real = getattr(os, name)
+
+    def denied(path, *args, **kwargs):
+        if str(path).startswith(str(inside)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(os, name, denied)
+
+
+def test_load_dataset_permission_denied(tmp_path, monkeypatch):
+    # a split folder that cannot be listed, and a root that cannot be looked into: each error
+    # says permission denied and names the folder (not "missing: bounding_box_train, ...")
+    root = hand_layout(tmp_path / "ds")
+    with monkeypatch.context() as m:
+        deny(m, "listdir", tmp_path / "ds" / "query")
+        with pytest.raises(UserError, match=r"cannot read the folder .*query: Permission denied"):
+            data.load_dataset(root, verbose=False)
+    deny(monkeypatch, "stat", os.path.join(root, ""))   # the paths below root, not root itself
+    with pytest.raises(UserError, match=f"cannot look into the folder {re.escape(root)}: "
+                                        "Permission denied"):
+        data.load_dataset(root, verbose=False)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="chmod 000 does not stop root from reading")
+@pytest.mark.parametrize("locked", ["query", "."])
+def test_load_dataset_chmod_000(tmp_path, locked):
+    # the same two cases with real permissions: a split folder, then the root itself, mode 000
+    root = hand_layout(tmp_path / "ds")
+    folder = os.path.join(root, locked)
+    os.chmod(folder, 0)
+    try:
+        with pytest.raises(UserError, match="Permission denied"):
+            data.load_dataset(root, verbose=False)
+    finally:
+        os.chmod(folder, 0o755)
 
 
 def real_pictures(root):
@@ -220,10 +267,63 @@ def test_synthetic_refuses_bad_input(tmp_path):
     with pytest.raises(UserError, match="not empty"):
         data.make_synthetic(str(tmp_path / "y"))
     (tmp_path / "file").write_text("")  # a root that cannot be a folder: its parent is a file
-    with pytest.raises(UserError, match="cannot create .*file/z/bounding_box_train"):
+    with pytest.raises(UserError, match="cannot create .*file for the synthetic dataset"):
         data.make_synthetic(str(tmp_path / "file" / "z"))
+    with pytest.raises(UserError, match="file is not a folder"):   # the root is a file
+        data.make_synthetic(str(tmp_path / "file"))
+    # a seed numpy refuses: named before anything is written
+    for seed in (-1, 2**32):
+        with pytest.raises(UserError, match=r"--seed must lie in \[0, 2\*\*32 - 1\]"):
+            data.make_synthetic(str(tmp_path / "s"), seed=seed)
+        assert not (tmp_path / "s").exists()
     with pytest.raises(UserError, match="seed must be >= 0"):
         data.PKSampler([0, 1], P=1, K=1, seed=-1)
+
+
+SMALL = dict(train_ids=2, test_ids=2, cameras=2, max_per_camera=1, junk=1, distractors=1)
+
+
+@pytest.mark.parametrize("fault", [OSError(errno.ENOSPC, "No space left on device"),
+                                   KeyboardInterrupt()])
+def test_synthetic_failure_leaves_nothing(tmp_path, monkeypatch, fault):
+    # the 4th image save fails (disk full, or Ctrl-C): the root is not created and the temporary
+    # folder is removed, so tmp_path is empty again; a full disk is one error naming the file
+    save, calls = Image.Image.save, [0]
+
+    def failing_save(im, path, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 4:
+            raise fault
+        return save(im, path, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    expected = UserError if isinstance(fault, OSError) else KeyboardInterrupt
+    with pytest.raises(expected) as e:
+        data.make_synthetic(str(tmp_path / "DS"), **SMALL)
+    if expected is UserError:
+        assert re.match(r"no space left on device writing .*DS\.tmp\d+/\w+/\S+\.jpg", str(e.value))
+    assert os.listdir(tmp_path) == []
+
+
+def test_synthetic_fills_empty_root_and_removes_dead_temporaries(tmp_path):
+    # an empty root with empty split folders (nothing to lose) is filled; the temporary folder
+    # of a finished process goes, that of a running one (our parent) stays
+    (tmp_path / "DS" / "query").mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    (tmp_path / f".DS.tmp{dead.pid}" / "query").mkdir(parents=True)
+    (tmp_path / f".DS.tmp{os.getppid()}").mkdir()
+    data.make_synthetic(str(tmp_path / "DS"), **SMALL)
+    assert sorted(os.listdir(tmp_path)) == [f".DS.tmp{os.getppid()}", "DS"]
+    assert len(data.load_dataset(str(tmp_path / "DS"), "synthetic", verbose=False).query) > 0
+
+
+@pytest.mark.slow
+def test_cli_bad_seed(tmp_path):
+    # the command line: one line "error: --seed ...", exit status 2, no traceback, nothing written
+    root = tmp_path / "DS"
+    r = run_python("data.py", "synthetic", "--root", str(root), "--seed", "-1")
+    assert r.returncode == 2 and r.stderr.startswith("error: --seed must lie in")
+    assert "Traceback" not in r.stderr and not root.exists()
 
 
 def test_cli(tmp_path, capsys):
@@ -510,6 +610,54 @@ def test_load_images_names_corrupt_file(tmp_path):
         data.load_images([text], 16, 8)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_named_pipe_is_never_opened(tmp_path, monkeypatch):
+    # a named pipe named like an image would block its reader forever: it is refused before it
+    # is opened (the stand-in Image.open fails the test instead of hanging on the pipe), as a
+    # file that does not decode, and --skip-bad-files drops it with a warning
+    root = hand_layout(tmp_path)
+    real_pictures(root)
+    pipe = str(tmp_path / "query" / "0013_c1s1_000001_00.jpg")
+    os.mkfifo(pipe)
+    real_open = Image.open
+
+    def guarded_open(fp, *args, **kwargs):
+        assert str(fp) != pipe, "the named pipe was opened"
+        return real_open(fp, *args, **kwargs)
+    monkeypatch.setattr(Image, "open", guarded_open)
+    d = data.load_dataset(root, verbose=False)
+    with pytest.raises(UserError, match=f"cannot decode image {re.escape(pipe)}: not a regular"):
+        data.load_images(d.query.paths, 8, 4)
+    with pytest.warns(UserWarning, match=f"skipping {re.escape(pipe)}: cannot decode it"):
+        d = data.load_dataset(root, verbose=False, skip_bad_files=True)
+    assert pipe not in d.query.paths and len(d.query) == 2
+
+
+def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    # a 16x8 image (128 pixels) under a limit of 100 pixels: PIL's warning, which names no file,
+    # becomes one warning naming it; under a limit of 50 (128 > 2 * 50) PIL refuses the image,
+    # and the error (or with --skip-bad-files the warning) names it too
+    root = hand_layout(tmp_path)
+    real_pictures(root)                                                  # 8x4: 32 pixels each
+    big = str(tmp_path / "query" / "0011_c1s1_000700_01.jpg")
+    Image.new("RGB", (8, 16)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    d = data.load_dataset(root, verbose=False)
+    for load in (lambda: data.load_images(d.query.paths, 8, 4),
+                 lambda: data.load_dataset(root, verbose=False, skip_bad_files=True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load()
+        bombs = [str(w.message) for w in caught
+                 if issubclass(w.category, Image.DecompressionBombWarning)]
+        assert len(bombs) == 1 and bombs[0].startswith(f"{big}: 8x16 = 128 pixels")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    with pytest.raises(UserError, match=f"cannot decode image {re.escape(big)}: Image size"):
+        data.load_images(d.query.paths, 8, 4)
+    with pytest.warns(UserWarning, match=f"skipping {re.escape(big)}: cannot decode it"):
+        assert len(data.load_dataset(root, verbose=False, skip_bad_files=True).query) == 1
+
+
 def test_ensure_synthetic_writes_once(tmp_path):
     root = str(tmp_path / "syn")
     sizes = dict(train_ids=2, test_ids=2, cameras=2, max_per_camera=1, junk=0, distractors=0)
@@ -522,5 +670,5 @@ def test_ensure_synthetic_writes_once(tmp_path):
     # half there (the query folder emptied): refused, not patched
     for f in os.listdir(os.path.join(root, "query")):
         os.remove(os.path.join(root, "query", f))
-    with pytest.raises(UserError, match="bounding_box_train is not empty"):
+    with pytest.raises(UserError, match=r"syn is not empty \(it holds bounding_box_test\)"):
         data.ensure_synthetic(root, **sizes)
