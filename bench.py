@@ -523,7 +523,7 @@ def run(cfg):
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     without, where = None, "in this process, first"
     if not cuda:
-        if not common.freed_memory_kept():
+        if not common.keep_freed_memory.cache_info().currsize:
             without = aea_b1_glibc_default(cfg, cpu_cache)
         else:
             where = "in a fresh child process (keep_freed_memory had run here)"

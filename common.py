@@ -21,13 +21,15 @@ Choices where the papers say nothing (each marked "Choice" at its line, with its
   - `--precision auto`: bf16 autocast + channels_last on CUDA, fp32 on the CPU; losses and
     distances in fp32 under autocast. On the CPU glibc keeps freed memory (`keep_freed_memory`).
   - best.pt = the epoch of lowest mean training loss; a resumed run replays the interrupted
-    epoch's batches without training on them (`TrainingRun`).
+    epoch's batches without training on them; OUT/.lock holds a run's pid (`TrainingRun`).
 """
 
 import argparse
+import atexit
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import inspect
 import io
 import math
@@ -41,6 +43,7 @@ import sys
 import time
 import tokenize
 import typing
+import zipfile
 
 import numpy as np
 import torch
@@ -85,27 +88,16 @@ def pick_device(name="auto"):
     return device
 
 
+@functools.cache
 def keep_freed_memory():
-    """Choice (not in the paper): glibc's malloc keeps freed memory instead of handing it back.
-    A CPU step frees activations of 10-130 MB, which glibc returns with munmap, so every step
-    page-faults on fresh pages again (AEA, two graphs at once, most: bench.py measures both).
-    M_MMAP_THRESHOLD (-3) = 1 GiB, M_TRIM_THRESHOLD (-1) = 2 GiB - 1; the cost: the process keeps
-    its peak memory. A no-op where the C library is not glibc. True if applied."""
-    global _FREED_MEMORY_KEPT
-    if _FREED_MEMORY_KEPT is None:
-        _FREED_MEMORY_KEPT = False
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6")
-            _FREED_MEMORY_KEPT = (bool(libc.mallopt(-3, 1 << 30))
-                                  and bool(libc.mallopt(-1, 2 ** 31 - 1)))
-    return _FREED_MEMORY_KEPT
-
-
-_FREED_MEMORY_KEPT = None  # set once per process by keep_freed_memory
-
-
-def freed_memory_kept():  # whether keep_freed_memory has run here (bench.py measures both)
-    return _FREED_MEMORY_KEPT is not None
+    """Choice (not in the paper): glibc keeps freed memory. A CPU step frees 10-130 MB of
+    activations, which glibc returns with munmap, so every step page-faults on fresh pages again
+    (bench.py measures both). M_MMAP_THRESHOLD (-3) = 1 GiB, M_TRIM_THRESHOLD (-1) = 2 GiB - 1;
+    the cost: the process keeps its peak memory. True if applied (glibc only); once a process."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 2 ** 31 - 1))
+    return False
 
 
 def seed_everything(seed):  # Python, numpy and torch (every CUDA device too)
@@ -133,10 +125,8 @@ def autocast(device, precision="auto"):
 def prepare_model(model, device):
     """Move a model to its device. Choice (not in the paper): on CUDA in channels_last (NHWC),
     which cuDNN's tensor-core kernels read without layout transposes; the CPU keeps NCHW."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return model.to(device, memory_format=torch.channels_last)
-    return model.to(device)
+    cuda = torch.device(device).type == "cuda"
+    return model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
 
 
 # --- Backbone: torchvision's ResNet-50 with its stages reachable by name --------------------------
@@ -185,17 +175,10 @@ class Backbone(nn.Module):
                             "ResNet-50 state dict file")
         if weights != "none":
             state = imagenet_state_dict() if weights == "imagenet" else load_checkpoint(weights)
-            if not isinstance(state, dict):
-                raise UserError(f"{weights} does not hold a state dict (name -> tensor)")
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            try:
-                missing, unexpected = resnet.load_state_dict(state, strict=False)
-            except RuntimeError as e:  # same names, other shapes (a ResNet-18, say)
-                missing, unexpected = [(str(e).splitlines()[1:] or [str(e)])[0].strip()], []
-            missing = [k for k in missing if not k.startswith("fc.")]
-            if missing or unexpected:
-                raise UserError(f"weights {weights!r} are not a torchvision ResNet-50 state dict: "
-                                f"missing or mismatched {missing[:3]}, unexpected {unexpected[:3]}")
+            if isinstance(state, dict):  # torchvision's classifier fc.* is not used: ours stays
+                state = {**resnet.fc.state_dict(prefix="fc."),
+                         **{k: v for k, v in state.items() if not k.startswith("fc.")}}
+            load_weights(resnet, state, f"weights {weights}", "a torchvision ResNet-50")
         if last_stride == 1:
             # AEA Sec. III-A: "remove the down-sampling of Conv5_X" -> conv5_x 16x8 at 256x128.
             # Choice (not in the paper): torchvision's v1.5 puts the stride on the 3x3 conv
@@ -209,9 +192,6 @@ class Backbone(nn.Module):
     def run(self, x, first="conv1", last="layer4"):
         """Run stages `first`..`last` (inclusive; the papers' conv2_x..conv5_x work too) on x."""
         first, last = PAPER_STAGE_NAMES.get(first, first), PAPER_STAGE_NAMES.get(last, last)
-        if first not in STAGES or last not in STAGES:
-            raise UserError(f"unknown stage {first if first not in STAGES else last!r}; expected "
-                            f"one of {', '.join(STAGES)} or {', '.join(PAPER_STAGE_NAMES)}")
         i, j = STAGES.index(first), STAGES.index(last)
         for name in STAGES[i:j + 1]:
             x = getattr(self, name)(x)
@@ -334,11 +314,9 @@ def add_config_args(parser, cls, only=None, defaults=None):
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is typing.Literal:
-            kw["choices"] = typing.get_args(kind)
-            kw["type"] = type(kw["choices"][0])
+            kw.update(choices=typing.get_args(kind), type=type(typing.get_args(kind)[0]))
         elif typing.get_origin(kind) in (tuple, list):
-            kw["nargs"] = "*"
-            kw["type"] = typing.get_args(kind)[0]
+            kw.update(nargs="*", type=typing.get_args(kind)[0])
         else:
             kw["type"] = kind
         parser.add_argument(flag, **kw)
@@ -359,13 +337,9 @@ def check_limits(cfg, limits):
                             f"({helps.get(name, name)})")
 
 
-def config_from_args(cls, args):
-    """The dataclass instance holding the parsed flags (lists turned back into tuples)."""
-    values = {}
-    for f in dataclasses.fields(cls):
-        v = getattr(args, f.name)
-        values[f.name] = tuple(v) if isinstance(v, list) else v
-    return cls(**values)
+def config_from_args(cls, args):  # the dataclass holding the parsed flags (lists as tuples)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 # --- Progress line --------------------------------------------------------------------------------
@@ -407,16 +381,12 @@ class Progress:
                 sums[k] = sums.get(k, 0.0) + v
         return sums
 
-    def sums(self):
-        """Each term's sum over the epoch so far, pending steps included (read and checked now):
-        what a mid-epoch checkpoint saves for `resume`."""
+    def sums(self):  # each term's sum over the epoch so far, checked: a mid-epoch checkpoint's
         pending = self.check()
         return {k: self.totals.get(k, 0.0) + pending.get(k, 0.0)
                 for k in {**self.totals, **pending}}
 
-    def resume(self, steps, num_images, sums):
-        """Go on with an epoch stopped after `steps` steps (`num_images` images, terms summing to
-        `sums`): the lines count on from there and `mean` covers the whole epoch."""
+    def resume(self, steps, num_images, sums):  # go on with an epoch stopped after `steps` steps
         self.i, self.images, self.last_images = steps, num_images, num_images
         self.totals, self.resumed_at = dict(sums), steps
 
@@ -480,12 +450,12 @@ def save_checkpoint(path, state):
         # whatever went wrong (disk full, Ctrl-C, ...), `path` is untouched; the temporary goes
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(e, OSError) or (isinstance(e, RuntimeError)
-                                      and "PytorchStreamWriter" in str(e)):
-            # torch.save reports a full disk as a RuntimeError from its zip writer
-            reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0]
-            raise UserError(f"cannot write the checkpoint {path}: {reason} (is the folder "
-                            f"{folder} writable, is the disk full, is the path a folder?)"
+        # a full disk reaches torch.save's zip writer first: its RuntimeError chains the OSError
+        cause = next((c for c in (e, e.__cause__, e.__context__) if isinstance(c, OSError)), None)
+        if cause is not None or "PytorchStreamWriter" in str(e) or "inline_container" in str(e):
+            reason = cause.strerror.lower() if cause is not None else "the write failed"
+            raise UserError(f"{reason} writing {path} (the previous file, if any, is untouched;"
+                            f" free space on the disk of {folder}, or give another --out)"
                             ) from None
         raise
 
@@ -493,18 +463,38 @@ def save_checkpoint(path, state):
 def load_checkpoint(path, map_location="cpu"):
     """Load a file written by `save_checkpoint` (or any torch.save of tensors) with
     weights_only=True, which runs no pickled code: other Python objects are refused."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder; expected a checkpoint file in it (e.g. last.pt)")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise UserError(f"{path} is not a PyTorch checkpoint (not the zip archive torch.save "
+                        "writes: another kind of file, or a truncated copy)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"refusing to load {path}: it carries pickled Python objects that "
-                        f"weights_only=True loading does not allow, so it may run code ({first})"
-                        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        what = re.search(r"GLOBAL (\S+)", str(e))  # the class or function a pickle would call
+        if what:
+            raise UserError(f"refusing to load {path}: it holds a pickled Python object "
+                            f"({what.group(1)}), and loading one could run code; a checkpoint "
+                            "holds tensors and plain values") from None
+        reason = str(e).split("WeightsUnpickler error: ")[-1].splitlines()[0]  # not the advice
         raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                        f"{e}") from None
+                        f"{reason}") from None
+
+
+def load_weights(model, weights, path, what=None):
+    """model.load_state_dict(weights), or one UserError naming the file `path` and the first
+    names missing from it, unexpected in it, or of another shape."""
+    own, weights = model.state_dict(), weights if isinstance(weights, dict) else {}
+    wrong = {"missing": own.keys() - weights.keys(), "unexpected": weights.keys() - own.keys(),
+             "of another shape": {k for k in own.keys() & weights.keys()
+                                  if getattr(weights[k], "shape", None) != own[k].shape}}
+    if any(wrong.values()):
+        raise UserError(f"{path}: the weights do not fit {what or type(model).__name__} (" +
+                        "; ".join(f"{kind}: {', '.join(sorted(keys)[:3])}"
+                                  for kind, keys in wrong.items() if keys) + ")")
+    model.load_state_dict(weights)
 
 
 def check_checkpoint(ckpt, path, paper, num_classes=None, classifier_key=None):
@@ -553,26 +543,57 @@ def resume_state(path, paper, config, may_differ=(), device=None):
     return state
 
 
-def resume_command(argv=None):
-    """The command line that continues this run: the same command with --resume appended."""
-    argv = list(sys.argv if argv is None else argv)
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return shlex.join(["python", os.path.basename(argv[0])] + argv[1:])
-
-
-def check_writable(folder):
-    """Create `folder` and prove it writable now, before any work (a run must not die at its
-    first checkpoint); otherwise one UserError naming --out and the folder."""
+def hold_folder(folder):
+    """Make `folder` this process's own --out, before any data is read: create it, prove it
+    writable and claim it with OUT/.lock holding the pid, so that a second run on the same folder
+    is refused instead of silently overwriting the first one's checkpoints. The lock of a process
+    that no longer runs (killed) is stale and taken over, and its temporaries (.last.pt.tmpPID,
+    as large as a checkpoint) are removed. The returned `release` (also called at exit) gives the
+    folder back, removing the folders this call created if nothing was written into them."""
+    lock, path, created = os.path.join(folder, ".lock"), os.path.abspath(folder), []
+    while not os.path.exists(path):  # the folders makedirs creates, the deepest first
+        created, path = created + [path], os.path.dirname(path)
     try:
         os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".write_test{os.getpid()}")
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        os.remove(probe)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one run wins
+        except FileExistsError:
+            with open(lock) as f:
+                holder = f.read().strip()
+            if holder != str(os.getpid()) and pid_running(holder):
+                raise UserError(f"--out {folder} is in use by another run (pid {holder}); wait "
+                                f"for it to end, or give another --out (no such run: delete {lock})"
+                                ) from None
+            fd = os.open(lock, os.O_TRUNC | os.O_WRONLY)  # stale (killed), or this process's
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        for name in os.listdir(folder):  # temporaries of killed runs
+            tmp = re.fullmatch(r"\..+\.(?:tmp|link)(\d+)", name)
+            if tmp and not pid_running(tmp.group(1)):
+                os.remove(os.path.join(folder, name))
     except OSError as e:
         raise UserError(f"--out {folder}: cannot write there ({e.strerror}); give a folder you "
                         "can write to") from None
+
+    def release():
+        with contextlib.suppress(OSError):
+            os.remove(lock)
+            for path in created:  # only empty folders go
+                os.rmdir(path)
+    atexit.register(release)
+    return release
+
+
+def pid_running(pid):  # whether the process `pid` (a string: a lock file's text) exists
+    if os.name == "nt":  # os.kill would end the process there: a lock is never taken over
+        return True
+    try:
+        os.kill(int(pid), 0)  # signal 0 sends nothing: it asks whether the process is there
+    except (ValueError, ProcessLookupError):  # not a pid, or no such process
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return int(pid) > 0
 
 
 # --- Long runs: the TrainingRun around a training loop --------------------------------------------
@@ -599,8 +620,7 @@ class TrainingRun:
 
     def __init__(self, paper, cfg, folder, may_differ, device, loss, label="", **extra):
         self.paper, self.cfg, self.loss, self.label, self.extra = paper, cfg, loss, label, extra
-        check_writable(folder)  # before any data is read
-        self.folder = folder
+        self.folder, self.release = folder, hold_folder(folder)  # before any data is read
         self.last, self.best = os.path.join(folder, "last.pt"), os.path.join(folder, "best.pt")
         self.state = resume_state(self.last, paper, cfg, may_differ, device) if cfg.resume else None
         if self.state is None and os.path.isfile(self.last):
@@ -629,7 +649,7 @@ class TrainingRun:
             raise UserError(f"--resume {path}: the run trained on {state['num_images']} training "
                             f"images, the training split of {self.cfg.root} now has "
                             f"{num_images}; resume on the run's own data")
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], path)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         set_rng_state(state["rng"])
@@ -655,6 +675,7 @@ class TrainingRun:
     def __exit__(self, *exc):
         for s, handler in self.handlers.items():
             signal.signal(s, handler)
+        self.release()  # OUT/.lock: another run may use the folder now
         return False
 
     def _on_signal(self, signum, frame):
@@ -684,7 +705,7 @@ class TrainingRun:
             yield batch
             if self.requested and self.progress.i < steps:
                 # sums() checks the steps since the last line for NaN before anything is written
-                self._save(epoch, self.progress.i, self.epoch_start,
+                self._save(epoch, self.progress.i, self.epoch_start, False,
                            epoch_sums=self.progress.sums())
                 self._stopped(f"at epoch {epoch + 1}/{self.cfg.epochs} step "
                               f"{self.progress.i}/{steps}")
@@ -695,12 +716,15 @@ class TrainingRun:
         self.progress.update(num_images, **terms)
 
     def end_epoch(self, keep_copy=False):
-        """After the epoch's last step, the schedule's step and any evaluation (in `results`):
-        last.pt, best.pt if the epoch's mean loss is the lowest so far, OUT/epoch_N.pt if
-        `keep_copy`. False if a stop signal came (the run stops, resumable); True to go on."""
+        """After the epoch's last step and the schedule's step: last.pt, best.pt if the epoch's
+        mean loss is the lowest so far, OUT/epoch_N.pt if `keep_copy`. False if a stop signal
+        came (the run stops, resumable); True to go on. An evaluation comes after it, so that a
+        failing one loses no epoch, and `save_results` then adds its row."""
         done = self.epoch_index + 1
         # the last step printed a line, so every term of the epoch was checked finite
-        state = self._save(done, 0, self.generator.get_state(), self.progress.mean(self.loss))
+        loss = self.progress.mean(self.loss)
+        self.is_best, self.best_loss = loss < self.best_loss, min(loss, self.best_loss)
+        state = self._save(done, 0, self.generator.get_state(), self.is_best)
         if keep_copy:
             save_checkpoint(os.path.join(self.folder, f"epoch_{done}.pt"), state)
         if self.requested and done < self.cfg.epochs:
@@ -708,13 +732,14 @@ class TrainingRun:
             return False
         return True
 
-    def _save(self, epoch, step, aug_generator, epoch_loss=None, **more):
-        """last.pt at (epoch, step), and best.pt when `epoch_loss` beats every earlier epoch.
+    def save_results(self):  # last.pt (best.pt) again, `results` now with the epoch's new rows
+        self._save(self.epoch_index + 1, 0, self.generator.get_state(), self.is_best)
+
+    def _save(self, epoch, step, aug_generator, is_best, **more):
+        """last.pt at (epoch, step), and best.pt if `is_best`.
         Choice (not in either paper): "best" = the lowest mean training loss: the datasets have no
         validation split, and the test set's mAP would tune on the test set (the papers report
         their last epoch, last.pt)."""
-        is_best = epoch_loss is not None and epoch_loss < self.best_loss
-        self.best_loss = epoch_loss if is_best else self.best_loss
         results = {k: dict(r, cmc=torch.as_tensor(np.asarray(r["cmc"])))
                    for k, r in self.results.items()}
         state = {"paper": self.paper, "model": self.model.state_dict(),
@@ -735,8 +760,6 @@ class TrainingRun:
         ~460 MB for AEA), made under a temporary name and renamed, so best.pt is always whole."""
         tmp = os.path.join(self.folder, f".best.pt.link{os.getpid()}")
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
             os.link(self.last, tmp)
             os.replace(tmp, self.best)
         except OSError:  # a file system without hard links: write it again
@@ -746,5 +769,6 @@ class TrainingRun:
 
     def _stopped(self, where):  # after a stop signal: where, what was written, how to go on
         self.stopped = True
+        argv = sys.argv + ["--resume"] * ("--resume" not in sys.argv)  # the same command
         print(f"stopped by {self.requested} {where}; wrote {self.last}. Resume with:\n  "
-              f"{resume_command()}", flush=True)
+              f"{shlex.join(['python', os.path.basename(argv[0])] + argv[1:])}", flush=True)

@@ -8,6 +8,8 @@ import math
 import os
 import platform
 import random
+import subprocess
+import sys
 import typing
 from unittest import mock
 
@@ -165,20 +167,22 @@ def test_backbone_loads_a_state_dict_file(tmp_path):
         torch.testing.assert_close(net.eval()(x), reference.eval()(x))
     # a state dict of another network is refused with the file named
     torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(common.UserError, match="not a torchvision ResNet-50"):
+    with pytest.raises(common.UserError, match="other.pth: the weights do not fit a torchvision "
+                       "ResNet-50 .missing: bn1.bias, bn1.num_batches_tracked, bn1.running_mean; "
+                       "unexpected: weight"):
         common.Backbone(str(tmp_path / "other.pth"))
 
 
 def test_backbone_refuses_other_weights_clearly(backbone, tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
     # same names, other shapes
-    with pytest.raises(common.UserError, match="not a torchvision ResNet-50"):
+    with pytest.raises(common.UserError, match="r18.pth: the weights do not fit a "
+                       "torchvision ResNet-50 .missing: layer1.0.bn3.bias, .*; of another shape: "
+                       "layer1.0.conv1.weight, "):
         common.Backbone(str(tmp_path / "r18.pth"))
     with pytest.raises(common.UserError, match="expected 'imagenet', 'none' or the path"):
         common.Backbone("imagenett")
     net = backbone
-    with pytest.raises(common.UserError, match="unknown stage 'conv6_x'"):
-        net.run(torch.zeros(1, 3, 32, 32), "conv1", "conv6_x")
     # the papers' names map onto torchvision's: conv2_x = layer1
     assert net.run(torch.zeros(1, 64, 8, 8), "conv2_x", "conv2_x").shape == (1, 256, 8, 8)
 
@@ -371,21 +375,50 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     # torch.save pickles the object; loading it would run os.system
     torch.save({"model": Payload()}, path)
-    with pytest.raises(common.UserError, match="refusing to load .*evil.pt"):
+    with pytest.raises(common.UserError, match="refusing to load .*evil.pt: it holds a pickled "
+                       "Python object .posix.system.") as error:
         common.load_checkpoint(str(path))
+    assert "weights_only=False" not in str(error.value)  # never advised
 
 
 def test_missing_corrupt_and_unwritable_checkpoints(tmp_path):
     with pytest.raises(common.UserError, match="does not exist"):
         common.load_checkpoint(str(tmp_path / "nope.pt"))
+    with pytest.raises(common.UserError, match="is a folder; expected a checkpoint file in it"):
+        common.load_checkpoint(str(tmp_path))
     good = tmp_path / "ok.pt"
     common.save_checkpoint(str(good), {"epoch": 1})
-    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:40])  # a truncated file
-    with pytest.raises(common.UserError, match="cut.pt is not a readable"):
-        common.load_checkpoint(str(tmp_path / "cut.pt"))
+    # a truncated file, or random bytes: not the zip archive torch.save writes
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:40])
+    (tmp_path / "random.pt").write_bytes(os.urandom(5000))
+    for name in ("cut.pt", "random.pt"):
+        with pytest.raises(common.UserError, match=f"{name} is not a PyTorch checkpoint"):
+            common.load_checkpoint(str(tmp_path / name))
+    # a zip whose record is damaged inside: torch's own error, named as unreadable
+    broken = bytearray(good.read_bytes())
+    start = broken.index(b"data.pkl") + 30
+    broken[start:start + 20] = b"\xff" * 20
+    (tmp_path / "broken.pt").write_bytes(bytes(broken))
+    with pytest.raises(common.UserError, match="broken.pt is not a readable PyTorch checkpoint"):
+        common.load_checkpoint(str(tmp_path / "broken.pt"))
     (tmp_path / "afile").write_text("x")  # a folder that cannot exist: its parent is a file
-    with pytest.raises(common.UserError, match="cannot write the checkpoint"):
+    with pytest.raises(common.UserError, match="writing .*afile/ck.pt"):
         common.save_checkpoint(str(tmp_path / "afile" / "ck.pt"), {"epoch": 1})
+
+
+def test_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    # /dev/full answers every write with ENOSPC, as a full disk does; the temporary file is opened
+    # there instead, so torch.save meets a real "No space left on device"
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    path = tmp_path / "last.pt"
+    common.save_checkpoint(str(path), {"epoch": 1})
+    monkeypatch.setattr(common, "open", lambda name, mode: open("/dev/full", mode), raising=False)
+    with pytest.raises(common.UserError, match=f"no space left on device writing {path}"):
+        common.save_checkpoint(str(path), {"epoch": 2, "w": torch.zeros(100_000)})
+    monkeypatch.undo()
+    assert common.load_checkpoint(str(path)) == {"epoch": 1}
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temporary left
 
 
 def test_failed_save_keeps_the_old_checkpoint(tmp_path):
@@ -530,15 +563,41 @@ def test_resume_state_refuses_other_settings(tmp_path):
     assert common.resume_state(path, "aea", Auto(), device="cuda:1")["device_type"] == "cuda"
 
 
-def test_resume_command_and_writable_check(tmp_path):
-    command = common.resume_command(["/x/aea.py", "--root", "my data"])
-    assert command == "python aea.py --root 'my data' --resume"
-    assert common.resume_command(["aea.py", "--resume"]) == "python aea.py --resume"
-    common.check_writable(str(tmp_path / "new" / "run"))  # created
-    assert os.path.isdir(tmp_path / "new" / "run") and os.listdir(tmp_path / "new" / "run") == []
+def ended_pid():
+    """The pid of a process that has ended (a killed run's, as a stale lock holds it)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_out_folder_is_held_by_one_run(tmp_path):
+    # created with its parents, claimed by this process's pid in OUT/.lock
+    out = tmp_path / "new" / "run"
+    release = common.hold_folder(str(out))
+    assert (out / ".lock").read_text() == str(os.getpid())
+    # released with nothing written: the folders it created go, tmp_path stays
+    release()
+    assert not (tmp_path / "new").exists() and tmp_path.exists()
+    # a live holder (the parent process of this test, say) is named and the folder refused
+    out.mkdir(parents=True)
+    (out / ".lock").write_text(str(os.getppid()))
+    with pytest.raises(common.UserError, match=f"--out {out} is in use by another run "
+                       f".pid {os.getppid()}.; wait for it to end, or give another --out"):
+        common.hold_folder(str(out))
+    # a holder that has ended: the lock is stale and taken over, and its temporaries (a
+    # checkpoint killed mid-write, a best.pt link) removed; a live process's temporary stays
+    dead = ended_pid()
+    (out / ".lock").write_text(str(dead))
+    for name in (f".last.pt.tmp{dead}", f".best.pt.link{dead}", f".last.pt.tmp{os.getppid()}",
+                 "last.pt"):
+        (out / name).write_bytes(b"x")
+    release = common.hold_folder(str(out))
+    assert sorted(os.listdir(out)) == [".last.pt.tmp" + str(os.getppid()), ".lock", "last.pt"]
+    release()
+    assert sorted(os.listdir(out)) == [".last.pt.tmp" + str(os.getppid()), "last.pt"]  # kept
     (tmp_path / "file").write_text("x")
     with pytest.raises(common.UserError, match="--out .*file/run: cannot write there"):
-        common.check_writable(str(tmp_path / "file" / "run"))
+        common.hold_folder(str(tmp_path / "file" / "run"))
 
 
 def test_signals_let_the_step_finish(tmp_path):
