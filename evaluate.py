@@ -46,11 +46,13 @@ Choices where the papers and the official code are silent or differ (each marked
     the device type it trained on; a plain ResNet-50 in "auto" (`trained_precision`).
   - --show-ranks and the papers' figures draw N items evenly spaced over a list (`evenly_spaced`).
   - --show-ranks draws the ranking that is scored: junk and same-id-same-camera items are left
-    out, not drawn (`save_rank_figure`).
+    out, not drawn (`rank_figure`).
 """
 import argparse
+import contextlib
 import importlib
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -174,11 +176,26 @@ def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
         ap_official_sum += ap_official
         num_queries += 1
     if num_queries == 0:
-        raise UserError(f"none of the {Q} queries has a true match in the gallery "
-                        "(same pid, other camera)")
+        raise no_true_match(Q)
     return {"cmc": cmc_sum / num_queries, "mAP": ap_sum / num_queries,
             "mAP_official": ap_official_sum / num_queries,
             "num_queries": num_queries, "num_skipped": Q - num_queries}
+
+
+def no_true_match(num_queries):
+    """The UserError of a test set in which no query has a true match."""
+    return UserError(f"none of the {num_queries} queries has a true match in the gallery "
+                     "(same pid, other camera)")
+
+
+def check_true_matches(query, gallery):
+    """Refuse, before any training or feature extraction, a test set in which no query has a
+    true match, with `rank_metrics`' error. query, gallery: data.Split (their .pids and .cams).
+    The rule is `valid_ranking`'s; the distances do not matter, so all are 0."""
+    d = np.zeros(len(gallery.pids))
+    if not any(valid_ranking(d, pid, cam, gallery.pids, gallery.cams)[1].any()
+               for pid, cam in zip(query.pids, query.cams)):
+        raise no_true_match(len(query.pids))
 
 
 def valid_ranking(d, q_pid, q_cam, g_pids, g_cams):
@@ -265,8 +282,7 @@ def fast_rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
         first_hits += torch.bincount(r[:, 0].long().clamp(max=max_rank),
                                      minlength=max_rank + 1).double()
     if num_queries == 0:
-        raise UserError(f"none of the {Q} queries has a true match in the gallery "
-                        "(same pid, other camera)")
+        raise no_true_match(Q)
     return {"cmc": (first_hits[:max_rank].cumsum(0) / num_queries).cpu().numpy(),
             "mAP": float(ap_sum) / num_queries,
             "mAP_official": float(ap_official_sum) / num_queries,
@@ -596,9 +612,9 @@ def load_model(args):
     try:
         cfg = ckpt["config"]
         model = common.Backbone(weights="none", last_stride=cfg.get("last_stride", 2))
-        model.load_state_dict(ckpt["model"])
+        common.load_weights(model, ckpt["model"], args.checkpoint)
         return model, (cfg["height"], cfg["width"]), "auto"
-    except (KeyError, RuntimeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{args.checkpoint} does not hold a plain Backbone checkpoint (config with "
                         f"height, width, last_stride and its state dict): "
                         f"{str(e).splitlines()[0]}") from None
@@ -643,9 +659,9 @@ def evenly_spaced(n, num):
     return np.unique(np.linspace(0, n - 1, num).round().astype(int))
 
 
-def save_rank_figure(path, dist, ds, num, top=10, height=128, width=64, border=3):
-    """PNG of `num` queries, one per row: the query (grey frame), then its first `top` gallery
-    items in the ranking that is scored: green frame = true match, red = any other item.
+def rank_figure(dist, ds, num, top=10, height=128, width=64, border=3):
+    """A PIL image of `num` queries, one per row: the query (grey frame), then its first `top`
+    gallery items in the ranking that is scored: green frame = true match, red = any other item.
     Junk and same-id-same-camera items are not drawn: the protocol removes them from the ranking.
     """
     from PIL import Image  # comes with torchvision
@@ -671,8 +687,51 @@ def save_rank_figure(path, dist, ds, num, top=10, height=128, width=64, border=3
             tile.paste(Image.fromarray(images[k]), (border, border))
             canvas.paste(tile, (col * (tile_w + 2) + (gap if col else 0), row * (tile_h + 4)))
             k += 1
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
+    return canvas
+
+
+def check_image_path(path):
+    """Refuse, before any work, an --out image that could not be written: a folder, a name
+    without an image extension PIL writes, or a folder that cannot be written to."""
+    from PIL import Image  # comes with torchvision
+    if os.path.isdir(path):
+        raise UserError(f"--out {path} is a folder; expected the image file to write, e.g. "
+                        f"{os.path.join(path, 'figure.png')}")
+    ext = os.path.splitext(path)[1].lower()
+    if Image.registered_extensions().get(ext) not in Image.SAVE:
+        raise UserError(f"--out {path}: expected an image file name with an extension PIL "
+                        f"writes (.png, .jpg, .bmp, ...), got {repr(ext) if ext else 'none'}")
+    check_out_folder(os.path.dirname(os.path.abspath(path)), path)
+
+
+def check_out_folder(folder, out=None):
+    """Create --out's `folder` and prove it writable, before any work; otherwise one UserError.
+    out: the --out file that goes into the folder (None: --out is the folder itself)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # created and removed: the folder takes files
+            pass
+    except OSError as e:
+        where = "there" if out is None else f"into its folder {folder}"
+        reason = "a file, not a folder" if os.path.isfile(folder) else e.strerror
+        raise UserError(f"--out {out or folder}: cannot write {where} ({reason}); give a folder "
+                        "you can write to") from None
+
+
+def save_image(image, path):
+    """Write a PIL image whole or not at all: into a hidden file beside `path`, renamed to `path`
+    once complete, so a full disk leaves no partial image; a failure is a UserError naming the
+    file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(folder, f".partial-{os.getpid()}-{name}")  # keeps the extension
+    try:
+        os.makedirs(folder, exist_ok=True)
+        image.save(partial)
+        os.replace(partial, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise UserError(f"cannot write {path} ({e.strerror or e})") from None
 
 
 def heat_overlay(images, maps, alpha=0.5):
@@ -705,8 +764,7 @@ def save_image_grid(path, rows, gap=2):
         for c, img in enumerate(row):
             canvas.paste(Image.fromarray(img.permute(1, 2, 0).cpu().numpy()),
                          (c * (W + gap), r * (H + gap)))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
+    save_image(canvas, path)
 
 
 def figure_inputs(argv, prog, description, paper, default_out, several=False):
@@ -726,6 +784,7 @@ def figure_inputs(argv, prog, description, paper, default_out, several=False):
     args = p.parse_args(argv)
     if args.num < 1:
         raise UserError(f"--num must be at least 1, got {args.num}")
+    check_image_path(args.out)
     paths = args.checkpoint if several else [args.checkpoint]
     ckpts = [common.load_checkpoint(path) for path in paths]
     for path, ckpt in zip(paths, ckpts):
@@ -741,8 +800,15 @@ def figure_inputs(argv, prog, description, paper, default_out, several=False):
     return args, common.pick_device(args.device), list(zip(paths, ckpts)), images
 
 
+# The valid range of each numeric flag (`common.check_limits` names the first one outside it).
+# height and width: at least the paper configs' minimum (aea.py's LIMITS); seed: what numpy takes.
+LIMITS = dict(seed="[0, 4294967295]", batch_size="[1, inf)", height="[32, inf)",
+              width="[16, inf)", show_ranks="[0, inf)", xqda_lambda="[0, inf)",
+              xqda_dims="[0, inf)", kissme_dims="[1, inf)")
+
+
 def parse_args(argv):
-    """The evaluation flags."""
+    """The evaluation flags, checked."""
     p = argparse.ArgumentParser(description="Evaluate a re-ID model: CMC rank-1/5/10, mAP and "
                                 "mAP (official) per distance metric.")
     model = p.add_mutually_exclusive_group(required=True)
@@ -779,16 +845,15 @@ def parse_args(argv):
     p.add_argument("--kissme-dims", type=int, default=200,
                    help="PCA dims before KISSME (IDE baseline: 200)")
     args = p.parse_args(argv)
+    common.check_limits(args, LIMITS)
     if args.show_ranks and not args.out:
         raise UserError("--show-ranks needs --out DIR, the folder to write the PNGs into")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     return args
 
 
 def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None, batch_size=256,
                    flip=False, xqda_lambda=0.001, xqda_dims=0, kissme_dims=200, show_ranks=0,
-                   out=None, precision="auto"):
+                   figures=None, precision="auto"):
     """Score `model` on `ds` (a data.ReIDData) -> {metric: rank_metrics dict}, in `metrics` order,
     computed by `fast_rank_metrics`.
 
@@ -796,7 +861,9 @@ def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None,
     filled on first use and can be passed again, so a training run that evaluates every few
     epochs decodes each split once. The training split is decoded and its features extracted
     only when XQDA or KISSME is asked for (both are fitted on training features, as in the IDE
-    baseline scripts). precision: the autocast of `extract_features`.
+    baseline scripts). precision: the autocast of `extract_features`. show_ranks > 0: `figures`,
+    a dict, gets {metric: `rank_figure` of show_ranks queries}, drawn while the metric's distances
+    exist; the caller writes them.
     """
     images = {} if images is None else images
 
@@ -822,29 +889,36 @@ def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None,
         results[metric] = fast_rank_metrics(dist, ds.query.pids, ds.gallery.pids, ds.query.cams,
                                             ds.gallery.cams)
         if show_ranks:
-            path = os.path.join(out, f"ranks_{metric}.png")
-            save_rank_figure(path, dist, ds, show_ranks)
-            print(f"wrote {path}")
+            figures[metric] = rank_figure(dist, ds, show_ranks)
     return results
 
 
 def run(argv=None):
     """The CLI's work; returns {metric: rank_metrics dict}."""
     args = parse_args(argv)
+    if args.show_ranks:
+        check_out_folder(args.out)  # before any work, not after the whole evaluation
     device = common.pick_device(args.device)
     # --weights none draws its weights: the same seed, the same network
     common.seed_everything(args.seed)
     # the dataset first: a wrong --root fails before any model is built
     ds = data.load_dataset(args.root, args.dataset, skip_bad_files=args.skip_bad_files)
+    check_true_matches(ds.query, ds.gallery)
     # the input size and precision come with the model: a checkpoint's config, or --height/--width
     # and "auto" for --weights
     model, size, precision = load_model(args)
     model.to(device)
+    figures = {}
     results = evaluate_model(model, ds, size, device, args.metric, batch_size=args.batch_size,
                              flip=args.flip, xqda_lambda=args.xqda_lambda, xqda_dims=args.xqda_dims,
-                             kissme_dims=args.kissme_dims, show_ranks=args.show_ranks, out=args.out,
-                             precision=precision)
+                             kissme_dims=args.kissme_dims, show_ranks=args.show_ranks,
+                             figures=figures, precision=precision)
+    # the table first: a figure that cannot be written does not cost the numbers
     print(format_table(results))
+    for metric, figure in figures.items():
+        path = os.path.join(args.out, f"ranks_{metric}.png")
+        save_image(figure, path)
+        print(f"wrote {path}")
     return results
 
 

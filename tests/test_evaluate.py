@@ -1,7 +1,10 @@
 """Tests of evaluate.py: both ranking-metric functions against hand-worked cases, the fast one
 against the definition (`rank_metrics`, the official MATLAB code step by step) on random problems,
-the distances, XQDA/KISSME algebra, the precision a checkpoint is scored in, and the CLI end to
-end (marked slow)."""
+the distances, XQDA/KISSME algebra, the precision a checkpoint is scored in, the checks of flags
+and output paths before any work, and the CLI end to end (marked slow)."""
+import errno
+import os
+import re
 import sys
 import types
 
@@ -146,6 +149,28 @@ def test_bad_input_is_one_clear_error(rank_metrics):
         rank_metrics(TOY_DIST[0], *args)
     with pytest.raises(UserError, match="none of the 1 queries"):
         rank_metrics(TOY_DIST[2:], TOY_Q_PIDS[2:], TOY_G_PIDS, TOY_Q_CAMS[2:], TOY_G_CAMS)
+
+
+def test_check_true_matches_refuses_exactly_what_rank_metrics_refuses():
+    # on small random problems (junk, distractors, matches in the query's own camera only),
+    # check_true_matches raises exactly when rank_metrics does, with the same message
+    rng = np.random.default_rng(0)
+    refused = 0
+    for _ in range(200):
+        dist, q_pids, g_pids, q_cams, g_cams = random_problem(rng, int(rng.integers(1, 4)),
+                                                              int(rng.integers(1, 10)), "float32")
+        query = types.SimpleNamespace(pids=q_pids, cams=q_cams)
+        gallery = types.SimpleNamespace(pids=g_pids, cams=g_cams)
+        try:
+            evaluate.rank_metrics(dist, q_pids, g_pids, q_cams, g_cams)
+        except UserError as e:
+            with pytest.raises(UserError) as check:
+                evaluate.check_true_matches(query, gallery)
+            assert str(check.value) == str(e)
+            refused += 1
+            continue
+        evaluate.check_true_matches(query, gallery)
+    assert 20 < refused < 180  # both outcomes are tested
 
 
 # -----------------------------------------------------------------------------
@@ -417,7 +442,7 @@ def test_checkpoint_is_scored_in_its_training_precision(synthetic_root, tmp_path
     assert evaluate.load_model(args) == (pool, (256, 128), "auto")
 
 
-def test_rank_figure_frames(synthetic_root, tmp_path):
+def test_rank_figure_frames(synthetic_root):
     # query 0's first true match is put at distance -1 and a junk item at -2: the junk is left out
     # (removed by the protocol), so the first result is the match, framed green; item 2 is red
     # unless it is a match too.
@@ -426,14 +451,12 @@ def test_rank_figure_frames(synthetic_root, tmp_path):
     same = ds.gallery.pids == ds.query.pids[0]
     match = np.flatnonzero(same & (ds.gallery.cams != ds.query.cams[0]))[0]
     dist[0, match], dist[0, np.flatnonzero(ds.gallery.pids == -1)[0]] = -1.0, -2.0
-    path = tmp_path / "r.png"
-    evaluate.save_rank_figure(str(path), dist, ds, num=1)
+    im = evaluate.rank_figure(dist, ds, num=1)
     second = np.argsort(dist[0].numpy(), kind="stable")[2]  # after the junk and the match
     tile = 64 + 6 + 2
-    with Image.open(path) as im:
-        assert im.getpixel((1, 1)) == (128, 128, 128)                  # query frame
-        assert im.getpixel((12 + tile + 1, 1)) == (0, 170, 0)          # rank 1: the match
-        assert im.getpixel((12 + 2 * tile + 1, 1)) == ((0, 170, 0) if same[second] else (220, 0, 0))
+    assert im.getpixel((1, 1)) == (128, 128, 128)                  # query frame
+    assert im.getpixel((12 + tile + 1, 1)) == (0, 170, 0)          # rank 1: the match
+    assert im.getpixel((12 + 2 * tile + 1, 1)) == ((0, 170, 0) if same[second] else (220, 0, 0))
 
 
 def test_cli_errors_exit_2(synthetic_root, tmp_path, monkeypatch, capsys):
@@ -486,3 +509,106 @@ def test_heat_overlay_colours_and_grid(tmp_path):
     with Image.open(path) as im:
         assert im.size == (2 * (2 + 2), 2 * (4 + 2))
         assert im.getpixel((4 + 1, 0)) == (178, 50, 50)   # row 0, second tile, its right column
+
+
+# -----------------------------------------------------------------------------
+# Bad flags and output paths: one UserError naming the cause, before any work
+
+
+@pytest.mark.parametrize("flag,value,interval", [
+    ("--seed", "-1", "[0, 4294967295]"), ("--seed", str(2**32), "[0, 4294967295]"),
+    ("--xqda-lambda", "nan", "[0, inf)"), ("--xqda-lambda", "inf", "[0, inf)"),
+    ("--xqda-lambda", "-1", "[0, inf)"), ("--show-ranks", "-1", "[0, inf)"),
+    ("--kissme-dims", "0", "[1, inf)"), ("--xqda-dims", "-1", "[0, inf)"),
+    ("--height", "0", "[32, inf)"), ("--width", "8", "[16, inf)"),
+    ("--batch-size", "0", "[1, inf)")])
+def test_numbers_out_of_range_name_the_flag(flag, value, interval):
+    with pytest.raises(UserError) as e:
+        evaluate.parse_args(["--weights", "none", "--root", "data", flag, value])
+    assert str(e.value).startswith(f"{flag} must lie in {interval}, got ")
+
+
+def test_figure_out_is_checked_before_the_checkpoint_is_read(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    cases = [(tmp_path, "is a folder; expected the image file to write"),
+             (tmp_path / "fig", "an extension PIL writes (.png, .jpg, .bmp, ...), got none"),
+             (tmp_path / "fig.xyz", "got '.xyz'"),
+             (tmp_path / "a_file" / "fig.png", "cannot write into its folder"),
+             # a good --out: the missing checkpoint is next
+             (tmp_path / "figs" / "fig.png", "missing.pt does not exist")]
+    for out, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            evaluate.figure_inputs(["--checkpoint", str(tmp_path / "missing.pt"), "--out",
+                                    str(out)], "aea.py figure", "", "aea", "attention.png")
+
+
+def full_disk(monkeypatch):
+    """Make PIL's save write half a file, then fail as on a full disk."""
+    def save(image, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"half a PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Image.Image, "save", save)
+
+
+def test_save_image_writes_the_whole_file_or_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    evaluate.save_image(Image.new("RGB", (4, 2), "red"), str(path))
+    with Image.open(path) as im:
+        assert im.size == (4, 2)
+    # a failed write leaves the previous file as it was, and no partial file beside it
+    before = path.read_bytes()
+    full_disk(monkeypatch)
+    with pytest.raises(UserError, match=re.escape(f"cannot write {path} (No space left")):
+        evaluate.save_image(Image.new("RGB", (4, 2)), str(path))
+    assert os.listdir(tmp_path) == ["a.png"] and path.read_bytes() == before
+
+
+def expect_exit_2(capsys, *flags):
+    """evaluate.main on the synthetic data with `flags`: exit status 2 and one `error:` line;
+    returns (that line, stdout)."""
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--weights", "none", "--dataset", "synthetic", "--height", "64",
+                       "--width", "32", "--device", "cpu", *flags])
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0].removeprefix("error: "), out
+
+
+@pytest.mark.slow
+def test_cli_refuses_before_decoding(synthetic_root, tmp_path, monkeypatch, capsys):
+    decoded = record_decoding(monkeypatch)
+    (tmp_path / "a_file").write_text("x")
+    line, _ = expect_exit_2(capsys, "--root", synthetic_root, "--show-ranks", "2",
+                            "--out", str(tmp_path / "a_file"))
+    assert line == (f"--out {tmp_path / 'a_file'}: cannot write there (a file, not a folder); "
+                    "give a folder you can write to")
+    # every gallery image in the queries' camera: no query has a true match
+    load_dataset = data.load_dataset
+
+    def one_camera(*args, **kwargs):
+        ds = load_dataset(*args, **kwargs)
+        ds.query.cams[:], ds.gallery.cams[:] = 1, 1
+        return ds
+    monkeypatch.setattr(data, "load_dataset", one_camera)
+    line, _ = expect_exit_2(capsys, "--root", synthetic_root)
+    assert re.fullmatch(r"none of the \d+ queries has a true match in the gallery \(same pid, "
+                        r"other camera\)", line)
+    assert decoded == []
+
+
+@pytest.mark.slow
+def test_cli_prints_the_table_before_a_figure_fails(synthetic_root, tmp_path, monkeypatch,
+                                                    capsys):
+    # the network: a 4 x 2 average pool; the disk fills up while the first PNG is written
+    pool = pool_model()
+    monkeypatch.setattr(common, "Backbone", lambda weights, last_stride: pool)
+    full_disk(monkeypatch)
+    figs = tmp_path / "figs"
+    line, out = expect_exit_2(capsys, "--root", synthetic_root, "--show-ranks", "2",
+                              "--out", str(figs))
+    assert "queries evaluated" in out
+    assert line == f"cannot write {figs / 'ranks_euclidean.png'} (No space left on device)"
+    assert os.listdir(figs) == []
