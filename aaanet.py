@@ -107,7 +107,7 @@ LIMITS = dict(height="[32, inf)", width="[32, inf)", batch_size="[2, inf)", epoc
               weight_decay="[0, inf)", dropout="[0, 1)", pad="[0, inf)",
               random_erasing="[0, 1]", grid="[1, inf)", attention_channels="[1, inf)",
               occlusion_chunk="[0, inf)", threshold="[0, 1)", lambda1="[0, inf)",
-              lambda2="[0, inf)", omega="[0, 1)")
+              lambda2="[0, inf)", omega="[0, 1)", seed="[0, 4294967295]")
 
 
 def resolve(cfg, stage):
@@ -125,6 +125,11 @@ def resolve(cfg, stage):
     if not cfg.root:
         raise UserError("--root is required (python aaanet.py without arguments: the demo)")
     common.check_limits(cfg, LIMITS)
+    # f_r's size: each stride-2 layer before the point halves the input, rounding up
+    h, w = (-(-n // 2 ** (POINTS.index(cfg.point) + 2)) for n in (cfg.height, cfg.width))
+    if stage == "stage2" and cfg.grid > min(h, w):  # Algorithm 1's cells need a position each
+        raise UserError(f"--grid {cfg.grid} is finer than f_r's {h}x{w} map (--point {cfg.point}, "
+                        f"{cfg.height}x{cfg.width} inputs): give --grid {min(h, w)} or less")
     if not set(cfg.eval_metrics) <= set(METRICS):
         raise UserError(f"--eval-metrics: expected some of {', '.join(METRICS)}, got "
                         f"{' '.join(cfg.eval_metrics)}")
@@ -441,9 +446,15 @@ def load_init(model, cfg, stage, num_classes):
                 if stage == "stage3" and ckpt.get("stage") == "stage1" else "")
         raise UserError(f"{path} is a {ckpt.get('stage')} checkpoint; {stage} starts from "
                         f"{expected}{hint}")
-    if expected == "stage2" and ckpt["config"]["point"] != cfg.point:
-        raise UserError(f"{path} put the attention branch after {ckpt['config']['point']}; "
-                        f"pass --point {ckpt['config']['point']}")
+    # what the stage inherits must be what --init was trained with: the input size, and from
+    # stage 2 its attention branch (where it sits, its width) and the target it learned
+    same = ("height", "width") + (("point", "attention_channels", "grid", "m_occ")
+                                  if expected == "stage2" else ())
+    differ = [f"--{k.replace('_', '-')} {ckpt['config'].get(k)}" for k in same
+              if ckpt["config"].get(k) != getattr(cfg, k)]
+    if differ:
+        raise UserError(f"{path} was trained with {', '.join(differ)}; {stage} inherits them: "
+                        "pass the same values")
     # Choice (not in the paper): Table 4's stage 3 from stage 1 keeps a fresh attention branch
     state = {k: v for k, v in ckpt["model"].items()
              if expected == "stage2" or not k.startswith("attention.")}
@@ -479,6 +490,8 @@ def train_stage(cfg, stage, ds=None, images=None):
                              device, loss=TOTAL_LOSS[stage], label=f"{stage} ", stage=stage)
     common.seed_everything(cfg.seed)  # the same seed draws the same weights and batches
     ds = ds or data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
+    if stage != "stage2" and cfg.eval_metrics:  # the evaluation's need, before training
+        evaluate.check_true_matches(ds.query, ds.gallery)
     # the network before the images: missing ImageNet weights or a wrong --init fail at once
     model = AAANet(ds.num_train_pids, cfg.point, cfg.dropout, cfg.attention_channels,
                    cfg.weights if stage == "stage1" else "none")
@@ -533,8 +546,8 @@ def model_from_checkpoint(ckpt, path="the checkpoint"):
         cfg = Config(**ckpt["config"])
         num_classes = ckpt["model"]["classifier.weight"].shape[0]
         model = AAANet(num_classes, cfg.point, cfg.dropout, cfg.attention_channels, "none")
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError) as e:
+        common.load_weights(model, ckpt["model"], path)
+    except (KeyError, TypeError) as e:
         raise UserError(f"{path}: not a complete AAA-Net checkpoint (config and weights of "
                         f"aaanet.py): {str(e).splitlines()[0]}") from None
     return model.eval(), (cfg.height, cfg.width)

@@ -117,7 +117,8 @@ LIMITS = dict(R="(0, 100)", reda_p="[0, 1]", dropout="[0, 1)", margin="[0, inf)"
               alpha1="[0, inf)", alpha2="[0, inf)", lr="(0, inf)", momentum="[0, 1)",
               weight_decay="[0, inf)", height="[32, inf)", width="[16, inf)", P="[2, inf)",
               K="[1, inf)", epochs="[1, inf)", lr_step="[1, inf)", warmup_epochs="[0, inf)",
-              b4_basic_epochs="[0, inf)", eval_every="[0, inf)", keep_every="[0, inf)")
+              b4_basic_epochs="[0, inf)", eval_every="[0, inf)", keep_every="[0, inf)",
+              seed="[0, 4294967295]")
 
 # Margin and R per dataset, Sec. IV-B and IV-E (CUHK03: 0.35 and 20); flags given explicitly win
 PER_DATASET = {d: dict(margin=0.35, R=20.0) if d.startswith("cuhk03") else dict(margin=0.3, R=10.0)
@@ -393,10 +394,12 @@ def train(cfg):
                              erase_mask=None)  # erase-once runs (B3, B4, fixed): the mask, packed
     if run.finished:  # a finished run resumed: its table
         print(f"{run.last} already holds all {cfg.epochs} epochs; nothing left to resume")
-        print(evaluate.format_table(run.results, label=f"AEA {cfg.variant}"), flush=True)
+        print(evaluate.format_table(run.results, label=f"AEA {cfg.variant}") if run.results else
+              f"it holds no evaluation: python evaluate.py --checkpoint {run.last}", flush=True)
         return run.results
     common.seed_everything(cfg.seed)
     ds = data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
+    evaluate.check_true_matches(ds.query, ds.gallery)  # the evaluation's need, before training
     if cfg.P > ds.num_train_pids:
         raise UserError(f"--P {cfg.P}: a PK batch needs P distinct identities, but the training "
                         f"split of {cfg.root} has only {ds.num_train_pids}")
@@ -443,12 +446,13 @@ def train(cfg):
             if run.stopped:  # a signal: last.pt holds this epoch's steps so far
                 return None
             schedule.step()
-            if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-                # before the checkpoint, so its table holds this row; no random draw, no weight
-                run.results[f"epoch {epoch + 1}"] = score(model, ds, cfg, device, cache)
-                print(evaluate.format_table(run.results, label=f"AEA {cfg.variant}"), flush=True)
+            # last.pt before the evaluation: an evaluation that fails loses no trained epoch
             if not run.end_epoch(keep_copy=cfg.keep_every and (epoch + 1) % cfg.keep_every == 0):
                 return None
+            if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+                run.results[f"epoch {epoch + 1}"] = score(model, ds, cfg, device, cache)
+                print(evaluate.format_table(run.results, label=f"AEA {cfg.variant}"), flush=True)
+                run.save_results()  # last.pt again, its table now with this row
     return run.results
 
 
@@ -459,8 +463,8 @@ def model_from_checkpoint(ckpt, path="the checkpoint"):
     try:
         cfg = AEAConfig(**ckpt["config"])
         model = AEA(ckpt["model"]["basic.FC_2.weight"].shape[0], cfg.variant, "none", cfg.dropout)
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError) as e:
+        common.load_weights(model, ckpt["model"], path)
+    except (KeyError, TypeError) as e:
         raise UserError(f"{path}: the config or weights do not fit aea.py's network "
                         f"({str(e).splitlines()[0]})") from None
     return model.eval(), (cfg.height, cfg.width)
@@ -522,6 +526,10 @@ def check_config(cfg):  # one clear UserError for the first bad value, naming th
     if cfg.variant not in ("aea", "b2") and cfg.erasing != "adversarial":
         raise UserError(f"--erasing {cfg.erasing} applies to --variant aea and b2; {cfg.variant} "
                         "fixes its own input to the complementary network (Sec. IV-C)")
+    if erasing_mode(cfg) != "random" and cfg.variant != "b1" and round(
+            cfg.R * cfg.height * cfg.width / 100) == 0:  # k of `salient_pixels`
+        raise UserError(f"--R {cfg.R} erases round({cfg.R}% of {cfg.height}x{cfg.width}) = 0 "
+                        f"pixels: give --R above {50 / (cfg.height * cfg.width):.3g}")
     if cfg.variant != "b1" and basic_alone_epochs(cfg) >= cfg.epochs:
         raise UserError(f"--{'b4-basic' if cfg.variant == 'b4' else 'warmup'}-epochs "
                         f"{basic_alone_epochs(cfg)} leaves no epoch of --epochs {cfg.epochs} for "

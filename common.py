@@ -326,15 +326,15 @@ def add_config_args(parser, cls, only=None, defaults=None):
 def check_limits(cfg, limits):
     """Refuse the first value outside its interval, naming the flag: limits = {field: "[lo, hi)"}
     as in mathematics (inf allowed); a NaN lies outside every interval."""
-    helps = field_comments(type(cfg))
+    helps = field_comments(type(cfg)) if dataclasses.is_dataclass(cfg) else {}  # flags' help
     for name, interval in limits.items():
         value = getattr(cfg, name)
         left, lo, hi, right = re.fullmatch(r"([\[(])(.+), (.+)([\])])", interval).groups()
         above = value >= float(lo) if left == "[" else value > float(lo)
         below = value <= float(hi) if right == "]" else value < float(hi)
         if not (above and below):
-            raise UserError(f"--{name.replace('_', '-')} must lie in {interval}, got {value} "
-                            f"({helps.get(name, name)})")
+            raise UserError(f"--{name.replace('_', '-')} must lie in {interval}, got {value}"
+                            + (f" ({helps[name]})" if name in helps else ""))
 
 
 def config_from_args(cls, args):  # the dataclass holding the parsed flags (lists as tuples)

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -369,6 +370,41 @@ def test_resolve_fills_the_paper_defaults_per_stage():
             aaanet.resolve(dataclasses.replace(cfg, **bad), "stage3")
 
 
+def test_resolve_refuses_a_grid_finer_than_f_r_and_a_negative_seed(tiny_model):
+    # f_r after conv3_x is the input / 8, rounded up at each stride: 40x33 -> 5x5. Grid 5 gives
+    # every cell one position; grid 6 would leave cells empty, grid 100 makes 10,000 copies
+    cfg = aaanet.Config(root="x", height=40, width=33)
+    assert tiny_model("conv3_x").middle(torch.zeros(1, 3, 40, 33)).shape[-2:] == (5, 5)
+    aaanet.resolve(dataclasses.replace(cfg, grid=5), "stage2")
+    for grid in (6, 100):
+        with pytest.raises(common.UserError, match=rf"--grid {grid} is finer than f_r's 5x5 map "
+                           r"\(--point conv3_x, 40x33 inputs\): give --grid 5 or less"):
+            aaanet.resolve(dataclasses.replace(cfg, grid=grid), "stage2")
+    with pytest.raises(common.UserError, match=r"--seed must lie in \[0, 4294967295\], got -1"):
+        aaanet.resolve(dataclasses.replace(cfg, seed=-1), "stage1")
+
+
+def test_init_must_have_what_the_stage_inherits(tmp_path):
+    # stage 3 inherits stage 2's input size and attention branch (point, width, the grid and the
+    # M_occ reading it learned from); stage 2 inherits stage 1's input size. Each difference is
+    # named with the --init's value, before any weight is loaded (model=None is never touched).
+    trained = aaanet.Config(root="x", height=64, width=32)
+    for stage, previous in (("stage2", "stage1"), ("stage3", "stage2")):
+        path = str(tmp_path / f"{previous}.pt")
+        common.save_checkpoint(path, {"paper": "aaanet", "stage": previous, "model": {
+            "classifier.weight": torch.zeros(3, 2048)}, "config": dataclasses.asdict(trained)})
+        changes = [(dict(height=96), "--height 64"), (dict(width=48), "--width 32")]
+        if stage == "stage3":
+            changes += [(dict(attention_channels=32), "--attention-channels 64"),
+                        (dict(point="conv4_x"), "--point conv3_x"), (dict(grid=2), "--grid 4"),
+                        (dict(m_occ="binary"), "--m-occ response")]
+        for change, named in changes:
+            cfg = aaanet.resolve(dataclasses.replace(trained, init=path, **change), stage)
+            with pytest.raises(common.UserError, match=re.escape(
+                    f"--init {path} was trained with {named}; {stage} inherits them")):
+                aaanet.load_init(None, cfg, stage, 3)
+
+
 # -----------------------------------------------------------------------------
 # End to end: the three stages through the command line
 
@@ -556,6 +592,30 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, synthetic
     final = common.load_checkpoint(str(last))
     assert final["epoch"] == EPOCHS
     assert_same_weights(final["model"], weights(f"{reference_run[0]}/stage1/last.pt"))
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_out_is_refused_until_the_first_ends(synthetic_root, tmp_path):
+    # two `aaanet.py stage1 --out OUT` at once: the second exits 2 naming the first's pid and
+    # leaves its files alone; once the first is gone (SIGKILL: no clean-up of any kind), its lock
+    # is stale and the next run takes the folder over
+    out = str(tmp_path / "run")
+    first = stop_at_step(tmp_path, synthetic_root, out, STEPS + 2, "PAUSE",
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (tmp_path / "paused").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    last = tmp_path / "run" / "stage1" / "last.pt"
+    written = last.read_bytes()  # epoch 1's, the first run is paused inside epoch 2
+    second = run_stage1(synthetic_root, out)
+    assert second.returncode == 2
+    assert f"--out {out}/stage1 is in use by another run (pid {first.pid})" in second.stderr
+    assert last.read_bytes() == written
+    first.kill()
+    assert first.wait(timeout=60) == -9
+    third = run_stage1(synthetic_root, out)
+    assert third.returncode == 0, third.stderr
+    assert common.load_checkpoint(str(last))["epoch"] == EPOCHS
 
 
 @pytest.mark.slow

@@ -385,8 +385,29 @@ def test_checkpoint_of_another_paper_or_unfitting_weights_is_refused(tmp_path):
     # (FC_2 with 4 rows, the rest missing): a UserError naming it
     bad = {"paper": "aea", "config": dataclasses.asdict(aea.AEAConfig()),
            "model": {"basic.FC_2.weight": torch.zeros(4, 2560)}}
+    with pytest.raises(UserError, match="bad.pt: the weights do not fit AEA .missing: "
+                       "basic.FC_1.0.bias, basic.FC_1.0.weight, basic.FC_1.1.bias"):
+        aea.model_from_checkpoint(bad, "bad.pt")
+    bad["config"]["no_such_flag"] = 1  # a config of another version of aea.py
     with pytest.raises(UserError, match="bad.pt: the config or weights do not fit"):
         aea.model_from_checkpoint(bad, "bad.pt")
+
+
+def test_config_refuses_an_R_that_erases_nothing_and_a_seed_numpy_refuses():
+    # salient_pixels erases k = round(R * H * W / 100) pixels. At 64x32 (2048 pixels): R = 0.02
+    # gives round(0.41) = 0, refused; R = 0.03 gives round(0.61) = 1 pixel. The bound: R above
+    # 50 / 2048 = 0.0244, where R * 2048 / 100 passes 0.5
+    small = dict(height=64, width=32)
+    with pytest.raises(UserError, match=r"--R 0.02 erases round\(0.02% of 64x32\) = 0 pixels: "
+                       r"give --R above 0.0244"):
+        aea.check_config(aea.AEAConfig(R=0.02, **small))
+    aea.check_config(aea.AEAConfig(R=0.03, **small))
+    assert aea.salient_pixels(torch.rand(1, 8, 4), 0.03, (64, 32)).sum() == 1
+    # Baseline 1 and REDA never read R
+    aea.check_config(aea.AEAConfig(R=0.02, variant="b1", **small))
+    aea.check_config(aea.AEAConfig(R=0.02, erasing="random", warmup_epochs=0, **small))
+    with pytest.raises(UserError, match=r"--seed must lie in \[0, 4294967295\], got -1 "):
+        aea.check_config(aea.AEAConfig(seed=-1))
 
 
 # -----------------------------------------------------------------------------

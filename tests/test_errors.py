@@ -20,6 +20,7 @@ import aea
 import common
 import data
 import evaluate
+from conftest import run_python
 
 # every case runs a whole command (python aea.py, aaanet.py, evaluate.py): system tests
 pytestmark = pytest.mark.slow
@@ -136,6 +137,66 @@ def test_unknown_dataset_device_and_unwritable_out(command, tiny, tmp_path, caps
     (tmp_path / "a_file").write_text("x")
     line = expect_error(capsys, run, str(tiny), str(tmp_path / "a_file" / "run"))
     assert "cannot write there" in line and "a_file" in line
+
+
+@pytest.mark.parametrize("command", ["aea", "aaanet"])
+def test_an_out_folder_held_by_a_running_process_is_refused(command, tiny, tmp_path, capsys):
+    # OUT/.lock names a live process (this test's parent): another run is there; nothing of its
+    # folder is touched. aaanet.py's stage 1 writes into OUT/stage1.
+    out = tmp_path / "out"
+    folder = out if command == "aea" else out / "stage1"
+    folder.mkdir(parents=True)
+    (folder / ".lock").write_text(str(os.getppid()))
+    (folder / "last.pt").write_bytes(b"the other run's checkpoint")
+    line = expect_error(capsys, COMMANDS[command], str(tiny), str(out))
+    assert f"--out {folder} is in use by another run (pid {os.getppid()})" in line
+    assert (folder / "last.pt").read_bytes() == b"the other run's checkpoint"
+
+
+@pytest.mark.parametrize("command", ["aea", "aaanet"])
+def test_a_test_split_without_true_matches_is_refused_before_training(command, tiny, tmp_path,
+                                                                      capsys):
+    # every gallery image of a query identity removed: no query can be scored, which the final
+    # evaluation would find only after training; the run stops before its first step
+    root = spoilt(tiny, tmp_path)
+    query_pids = {data.parse_name(f)[0] for f in os.listdir(root / "query")}
+    for f in os.listdir(root / "bounding_box_test"):
+        if data.parse_name(f)[0] in query_pids:
+            os.remove(root / "bounding_box_test" / f)
+    # (aaanet.py stage 1 checks it when it evaluates, as here)
+    evaluates = ["--eval-metrics", "euclidean"] if command == "aaanet" else []
+    line = expect_error(capsys, COMMANDS[command], str(root), str(tmp_path / "out"), *evaluates)
+    assert f"none of the {len(os.listdir(root / 'query'))} queries has a true match" in line
+    assert not any("last.pt" in files for _, _, files in os.walk(tmp_path / "out"))
+
+
+def test_aea_keeps_its_last_epoch_when_the_evaluation_fails(tiny, tmp_path, capsys, monkeypatch):
+    # last.pt is written before the evaluation: an evaluation that fails (here a stand-in that
+    # raises) loses no trained epoch, and --resume finds the run complete
+    def failing_score(*args):
+        raise common.UserError("the evaluation failed")
+    monkeypatch.setattr(aea, "score", failing_score)
+    out = tmp_path / "out"
+    line = expect_error(capsys, run_aea, str(tiny), str(out), "--epochs", "2")
+    assert line == "error: the evaluation failed"
+    assert common.load_checkpoint(str(out / "last.pt"))["epoch"] == 2
+    run_aea(str(tiny), str(out), "--epochs", "2", "--resume")
+    printed = capsys.readouterr().out
+    assert "already holds all 2 epochs" in printed
+    assert f"it holds no evaluation: python evaluate.py --checkpoint {out / 'last.pt'}" in printed
+
+
+@pytest.mark.parametrize("command", ["aea.py", "aaanet.py stage1"])
+def test_a_failed_run_leaves_no_empty_out_folder(command, tiny, tmp_path):
+    # a run that fails before writing anything (too few identities for its batch) removes the
+    # folders it created for --out: OUT/new/run and, for aaanet.py, OUT/new/run/stage1
+    bad = (["--P", "7", "--K", "2", "--warmup-epochs", "0"] if command == "aea.py"
+           else ["--batch-size", "500", "--eval-metrics"])
+    result = run_python(*command.split(), "--root", str(tiny), "--out",
+                        str(tmp_path / "new" / "run"), *SMALL, *bad)
+    assert result.returncode == 2 and ("--P 7" in result.stderr
+                                       or "--batch-size 500" in result.stderr), result.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def random_name(rng):
