@@ -28,7 +28,7 @@ each from the previous stage's OUT/<stage>/last.pt; `python aaanet.py figure --c
 (Table 3), stage3 --mask-source response (Table 4), stage1 --random-erasing 0.5 (Table 5).
 
 Choices where the paper is silent (each at its line, "Choice (not in the paper)", with its reason):
-  - Grid cells of any map size: row y in cell row floor(4y / H), columns alike.
+  - Grid cells: row y in cell row floor(4y / H), columns alike; a grid finer than f_r refused.
   - The attention branch: conv 1x1 C->64, BN, ReLU, conv 3x3, BN, ReLU, conv 1x1 64->1, raw M_att.
   - Last stride 2 kept; classifier N(0, 0.001^2), bias 0; dropout 0.5 where the paper gives none.
   - Pad 10, batch 32, momentum 0.9, decay 5e-4; an epoch: one shuffled pass, no partial batch.
@@ -578,6 +578,7 @@ def demo(argv):
     ds = data.load_dataset(root, "synthetic")
     base = Config(root=root, out=args.out, seed=args.seed, device=args.device,
                   precision=args.precision, **DEMO)
+    resolve(base, "stage1")  # the flags (--seed) checked before any work
     device, size, images = common.pick_device(args.device), (base.height, base.width), {}
     print(f"demo: weights {base.weights} (no ImageNet download), {size[0]}x{size[1]} inputs, "
           f"batch {base.batch_size}, " + ", ".join(f"{s} {v['epochs']} epochs lr {v['lr']}"

@@ -57,14 +57,10 @@ class UserError(Exception):
     points print it as one line (`exit_on_user_error`) instead of a traceback."""
 
 
-class LossNotFinite(UserError):
-    """A NaN or infinite loss: the message names the epoch, the step and the loss term."""
-
-
 def exit_on_user_error(main, argv=None):  # a UserError: `error: <message>` on stderr, exit 2
     try:
         return main(argv)
-    except UserError as e:
+    except (UserError, OSError) as e:  # OSError: a fault no check foresaw, named by the system
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -110,10 +106,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def autocast(device, precision="auto"):
-    """The mixed-precision context of a training or feature step: "auto" = bf16 autocast on
-    CUDA, fp32 on the CPU; "bf16" = bf16 on either; "fp32" = none. bf16 keeps fp32's exponent
-    range, so no loss scaling is needed. Choice (not in the paper): fp32 on the CPU, although bf16
-    can be faster there, since fp32 is what makes a CPU run bit-identical on resume."""
+    """A step's mixed precision: "auto" = bf16 autocast on CUDA, fp32 on the CPU; "bf16" = bf16
+    on either; "fp32" = none (bf16 has fp32's exponent range: no loss scaling). Choice (not in
+    the paper): fp32 on the CPU, slower than bf16 there but bit-identical on resume."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
@@ -167,17 +162,15 @@ class Backbone(nn.Module):
 
     def __init__(self, weights="imagenet", last_stride=2):
         super().__init__()
-        if last_stride not in (1, 2):
-            raise UserError(f"last_stride must be 1 or 2, got {last_stride}")
         resnet = torchvision.models.resnet50(weights=None)
+        resnet.fc = nn.Identity()  # torchvision's ImageNet classifier: not used here
         if weights not in ("imagenet", "none") and not os.path.isfile(weights):
             raise UserError(f"weights {weights!r}: expected 'imagenet', 'none' or the path of a "
                             "ResNet-50 state dict file")
         if weights != "none":
             state = imagenet_state_dict() if weights == "imagenet" else load_checkpoint(weights)
-            if isinstance(state, dict):  # torchvision's classifier fc.* is not used: ours stays
-                state = {**resnet.fc.state_dict(prefix="fc."),
-                         **{k: v for k, v in state.items() if not k.startswith("fc.")}}
+            if isinstance(state, dict):
+                state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             load_weights(resnet, state, f"weights {weights}", "a torchvision ResNet-50")
         if last_stride == 1:
             # AEA Sec. III-A: "remove the down-sampling of Conv5_X" -> conv5_x 16x8 at 256x128.
@@ -267,8 +260,7 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
 
 def make_sgd(params, lr, momentum=0.9, weight_decay=5e-4):
     """SGD, as both papers train (AAA-Net Sec. 4.2 names it; AEA names no optimiser).
-    Choice (not in the paper): momentum 0.9, weight decay 5e-4, the re-ID baselines' values.
-    The paper configs check the values (`check_limits`) before any work."""
+    Choice (not in the paper): momentum 0.9, weight decay 5e-4, the re-ID baselines' values."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
@@ -288,10 +280,9 @@ def field_comments(cls):
     """{field name: its trailing comment} read from the dataclass source: the flag's help."""
     comments, src = {}, inspect.getsource(cls)
     for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-        if tok.type == tokenize.COMMENT:
-            m = re.match(r"\s*(\w+)\s*:", tok.line)
-            if m:
-                comments[m.group(1)] = tok.string.lstrip("# ").strip()
+        m = tok.type == tokenize.COMMENT and re.match(r"\s*(\w+)\s*:", tok.line)
+        if m:  # `name: type = default  # the comment`
+            comments[m.group(1)] = tok.string.lstrip("# ").strip()
     return comments
 
 
@@ -366,15 +357,14 @@ class Progress:
             self.print_line()
 
     def check(self):
-        """Read the pending terms (one GPU sync); a NaN or infinite one raises `LossNotFinite`
-        naming its step and term. Returns the pending steps' sums and clears nothing."""
+        """The pending steps' sums, read (one GPU sync); a NaN or inf one: a UserError."""
         sums = {}
         first = self.i - len(self.pending) + 1  # the 1-based step of pending[0] in this epoch
         for j, terms in enumerate(self.pending):
             for k, v in terms.items():
                 v = float(v)
                 if not math.isfinite(v):
-                    raise LossNotFinite(
+                    raise UserError(
                         f"{self.where} step {first + j}/{self.total}: the loss term {k} "
                         f"is {v}; the run stops here and the last checkpoint (written before "
                         "this step) is left untouched. A smaller --lr usually helps.")
@@ -431,7 +421,8 @@ def set_rng_state(state):  # what rng_state saved
 
 def save_checkpoint(path, state):
     """Write `state` (tensors and plain values only: data, never code) to `path` atomically: a
-    temporary file, fsync, rename, so a run killed mid-write leaves the previous file whole."""
+    temporary file, fsync, rename, so a run killed mid-write (or a full disk) leaves the previous
+    file whole."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
@@ -441,11 +432,6 @@ def save_checkpoint(path, state):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)  # make the rename itself durable
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     except BaseException as e:
         # whatever went wrong (disk full, Ctrl-C, ...), `path` is untouched; the temporary goes
         with contextlib.suppress(OSError):
@@ -463,10 +449,9 @@ def save_checkpoint(path, state):
 def load_checkpoint(path, map_location="cpu"):
     """Load a file written by `save_checkpoint` (or any torch.save of tensors) with
     weights_only=True, which runs no pickled code: other Python objects are refused."""
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a folder; expected a checkpoint file in it (e.g. last.pt)")
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"{path} is a folder; expected a checkpoint file in it (e.g. last.pt)"
+                        if os.path.isdir(path) else f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
         raise UserError(f"{path} is not a PyTorch checkpoint (not the zip archive torch.save "
                         "writes: another kind of file, or a truncated copy)")
@@ -536,20 +521,18 @@ def resume_state(path, paper, config, may_differ=(), device=None):
                         f"({'; '.join(differ)}); resume with the same flags")
     was, now_type = state.get("device_type"), torch.device(device).type if device else None
     if now_type and was and now.get("precision") == "auto" and now_type != was:
-        raise UserError(f"--resume {path}: the run trained on {was} with --precision auto, which "
-                        f"means {'bf16' if was == 'cuda' else 'fp32'} there; on {now_type} auto "
-                        f"would switch precision mid-run. Resume with --device {was}, or start the "
-                        "run again with an explicit --precision")
+        raise UserError(f"--resume {path}: the run trained on {was} with --precision auto ("
+                        f"{'bf16' if was == 'cuda' else 'fp32'} there), which would switch on "
+                        f"{now_type}. Resume with --device {was}, or start anew with a --precision")
     return state
 
 
 def hold_folder(folder):
-    """Make `folder` this process's own --out, before any data is read: create it, prove it
-    writable and claim it with OUT/.lock holding the pid, so that a second run on the same folder
-    is refused instead of silently overwriting the first one's checkpoints. The lock of a process
-    that no longer runs (killed) is stale and taken over, and its temporaries (.last.pt.tmpPID,
-    as large as a checkpoint) are removed. The returned `release` (also called at exit) gives the
-    folder back, removing the folders this call created if nothing was written into them."""
+    """Make `folder` this process's --out before any data is read: create it, prove it writable,
+    claim it with OUT/.lock holding the pid (a second run on it is refused, not left to overwrite
+    the first's checkpoints). A killed holder's lock is stale and taken over, its temporaries
+    (.last.pt.tmpPID) removed. `release` (also at exit) gives the folder back, removing the
+    folders this call created if nothing was written into them."""
     lock, path, created = os.path.join(folder, ".lock"), os.path.abspath(folder), []
     while not os.path.exists(path):  # the folders makedirs creates, the deepest first
         created, path = created + [path], os.path.dirname(path)
@@ -615,7 +598,7 @@ class TrainingRun:
     position (epochs done, steps done in the next), the generator g at that epoch's START and the
     keyword `extra` entries (back in run.extra on --resume); on --resume `epoch` draws the done
     steps again without handing them out, which leaves g where it was: on the CPU the resumed run
-    ends bit-identical. A NaN or inf loss raises `LossNotFinite` before anything more is written.
+    ends bit-identical. A NaN or inf loss raises a UserError before anything more is written.
     """
 
     def __init__(self, paper, cfg, folder, may_differ, device, loss, label="", **extra):
@@ -718,8 +701,7 @@ class TrainingRun:
     def end_epoch(self, keep_copy=False):
         """After the epoch's last step and the schedule's step: last.pt, best.pt if the epoch's
         mean loss is the lowest so far, OUT/epoch_N.pt if `keep_copy`. False if a stop signal
-        came (the run stops, resumable); True to go on. An evaluation comes after it, so that a
-        failing one loses no epoch, and `save_results` then adds its row."""
+        came (the run stops, resumable). An evaluation comes after it (then `save_results`)."""
         done = self.epoch_index + 1
         # the last step printed a line, so every term of the epoch was checked finite
         loss = self.progress.mean(self.loss)
@@ -736,10 +718,9 @@ class TrainingRun:
         self._save(self.epoch_index + 1, 0, self.generator.get_state(), self.is_best)
 
     def _save(self, epoch, step, aug_generator, is_best, **more):
-        """last.pt at (epoch, step), and best.pt if `is_best`.
-        Choice (not in either paper): "best" = the lowest mean training loss: the datasets have no
-        validation split, and the test set's mAP would tune on the test set (the papers report
-        their last epoch, last.pt)."""
+        """last.pt at (epoch, step), and best.pt if `is_best`. Choice (not in either paper): "best"
+        = the lowest mean training loss: the datasets have no validation split, and the test set's
+        mAP would tune on the test set (the papers report their last epoch, last.pt)."""
         results = {k: dict(r, cmc=torch.as_tensor(np.asarray(r["cmc"])))
                    for k, r in self.results.items()}
         state = {"paper": self.paper, "model": self.model.state_dict(),

@@ -342,10 +342,10 @@ def test_progress_names_the_first_non_finite_step_and_term():
     assert progress.mean("L_I1") == pytest.approx(2.0)  # (1 + 2 + 3) / 3
     progress.update(4, L_I1=torch.tensor(1.0), L_T=torch.tensor(0.5))
     progress.update(4, L_I1=torch.tensor(1.0), L_T=torch.tensor(float("nan")))
-    with pytest.raises(common.LossNotFinite, match=r"epoch 2/9 step 5/6: the loss term L_T is nan"):
+    with pytest.raises(common.UserError, match=r"epoch 2/9 step 5/6: the loss term L_T is nan"):
         progress.check()
     progress = common.Progress(total=2, every=1, file=out)
-    with pytest.raises(common.LossNotFinite, match=r"step 1/2: the loss term L is inf"):
+    with pytest.raises(common.UserError, match=r"step 1/2: the loss term L is inf"):
         progress.update(4, L=torch.tensor(float("inf")))  # every=1: the line's check raises at once
 
 
