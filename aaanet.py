@@ -285,10 +285,9 @@ def occlusion_target(model, f_r, y, cfg):
     # nor move the BatchNorm statistics of the training batch
     was_training = model.training
     model.eval()
-    k, p = hardest_occlusion(model.logits_from_middle, f_r.detach(), y, cfg.grid,
-                             cfg.occlusion_chunk)
+    k, p = hardest_occlusion(model.logits_from_middle, f_r, y, cfg.grid, cfg.occlusion_chunk)
     model.train(was_training)
-    return occlusion_map(f_r.detach(), k, cfg.grid, cfg.m_occ), p.gather(1, k[:, None])[:, 0]
+    return occlusion_map(f_r, k, cfg.grid, cfg.m_occ), p.gather(1, k[:, None])[:, 0]
 
 
 # --- Losses: Eq. (1)-(4) --------------------------------------------------------------------------
@@ -300,8 +299,7 @@ def attention_loss(M_att, M_occ):
     Eq. (3)); the callers average over the batch. What its gradient does, per position: where
     M_att < 0 it raises M_att to 0; where 0 < M_att < M_occ / 2 it drives M_att down to 0; where
     M_att > M_occ / 2 it drives M_att to M_occ. So the minima are M_att = 0 and M_att = M_occ:
-    a position whose attention is already high follows the difficult sample's response.
-    """
+    a position whose attention is already high follows the difficult sample's response."""
     M_att = M_att.float()
     return ((M_att.clamp(min=0) - M_occ) * M_att).abs().sum(dim=(1, 2))
 
@@ -312,8 +310,7 @@ def regularization_loss(M_att):
     Its gradient, -sigmoid(-||M_att||_1) sign(M_att), pushes every |M_att| up, away from Eq. (2)'s
     trivial minimum M_att = 0, but with a weight that vanishes fast: once ||M_att||_1 summed over
     the map exceeds ~17 it is below 1e-7, and at the paper's size (28x28 after conv3_x) the sum
-    is in the hundreds, so L_r and its gradient are 0 in float32. Computed as softplus(-x).
-    """
+    is in the hundreds, so L_r and its gradient are 0 in float32. Computed as softplus(-x)."""
     return F.softplus(-M_att.float().abs().sum(dim=(1, 2)))
 
 
@@ -324,13 +321,10 @@ def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
         L1 = L_r (Eq. (3)), L2 = L_att (Eq. (2))
 
     The gate is the "switchable gradient update" of Sec. 3.3: only samples whose true-class
-    probability the occlusion lowers by more than omega update the attention through this term.
-    """
-    # the gate: a comparison of probabilities, no gradient
-    gate = ((p_bf - p_af).detach() > omega).float()                   # [B]
-    # Choice (not in the paper): averaged over all B samples, failing ones adding 0. When the
-    # gate is shut for the whole batch this term gives no gradient, but SGD's weight decay and
-    # momentum still move the attention branch in that step
+    probability the occlusion lowers by more than omega update the attention through this term."""
+    gate = ((p_bf - p_af).detach() > omega).float()  # [B], compares probabilities: no gradient
+    # Choice (not in the paper): the mean over all B samples, failing ones adding 0; with the gate
+    # shut for the whole batch, only SGD's weight decay and momentum move the attention branch
     return (gate * (lambda1 * L_r + lambda2 * L_att)).mean(), gate
 
 
@@ -342,8 +336,7 @@ def attention_mask(M_att, threshold=0.5):
     Choice (not in the paper): 0 (occluded) where relu(M_att), min-max normalised per image, is
     above `threshold`: the regions the attention finds important get occluded, as Fig. 4's "black
     mask" over the attended parts, Sec. 4.5's "multiple parts of important regions were occluded"
-    and Table 4's "highest response" say. An all-zero map occludes nothing.
-    """
+    and Table 4's "highest response" say. An all-zero map occludes nothing."""
     A = M_att.detach().float().clamp(min=0)                            # relu(M_att)
     lo, hi = A.amin(dim=(1, 2), keepdim=True), A.amax(dim=(1, 2), keepdim=True)
     return (A - lo) / (hi - lo).clamp_min(1e-12) <= threshold
@@ -366,23 +359,18 @@ def response_mask(f_r):
 def stage1_loss(model, x, y, cfg):
     """Sec. 3.1: the baseline classifier, softmax cross-entropy on the identities."""
     logits = model.logits_from_middle(model.middle(x))
-    # L_ce: "a softmax classification loss function", Sec. 3.1
-    L_ce = common.cross_entropy(logits, y)
+    L_ce = common.cross_entropy(logits, y)  # "a softmax classification loss function", Sec. 3.1
     return L_ce, {"L_ce": L_ce}
 
 
 def stage2_loss(model, x, y, cfg):
     """Algorithm 1: the attention assignment network; only the attention branch learns."""
-    # f_r: the middle-layer maps of the frozen baseline, with no gradient (`freeze_for`)
-    f_r = model.middle(x)
+    f_r = model.middle(x)  # the frozen baseline's middle-layer maps, no gradient (`freeze_for`)
     # Algorithm 1 steps 1-4: the 16 occluded copies, the difficult sample and its M_occ
     M_occ, p_hard = occlusion_target(model, f_r, y, cfg)
-    # M_att: the attention branch, the part that learns (Algorithm 1 step 5)
-    M_att = model.attention_map(f_r)
-    # L_att: the data term, Eq. (2)
-    L_att = attention_loss(M_att, M_occ).mean()
-    # L_r: the regularisation term, Eq. (3)
-    L_r = regularization_loss(M_att).mean()
+    M_att = model.attention_map(f_r)  # the part that learns (Algorithm 1 step 5)
+    L_att = attention_loss(M_att, M_occ).mean()  # the data term, Eq. (2)
+    L_r = regularization_loss(M_att).mean()  # the regularisation term, Eq. (3)
     L_adv = L_att + L_r  # Eq. (1)
     return L_adv, {"L_adv": L_adv, "L_att": L_att, "L_r": L_r, "p_hard": p_hard.mean()}
 
@@ -406,13 +394,10 @@ def stage3_loss(model, x, y, cfg):
     p_bf, p_af = true_class_probability(logits_bf, y), true_class_probability(logits_af, y)
     # Algorithm 2 step 4, the loss of the entire network: cross-entropy on both ("computed by
     # the cross-entropy", Sec. 3.3) ...
-    L_ce_bf = common.cross_entropy(logits_bf, y)
-    L_ce_af = common.cross_entropy(logits_af, y)
-    # ... and Eq. (4): L1 = L_r (Eq. (3)) and L2 = L_att (Eq. (2)) per sample, M_occ recomputed
-    # by the grid occlusion as in stage 2
+    L_ce_bf, L_ce_af = common.cross_entropy(logits_bf, y), common.cross_entropy(logits_af, y)
+    # ... and Eq. (4): L1 = L_r (Eq. (3)), L2 = L_att (Eq. (2)) per sample, M_occ as in stage 2
     M_occ, _ = occlusion_target(model, f_r, y, cfg)
-    L_r = regularization_loss(M_att)
-    L_att = attention_loss(M_att, M_occ)
+    L_r, L_att = regularization_loss(M_att), attention_loss(M_att, M_occ)
     L_gate, gate = adversarial_loss(L_r, L_att, p_bf, p_af, cfg.lambda1, cfg.lambda2, cfg.omega)
     L = L_ce_bf + L_ce_af + L_gate
     return L, {"L": L, "L_ce_bf": L_ce_bf, "L_ce_af": L_ce_af, "L_gate": L_gate,
@@ -519,8 +504,7 @@ def train_stage(cfg, stage, ds=None, images=None):
         for epoch in range(first, cfg.epochs):
             model.train()  # what stage 2 freezes stays in eval mode (`AAANet.freeze_for`)
             for x, y in run.epoch(epoch, epoch_batches(train_images, labels, g, cfg), N // B):
-                terms = training_step(model, optimizer, stage, x, y, cfg)
-                run.log(len(y), terms)
+                run.log(len(y), training_step(model, optimizer, stage, x, y, cfg))
             if run.stopped:  # a signal: last.pt holds this epoch's steps so far
                 return model, None
             schedule.step()

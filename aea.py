@@ -108,8 +108,7 @@ class AEAConfig:
     resume: bool = False  # continue the run in --out from its last.pt (same flags)
 
 
-# Choice (not in the paper): the flags a resumed run may change, none of which changes what is
-# trained; any other flag is named and refused
+# Choice (not in the paper): the flags a resumed run may change (none changes what is trained)
 RESUME_MAY_DIFFER = ("resume", "device", "out", "eval_every", "eval_untrained", "keep_every")
 
 # The valid range of each numeric flag (`common.check_limits` names the first one outside it)
@@ -254,8 +253,7 @@ def erase_top(images, A, R):
     """The erased pedestrian images (Fig. 4): the top R% pixels of A set to 0 in normalised
     images [B, 3, H, W]. Choice (not in the paper): 0, the mean colour, which random erasing and
     the padding write too."""
-    B, C, H, W = images.shape
-    return images.masked_fill(salient_pixels(A, R, (H, W))[:, None], 0.0)
+    return images.masked_fill(salient_pixels(A, R, images.shape[-2:])[:, None], 0.0)
 
 
 @torch.no_grad()
@@ -393,16 +391,13 @@ def train(cfg):
     run = common.TrainingRun("aea", cfg, cfg.out, RESUME_MAY_DIFFER, device, loss="L",
                              erase_mask=None)  # erase-once runs (B3, B4, fixed): the mask, packed
     if run.finished:  # a finished run resumed: its table
-        print(f"{run.last} already holds all {cfg.epochs} epochs; nothing left to resume")
-        print(evaluate.format_table(run.results, label=f"AEA {cfg.variant}") if run.results else
-              f"it holds no evaluation: python evaluate.py --checkpoint {run.last}", flush=True)
+        print(f"{run.last} already holds all {cfg.epochs} epochs; nothing left to resume\n"
+              + evaluate.format_table(run.results, label=f"AEA {cfg.variant}"), flush=True)
         return run.results
     common.seed_everything(cfg.seed)
     ds = data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
     evaluate.check_true_matches(ds.query, ds.gallery)  # the evaluation's need, before training
-    if cfg.P > ds.num_train_pids:
-        raise UserError(f"--P {cfg.P}: a PK batch needs P distinct identities, but the training "
-                        f"split of {cfg.root} has only {ds.num_train_pids}")
+    sampler = data.PKSampler(ds.train.pids, cfg.P, cfg.K, seed=cfg.seed)  # --P checked here
     # the model before the images: a missing ImageNet file fails in seconds, not after decoding
     model = AEA(ds.num_train_pids, cfg.variant, cfg.weights, cfg.dropout)
     model = common.prepare_model(model, device)
@@ -414,7 +409,6 @@ def train(cfg):
           f"weights {cfg.weights}, device {device}, precision {cfg.precision}, out {cfg.out}")
     images = data.load_images(ds.train.paths, cfg.height, cfg.width, desc="train").to(device)
     labels = torch.as_tensor(ds.train.pids).to(device)
-    sampler = data.PKSampler(ds.train.pids, cfg.P, cfg.K, seed=cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)  # every augmentation draw (data.augment)
     first = run.start(model, optimizer, schedule, g, len(images), ds.num_train_pids,
                       "basic.FC_2.weight")
@@ -491,8 +485,7 @@ def figure(argv=None):
         rows.append(list(evaluate.heat_overlay(images, A)))
         rows.append(list(erase_uint8(images, salient_pixels(A, cfg.R, images.shape[-2:]))))
     evaluate.save_image_grid(args.out, rows)
-    print(f"wrote {args.out}: {len(images)} {args.split} images; rows: images, then per "
-          "checkpoint attention + erased")
+    print(f"wrote {args.out}: {len(images)} {args.split} images, per checkpoint attention + erased")
     return args.out
 
 
@@ -508,8 +501,7 @@ def parse_config(argv):
         ". Figures 3 and 5: `aea.py figure -h`.")
     common.add_config_args(parser, AEAConfig)
     demo = not parser.parse_args(argv).root
-    if demo:
-        parser.set_defaults(**DEMO)
+    parser.set_defaults(**(DEMO if demo else {}))
     args = parser.parse_args(argv)
     if demo and args.dataset != "synthetic":
         raise UserError(f"--dataset {args.dataset} needs --root DIR (the dataset's folder); "
@@ -526,8 +518,8 @@ def check_config(cfg):  # one clear UserError for the first bad value, naming th
     if cfg.variant not in ("aea", "b2") and cfg.erasing != "adversarial":
         raise UserError(f"--erasing {cfg.erasing} applies to --variant aea and b2; {cfg.variant} "
                         "fixes its own input to the complementary network (Sec. IV-C)")
-    if erasing_mode(cfg) != "random" and cfg.variant != "b1" and round(
-            cfg.R * cfg.height * cfg.width / 100) == 0:  # k of `salient_pixels`
+    # k = round(R * H * W / 100) pixels are erased (`salient_pixels`): 0 where R * H * W <= 50
+    if cfg.R * cfg.height * cfg.width <= 50 and cfg.variant != "b1" and cfg.erasing != "random":
         raise UserError(f"--R {cfg.R} erases round({cfg.R}% of {cfg.height}x{cfg.width}) = 0 "
                         f"pixels: give --R above {50 / (cfg.height * cfg.width):.3g}")
     if cfg.variant != "b1" and basic_alone_epochs(cfg) >= cfg.epochs:

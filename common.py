@@ -1,9 +1,8 @@
 """
 What both papers share: the ResNet-50 backbone, cross-entropy, the batch-hard triplet loss, SGD
-and its schedule, configs as flags, a progress line, safe checkpoints, and `TrainingRun`, the
-machinery around both training loops (checkpoints, --resume, stop signals, the NaN stop), which
-wraps a loop's batch iterator and its epoch end while the loop itself stays in the paper's file.
-It knows neither paper's networks and imports neither `data.py` nor `evaluate.py`.
+and its schedule, configs as flags, a progress line, safe checkpoints, and `TrainingRun` (--out's
+lock, checkpoints, --resume, stop signals, the NaN stop), which wraps a training loop's batches
+and epoch end while the loop stays in the paper's file. It knows neither paper's networks.
 
 Paper map (AEA: IEEE Access 8:56469, 2020; AAA-Net: Appl. Sci. 9(8):1550, 2019):
   ResNet-50, conv1 / conv2_x..conv5_x                    -> `Backbone` (`conv1`, `layer1`..`layer4`)
@@ -86,10 +85,9 @@ def pick_device(name="auto"):
 
 @functools.cache
 def keep_freed_memory():
-    """Choice (not in the paper): glibc keeps freed memory. A CPU step frees 10-130 MB of
-    activations, which glibc returns with munmap, so every step page-faults on fresh pages again
-    (bench.py measures both). M_MMAP_THRESHOLD (-3) = 1 GiB, M_TRIM_THRESHOLD (-1) = 2 GiB - 1;
-    the cost: the process keeps its peak memory. True if applied (glibc only); once a process."""
+    """Choice (not in the paper): glibc keeps freed memory: a CPU step frees 10-130 MB that glibc
+    would munmap, so each step page-faults on fresh pages (bench.py measures both). MMAP_THRESHOLD
+    (-3) = 1 GiB, TRIM_THRESHOLD (-1) = 2 GiB - 1; cost: the process keeps its peak memory."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 2 ** 31 - 1))
@@ -207,11 +205,10 @@ def cross_entropy(logits, labels):
 
     Computed in fp32 even under autocast: log-softmax over hundreds of classes needs it.
     """
-    B, N = logits.shape
     # log p(t), Eq. (4). Choice (not in the paper): in fp32, also under autocast
     log_p = F.log_softmax(logits.float(), dim=1)                           # [B, N]
     # q(t), Eq. (3): one-hot of the label
-    q = torch.zeros_like(log_p).scatter_(1, labels.view(B, 1), 1.0)       # [B, N]
+    q = torch.zeros_like(log_p).scatter_(1, labels[:, None], 1.0)         # [B, N]
     # L_I, Eq. (2)
     return -(q * log_p).sum(dim=1).mean()
 
@@ -348,8 +345,7 @@ class Progress:
         self.start = self.last = time.perf_counter()
 
     def update(self, num_images, **terms):
-        self.i += 1
-        self.images += num_images
+        self.i, self.images = self.i + 1, self.images + num_images
         # detached: keeping a loss tensor must not keep its whole autograd graph alive
         self.pending.append({k: v.detach() if isinstance(v, torch.Tensor) else v
                              for k, v in terms.items()})
@@ -594,11 +590,10 @@ class TrainingRun:
                 schedule.step()
                 if not run.end_epoch(): return      # last.pt, best.pt; False: a signal came
 
-    A checkpoint holds the weights, optimizer, schedule, config, random states, `results`, the
-    position (epochs done, steps done in the next), the generator g at that epoch's START and the
-    keyword `extra` entries (back in run.extra on --resume); on --resume `epoch` draws the done
-    steps again without handing them out, which leaves g where it was: on the CPU the resumed run
-    ends bit-identical. A NaN or inf loss raises a UserError before anything more is written.
+    A checkpoint holds weights, optimizer, schedule, config, random states, `results`, the position
+    (epochs done, steps into the next), g at that epoch's START and the `extra` entries (back in
+    run.extra on --resume). --resume replays the done steps' draws without training on them, so g
+    is where it was and a CPU run ends bit-identical. A NaN loss stops it before any more writes.
     """
 
     def __init__(self, paper, cfg, folder, may_differ, device, loss, label="", **extra):

@@ -482,8 +482,8 @@ class PKSampler:
         if P < 1 or K < 1:
             raise UserError(f"PK sampler needs P >= 1 and K >= 1, got P={P}, K={K}")
         if len(ids) < P:
-            raise UserError(f"PK sampler needs at least P={P} identities per batch, "
-                            f"the training set has {len(ids)}")
+            raise UserError(f"--P {P}: a PK batch needs P distinct identities, but the training "
+                            f"split has only {len(ids)}")
         # the dataset indices of each identity; the sampler never needs the raw pid values again
         self.index = [np.flatnonzero(pids == i) for i in ids]
         if seed < 0:

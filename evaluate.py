@@ -638,7 +638,9 @@ def trained_precision(ckpt):
 def format_table(results, label="metric"):
     """One row per entry of `results` ({row name: rank_metrics dict}, e.g. one per metric, or
     "untrained" / "trained"), under the column title `label`: rank-1/5/10, mAP, mAP (official),
-    in percent."""
+    in percent. No rows: a line that says so (a run stopped before its first evaluation)."""
+    if not results:
+        return f"{label}: no evaluation yet (python evaluate.py --checkpoint ... scores a run)"
     w = max(10, 2 + max(len(name) for name in results))  # the name column fits the longest name
     lines = [f"{label:<{w}}{'rank-1':>8}{'rank-5':>8}{'rank-10':>9}{'mAP':>8}"
              f"{'mAP (official)':>16}"]

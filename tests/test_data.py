@@ -391,7 +391,8 @@ def test_pk_sampler_replays_seed_and_epoch():
 
 
 def test_pk_sampler_too_few_identities():
-    with pytest.raises(UserError, match=r"P=6 identities.*has 5"):
+    with pytest.raises(UserError, match=r"--P 6: a PK batch needs P distinct identities, but the "
+                       r"training split has only 5"):
         data.PKSampler(PIDS, P=6, K=4)
 
 
