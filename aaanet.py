@@ -127,7 +127,7 @@ def resolve(cfg, stage):
     common.check_limits(cfg, LIMITS)
     # f_r's size: each stride-2 layer before the point halves the input, rounding up
     h, w = (-(-n // 2 ** (POINTS.index(cfg.point) + 2)) for n in (cfg.height, cfg.width))
-    if stage == "stage2" and cfg.grid > min(h, w):  # Algorithm 1's cells need a position each
+    if stage != "stage1" and cfg.grid > min(h, w):  # Algorithm 1's cells need a position each
         raise UserError(f"--grid {cfg.grid} is finer than f_r's {h}x{w} map (--point {cfg.point}, "
                         f"{cfg.height}x{cfg.width} inputs): give --grid {min(h, w)} or less")
     if not set(cfg.eval_metrics) <= set(METRICS):

@@ -376,8 +376,7 @@ class Progress:
         self.i, self.images, self.last_images = steps, num_images, num_images
         self.totals, self.resumed_at = dict(sums), steps
 
-    def mean(self, key):
-        """The mean of term `key` over the steps printed so far (the whole epoch at its end)."""
+    def mean(self, key):  # term `key`'s mean over the steps printed so far (at the end: epoch)
         return self.totals[key] / (self.i - len(self.pending))
 
     def print_line(self):
@@ -435,7 +434,7 @@ def save_checkpoint(path, state):
         # a full disk reaches torch.save's zip writer first: its RuntimeError chains the OSError
         cause = next((c for c in (e, e.__cause__, e.__context__) if isinstance(c, OSError)), None)
         if cause is not None or "PytorchStreamWriter" in str(e) or "inline_container" in str(e):
-            reason = cause.strerror.lower() if cause is not None else "the write failed"
+            reason = (cause.strerror or str(cause)).lower() if cause else "the write failed"
             raise UserError(f"{reason} writing {path} (the previous file, if any, is untouched;"
                             f" free space on the disk of {folder}, or give another --out)"
                             ) from None
@@ -448,7 +447,9 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.isfile(path):
         raise UserError(f"{path} is a folder; expected a checkpoint file in it (e.g. last.pt)"
                         if os.path.isdir(path) else f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+    with open(path, "rb") as f:  # torch.save writes a zip archive (before torch 1.6: a pickle)
+        legacy = f.read(2) == b"\x80\x02"
+    if not (zipfile.is_zipfile(path) or legacy):
         raise UserError(f"{path} is not a PyTorch checkpoint (not the zip archive torch.save "
                         "writes: another kind of file, or a truncated copy)")
     try:
@@ -526,16 +527,25 @@ def resume_state(path, paper, config, may_differ=(), device=None):
 def hold_folder(folder):
     """Make `folder` this process's --out before any data is read: create it, prove it writable,
     claim it with OUT/.lock holding the pid (a second run on it is refused, not left to overwrite
-    the first's checkpoints). A killed holder's lock is stale and taken over, its temporaries
-    (.last.pt.tmpPID) removed. `release` (also at exit) gives the folder back, removing the
-    folders this call created if nothing was written into them."""
+    the first's checkpoints); a killed holder's lock and temporaries (.last.pt.tmpPID) are taken
+    over and removed. `release` (at the run's end, or exit) removes the new folders left empty."""
     lock, path, created = os.path.join(folder, ".lock"), os.path.abspath(folder), []
     while not os.path.exists(path):  # the folders makedirs creates, the deepest first
         created, path = created + [path], os.path.dirname(path)
+
+    def release():  # once; the lock only while it is this process's (or empty: never written)
+        atexit.unregister(release)
+        with contextlib.suppress(OSError), open(lock) as f:
+            if f.read().strip() in ("", str(os.getpid())):
+                os.remove(lock)
+        for path in created:
+            with contextlib.suppress(OSError):  # only empty folders go
+                os.rmdir(path)
+    atexit.register(release)
     try:
         os.makedirs(folder, exist_ok=True)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one run wins
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # one run wins
         except FileExistsError:
             with open(lock) as f:
                 holder = f.read().strip()
@@ -546,33 +556,25 @@ def hold_folder(folder):
             fd = os.open(lock, os.O_TRUNC | os.O_WRONLY)  # stale (killed), or this process's
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
-        for name in os.listdir(folder):  # temporaries of killed runs
-            tmp = re.fullmatch(r"\..+\.(?:tmp|link)(\d+)", name)
-            if tmp and not pid_running(tmp.group(1)):
-                os.remove(os.path.join(folder, name))
+        for name in os.listdir(folder):  # temporary files of killed runs
+            tmp, file = re.fullmatch(r"\..+\.(?:tmp|link)(\d+)", name), os.path.join(folder, name)
+            if tmp and not pid_running(tmp.group(1)) and os.path.isfile(file):
+                os.remove(file)
     except OSError as e:
+        release()
         raise UserError(f"--out {folder}: cannot write there ({e.strerror}); give a folder you "
                         "can write to") from None
-
-    def release():
-        with contextlib.suppress(OSError):
-            os.remove(lock)
-            for path in created:  # only empty folders go
-                os.rmdir(path)
-    atexit.register(release)
     return release
 
 
 def pid_running(pid):  # whether the process `pid` (a string: a lock file's text) exists
-    if os.name == "nt":  # os.kill would end the process there: a lock is never taken over
-        return True
-    try:
-        os.kill(int(pid), 0)  # signal 0 sends nothing: it asks whether the process is there
+    try:  # signal 0 sends nothing, it asks; on Windows os.kill would end the process: not asked
+        os.kill(int(pid), 0) if os.name != "nt" else None
     except (ValueError, ProcessLookupError):  # not a pid, or no such process
         return False
     except PermissionError:  # another user's process
         pass
-    return int(pid) > 0
+    return pid.isdigit() and int(pid) > 0
 
 
 # --- Long runs: the TrainingRun around a training loop --------------------------------------------
@@ -689,8 +691,7 @@ class TrainingRun:
                               f"{self.progress.i}/{steps}")
                 return
 
-    def log(self, num_images, terms):
-        """One step's loss terms, to the progress line, which checks them as it prints."""
+    def log(self, num_images, terms):  # a step's loss terms, to the progress line (checked)
         self.progress.update(num_images, **terms)
 
     def end_epoch(self, keep_copy=False):
@@ -732,8 +733,7 @@ class TrainingRun:
         return state
 
     def _link_best(self, state):
-        """best.pt = last.pt as a second name of the same file (a hard link, not a second write of
-        ~460 MB for AEA), made under a temporary name and renamed, so best.pt is always whole."""
+        """best.pt = last.pt by a hard link (not a 2nd write of ~460 MB), renamed into place."""
         tmp = os.path.join(self.folder, f".best.pt.link{os.getpid()}")
         try:
             os.link(self.last, tmp)

@@ -676,8 +676,8 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
     background (false detections).
     Deterministic for a seed (the same bytes with the same Pillow). Defaults: 442 images (217
     train, 64 query, 161 gallery) written in about 0.6 s on one CPU core.
-    Written into a temporary folder next to root (.NAME.tmp<pid>), renamed to root once complete:
-    after a failure (disk full, Ctrl-C) root does not exist rather than holding part of a dataset.
+    Written into ROOT/.tmp<pid>, its split folders moved into ROOT once complete: after a failure
+    (disk full, Ctrl-C) ROOT holds no part of a dataset (and is gone if this call created it).
     """
     # cameras >= 2: every identity needs a second camera for a cross-camera match;
     # at most 9999 identities: pids are 4 digits
@@ -690,50 +690,51 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
     # numpy's generators take seeds >= 0; checked here, before anything is written
     if not 0 <= seed <= 2**32 - 1:
         raise UserError(f"--seed must lie in [0, 2**32 - 1], got {seed}")
+    if os.path.lexists(root) and not _is_folder(root):
+        raise UserError(f"{root} is not a folder; give make_synthetic a new or empty --root")
+    _remove_dead_temporaries(root)  # a killed make_synthetic's .tmp<pid> is not content
     # refuse to mix with (or delete) what is there: a dataset must come from one seed. Empty
     # split folders hold nothing to lose: they are replaced.
-    if _is_folder(root):
-        for entry in sorted(_listdir(root)):
-            path = os.path.join(root, entry)
-            if entry not in _SPLITS.values() or not _is_folder(path) or _listdir(path):
-                raise UserError(f"{root} is not empty (it holds {entry}); give make_synthetic a "
-                                "new or empty --root")
-    elif os.path.lexists(root):
-        raise UserError(f"{root} is not a folder; give make_synthetic a new or empty --root")
-    # the real path: a root that is a symbolic link gets the dataset where the link points
-    final = os.path.realpath(root)
-    parent, name = os.path.split(final)
+    for entry in sorted(_listdir(root)) if _is_folder(root) else []:
+        path = os.path.join(root, entry)
+        if entry not in _SPLITS.values() or not _is_folder(path) or _listdir(path):
+            raise UserError(f"{root} is not empty (it holds {entry}); give make_synthetic a "
+                            "new or empty --root")
+    created = not os.path.exists(root)
     try:
-        os.makedirs(parent, exist_ok=True)
+        os.makedirs(root, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {parent} for the synthetic dataset: "
-                        f"{e.strerror}") from None
-    _remove_dead_temporaries(parent, name)
-    tmp = os.path.join(parent, f".{name}.tmp{os.getpid()}")
+        raise UserError(f"cannot create {root} for the synthetic dataset: {e.strerror}") from None
+    # Choice (not in the paper): drawn into ROOT/.tmp<pid>, each split folder moved into ROOT at
+    # the end (renames inside one folder: an empty mount point or "." works too)
+    tmp = os.path.join(root, f".tmp{os.getpid()}")
     try:
         _draw_synthetic(tmp, seed, train_ids, test_ids, cameras, max_per_camera, junk,
                         distractors)
-        try:
-            for split in _SPLITS.values():
-                if _is_folder(os.path.join(final, split)):
-                    os.rmdir(os.path.join(final, split))
-            os.rename(tmp, final)  # replaces final if it is an empty folder (POSIX)
-        except OSError as e:
-            raise UserError(f"cannot rename {tmp} to {final}: {e.strerror}") from None
-    except BaseException:  # UserError, Ctrl-C, ...: no partial dataset is left behind
+        for split in _SPLITS.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(os.path.join(root, split))  # an empty split folder given with ROOT
+            os.rename(os.path.join(tmp, split), os.path.join(root, split))
+        os.rmdir(tmp)
+    except BaseException as e:  # UserError, Ctrl-C, ...: no partial dataset is left behind
         shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise UserError(f"cannot move the synthetic dataset into {root}: {e.strerror}"
+                            ) from None
         raise
     return root
 
 
-def _remove_dead_temporaries(parent, name):
-    """Remove the temporary folders .NAME.tmp<pid> in `parent` whose process no longer runs
-    (make_synthetic killed before it could clean up); those of running processes stay."""
-    with contextlib.suppress(OSError):  # a folder we may write in but not list: nothing seen
-        for entry in os.listdir(parent):
-            m = re.fullmatch(re.escape(f".{name}.tmp") + r"(\d+)", entry)
+def _remove_dead_temporaries(root):
+    """Remove the temporary folders ROOT/.tmp<pid> whose process no longer runs (make_synthetic
+    killed before it could clean up); those of running processes stay."""
+    with contextlib.suppress(OSError):  # no ROOT yet, or one we may not list: nothing to do
+        for entry in os.listdir(root):
+            m = re.fullmatch(r"\.tmp(\d+)", entry)
             if m and not pid_running(m.group(1)):
-                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+                shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
 
 
 def _draw_synthetic(folder, seed, train_ids, test_ids, cameras, max_per_camera, junk,
@@ -769,8 +770,8 @@ def _draw_synthetic(folder, seed, train_ids, test_ids, cameras, max_per_camera, 
             im.save(path, quality=90)
         except OSError as e:  # disk full, folder removed under us; make_synthetic removes folder
             if e.errno == errno.ENOSPC:
-                raise UserError(f"no space left on device writing {path} (the partial dataset "
-                                "was removed)") from None
+                raise UserError(f"no space left on device writing the synthetic dataset into "
+                                f"{os.path.dirname(folder)} (nothing of it was kept)") from None
             raise UserError(f"cannot write {path}: {e}") from None
 
     # the first train_ids identities go to training, the rest to query + gallery

@@ -375,11 +375,13 @@ def test_resolve_refuses_a_grid_finer_than_f_r_and_a_negative_seed(tiny_model):
     # every cell one position; grid 6 would leave cells empty, grid 100 makes 10,000 copies
     cfg = aaanet.Config(root="x", height=40, width=33)
     assert tiny_model("conv3_x").middle(torch.zeros(1, 3, 40, 33)).shape[-2:] == (5, 5)
-    aaanet.resolve(dataclasses.replace(cfg, grid=5), "stage2")
-    for grid in (6, 100):
-        with pytest.raises(common.UserError, match=rf"--grid {grid} is finer than f_r's 5x5 map "
-                           r"\(--point conv3_x, 40x33 inputs\): give --grid 5 or less"):
-            aaanet.resolve(dataclasses.replace(cfg, grid=grid), "stage2")
+    aaanet.resolve(dataclasses.replace(cfg, grid=100), "stage1")  # stage 1 never occludes
+    for stage in ("stage2", "stage3"):  # both run Algorithm 1's grid (stage 3: Eq. (4)'s M_occ)
+        aaanet.resolve(dataclasses.replace(cfg, grid=5), stage)
+        for grid in (6, 100):
+            with pytest.raises(common.UserError, match=rf"--grid {grid} is finer than f_r's 5x5 "
+                               r"map \(--point conv3_x, 40x33 inputs\): give --grid 5 or less"):
+                aaanet.resolve(dataclasses.replace(cfg, grid=grid), stage)
     with pytest.raises(common.UserError, match=r"--seed must lie in \[0, 4294967295\], got -1"):
         aaanet.resolve(dataclasses.replace(cfg, seed=-1), "stage1")
 

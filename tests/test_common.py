@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import typing
@@ -413,12 +414,22 @@ def test_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
         pytest.skip("no /dev/full on this system")
     path = tmp_path / "last.pt"
     common.save_checkpoint(str(path), {"epoch": 1})
-    monkeypatch.setattr(common, "open", lambda name, mode: open("/dev/full", mode), raising=False)
+    def full_disk_open(name, mode):
+        open(name, mode).close()  # the temporary file exists, as on a real disk, ...
+        return open("/dev/full", mode)  # ... and every write into it fails with ENOSPC
+    monkeypatch.setattr(common, "open", full_disk_open, raising=False)
     with pytest.raises(common.UserError, match=f"no space left on device writing {path}"):
         common.save_checkpoint(str(path), {"epoch": 2, "w": torch.zeros(100_000)})
     monkeypatch.undo()
     assert common.load_checkpoint(str(path)) == {"epoch": 1}
-    assert os.listdir(tmp_path) == ["last.pt"]  # no temporary left
+    assert os.listdir(tmp_path) == ["last.pt"]  # the temporary file removed
+
+
+def test_checkpoints_of_torch_before_1_6_still_load(tmp_path):
+    # torch.save's format before the zip archive (torchvision's older resnet50-19c8e357.pth)
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.arange(3)}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(common.load_checkpoint(str(path))["w"], torch.arange(3))
 
 
 def test_failed_save_keeps_the_old_checkpoint(tmp_path):
@@ -575,9 +586,18 @@ def test_out_folder_is_held_by_one_run(tmp_path):
     out = tmp_path / "new" / "run"
     release = common.hold_folder(str(out))
     assert (out / ".lock").read_text() == str(os.getpid())
-    # released with nothing written: the folders it created go, tmp_path stays
+    # released with nothing written: the folders it created go, tmp_path stays; a second release
+    # (the run's end, then the process's exit) changes nothing
     release()
     assert not (tmp_path / "new").exists() and tmp_path.exists()
+    release()
+    # a lock that another process has taken since is never removed by this one's release
+    out.mkdir(parents=True)
+    release = common.hold_folder(str(out))
+    (out / ".lock").write_text(str(os.getppid()))
+    release()
+    assert (out / ".lock").read_text() == str(os.getppid())
+    shutil.rmtree(tmp_path / "new")
     # a live holder (the parent process of this test, say) is named and the folder refused
     out.mkdir(parents=True)
     (out / ".lock").write_text(str(os.getppid()))

@@ -267,7 +267,7 @@ def test_synthetic_refuses_bad_input(tmp_path):
     with pytest.raises(UserError, match="not empty"):
         data.make_synthetic(str(tmp_path / "y"))
     (tmp_path / "file").write_text("")  # a root that cannot be a folder: its parent is a file
-    with pytest.raises(UserError, match="cannot create .*file for the synthetic dataset"):
+    with pytest.raises(UserError, match="cannot create .*file/z for the synthetic dataset"):
         data.make_synthetic(str(tmp_path / "file" / "z"))
     with pytest.raises(UserError, match="file is not a folder"):   # the root is a file
         data.make_synthetic(str(tmp_path / "file"))
@@ -300,20 +300,24 @@ def test_synthetic_failure_leaves_nothing(tmp_path, monkeypatch, fault):
     with pytest.raises(expected) as e:
         data.make_synthetic(str(tmp_path / "DS"), **SMALL)
     if expected is UserError:
-        assert re.match(r"no space left on device writing .*DS\.tmp\d+/\w+/\S+\.jpg", str(e.value))
+        assert str(e.value) == (f"no space left on device writing the synthetic dataset into "
+                                f"{tmp_path / 'DS'} (nothing of it was kept)")
     assert os.listdir(tmp_path) == []
 
 
-def test_synthetic_fills_empty_root_and_removes_dead_temporaries(tmp_path):
+def test_synthetic_fills_empty_root_and_removes_dead_temporaries(tmp_path, monkeypatch):
     # an empty root with empty split folders (nothing to lose) is filled; the temporary folder
-    # of a finished process goes, that of a running one (our parent) stays
+    # of a finished process goes; the root's folder itself is kept (an empty mount point, or
+    # the current folder given as ".")
     (tmp_path / "DS" / "query").mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()
-    (tmp_path / f".DS.tmp{dead.pid}" / "query").mkdir(parents=True)
-    (tmp_path / f".DS.tmp{os.getppid()}").mkdir()
-    data.make_synthetic(str(tmp_path / "DS"), **SMALL)
-    assert sorted(os.listdir(tmp_path)) == [f".DS.tmp{os.getppid()}", "DS"]
+    (tmp_path / "DS" / f".tmp{dead.pid}" / "query").mkdir(parents=True)
+    inode = os.stat(tmp_path / "DS").st_ino
+    monkeypatch.chdir(tmp_path / "DS")
+    data.make_synthetic(".", **SMALL)
+    assert sorted(os.listdir(tmp_path / "DS")) == sorted(data._SPLITS.values())
+    assert os.stat(tmp_path / "DS").st_ino == inode
     assert len(data.load_dataset(str(tmp_path / "DS"), "synthetic", verbose=False).query) > 0
 
 
