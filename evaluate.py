@@ -51,6 +51,7 @@ Choices where the papers and the official code are silent or differ (each marked
 import argparse
 import contextlib
 import importlib
+import io
 import os
 import tempfile
 
@@ -700,9 +701,12 @@ def check_image_path(path):
         raise UserError(f"--out {path} is a folder; expected the image file to write, e.g. "
                         f"{os.path.join(path, 'figure.png')}")
     ext = os.path.splitext(path)[1].lower()
-    if Image.registered_extensions().get(ext) not in Image.SAVE:
+    try:  # a 1x1 colour image in that format, in memory: what PIL can write, it writes here
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=Image.registered_extensions()[ext])
+    except (KeyError, OSError, ValueError):
         raise UserError(f"--out {path}: expected an image file name with an extension PIL "
-                        f"writes (.png, .jpg, .bmp, ...), got {repr(ext) if ext else 'none'}")
+                        f"writes in colour (.png, .jpg, .bmp, ...), got "
+                        f"{repr(ext) if ext else 'none'}") from None
     check_out_folder(os.path.dirname(os.path.abspath(path)), path)
 
 
@@ -730,10 +734,10 @@ def save_image(image, path):
         os.makedirs(folder, exist_ok=True)
         image.save(partial)
         os.replace(partial, path)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a format that cannot hold the image
         with contextlib.suppress(OSError):
             os.remove(partial)
-        raise UserError(f"cannot write {path} ({e.strerror or e})") from None
+        raise UserError(f"cannot write {path} ({getattr(e, 'strerror', None) or e})") from None
 
 
 def heat_overlay(images, maps, alpha=0.5):

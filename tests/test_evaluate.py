@@ -531,8 +531,11 @@ def test_numbers_out_of_range_name_the_flag(flag, value, interval):
 def test_figure_out_is_checked_before_the_checkpoint_is_read(tmp_path):
     (tmp_path / "a_file").write_text("x")
     cases = [(tmp_path, "is a folder; expected the image file to write"),
-             (tmp_path / "fig", "an extension PIL writes (.png, .jpg, .bmp, ...), got none"),
+             (tmp_path / "fig", "an extension PIL writes in colour (.png, .jpg, .bmp, ...), "
+                                "got none"),
              (tmp_path / "fig.xyz", "got '.xyz'"),
+             # formats PIL knows but cannot write in colour (1-bit XBM), or cannot write at all
+             (tmp_path / "fig.xbm", "got '.xbm'"), (tmp_path / "fig.h5", "got '.h5'"),
              (tmp_path / "a_file" / "fig.png", "cannot write into its folder"),
              # a good --out: the missing checkpoint is next
              (tmp_path / "figs" / "fig.png", "missing.pt does not exist")]
