@@ -390,12 +390,12 @@ def test_init_must_have_what_the_stage_inherits(tmp_path):
     # stage 3 inherits stage 2's input size and attention branch (point, width, the grid and the
     # M_occ reading it learned from); stage 2 inherits stage 1's input size. Each difference is
     # named with the --init's value, before any weight is loaded (model=None is never touched).
-    trained = aaanet.Config(root="x", height=64, width=32)
+    trained = aaanet.Config(root="x", height=128, width=64)  # f_r 16x8: every grid here fits
     for stage, previous in (("stage2", "stage1"), ("stage3", "stage2")):
         path = str(tmp_path / f"{previous}.pt")
         common.save_checkpoint(path, {"paper": "aaanet", "stage": previous, "model": {
             "classifier.weight": torch.zeros(3, 2048)}, "config": dataclasses.asdict(trained)})
-        changes = [(dict(height=96), "--height 64"), (dict(width=48), "--width 32")]
+        changes = [(dict(height=96), "--height 128"), (dict(width=48), "--width 64")]
         if stage == "stage3":
             changes += [(dict(attention_channels=32), "--attention-channels 64"),
                         (dict(point="conv4_x"), "--point conv3_x"), (dict(grid=2), "--grid 4"),
@@ -517,8 +517,9 @@ def test_checkpoints_of_another_stage_exit_2(three_stages, synthetic_root, tmp_p
     figure = ["figure", "--out", str(tmp_path / "f.png"), "--checkpoint"]
     assert_exit_2([(["stage3", *flags, "--init", f"{out}/stage1/last.pt"],
                     "--mask-source response"),
-                   (["stage3", *flags, "--init", f"{out}/stage2/last.pt", "--point", "conv4_x"],
-                    "--point conv3_x"),
+                   # (conv4_x's f_r is 4x2 at 64x32: --grid 2 fits it, and differs too)
+                   (["stage3", *flags, "--init", f"{out}/stage2/last.pt", "--point", "conv4_x",
+                     "--grid", "2"], "was trained with --point conv3_x, --grid 4; stage3 inherits"),
                    ([*figure, f"{out}/stage1/last.pt"], "stage-1")], capsys)
 
 
