@@ -476,7 +476,7 @@ def train_stage(cfg, stage, ds=None, images=None):
     common.seed_everything(cfg.seed)  # the same seed draws the same weights and batches
     ds = ds or data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
     if stage != "stage2" and cfg.eval_metrics:  # the evaluation's need, before training
-        evaluate.check_true_matches(ds.query, ds.gallery)
+        evaluate.check_true_matches(ds)
     # the network before the images: missing ImageNet weights or a wrong --init fail at once
     model = AAANet(ds.num_train_pids, cfg.point, cfg.dropout, cfg.attention_channels,
                    cfg.weights if stage == "stage1" else "none")

@@ -396,7 +396,7 @@ def train(cfg):
         return run.results
     common.seed_everything(cfg.seed)
     ds = data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
-    evaluate.check_true_matches(ds.query, ds.gallery)  # the evaluation's need, before training
+    evaluate.check_true_matches(ds)  # the evaluation's need, before training
     sampler = data.PKSampler(ds.train.pids, cfg.P, cfg.K, seed=cfg.seed)  # --P checked here
     # the model before the images: a missing ImageNet file fails in seconds, not after decoding
     model = AEA(ds.num_train_pids, cfg.variant, cfg.weights, cfg.dropout)

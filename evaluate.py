@@ -189,14 +189,14 @@ def no_true_match(num_queries):
                      "(same pid, other camera)")
 
 
-def check_true_matches(query, gallery):
-    """Refuse, before any training or feature extraction, a test set in which no query has a
-    true match, with `rank_metrics`' error. query, gallery: data.Split (their .pids and .cams).
+def check_true_matches(ds):
+    """Refuse, before any training or feature extraction, a dataset (data.ReIDData) whose test
+    split has no query with a true match: `rank_metrics`' error, after the dataset's folder.
     The rule is `valid_ranking`'s; the distances do not matter, so all are 0."""
-    d = np.zeros(len(gallery.pids))
+    query, gallery, d = ds.query, ds.gallery, np.zeros(len(ds.gallery.pids))
     if not any(valid_ranking(d, pid, cam, gallery.pids, gallery.cams)[1].any()
                for pid, cam in zip(query.pids, query.cams)):
-        raise no_true_match(len(query.pids))
+        raise UserError(f"{ds.root}: {no_true_match(len(query.pids))}")
 
 
 def valid_ranking(d, q_pid, q_cam, g_pids, g_cams):
@@ -909,7 +909,7 @@ def run(argv=None):
     common.seed_everything(args.seed)
     # the dataset first: a wrong --root fails before any model is built
     ds = data.load_dataset(args.root, args.dataset, skip_bad_files=args.skip_bad_files)
-    check_true_matches(ds.query, ds.gallery)
+    check_true_matches(ds)
     # the input size and precision come with the model: a checkpoint's config, or --height/--width
     # and "auto" for --weights
     model, size, precision = load_model(args)

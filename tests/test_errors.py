@@ -166,7 +166,7 @@ def test_a_test_split_without_true_matches_is_refused_before_training(command, t
     # (aaanet.py stage 1 checks it when it evaluates, as here)
     evaluates = ["--eval-metrics", "euclidean"] if command == "aaanet" else []
     line = expect_error(capsys, COMMANDS[command], str(root), str(tmp_path / "out"), *evaluates)
-    assert f"none of the {len(os.listdir(root / 'query'))} queries has a true match" in line
+    assert f"{root}: none of the {len(os.listdir(root / 'query'))} queries has a true match" in line
     assert not any("last.pt" in files for _, _, files in os.walk(tmp_path / "out"))
 
 

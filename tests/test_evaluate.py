@@ -159,17 +159,18 @@ def test_check_true_matches_refuses_exactly_what_rank_metrics_refuses():
     for _ in range(200):
         dist, q_pids, g_pids, q_cams, g_cams = random_problem(rng, int(rng.integers(1, 4)),
                                                               int(rng.integers(1, 10)), "float32")
-        query = types.SimpleNamespace(pids=q_pids, cams=q_cams)
-        gallery = types.SimpleNamespace(pids=g_pids, cams=g_cams)
+        ds = types.SimpleNamespace(root="ROOT",
+                                   query=types.SimpleNamespace(pids=q_pids, cams=q_cams),
+                                   gallery=types.SimpleNamespace(pids=g_pids, cams=g_cams))
         try:
             evaluate.rank_metrics(dist, q_pids, g_pids, q_cams, g_cams)
         except UserError as e:
             with pytest.raises(UserError) as check:
-                evaluate.check_true_matches(query, gallery)
-            assert str(check.value) == str(e)
+                evaluate.check_true_matches(ds)
+            assert str(check.value) == f"ROOT: {e}"  # the same message, after the folder
             refused += 1
             continue
-        evaluate.check_true_matches(query, gallery)
+        evaluate.check_true_matches(ds)
     assert 20 < refused < 180  # both outcomes are tested
 
 
@@ -597,7 +598,8 @@ def test_cli_refuses_before_decoding(synthetic_root, tmp_path, monkeypatch, caps
         return ds
     monkeypatch.setattr(data, "load_dataset", one_camera)
     line, _ = expect_exit_2(capsys, "--root", synthetic_root)
-    assert re.fullmatch(r"none of the \d+ queries has a true match in the gallery \(same pid, "
+    assert re.fullmatch(re.escape(synthetic_root) + r": none of the \d+ queries has a true "
+                        r"match in the gallery \(same pid, "
                         r"other camera\)", line)
     assert decoded == []
 
