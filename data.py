@@ -39,6 +39,8 @@ Choices the papers leave open (each marked "Choice (not in the paper)" at its li
   colour), the value AEA's adversarial erasing writes, rather than black or random values.
 - make_synthetic: see its docstring (what is drawn, junk = fragments of test identities or bare
   background, distractors = one-off people or bare background, query = one image per camera).
+- make_synthetic draws into ROOT/.tmp<pid> and moves the split folders into ROOT at the end, so
+  a failure leaves no partial dataset (renames inside ROOT: an empty mount point works too).
 """
 import argparse
 import contextlib
