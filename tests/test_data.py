@@ -286,8 +286,9 @@ SMALL = dict(train_ids=2, test_ids=2, cameras=2, max_per_camera=1, junk=1, distr
 @pytest.mark.parametrize("fault", [OSError(errno.ENOSPC, "No space left on device"),
                                    KeyboardInterrupt()])
 def test_synthetic_failure_leaves_nothing(tmp_path, monkeypatch, fault):
-    # the 4th image save fails (disk full, or Ctrl-C): the root is not created and the temporary
-    # folder is removed, so tmp_path is empty again; a full disk is one error naming the file
+    # the 4th image save fails (disk full, or Ctrl-C): the temporary folder is removed and so is
+    # the root this call created, so tmp_path is empty again; a full disk is one error naming
+    # the root
     save, calls = Image.Image.save, [0]
 
     def failing_save(im, path, *args, **kwargs):
