@@ -10,6 +10,10 @@ Layout (Market-1501, DukeMTMC-reID and CUHK03-NP all ship this way):
                PPPP_cC_fFFFFFFF.jpg     (DukeMTMC-reID)       PPPP_cC_N.png  (CUHK03-NP)
     pid -1 = junk (a bad detection: dropped from training, never a match in the gallery),
     pid 0000 = distractor (not a person of the query set; gallery only).
+Your own images (--dataset folder): ROOT/train/<identity>/<image>, ROOT/query/<identity>/<image>,
+ROOT/gallery/<identity>/<image>, any image format PIL opens; the identity is the folder name
+("-1" junk, "0000" distractor), the camera a c<digits> token of the file name when every file
+has one (`_read_folders`). `python data.py folders` copies a Market-layout dataset into it.
 
 Use (the training loop of a paper module, one line each):
     data = load_dataset(root, "market1501")                  # parse names, print the table
@@ -39,6 +43,8 @@ Choices the papers leave open (each marked "Choice (not in the paper)" at its li
   colour), the value AEA's adversarial erasing writes, rather than black or random values.
 - make_synthetic: see its docstring (what is drawn, junk = fragments of test identities or bare
   background, distractors = one-off people or bare background, query = one image per camera).
+- The folder layout without camera ids in the file names: every image is a camera of its own,
+  so the same-camera rule of the evaluation removes nothing (`_read_folders`).
 - make_synthetic draws into ROOT/.tmp<pid> and moves the split folders into ROOT at the end, so
   a failure leaves no partial dataset (renames inside ROOT: an empty mount point works too).
 """
@@ -78,6 +84,7 @@ _RELEASES = {
     "cuhk03-labeled": ["cuhk03-np/labeled", "CUHK03-NP/labeled", "labeled"],
     "cuhk03-detected": ["cuhk03-np/detected", "CUHK03-NP/detected", "detected"],
     "synthetic": [],
+    "folder": [],  # ROOT/train|query|gallery/<identity>/<image>: `_read_folders`
 }
 
 
@@ -116,6 +123,7 @@ class ReIDData:
     query: Split
     gallery: Split
     num_train_pids: int
+    cameras: bool = True  # False: the file names carry no camera (each image is its own camera)
 
     def summary(self):
         """The table printed on load: identities / images / cameras per split."""
@@ -127,8 +135,12 @@ class ReIDData:
             people = split.pids if s == "train" else split.pids[split.pids > 0]
             junk = 0 if s == "train" else int((split.pids == -1).sum())
             distractors = 0 if s == "train" else int((split.pids == 0).sum())
+            cameras = len(np.unique(split.cams)) if self.cameras else "-"
             rows.append(f"  {s:8s}{len(np.unique(people)):5d}{len(split):9d}"
-                        f"{len(np.unique(split.cams)):9d}{junk:10d}{distractors:19d}")
+                        f"{cameras:>9}{junk:10d}{distractors:19d}")
+        if not self.cameras:
+            rows.append("  no camera ids in the file names (no c<digits> token): the same-camera "
+                        "rule is off")
         return "\n".join(rows)
 
 
@@ -197,6 +209,71 @@ def _read_split(folder, skip_bad_files):
     return Split(paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64))
 
 
+# --- The folder layout (--dataset folder): a folder per identity, any image format PIL opens ---
+#   ROOT/train/<identity>/<image>  ROOT/query/<identity>/<image>  ROOT/gallery/<identity>/<image>
+
+_FOLDERS = ("train", "query", "gallery")
+# a camera id in a file name: "c" and digits at the start or after a non-alphanumeric character
+# ("0002_c1s1_000451_03.jpg", "alice_c2.png"; not "abc12.jpg")
+_CAMERA = re.compile(r"(?<![a-z0-9])c(\d+)", re.IGNORECASE)
+
+
+def _identity_pids(names):
+    """{identity folder name: pid}: "-1" -> -1 (junk), "0" / "0000" -> 0 (distractor), as in the
+    Market-1501 names, and every other name -> 1, 2, ... in sorted order (names need not be
+    numbers: "alice", "bob")."""
+    people = sorted(n for n in names if n != "-1" and n.strip("0"))  # "0000".strip("0") == ""
+    people = {n: i + 1 for i, n in enumerate(people)}
+    return {n: people.get(n, -1 if n == "-1" else 0) for n in names}
+
+
+def _read_folders(root):
+    """The three splits of a folder dataset: ([Split] with raw pids, whether every file name
+    carries a camera). Identities are the folder names, shared by the splits (the same name in
+    query and gallery is the same person)."""
+    if not _is_folder(root):
+        raise UserError(f"dataset root {root} does not exist (or is not a folder)")
+    missing = [s for s in _FOLDERS if not _is_folder(os.path.join(root, s))]
+    if missing:
+        raise UserError(f"{root} is not a folder dataset: expected the folders train, query, "
+                        f"gallery in it (missing: {', '.join(missing)}), each with one folder "
+                        "of images per identity")
+    from PIL import Image
+    # any extension PIL can open (not only write), e.g. .jpg .png .bmp .webp .tif
+    extensions = tuple(e for e, f in Image.registered_extensions().items() if f in Image.OPEN)
+    found = {}  # split -> [(path, identity, camera or None)]
+    for s in _FOLDERS:
+        folder, found[s] = os.path.join(root, s), []
+        for identity in sorted(_listdir(folder)):  # sorted: indices must not depend on the disk
+            sub = os.path.join(folder, identity)
+            if not _is_folder(sub):
+                if identity.lower().endswith(extensions):
+                    raise UserError(f"{sub}: an image outside an identity folder; expected "
+                                    f"{folder}/<identity>/<image>")
+                continue  # Thumbs.db, readme.txt
+            for f in sorted(_listdir(sub)):
+                if f.lower().endswith(extensions):
+                    camera = _CAMERA.search(os.path.splitext(f)[0])
+                    found[s].append((os.path.join(sub, f), identity,
+                                     int(camera.group(1)) if camera else None))
+        if not found[s]:
+            raise UserError(f"{folder} holds no images (expected {folder}/<identity>/<image>, "
+                            "e.g. train/0002/0002_c1_01.jpg)")
+    pids = _identity_pids({identity for s in found.values() for _, identity, _ in s})
+    cameras = all(c is not None for s in found.values() for _, _, c in s)
+    splits, start = [], 0
+    for s in _FOLDERS:
+        paths, identities, cams = zip(*found[s])
+        # Choice (not in the paper): without camera ids, every image is a camera of its own: no
+        # gallery image shares the query's camera, so the evaluation's same-camera rule removes
+        # nothing, and XQDA / KISSME pair all training images
+        cams = cams if cameras else range(start, start + len(paths))
+        start += len(paths)
+        splits.append(Split(list(paths), np.array([pids[i] for i in identities], dtype=np.int64),
+                            np.array(cams, dtype=np.int64)))
+    return splits, cameras
+
+
 # what PIL raises for a file it cannot decode: missing or truncated (OSError), not an image or a bad
 # header (ValueError, SyntaxError from some plugins), absurd dimensions (DecompressionBombError)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -257,7 +334,8 @@ def _drop_unreadable(split, folder):
 
 
 def load_dataset(root, name="market1501", verbose=True, skip_bad_files=False):
-    """Parse a dataset in the Market-1501 layout. Reads names only; load_images decodes pixels.
+    """Parse a dataset in the Market-1501 layout (name "folder": the folder layout, see
+    `_read_folders`). Reads names only; load_images decodes pixels.
 
     skip_bad_files=False: an image name that does not parse is an error naming the file (and
     load_images names the first file that does not decode). True: such files are dropped with a
@@ -266,28 +344,31 @@ def load_dataset(root, name="market1501", verbose=True, skip_bad_files=False):
     train: pid -1 junk and pid 0 distractors dropped, pids relabelled 0..N-1 in increasing raw pid
     order (the label a classifier predicts). query and gallery keep raw pids, junk and distractors.
     """
-    folder = _find_root(root, name)
-    train, query, gallery = (_read_split(os.path.join(folder, _SPLITS[s]), skip_bad_files)
-                             for s in _SPLITS)
+    if name == "folder":  # ROOT/<split>/<identity>/<image>
+        folder, folders, ((train, query, gallery), cameras) = root, _FOLDERS, _read_folders(root)
+    else:
+        folder, folders, cameras = _find_root(root, name), _SPLITS.values(), True
+        train, query, gallery = (_read_split(os.path.join(folder, s), skip_bad_files)
+                                 for s in folders)
     if skip_bad_files:
         # Choice (not in the paper): with the flag, every image is test-decoded here, so that a
         # corrupt one is dropped with its labels before any index is built; without it,
         # load_images names the first bad file when it meets it (no second read of a clean dataset)
-        train, query, gallery = (_drop_unreadable(s, os.path.join(folder, _SPLITS[n]))
-                                 for s, n in zip((train, query, gallery), _SPLITS))
+        train, query, gallery = (_drop_unreadable(s, os.path.join(folder, f))
+                                 for s, f in zip((train, query, gallery), folders))
     # junk (-1) and distractors (0000) are no training identity: the Market-1501 protocol puts
     # distractors in the gallery only. Its bounding_box_train holds neither; other copies of a
     # dataset might.
     keep = train.pids > 0
     dropped = len(train) - int(keep.sum())
     if not keep.any():
-        raise UserError(f"{os.path.join(folder, _SPLITS['train'])} holds only junk/distractor "
+        raise UserError(f"{os.path.join(folder, next(iter(folders)))} holds only junk/distractor "
                         "images (pid -1 or 0000)")
     # relabel: raw pid -> its rank among the sorted distinct training pids
     ids, labels = np.unique(train.pids[keep], return_inverse=True)
     train = Split([p for p, k in zip(train.paths, keep) if k], labels.astype(np.int64),
                   train.cams[keep])
-    data = ReIDData(name, folder, train, query, gallery, len(ids))
+    data = ReIDData(name, folder, train, query, gallery, len(ids), cameras)
     if verbose:
         print(data.summary())
         print(f"  train: {dropped} junk/distractor images dropped; "
@@ -801,6 +882,23 @@ def _draw_synthetic(folder, seed, train_ids, test_ids, cameras, max_per_camera, 
         write("gallery", 0, int(rng.integers(cameras)), who)
 
 
+def to_folders(ds, out, cameras=True):
+    """Copy a parsed dataset (`load_dataset`) into the folder layout at `out`:
+    out/<train|query|gallery>/<raw pid>/<file name>; cameras=False renames each file to
+    <pid>_<n>.<ext>, without its camera (a folder dataset without camera ids). The training
+    split's raw pids are gone after relabelling: its folders are named by label + 1."""
+    if os.path.exists(out) and _listdir(out):
+        raise UserError(f"{out} is not empty; give a new or empty folder")
+    for s, split in zip(_FOLDERS, (ds.train, ds.query, ds.gallery)):
+        for n, (path, pid) in enumerate(zip(split.paths, split.pids)):
+            pid = pid + 1 if s == "train" else pid
+            name = "-1" if pid == -1 else f"{pid:04d}"
+            file = os.path.basename(path) if cameras else f"{name}_{n}{os.path.splitext(path)[1]}"
+            os.makedirs(os.path.join(out, s, name), exist_ok=True)
+            shutil.copyfile(path, os.path.join(out, s, name, file))
+    return out
+
+
 # -----------------------------------------------------------------------------
 # Command line
 
@@ -820,6 +918,7 @@ def main(argv=None):
     """The command line:
         python data.py synthetic --root DIR [sizes]
         python data.py summary --root DIR --dataset NAME [--skip-bad-files]
+        python data.py folders --root DIR --dataset NAME --out DIR2 [--no-cameras]
     """
     parser = argparse.ArgumentParser(description="Re-ID datasets in the Market-1501 layout.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -843,8 +942,19 @@ def main(argv=None):
     summ.add_argument("--dataset", default="market1501", choices=list(_RELEASES))
     summ.add_argument("--skip-bad-files", action="store_true",
                       help="warn about unparsable names instead of failing")
+    fold = sub.add_parser("folders", help="copy a dataset into the folder layout "
+                          "(<split>/<identity>/<image>) that --dataset folder reads")
+    fold.add_argument("--root", required=True)
+    fold.add_argument("--dataset", default="market1501", choices=list(_RELEASES))
+    fold.add_argument("--out", required=True, help="new or empty folder")
+    fold.add_argument("--no-cameras", action="store_true",
+                      help="file names without their camera id")
     args = parser.parse_args(argv)
-    if args.command == "synthetic":
+    if args.command == "folders":
+        to_folders(load_dataset(args.root, args.dataset, verbose=False), args.out,
+                   cameras=not args.no_cameras)
+        load_dataset(args.out, "folder")
+    elif args.command == "synthetic":
         start = time.time()
         make_synthetic(args.root, **{k: getattr(args, k) for k in sizes})
         print(f"wrote a synthetic dataset in {time.time() - start:.1f} s")

@@ -119,6 +119,80 @@ def test_load_dataset_errors(tmp_path):
         data.load_dataset(str(tmp_path), verbose=False)
 
 
+def test_folder_layout_by_hand(tmp_path, capsys):
+    # ROOT/<split>/<identity>/<image>: identities are folder names, any name; "-1" is junk and
+    # "0000" a distractor, as in Market-1501 names. Sorted names: "alice" < "bob" < "carol", so
+    # alice -> pid 1, bob -> 2, carol -> 3 in every split; train relabels 1, 2 -> labels 0, 1.
+    touch(tmp_path / "train" / "alice", "a_c1_1.jpg", "a_c2_2.png", "notes.txt")
+    touch(tmp_path / "train" / "bob", "img_c3.bmp")
+    touch(tmp_path / "train" / "-1", "x_c1.jpg")
+    touch(tmp_path / "query" / "carol", "q_c1.jpg")
+    touch(tmp_path / "gallery" / "carol", "g_c2.webp", "g2_c1.jpg")
+    touch(tmp_path / "gallery" / "0000", "d_c3.jpg")
+    d = data.load_dataset(str(tmp_path), "folder")
+    assert [os.path.basename(p) for p in d.train.paths] == ["a_c1_1.jpg", "a_c2_2.png",
+                                                            "img_c3.bmp"]
+    assert d.train.pids.tolist() == [0, 0, 1] and d.num_train_pids == 2
+    # cameras: the c<digits> token of each name (c1 -> 1, kept as written)
+    assert d.train.cams.tolist() == [1, 2, 3] and d.cameras
+    assert d.query.pids.tolist() == [3] and d.query.cams.tolist() == [1]
+    # gallery sorted by identity folder, then file: 0000/d_c3, carol/g2_c1, carol/g_c2
+    assert d.gallery.pids.tolist() == [0, 3, 3] and d.gallery.cams.tolist() == [3, 1, 2]
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:5]}
+    assert rows == {"train": ["2", "3", "3", "0", "0"], "query": ["1", "1", "1", "0", "0"],
+                    "gallery": ["1", "3", "3", "0", "1"]}
+
+
+def test_folder_layout_without_cameras(tmp_path, capsys):
+    # one name without a c<digits> token ("photo.jpg"; "abc1" is no token): no camera ids at all,
+    # each image its own camera, so no gallery image shares a query's camera
+    touch(tmp_path / "train" / "7", "photo.jpg", "b_c1.jpg")
+    touch(tmp_path / "query" / "8", "abc1.jpg")
+    touch(tmp_path / "gallery" / "8", "x_c1.jpg", "y_c1.jpg")
+    d = data.load_dataset(str(tmp_path), "folder")
+    assert not d.cameras
+    cams = np.concatenate([d.train.cams, d.query.cams, d.gallery.cams])
+    assert len(np.unique(cams)) == 5
+    out = capsys.readouterr().out
+    assert "same-camera rule is off" in out and out.splitlines()[3].split()[3] == "-"
+
+
+def test_folder_layout_errors(tmp_path):
+    touch(tmp_path / "train" / "1", "a_c1.jpg")
+    with pytest.raises(UserError, match=r"not a folder dataset.*missing: query, gallery"):
+        data.load_dataset(str(tmp_path), "folder")
+    touch(tmp_path / "query", "loose_c1.jpg")  # an image beside the identity folders
+    touch(tmp_path / "gallery" / "1")
+    with pytest.raises(UserError, match=r"loose_c1.jpg: an image outside an identity folder"):
+        data.load_dataset(str(tmp_path), "folder")
+    os.remove(tmp_path / "query" / "loose_c1.jpg")
+    touch(tmp_path / "query" / "1", "q_c2.jpg")
+    with pytest.raises(UserError, match=r"gallery holds no images"):
+        data.load_dataset(str(tmp_path), "folder")
+
+
+def test_to_folders_round_trip(synthetic_root, tmp_path):
+    # the synthetic set copied into the folder layout reads back in the same order (the folders
+    # are the 4-digit pids the Market names start with) with the same identities: train labels
+    # equal; query/gallery pids renumbered one to one, junk (-1) and distractors (0) kept
+    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
+    for cameras in (True, False):
+        out = data.to_folders(ds, str(tmp_path / str(cameras)), cameras=cameras)
+        back = data.load_dataset(out, "folder", verbose=False)
+        assert back.cameras == cameras and back.num_train_pids == ds.num_train_pids
+        assert back.train.pids.tolist() == ds.train.pids.tolist()
+        for a, b in [(ds.query, back.query), (ds.gallery, back.gallery)]:
+            pairs = set(zip(a.pids.tolist(), b.pids.tolist()))
+            assert len(pairs) == len(set(a.pids.tolist())) == len(set(b.pids.tolist()))
+            assert all((x == y) if min(x, y) <= 0 else True for x, y in pairs)
+            if cameras:  # the files keep their names, the cameras their numbers (c1 -> 1)
+                assert [os.path.basename(p) for p in a.paths] == [
+                    os.path.basename(p) for p in b.paths]
+                assert (b.cams == a.cams + 1).all()
+    with pytest.raises(UserError, match="not empty"):
+        data.to_folders(ds, out)
+
+
 def deny(monkeypatch, name, inside):
     """os.<name> (listdir or stat) raises PermissionError for every path inside `inside`, as for
     a user without the folder's read / search permission (tests run as root, where chmod 000
