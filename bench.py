@@ -62,6 +62,21 @@ otherwise):
                            ru_maxrss is the high-water mark of the whole process: a call that
                            stays below an earlier peak leaves it unchanged, and the difference is
                            then only an upper bound (the row says so).
+  re-ranking: ours         `evaluate.re_ranking` (k-reciprocal re-ranking, Zhong et al. CVPR 2017;
+                           k1=20, k2=6, lambda=0.3) on a random Market-like problem: the
+                           Euclidean distances (q_g, q_q, g_g, computed once) of --rerank-queries +
+                           --rerank-gallery L2-normalised 2048-d features drawn around identity
+                           centres (`rerank_problem`). One call on the CPU, in a fresh child
+                           process (spawn) that builds the problem, makes a small call that pays
+                           the one-time costs, records its RSS (/proc/self/statm), makes the call
+                           and reads ru_maxrss: seconds, and the peak extra host memory, the
+                           inputs not counted (`rerank_call`). A fresh process per row, so neither
+                           row's high-water mark is the other's.
+  re-ranking: numpy transcription
+                           tests/rerank_reference.py, the official Python code of the paper step
+                           for step (full argsort, a Python loop per image, dense float32 V), on
+                           the same problem, measured the same way in its own child process; its
+                           detail gives the ratio transcription / ours.
   peak memory              CPU: the process's max RSS (ru_maxrss) over the whole run; CUDA: per
                            training row, torch.cuda.max_memory_allocated during that row's steps.
 On CUDA every training row runs twice: fp32 in NCHW, and bf16 autocast + channels_last
@@ -81,6 +96,10 @@ Choices (not in either paper; this file is no paper's):
     once from it): what they time does not depend on which images are in it.
   - The FLOPs are counted on the meta device (tensors with shapes and no data): the count is
     the same as on any device, and it computes nothing.
+  - The re-ranking problem: one identity per 21 gallery images (Market-1501: 15913 / 750),
+    queries and gallery drawing theirs uniformly; a feature is its identity's centre plus noise
+    of the same size (both standard normal), then L2-normalised, so an image's nearest
+    neighbours are mostly its own identity's and the k-reciprocal sets expand.
   - fast_rank_metrics' extra memory is measured first of all, before the data cache and the
     training rows, so that its peak can rise above the process's earlier ones (ru_maxrss
     cannot be reset).
@@ -135,19 +154,26 @@ class BenchConfig:
     gallery: int = 15913  # Market-1501's gallery without junk
     distractors: int = 2798  # gallery images with pid 0
     test_ids: int = 750  # identities of the query set
+    rerank_queries: int = 3368  # the re-ranking problem: Market-1501's query images
+    rerank_gallery: int = 15913  # the re-ranking problem: Market-1501's gallery without junk
     device: str = "auto"  # auto (CUDA if present), cpu, cuda or cuda:N
-    seed: int = 0  # seeds the synthetic data, the weights, the batches and the ranking problem
+    seed: int = 0  # seeds the synthetic data, the weights, the batches, the (re-)ranking problems
 
 
-# --quick: small everything, about 1.5 minutes on 2 CPU cores (the full run: about 20); the
-# ranking problem keeps its Market-1501 size (a few seconds with the argsort yardstick).
+# --quick: small everything, about 1.5 minutes on 2 CPU cores (the full run: about 22); the
+# ranking problem keeps its Market-1501 size (a few seconds with the argsort yardstick), the
+# re-ranking problem does not (at Market's size its numpy transcription takes minutes and GBs).
 QUICK = dict(root="data/bench_quick", train_ids=64, height=128, width=64, P=4, K=4,
-             aaa_size=112, aaa_batch=8, repeats=2, feature_images=32, feature_batch=32)
+             aaa_size=112, aaa_batch=8, repeats=2, feature_images=32, feature_batch=32,
+             rerank_queries=300, rerank_gallery=1500)
 
 # The floors at the full run's sizes, {row: (bound, "<=" or ">=")}: on the 2-core CPU, and on one
 # H100/H200 GPU (an AEA epoch over the Market-sized set, AAA-Net stage 1, features, ranking).
+# The re-ranking rows run on the CPU on every machine, so their floors are the CPU's everywhere.
 FLOORS = {"cpu": {"AEA / B1": (2.2, "<="), "stage 2 / stage 1": (3.6, "<="),
-                  "ours / conventional": (5.0, ">="), "fast_rank_metrics": (1.0, "<=")},
+                  "ours / conventional": (5.0, ">="), "fast_rank_metrics": (1.0, "<="),
+                  "re-ranking: transcription / ours": (5.0, ">="),
+                  "re-ranking: ours, extra GB": (4.0, "<=")},
           "cuda": {"AEA epoch": (10.0, "<="), "train: AAA stage 1": (2500.0, ">="),
                    "features": (5000.0, ">="), "fast_rank_metrics": (0.05, "<=")}}
 
@@ -272,6 +298,81 @@ def rank_memory(cfg):
     after = max_rss_bytes()
     # never below 0: the kernel's RSS counts can be a few pages off, and a call cannot use less
     return max(after - before, 0), after > mark
+
+
+def rerank_problem(cfg):
+    """The re-ranking rows' problem: (q_g, q_q, g_g), float32 CPU tensors, the Euclidean distances
+    between --rerank-queries and --rerank-gallery Market-like features: 2048-d, each its
+    identity's centre plus noise of the same size (both standard normal), L2-normalised; one
+    identity per 21 gallery images. The distances are computed a chunk of rows at a time, so that
+    building them peaks little above the three matrices themselves."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    Q, G, dim = cfg.rerank_queries, cfg.rerank_gallery, 2048
+    ids = max(1, G // 21)
+    pids = torch.randint(0, ids, (Q + G,), generator=g)
+    centres = torch.randn(ids, dim, generator=g)
+    feats = torch.randn(Q + G, dim, generator=g).add_(centres[pids])
+    feats /= feats.norm(dim=1, keepdim=True)
+    query, gallery = feats[:Q], feats[Q:]
+
+    def distances(a, b):  # [len(a), len(b)], 1024 rows of a at a time
+        out = torch.empty(len(a), len(b))
+        for start in range(0, len(a), 1024):
+            out[start:start + 1024] = common.pairwise_euclidean(a[start:start + 1024], b)
+        return out
+    return distances(query, gallery), distances(query, query), distances(gallery, gallery)
+
+
+def rerank_call(cfg, which):
+    """Run in a fresh child process (spawn): builds `rerank_problem`, then one call of `which`,
+    "ours" (`evaluate.re_ranking`, on the tensors) or "transcription" (tests/rerank_reference.py,
+    on the same memory as numpy arrays) -> (seconds, peak extra bytes, exact).
+
+    The extra bytes are ru_maxrss after the call minus the RSS just before it, the inputs not
+    counted; a small call on a corner of the problem first pays the one-time costs (code loaded
+    on first use, thread pools). As in `rank_memory`: exact when the call raised the process's
+    high-water mark, else (the building peaked higher) only an upper bound."""
+    if which == "ours":
+        re_ranking = evaluate.re_ranking
+    else:
+        # the transcription lives with the tests it is the yardstick of
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
+        import rerank_reference
+        re_ranking = rerank_reference.re_ranking
+    q_g, q_q, g_g = rerank_problem(cfg)
+    if which != "ours":
+        q_g, q_q, g_g = q_g.numpy(), q_q.numpy(), g_g.numpy()  # no copy
+    re_ranking(q_g[:50, :200], q_q[:50, :50], g_g[:200, :200])  # the one-time costs
+    before, mark = rss_bytes(), max_rss_bytes()
+    start = time.perf_counter()
+    re_ranking(q_g, q_q, g_g)
+    secs = time.perf_counter() - start
+    after = max_rss_bytes()
+    return secs, max(after - before, 0), after > mark
+
+
+def rerank_rows(cfg):
+    """The two re-ranking rows at --rerank-queries x --rerank-gallery: ours and the numpy
+    transcription of the official code, each measured by `rerank_call` in a fresh process (spawn:
+    nothing inherited, its own ru_maxrss), on the CPU whatever the device of the other rows."""
+    spawn = multiprocessing.get_context("spawn")
+    rerank = {}
+    for which in ("ours", "transcription"):
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            rerank[which] = pool.submit(rerank_call, cfg, which).result()
+    (ours, ours_extra, ours_exact), (theirs, theirs_extra, theirs_exact) = rerank.values()
+
+    def extra(n, exact):  # in GB (10^9 bytes), or its upper bound
+        return f"peak extra host memory {'' if exact else 'AT MOST '}{n / 1e9:.2f} GB"
+    problem = f"Q={cfg.rerank_queries} x G={cfg.rerank_gallery}, k1=20, k2=6, lambda=0.3, CPU"
+    cpu = torch.device("cpu")
+    return [("re-ranking: ours", ours, "s",
+             f"evaluate.re_ranking, {problem}; {extra(ours_extra, ours_exact)}",
+             check("re-ranking: ours, extra GB", ours_extra / 1e9, cpu)),
+            ("re-ranking: numpy transcription", theirs, "s",
+             f"tests/rerank_reference.py; {extra(theirs_extra, theirs_exact)}; "
+             f"transcription / ours = {theirs / ours:.1f}x",
+             check("re-ranking: transcription / ours", theirs / ours, cpu))]
 
 
 def on_device(model, device, precision):
@@ -665,9 +766,11 @@ def run(cfg):
     matrix = dist.numel() * dist.element_size() / 2**20
     rows.append(("fast_rank_metrics: extra host memory", rank_extra / 2**20, "MiB",
                  f"{how}; the {matrix:.0f} MiB input not counted"))
-    # 7. memory: ru_maxrss is in KiB on Linux; it covers every row of the run, not one of them
+    # 7. re-ranking: ours and the numpy transcription of the official code, in child processes
+    rows += rerank_rows(cfg)
+    # 8. memory: ru_maxrss is in KiB on Linux; it covers every row of the run, not one of them
     rows.append(("peak memory (max RSS)", max_rss_bytes() / 2**20, "MiB",
-                 "the whole process, all rows"
+                 "the whole process, all rows (the re-ranking rows' child processes aside)"
                  + ("" if device.type == "cpu" else "; per-row CUDA peaks above")))
     return rows, format_table(rows)
 

@@ -27,7 +27,7 @@ def test_bench_tiny_run_has_every_row(synthetic_root, monkeypatch):
         "--aaa-size", "32", "--aaa-batch", "4", "--loader-batch", "8", "--workers", "1",
         "--repeats", "1", "--feature-images", "8", "--feature-batch", "4",
         "--queries", "20", "--gallery", "100", "--distractors", "10", "--test-ids", "10",
-        "--device", "cpu"])
+        "--rerank-queries", "20", "--rerank-gallery", "100", "--device", "cpu"])
     assert not quick
     # every floor of FLOORS, the GPU's included, must be looked up under a name the run passes to
     # check(): a key spelt differently from the row (once "AAA stage 1" for "train: AAA stage 1")
@@ -49,7 +49,8 @@ def test_bench_tiny_run_has_every_row(synthetic_root, monkeypatch):
         "AEA epoch (from the AEA row)", "AEA / B1 (glibc default malloc)",
         "features: AEA test feature",
         "fast_rank_metrics", "numpy per-row argsort (yardstick)", "fast_rank_metrics / argsort",
-        "fast_rank_metrics: extra host memory", "peak memory (max RSS)"]
+        "fast_rank_metrics: extra host memory", "re-ranking: ours",
+        "re-ranking: numpy transcription", "peak memory (max RSS)"]
     row = {r[0]: r for r in rows}
     for name, value, unit, *_ in rows:
         assert name in table
