@@ -218,6 +218,30 @@ _FOLDERS = ("train", "query", "gallery")
 _CAMERA = re.compile(r"(?<![a-z0-9])c(\d+)", re.IGNORECASE)
 
 
+def image_extensions():
+    """The file extensions PIL can open (not only write): .jpg .png .bmp .webp .tif ..."""
+    return tuple(e for e, f in Image.registered_extensions().items() if f in Image.OPEN)
+
+
+def image_files(folder):
+    """Every image under `folder`, its subfolders included (hidden ones skipped), as paths
+    relative to it, sorted (the order must not depend on the file system)."""
+    if not _is_folder(folder):
+        raise UserError(f"{folder} is not a folder of images (it does not exist, or is a file)")
+    found, extensions = [], image_extensions()
+
+    def unreadable(e):  # os.walk would skip a folder it cannot read, silently
+        raise UserError(f"cannot read the folder {e.filename}: {e.strerror}")
+    for top, folders, files in os.walk(folder, onerror=unreadable):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        found += [os.path.relpath(os.path.join(top, f), folder) for f in files
+                  if f.lower().endswith(extensions) and not f.startswith(".")]
+    if not found:
+        raise UserError(f"{folder} holds no images (.jpg, .png, .bmp, .webp, ... any format "
+                        "PIL opens)")
+    return sorted(found)
+
+
 def _identity_pids(names):
     """{identity folder name: pid}: "-1" -> -1 (junk), "0" / "0000" -> 0 (distractor), as in the
     Market-1501 names, and every other name -> 1, 2, ... in sorted order (names need not be
@@ -238,9 +262,7 @@ def _read_folders(root):
         raise UserError(f"{root} is not a folder dataset: expected the folders train, query, "
                         f"gallery in it (missing: {', '.join(missing)}), each with one folder "
                         "of images per identity")
-    from PIL import Image
-    # any extension PIL can open (not only write), e.g. .jpg .png .bmp .webp .tif
-    extensions = tuple(e for e, f in Image.registered_extensions().items() if f in Image.OPEN)
+    extensions = image_extensions()
     found = {}  # split -> [(path, identity, camera or None)]
     for s in _FOLDERS:
         folder, found[s] = os.path.join(root, s), []
@@ -411,13 +433,13 @@ def normalize(x):
     return x.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)
 
 
-def load_images(paths, height, width, desc=""):
+def load_images(paths, height, width, desc="", quiet=False):
     """Decode every image once into one uint8 tensor [N, 3, height, width] on the CPU.
 
     Each file: PIL decode -> RGB -> resize to (width, height), bilinear (PIL filters when it
     shrinks). Memory: N * 3 * height * width bytes, e.g. Market-1501's 12,936 training images at
     256 x 128 take 1.27 GB. A thread pool decodes in parallel (PIL releases the GIL); a progress
-    line on stderr updates in place and ends with the rate in images/s.
+    line on stderr updates in place and ends with the rate in images/s (quiet=True: none).
     """
     N = len(paths)
     # allocated once and filled in place: no list of N small tensors, no second copy at the end
@@ -443,15 +465,16 @@ def load_images(paths, height, width, desc=""):
     with _without_pil_bomb_warning():   # until the last worker has stopped
         try:
             for done, _ in enumerate(pool.map(decode, range(N)), 1):
-                if time.time() - last > 0.5:
+                if time.time() - last > 0.5 and not quiet:
                     last = time.time()
                     print(f"\r{tag}decoding {done}/{N} images", end="", file=sys.stderr,
                           flush=True)
         finally:
             pool.shutdown(cancel_futures=True)  # after an error, do not decode the rest first
     secs = time.time() - start
-    print(f"\r{tag}decoded {N} images to {height}x{width} ({out.numel() / 2**20:.0f} MiB) "
-          f"in {secs:.1f} s, {N / max(secs, 1e-9):.0f} images/s", file=sys.stderr, flush=True)
+    if not quiet:
+        print(f"\r{tag}decoded {N} images to {height}x{width} ({out.numel() / 2**20:.0f} MiB) "
+              f"in {secs:.1f} s, {N / max(secs, 1e-9):.0f} images/s", file=sys.stderr, flush=True)
     return out
 
 

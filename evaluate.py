@@ -24,6 +24,8 @@ Metric learning (both fitted on training-set features, both in float64 torch, CP
   The pipeline around them follows the IDE baseline scripts of Zheng et al. for Market-1501
   (github.com/zhunzhong07/IDE-baseline-Market-1501, market_evaluation/baseline_evaluation_IDE.m):
   train, query and gallery features are L2-normalised first; KISSME keeps 200 PCA dimensions.
+Re-ranking (Zhong et al., "Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR
+2017, Eq. (3)-(13), as their python-version/re_ranking_ranklist.py computes it) -> `re_ranking`
 
 Choices where the papers and the official code are silent or differ (each marked
 "Choice (not in the paper)" at its line):
@@ -47,13 +49,23 @@ Choices where the papers and the official code are silent or differ (each marked
   - --show-ranks and the papers' figures draw N items evenly spaced over a list (`evenly_spaced`).
   - --show-ranks draws the ranking that is scored: junk and same-id-same-camera items are left
     out, not drawn (`rank_figure`).
+  - Re-ranking follows the official Python code where it and the paper differ: d is the squared
+    distance over its column's maximum, N(i, k) holds k + 1 images (i itself among them), k1/2 is
+    rounded half to even, R(q, k1/2) joins R* when more than 2/3 of it is shared (Eq. (5): at
+    least 2/3), and each row of V is divided by its sum (`re_ranking`).
 """
 import argparse
 import contextlib
+import csv
+import functools
 import importlib
 import io
+import math
 import os
+import sys
 import tempfile
+import time
+import zipfile
 
 import numpy as np
 import torch
@@ -584,6 +596,255 @@ class KISSME:
 
 
 # -----------------------------------------------------------------------------
+# Re-ranking (Zhong et al., CVPR 2017)
+
+
+# Elements per chunk of rows of `re_ranking`'s temporaries, the (Q+G) x (Q+G) matrix's above all:
+# 16 MB in float32, so that the few passes over a chunk (square, divide, top-k) stay near the CPU's
+# caches (1 << 24 was 25% slower on the 2-core CPU); the whole matrix is never held.
+_RERANK_CHUNK_ELEMENTS = 1 << 22
+# (query, column, gallery item) triples per chunk of queries in `re_ranking`'s Jaccard sums
+# (about 70 bytes of temporaries each: under 300 MB).
+_RERANK_TRIPLES = 1 << 22
+
+
+def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
+    """k-reciprocal re-ranking: Zhong et al., "Re-ranking Person Re-identification with
+    k-reciprocal Encoding", CVPR 2017, Sec. 3, computed as the authors' official Python version
+    computes it (github.com/zhunzhong07/person-re-ranking, python-version/re_ranking_ranklist.py;
+    tests/test_rerank.py checks the two equal on random problems). The paper's k1 = 20, k2 = 6,
+    lambda = 0.3 are the defaults.
+
+    Euclidean distances q_g [Q, G], q_q [Q, Q], g_g [G, G] (numpy arrays or torch tensors, CPU or
+    CUDA) -> d* [Q, G], a float32 tensor on q_g's device. All N = Q + G images are ranked against
+    all, queries and gallery together, by the official code's original distance
+        d(i, j) = M[j, i]^2 / max_m M[m, i]^2,   M = [[q_q, q_g], [q_g^T, g_g]]
+    (M squared, each column divided by its maximum, then transposed: row i of d is column i of M,
+    taken literally, M need not be symmetric). Then, as the paper names the steps:
+      N(i, k)    the k + 1 nearest of i by d(i, .), i itself first                    Eq. (3)
+      R(i, k)    = {j in N(i, k) : i in N(j, k)}, the k-reciprocal neighbours         Eq. (4)
+      R*(i, k1)  = R(i, k1) + R(q, k1/2) for every q in R(i, k1) with                 Eq. (5)
+                   |R(q, k1/2) & R(i, k1)| > 2/3 |R(q, k1/2)|  (k1/2 rounded half to even)
+      V[i, j]    = exp(-d(i, j)) for j in R*(i, k1), else 0, each row over its sum    Eq. (8)
+      V[i]      <- the mean of V[j] over the k2 nearest j of i (skipped when k2 = 1)  Eq. (12)
+      s(i, j)    = sum_k min(V[i, k], V[j, k]), the weighted |R*(i) & R*(j)|          Eq. (9)
+      d_J(i, j)  = 1 - s / (2 - s): Eq. (11), whose sum_k max(V[i, k], V[j, k]) is 2 - s
+                   as every row of V sums to 1
+      d*(i, j)   = (1 - lambda) d_J(i, j) + lambda d(i, j), query i, gallery j         Eq. (13)
+    In bounded memory (about 0.4 GB above the inputs at Market-1501's 3368 x 15913, on the CPU):
+    only the k1 + 1 (and k2) nearest of each row are kept, found by torch.topk over chunks of
+    rows; V is sparse, a list of its non-zeros; the sums s run over an inverted index of V's
+    columns, a chunk of queries at a time. No N x N matrix is ever allocated. Exactly equal
+    distances may put another of them among the k nearest than numpy's argsort does (random
+    problems have no ties).
+    """
+    q_q, q_g, g_g = _rerank_inputs(q_g_dist, q_q_dist, g_g_dist)
+    Q, G = q_g.shape
+    N = Q + G
+    if k1 < 1 or k2 < 1:
+        raise UserError(f"re_ranking needs k1 >= 1 and k2 >= 1, got k1={k1}, k2={k2}")
+    # N(i, k) for every k used below (k1 + 1 and k2 columns), and each row's max_m M[m, i]^2.
+    # Choice (not in the paper): the official code's d (M squared, over its column's maximum) in
+    # place of the paper's d of Eq. (1), and its N(i, k) of k + 1 images, i itself among them:
+    # the numbers are then the official code's
+    rank, scale = _initial_ranking(q_q, q_g, g_g, min(max(k1 + 1, k2), N))
+    # R(i, k1) and R(q, k1/2), Eq. (4), as masks over the first columns of rank.
+    # Choice (not in the paper): k1/2 rounded half to even (20 -> 10, 5 -> 2), as the official
+    # code's np.around does, so that both give the same R*
+    half = int(np.around(k1 / 2))
+    in_R, in_R_half = _k_reciprocal(rank, k1), _k_reciprocal(rank, half)
+    # R*(i, k1), Eq. (5): V's non-zeros (i, j), by row i
+    i, j = _expanded_sets(rank, in_R, in_R_half, k1, half)
+    # V, Eq. (8): the Gaussian kernel exp(-d(i, j)) on R*(i, k1), d(i, j) = M[j, i]^2 / scale_i.
+    # Choice (not in the paper): each row divided by its sum, as the official code does; that
+    # makes sum_k max = 2 - s in Eq. (11)
+    w = torch.exp(-(_squared_at(q_q, q_g, g_g, j, i) / scale[i]))
+    v = w / torch.zeros(N, device=w.device).index_add_(0, i, w)[i]
+    # local query expansion, Eq. (12): over the k2 nearest, the image itself among them
+    if k2 != 1:
+        i, j, v = _query_expansion(i, j, v, rank[:, :k2], N)
+    # the Jaccard distance, Eq. (9)-(11), and the final distance, Eq. (13)
+    return _jaccard_final(i, j, v, q_g, scale, lambda_value)
+
+
+def _rerank_inputs(q_g_dist, q_q_dist, g_g_dist):
+    """`re_ranking`'s three matrices, checked, as tensors on q_g_dist's device in one dtype (the
+    one numpy's concatenation gives them; integers become float64, exact for the squares of
+    integers below 2^26); no copy for tensors already there."""
+    q_g = torch.as_tensor(q_g_dist)
+    q_q, g_g = (torch.as_tensor(x).to(q_g.device) for x in (q_q_dist, g_g_dist))
+    if q_g.ndim != 2 or q_q.shape != (len(q_g),) * 2 or g_g.shape != (q_g.shape[1],) * 2:
+        raise UserError(f"re_ranking needs distances [Q, G], [Q, Q], [G, G], got shapes "
+                        f"{tuple(q_g.shape)}, {tuple(q_q.shape)}, {tuple(g_g.shape)}")
+    dtype = torch.promote_types(torch.promote_types(q_g.dtype, q_q.dtype), g_g.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.float64
+    return q_q.to(dtype), q_g.to(dtype), g_g.to(dtype)
+
+
+def _squared_rows(q_q, q_g, g_g, a, b):
+    """Rows a..b-1 of (M^2)^T, float32 [b - a, N]: row i is column i of M = [[q_q, q_g],
+    [q_g^T, g_g]], squared in the inputs' dtype and then rounded to float32, in the official
+    order. a..b lies among the queries (b <= Q) or among the gallery items (a >= Q)."""
+    Q = len(q_q)
+    if b <= Q:  # columns a..b-1 of M: of q_q above, of q_g^T below
+        rows = torch.cat([q_q[:, a:b].T, q_g[a:b]], dim=1)
+    else:       # columns Q + (a-Q..b-Q-1) of M: of q_g above, of g_g below
+        rows = torch.cat([q_g[:, a - Q:b - Q].T, g_g[:, a - Q:b - Q].T], dim=1)
+    return rows.square_().float()
+
+
+def _squared_at(q_q, q_g, g_g, r, c):
+    """M[r, c]^2 for index tensors r, c of one shape, float32 (squared in the inputs' dtype)."""
+    Q = len(q_q)
+    out = torch.empty(r.shape, dtype=q_g.dtype, device=r.device)
+    r_q, c_q = r < Q, c < Q
+    # the four blocks of M; the lower left one is q_g^T
+    for m, block, row, col in ((r_q & c_q, q_q, r, c), (r_q & ~c_q, q_g, r, c - Q),
+                               (~r_q & c_q, q_g, c, r - Q), (~r_q & ~c_q, g_g, r - Q, c - Q)):
+        out[m] = block[row[m], col[m]]
+    return out.square_().float()
+
+
+def _initial_ranking(q_q, q_g, g_g, K):
+    """(rank [N, K] long, scale [N] float32): the K nearest of each image i by d(i, .), nearest
+    first (the columns of the official code's full argsort that it reads), and
+    scale_i = max_m M[m, i]^2. torch.topk over chunks of rows of d, never the whole matrix."""
+    Q, G = q_g.shape
+    N, dev = Q + G, q_g.device
+    rank = torch.empty(N, K, dtype=torch.long, device=dev)
+    scale = torch.empty(N, device=dev)
+    rows = max(1, _RERANK_CHUNK_ELEMENTS // N)
+    # query rows and gallery rows apart: their columns of M come from different blocks
+    for lo, hi in ((0, Q), (Q, N)):
+        for a in range(lo, hi, rows):
+            b = min(a + rows, hi)
+            squared = _squared_rows(q_q, q_g, g_g, a, b)  # [b - a, N]
+            scale[a:b] = squared.amax(1)
+            # d(i, .) = M[., i]^2 / scale_i, divided as the official code divides (float32)
+            d = squared.div_(scale[a:b, None])
+            rank[a:b] = torch.topk(d, K, dim=1, largest=False).indices
+    return rank, scale
+
+
+def _k_reciprocal(rank, k):
+    """R(i, k), Eq. (4), as a mask [N, k + 1] over N(i, k) = rank[:, :k + 1]: True where
+    rank[i, a] has i among its own k + 1 nearest."""
+    forward = rank[:, :k + 1]  # N(i, k), [N, k + 1]
+    N, dev = len(rank), rank.device
+    mask = torch.empty(forward.shape, dtype=torch.bool, device=dev)
+    rows = max(1, _RERANK_CHUNK_ELEMENTS // forward.shape[1] ** 2)
+    for a in range(0, N, rows):
+        f = forward[a:a + rows]
+        # N(j, k) of every j in N(i, k): [B, k + 1, k + 1]; is i among them?
+        backward = forward[f]
+        i = torch.arange(a, a + len(f), device=dev)
+        mask[a:a + rows] = (backward == i[:, None, None]).any(2)
+    return mask
+
+
+def _expanded_sets(rank, in_R, in_R_half, k1, half):
+    """R*(i, k1), Eq. (5), listed: (i, j) for every j in R*(i, k1), by row i, ascending j."""
+    N = len(rank)
+    forward = rank[:, :k1 + 1]        # N(i, k1); R(i, k1) where in_R
+    half_forward = rank[:, :half + 1]  # N(q, k1/2); R(q, k1/2) where in_R_half
+    K1, H = forward.shape[1], half_forward.shape[1]
+    rows = max(1, _RERANK_CHUNK_ELEMENTS // (K1 * K1 * H))
+    out_i, out_j = [], []
+    for a in range(0, N, rows):
+        f, in_f = forward[a:a + rows], in_R[a:a + rows]  # [B, K1]
+        # every candidate q in N(i, k1) (it counts only where in R(i, k1)) and R(q, k1/2)
+        q_forward, in_q = half_forward[f], in_R_half[f]  # [B, K1, H]
+        # |R(q, k1/2) & R(i, k1)|: the members of R(q, k1/2) equal to a member of R(i, k1)
+        shared = ((q_forward[..., None] == f[:, None, None, :]) & in_f[:, None, None, :]).any(3)
+        shared = (shared & in_q).sum(2)
+        # Choice (not in the paper): more than 2/3 (Eq. (5) says at least 2/3), compared in
+        # float64 as the official code's `> 2./3*len(...)`, so that both add the same sets
+        accept = in_f & (shared > 2.0 / 3 * in_q.sum(2).double())
+        # R(i, k1) and every accepted R(q, k1/2), N marking an empty slot: [B, K1 + K1 * H]
+        members = torch.cat([f.masked_fill(~in_f, N),
+                             q_forward.masked_fill(~(accept[..., None] & in_q), N).flatten(1)], 1)
+        # each index once (the official np.unique): sorted, then every repeat emptied
+        members = members.sort(dim=1).values
+        members[:, 1:].masked_fill_(members[:, 1:] == members[:, :-1], N)
+        b, slot = (members < N).nonzero(as_tuple=True)
+        out_i.append(b + a)
+        out_j.append(members[b, slot])
+    return torch.cat(out_i), torch.cat(out_j)
+
+
+def _query_expansion(i, j, v, nearest, N):
+    """Local query expansion, Eq. (12), on V listed as (i, j, v) by row: V'[p] = the mean of
+    V[g] over the g in nearest[p] ([N, k2]), listed the same way (by row, ascending column)."""
+    dev = i.device
+    k2 = nearest.shape[1]
+    count = torch.bincount(i, minlength=N)
+    start = count.cumsum(0) - count  # row g's entries: start[g] .. start[g] + count[g] - 1
+    # one block per pair (p, g = nearest[p, t]), numbered p * k2 + t: row g's entries
+    g = nearest.reshape(-1)
+    length = count[g]
+    block = torch.repeat_interleave(torch.arange(len(g), device=dev), length)
+    offset = torch.arange(len(block), device=dev) - (length.cumsum(0) - length)[block]
+    src = start[g][block] + offset
+    # the k2 rows' values summed per (p, column), then divided by k2
+    key, where = torch.unique((block // k2) * N + j[src], return_inverse=True)
+    v_qe = torch.zeros(len(key), dtype=v.dtype, device=dev).index_add_(0, where, v[src]) / k2
+    return key // N, key % N, v_qe
+
+
+def _jaccard_final(i, j, v, q_g, scale, lambda_value):
+    """Eq. (9), (11) and (13) for every query and gallery item, from V listed as (i, j, v) by
+    row: d* [Q, G] float32, a chunk of queries at a time.
+
+    s(p, g) = sum over the columns k of row p of min(V[p, k], V[g, k]): for each non-zero
+    V[p, k], the gallery rows g with V[g, k] != 0 come from the inverted index of column k (the
+    official invIndex, kept to the gallery rows: d* reads no other)."""
+    Q, G = q_g.shape
+    N, dev = Q + G, q_g.device
+    # the inverted index: gallery rows' entries sorted by column; column k's run starts at
+    # col_start[k] and holds col_count[k] entries
+    in_gallery = i >= Q
+    by_column = torch.argsort(j[in_gallery], stable=True)
+    g_i, g_j, g_v = (x[in_gallery][by_column] for x in (i, j, v))
+    col_count = torch.bincount(g_j, minlength=N)
+    col_start = col_count.cumsum(0) - col_count
+    # the query rows' entries: the first ones, as the list is by row
+    n_q = int((i < Q).sum())
+    q_i, q_j, q_v = i[:n_q], j[:n_q], v[:n_q]
+    # triples (p, k, g) per entry and per query; chunks of queries hold at most _RERANK_TRIPLES
+    # of them (at least one query) and _RERANK_CHUNK_ELEMENTS elements of [rows, G]
+    per_entry = col_count[q_j]
+    per_query = torch.zeros(Q, dtype=torch.long, device=dev).index_add_(0, q_i, per_entry)
+    cum_triples = torch.cat([per_query.new_zeros(1), per_query.cumsum(0)]).cpu()
+    entry_end = torch.bincount(q_i, minlength=Q).cumsum(0).cpu()
+    max_rows = max(1, _RERANK_CHUNK_ELEMENTS // max(G, 1))
+    final = torch.empty(Q, G, device=dev)
+    a = 0
+    while a < Q:
+        fits = int(torch.searchsorted(cum_triples, cum_triples[a] + _RERANK_TRIPLES, right=True))
+        b = min(max(fits - 1, a + 1), a + max_rows, Q)
+        e0, e1 = (int(entry_end[a - 1]) if a else 0), int(entry_end[b - 1])
+        # one triple per (entry e = (p, k), gallery entry of column k)
+        length = per_entry[e0:e1]
+        e = torch.repeat_interleave(torch.arange(e1 - e0, device=dev), length)
+        offset = torch.arange(len(e), device=dev) - (length.cumsum(0) - length)[e]
+        e = e + e0
+        at = col_start[q_j[e]] + offset
+        # s(p, g) = sum_k min(V[p, k], V[g, k]), Eq. (9)
+        s = torch.zeros((b - a) * G, device=dev)
+        s.index_add_(0, (q_i[e] - a) * G + (g_i[at] - Q), torch.minimum(q_v[e], g_v[at]))
+        s = s.view(b - a, G)
+        # d_J, Eq. (11) with sum_k max = 2 - s
+        d_J = 1 - s / (2 - s)
+        # d(p, g) = M[Q + g, p]^2 / scale_p = q_g[p, g]^2 / scale_p
+        d = q_g[a:b].square().float() / scale[a:b, None]
+        # the final distance, Eq. (13)
+        final[a:b] = d_J * (1 - lambda_value) + d * lambda_value
+        a = b
+    return final
+
+
+# -----------------------------------------------------------------------------
 # Command line: a checkpoint (or a plain ResNet-50) on a dataset -> one table
 
 
@@ -662,33 +923,43 @@ def evenly_spaced(n, num):
     return np.unique(np.linspace(0, n - 1, num).round().astype(int))
 
 
-def rank_figure(dist, ds, num, top=10, height=128, width=64, border=3):
-    """A PIL image of `num` queries, one per row: the query (grey frame), then its first `top`
-    gallery items in the ranking that is scored: green frame = true match, red = any other item.
-    Junk and same-id-same-camera items are not drawn: the protocol removes them from the ranking.
-    """
-    from PIL import Image  # comes with torchvision
+# frame colours of the ranking figures: the query, a true match, any other item, an unlabelled one
+GREY, GREEN, RED, BLUE = (128, 128, 128), (0, 170, 0), (220, 0, 0), (40, 90, 220)
+
+
+def rank_figure(dist, ds, num, top=10, queries=None):
+    """A PIL image of `num` queries evenly spaced over the split (or the query indices `queries`),
+    one per row: the query (grey frame), then its first `top` gallery items in the ranking that is
+    scored: green frame = true match, red = any other item. Junk and same-id-same-camera items are
+    not drawn: the protocol removes them from the ranking."""
     dist = torch.as_tensor(dist)
     rows = []
-    for q in evenly_spaced(len(ds.query), num):
+    for q in evenly_spaced(len(ds.query), num) if queries is None else queries:
         # Choice (not in the paper): the ranking that is scored, junk and same-id-same-camera items
         # left out — the figure then shows what CMC and mAP count
         order, hits = valid_ranking(dist[q].double().cpu().numpy(), ds.query.pids[q],
                                     ds.query.cams[q], ds.gallery.pids, ds.gallery.cams)
-        rows.append((q, order[:top], hits[:top]))
+        rows.append([(ds.query.paths[q], GREY)] + [(ds.gallery.paths[g], GREEN if h else RED)
+                                                   for g, h in zip(order[:top], hits[:top])])
+    return image_rows(rows, desc="--show-ranks")
+
+
+def image_rows(rows, height=128, width=64, border=3, desc="figure"):
+    """A PIL image of rows of framed images: rows[r] = [(image file, frame colour), ...], the first
+    of each row (a query) set apart by a gap."""
+    from PIL import Image  # comes with torchvision
     # every image of the figure decoded in one go, [n, H, W, 3] for PIL
-    paths = [p for q, order, _ in rows
-             for p in [ds.query.paths[q]] + [ds.gallery.paths[g] for g in order]]
-    images = data.load_images(paths, height, width, desc="--show-ranks").permute(0, 2, 3, 1).numpy()
+    paths = [path for row in rows for path, _ in row]
+    images = data.load_images(paths, height, width, desc=desc).permute(0, 2, 3, 1).numpy()
     tile_w, tile_h, gap = width + 2 * border, height + 2 * border, 12  # gap: query | results
-    canvas = Image.new("RGB", (gap + (top + 1) * (tile_w + 2), len(rows) * (tile_h + 4)), "white")
+    canvas = Image.new("RGB", (gap + max(map(len, rows)) * (tile_w + 2), len(rows) * (tile_h + 4)),
+                       "white")
     k = 0  # index into `images`, in the order of `paths`
-    for row, (q, order, hits) in enumerate(rows):
-        frames = [(128, 128, 128)] + [(0, 170, 0) if h else (220, 0, 0) for h in hits]
-        for col, colour in enumerate(frames):
+    for r, row in enumerate(rows):
+        for c, (_, colour) in enumerate(row):
             tile = Image.new("RGB", (tile_w, tile_h), colour)  # the frame is the tile's background
             tile.paste(Image.fromarray(images[k]), (border, border))
-            canvas.paste(tile, (col * (tile_w + 2) + (gap if col else 0), row * (tile_h + 4)))
+            canvas.paste(tile, (c * (tile_w + 2) + (gap if c else 0), r * (tile_h + 4)))
             k += 1
     return canvas
 
@@ -810,40 +1081,56 @@ def figure_inputs(argv, prog, description, paper, default_out, several=False):
 # height and width: at least the paper configs' minimum (aea.py's LIMITS); seed: what numpy takes.
 LIMITS = dict(seed="[0, 4294967295]", batch_size="[1, inf)", height="[32, inf)",
               width="[16, inf)", show_ranks="[0, inf)", xqda_lambda="[0, inf)",
-              xqda_dims="[0, inf)", kissme_dims="[1, inf)")
+              xqda_dims="[0, inf)", kissme_dims="[1, inf)", top="[1, inf)")
 
 
-def parse_args(argv):
-    """The evaluation flags, checked."""
-    p = argparse.ArgumentParser(description="Evaluate a re-ID model: CMC rank-1/5/10, mAP and "
-                                "mAP (official) per distance metric.")
+def check_args(args):  # the numeric flags `args` has, each within its LIMITS interval
+    common.check_limits(args, {k: v for k, v in LIMITS.items() if k in vars(args)})
+
+
+def add_model_args(p):
+    """The flags that choose the model, shared by the evaluation, extract and search: --checkpoint,
+    or --weights with --height, --width, --last-stride (--seed for random weights); --device,
+    --batch-size and --flip."""
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="a checkpoint from common.save_checkpoint "
                        "(paper: backbone, aea, aaanet); scored in the precision it trained with")
     model.add_argument("--weights", help="instead of --checkpoint: a plain ResNet-50 with "
                        "imagenet, none or PATH weights")
-    p.add_argument("--root", required=True, help="dataset folder in the Market-1501 layout")
-    p.add_argument("--dataset", default="market1501",
-                   help="market1501, duke, cuhk03-labeled, cuhk03-detected, synthetic")
-    p.add_argument("--metric", nargs="+", default=["euclidean"],
-                   choices=["euclidean", "cosine", "xqda", "kissme"])
-    p.add_argument("--skip-bad-files", action="store_true",
-                   help="warn about and drop images whose name does not parse or that do not "
-                   "decode")
-    p.add_argument("--flip", action="store_true",
-                   help="average the features of each image and its mirror")
-    p.add_argument("--show-ranks", type=int, default=0, metavar="N",
-                   help="write a PNG of N queries and their top 10")
-    p.add_argument("--out", help="folder for the --show-ranks PNGs")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0, help="seeds the random weights of --weights none")
-    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--height", type=int, default=256,
                    help="input height with --weights (a checkpoint has its own)")
     p.add_argument("--width", type=int, default=128,
                    help="input width with --weights (a checkpoint has its own)")
     p.add_argument("--last-stride", type=int, default=2, choices=[1, 2],
                    help="layer4 stride with --weights")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random weights of --weights none")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--flip", action="store_true",
+                   help="average the features of each image and its mirror")
+    return p
+
+
+def parse_args(argv):
+    """The evaluation flags, checked."""
+    p = add_model_args(argparse.ArgumentParser(
+        description="Evaluate a re-ID model: CMC rank-1/5/10, mAP and mAP (official) per "
+        "distance metric. Other commands: extract, search, plot (python evaluate.py COMMAND -h)."))
+    p.add_argument("--root", required=True, help="dataset folder (Market-1501 or folder layout)")
+    p.add_argument("--dataset", default="market1501", help="market1501, duke, cuhk03-labeled, "
+                   "cuhk03-detected, synthetic, folder (ROOT/<split>/<identity>/<image>)")
+    p.add_argument("--metric", nargs="+", default=["euclidean"],
+                   choices=["euclidean", "cosine", "xqda", "kissme"])
+    p.add_argument("--rerank", action="store_true", help="also each metric's distances after "
+                   "k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3): a second row each")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="warn about and drop images whose name does not parse or that do not "
+                   "decode")
+    p.add_argument("--show-ranks", type=int, default=0, metavar="N",
+                   help="write a PNG of N queries and their top 10")
+    p.add_argument("--queries", nargs="+", metavar="NAME",
+                   help="draw these query images (file names) instead of N evenly spaced")
+    p.add_argument("--out", help="folder for the --show-ranks PNGs")
     p.add_argument("--xqda-lambda", type=float, default=0.001,
                    help="XQDA regulariser on Sigma_I (XQDA.m default)")
     p.add_argument("--xqda-dims", type=int, default=0,
@@ -851,25 +1138,43 @@ def parse_args(argv):
     p.add_argument("--kissme-dims", type=int, default=200,
                    help="PCA dims before KISSME (IDE baseline: 200)")
     args = p.parse_args(argv)
-    common.check_limits(args, LIMITS)
+    check_args(args)
+    args.show_ranks = len(args.queries) if args.queries else args.show_ranks
     if args.show_ranks and not args.out:
-        raise UserError("--show-ranks needs --out DIR, the folder to write the PNGs into")
+        raise UserError(f"{'--queries' if args.queries else '--show-ranks'} needs --out DIR, the "
+                        "folder to write the PNGs into")
     return args
+
+
+def find_queries(ds, names):
+    """The indices of the query images named (a file name, or its end: "0002/0002_c1_01.jpg"),
+    in the order given; a name that fits no image, or several, is an error."""
+    found = []
+    for name in names:
+        hits = [i for i, p in enumerate(ds.query.paths)
+                if p == name or p.endswith(os.sep + name.lstrip(os.sep))]
+        if len(hits) != 1:
+            raise UserError(f"--queries {name}: " + (f"no query image of that name in {ds.root}"
+                            if not hits else f"{len(hits)} query images end so; give its folder "
+                            "too"))
+        found += hits
+    return found
 
 
 def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None, batch_size=256,
                    flip=False, xqda_lambda=0.001, xqda_dims=0, kissme_dims=200, show_ranks=0,
-                   figures=None, precision="auto"):
+                   figures=None, precision="auto", rerank=False, queries=None):
     """Score `model` on `ds` (a data.ReIDData) -> {metric: rank_metrics dict}, in `metrics` order,
-    computed by `fast_rank_metrics`.
+    computed by `fast_rank_metrics`; rerank=True adds "<metric> + re-ranking" after each metric
+    (`re_ranking` of its query-gallery, query-query and gallery-gallery distances).
 
     size: the model's input (height, width). images: a dict {split name: uint8 tensor} that is
     filled on first use and can be passed again, so a training run that evaluates every few
     epochs decodes each split once. The training split is decoded and its features extracted
     only when XQDA or KISSME is asked for (both are fitted on training features, as in the IDE
     baseline scripts). precision: the autocast of `extract_features`. show_ranks > 0: `figures`,
-    a dict, gets {metric: `rank_figure` of show_ranks queries}, drawn while the metric's distances
-    exist; the caller writes them.
+    a dict, gets {row: `rank_figure` of show_ranks queries (or of the indices `queries`)}, drawn
+    while the row's distances exist; the caller writes them.
     """
     images = {} if images is None else images
 
@@ -886,51 +1191,272 @@ def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None,
     results = {}
     for metric in metrics:
         if metric == "xqda":
-            xqda = XQDA(xqda_lambda, xqda_dims).fit(tf, ds.train.pids, ds.train.cams)
-            dist = xqda.distance(qf, gf)
+            distance = XQDA(xqda_lambda, xqda_dims).fit(tf, ds.train.pids, ds.train.cams).distance
         elif metric == "kissme":
-            dist = KISSME(kissme_dims).fit(tf, ds.train.pids, ds.train.cams).distance(qf, gf)
+            distance = KISSME(kissme_dims).fit(tf, ds.train.pids, ds.train.cams).distance
         else:
-            dist = pairwise_distances(qf, gf, metric)
-        results[metric] = fast_rank_metrics(dist, ds.query.pids, ds.gallery.pids, ds.query.cams,
-                                            ds.gallery.cams)
-        if show_ranks:
-            figures[metric] = rank_figure(dist, ds, show_ranks)
+            distance = functools.partial(pairwise_distances, metric=metric)
+        rows = {metric: distance(qf, gf)}
+        if rerank:  # the same metric's distances among the queries and among the gallery
+            rows[f"{metric} + re-ranking"] = re_ranking(rows[metric], distance(qf, qf),
+                                                        distance(gf, gf))
+        for name, dist in rows.items():
+            results[name] = fast_rank_metrics(dist, ds.query.pids, ds.gallery.pids,
+                                              ds.query.cams, ds.gallery.cams)
+            if show_ranks:
+                figures[name] = rank_figure(dist, ds, show_ranks, queries=queries)
     return results
 
 
 def run(argv=None):
-    """The CLI's work; returns {metric: rank_metrics dict}."""
+    """The evaluation's work; returns {metric: rank_metrics dict}."""
     args = parse_args(argv)
     if args.show_ranks:
         check_out_folder(args.out)  # before any work, not after the whole evaluation
-    device = common.pick_device(args.device)
-    # --weights none draws its weights: the same seed, the same network
-    common.seed_everything(args.seed)
     # the dataset first: a wrong --root fails before any model is built
     ds = data.load_dataset(args.root, args.dataset, skip_bad_files=args.skip_bad_files)
     check_true_matches(ds)
+    queries = find_queries(ds, args.queries) if args.queries else None
     # the input size and precision come with the model: a checkpoint's config, or --height/--width
     # and "auto" for --weights
-    model, size, precision = load_model(args)
-    model.to(device)
+    model, device, size, precision = model_on_device(args)
     figures = {}
     results = evaluate_model(model, ds, size, device, args.metric, batch_size=args.batch_size,
                              flip=args.flip, xqda_lambda=args.xqda_lambda, xqda_dims=args.xqda_dims,
                              kissme_dims=args.kissme_dims, show_ranks=args.show_ranks,
-                             figures=figures, precision=precision)
+                             figures=figures, precision=precision, rerank=args.rerank,
+                             queries=queries)
     # the table first: a figure that cannot be written does not cost the numbers
     print(format_table(results))
-    for metric, figure in figures.items():
-        path = os.path.join(args.out, f"ranks_{metric}.png")
+    for name, figure in figures.items():
+        path = os.path.join(args.out, f"ranks_{name.replace(' + ', '_')}.png")
         save_image(figure, path)
         print(f"wrote {path}")
     return results
 
 
+def model_on_device(args):
+    """(model in eval() on its device, device, (height, width), precision) for the model flags;
+    --weights none draws its weights from --seed: the same seed, the same network."""
+    device = common.pick_device(args.device)
+    common.seed_everything(args.seed)
+    model, size, precision = load_model(args)
+    return model.to(device).eval(), device, size, precision
+
+
+# -----------------------------------------------------------------------------
+# Your own images: features of a folder (extract), one person searched in a gallery (search)
+
+def file_features(model, paths, size, device, batch_size=256, flip=False, precision="auto",
+                  desc="features", chunk=2048):
+    """Features [N, D] float32 on the CPU of image files: `chunk` images decoded at a time (the
+    memory of one chunk of pixels, whatever N), their features extracted in batches of
+    `batch_size`, with a progress line on stderr (images and images/s so far)."""
+    feats, start = [], time.perf_counter()
+    for i in range(0, len(paths), chunk):
+        images = data.load_images(paths[i:i + chunk], *size, quiet=True)
+        feats.append(extract_features(model, images.split(batch_size), device, flip,
+                                      precision).cpu())
+        done, secs = min(i + chunk, len(paths)), time.perf_counter() - start
+        print(f"\r{desc}: {done}/{len(paths)} images, {done / max(secs, 1e-9):.0f} img/s",
+              end="\n" if done == len(paths) else "", file=sys.stderr, flush=True)
+    return torch.cat(feats)
+
+
+def extract(argv):
+    """python evaluate.py extract --checkpoint C --images DIR --out FEATS.npz [--flip]: the
+    features of every image under DIR (subfolders included), with their paths relative to DIR."""
+    p = add_model_args(argparse.ArgumentParser(prog="evaluate.py extract",
+                                               description=extract.__doc__))
+    p.add_argument("--images", required=True, help="folder of images, subfolders included")
+    p.add_argument("--out", required=True, help="the .npz to write: features [N, D] float32, "
+                   "paths [N] relative to --images")
+    args = p.parse_args(argv)
+    check_args(args)
+    if not args.out.endswith(".npz"):
+        raise UserError(f"--out {args.out}: expected a file name ending in .npz")
+    check_out_folder(os.path.dirname(os.path.abspath(args.out)), args.out)
+    paths = data.image_files(args.images)
+    model, device, size, precision = model_on_device(args)
+    features = file_features(model, [os.path.join(args.images, f) for f in paths], size, device,
+                             args.batch_size, args.flip, precision, desc="extract")
+    what = args.checkpoint or f"weights {args.weights}"
+    # written whole under a hidden name, then renamed: a full disk leaves no partial file
+    partial = os.path.join(os.path.dirname(os.path.abspath(args.out)),
+                           f".partial-{os.getpid()}-{os.path.basename(args.out)}")
+    try:
+        with open(partial, "wb") as f:
+            np.savez(f, features=features.numpy(), paths=np.array(paths),
+                     root=os.path.abspath(args.images), model=what, size=np.array(size),
+                     flip=args.flip)
+        os.replace(partial, args.out)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise UserError(f"cannot write {args.out} ({e.strerror})") from None
+    print(f"wrote {args.out}: {len(paths)} features of {features.shape[1]} dimensions "
+          f"({what}, {size[0]}x{size[1]}{', flip' if args.flip else ''})")
+    return features, paths
+
+
+def load_features(path):
+    """What `extract` wrote: (features [N, D] float32 tensor, absolute image paths,
+    {size, flip, model}). Plain arrays only (allow_pickle=False): no code is loaded."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            feats, rel, root = f["features"], f["paths"], str(f["root"])
+            info = dict(size=tuple(int(s) for s in f["size"]), flip=bool(f["flip"]),
+                        model=str(f["model"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise UserError(f"--gallery {path}: not a features file of `evaluate.py extract` "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return torch.from_numpy(feats), [os.path.join(root, p) for p in rel], info
+
+
+def search(argv):
+    """python evaluate.py search --checkpoint C --query IMAGE --gallery DIR|FEATS.npz [--top K]
+    [--out RANKS.png]: the K gallery images nearest to the query, printed with their distances
+    and drawn beside it."""
+    p = add_model_args(argparse.ArgumentParser(prog="evaluate.py search",
+                                               description=search.__doc__))
+    p.add_argument("--query", required=True, help="the image of the person to search for")
+    p.add_argument("--gallery", required=True, help="a folder of images (subfolders included), "
+                   "or the .npz of `evaluate.py extract` (then --flip as it was extracted)")
+    p.add_argument("--top", type=int, default=10, help="how many of the nearest to show")
+    p.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"])
+    p.add_argument("--out", help="the image to write: the query, then its --top nearest")
+    args = p.parse_args(argv)
+    check_args(args)
+    if args.out:
+        check_image_path(args.out)
+    if not os.path.isfile(args.query):
+        raise UserError(f"--query {args.query} is not an image file")
+    stored = args.gallery.endswith(".npz") and os.path.isfile(args.gallery)
+    if stored:
+        gf, paths, info = load_features(args.gallery)
+        args.flip = info["flip"]  # the query's feature made as the gallery's were
+    else:
+        paths = [os.path.join(args.gallery, f) for f in data.image_files(args.gallery)]
+    model, device, size, precision = model_on_device(args)
+    qf = file_features(model, [args.query], size, device, flip=args.flip, precision=precision,
+                       desc="query")
+    if stored and (gf.shape[1] != qf.shape[1] or info["size"] != tuple(size)):
+        raise UserError(f"--gallery {args.gallery} holds {gf.shape[1]}-d features of "
+                        f"{info['size'][0]}x{info['size'][1]} images ({info['model']}); this model "
+                        f"gives {qf.shape[1]}-d features of {size[0]}x{size[1]} images: extract "
+                        "the gallery with the same model")
+    if not stored:
+        gf = file_features(model, paths, size, device, args.batch_size, args.flip, precision,
+                           desc="gallery")
+    dist = pairwise_distances(qf, gf, args.metric)[0]
+    # the evaluation's order: by distance, equal distances by gallery index (a stable sort)
+    order = torch.sort(dist, stable=True).indices[:args.top].tolist()
+    print(f"the {len(order)} nearest of {len(paths)} gallery images to {args.query} "
+          f"({args.metric} distance):")
+    for rank, g in enumerate(order, 1):
+        print(f"{rank:4d}  {dist[g]:9.4f}  {paths[g]}")
+    if args.out:
+        save_image(image_rows([[(args.query, GREY)] + [(paths[g], BLUE) for g in order]]),
+                   args.out)
+        print(f"wrote {args.out}")
+    return [(paths[g], float(dist[g])) for g in order]
+
+
+# -----------------------------------------------------------------------------
+# The record of a run: OUT/log.csv (written by common.TrainingRun) drawn as curves
+
+
+def read_log(path):
+    """(label, {column: float array}) of a run's log.csv: `path` is the file, or a folder that
+    holds it. Empty cells (an epoch without evaluation) become NaN, which matplotlib skips."""
+    file = os.path.join(path, "log.csv") if os.path.isdir(path) else path
+    try:
+        with open(file, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise UserError(f"cannot read {file} ({e.strerror}); expected the --out folder of a "
+                        "training run, which holds log.csv") from None
+    if not rows or "epoch" not in rows[0]:
+        raise UserError(f"{file} holds no epoch yet (a run writes a row at the end of each epoch)")
+    try:
+        columns = {k: np.array([float(r[k]) if r[k] else np.nan for r in rows]) for k in rows[0]}
+    except (ValueError, TypeError):
+        raise UserError(f"{file} is not a log.csv of this project (a cell is not a number)"
+                        ) from None
+    return os.path.dirname(file) or ".", columns
+
+
+def run_logs(paths):
+    """The log.csv of each path: a run's --out, its log.csv, or a folder of runs (AAA-Net's OUT
+    holds stage1/, stage2/, stage3/): each of its subfolders with a log.csv, in name order."""
+    found = []
+    for path in paths:
+        subs = sorted(os.path.join(path, s) for s in (os.listdir(path) if os.path.isdir(path)
+                                                       else []))
+        runs = [s for s in subs if os.path.isfile(os.path.join(s, "log.csv"))]
+        found += [path] if not runs or os.path.isfile(os.path.join(path, "log.csv")) else runs
+    return [read_log(p) for p in found]
+
+
+# columns of log.csv that are not a loss term
+_NOT_LOSSES = ("epoch", "lr", "img/s", "seconds")
+
+
+def plot_runs(paths, out):
+    """Draw the curves of one or several runs into the image `out`: a panel per loss term (its
+    epoch mean), then rank-1 and mAP (%) per metric where a run evaluated; one colour per run."""
+    check_image_path(out)
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no window, no global state
+    except ImportError:
+        raise UserError("drawing curves needs matplotlib: pip install matplotlib") from None
+    logs = run_logs(paths)
+    names = list(dict.fromkeys(k for _, log in logs for k in log))
+    panels = [k for k in names if k not in _NOT_LOSSES and not k.startswith(("rank-1 ", "mAP "))]
+    panels += [p for p in ("rank-1", "mAP") if any(k.startswith(p + " ") for k in names)]
+    cols = min(3, len(panels))
+    fig = Figure(figsize=(4 * cols, 3 * math.ceil(len(panels) / cols)), layout="constrained")
+    axes = fig.subplots(math.ceil(len(panels) / cols), cols, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels):
+        for i, (label, log) in enumerate(logs):
+            # a loss term is one column; rank-1 and mAP one column per metric ("rank-1 xqda")
+            keys = [panel] if panel in log else [k for k in log if k.startswith(panel + " ")]
+            for k in keys:
+                ax.plot(log["epoch"], log[k], marker=".", color=f"C{i % 10}",
+                        linestyle=["-", "--", ":", "-."][keys.index(k) % 4],
+                        label=label + k[len(panel):])
+        ax.set_title(panel + (" (%)" if panel in ("rank-1", "mAP") else ""))
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize="small")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    from PIL import Image  # comes with torchvision
+    save_image(Image.open(buffer).convert("RGB"), out)  # any format PIL writes
+    return out
+
+
+def plot(argv):
+    """python evaluate.py plot OUT [OUT ...] --out curves.png: the curves of training runs (their
+    log.csv) in one figure, e.g. AEA against Baseline 1."""
+    p = argparse.ArgumentParser(prog="evaluate.py plot", description=plot.__doc__)
+    p.add_argument("runs", nargs="+", help="a run's --out (or its log.csv); an AAA-Net --out "
+                   "draws each stage")
+    p.add_argument("--out", default="curves.png", help="the image to write")
+    args = p.parse_args(argv)
+    print(f"wrote {plot_runs(args.runs, args.out)}")
+
+
+COMMANDS = {"extract": extract, "search": search, "plot": plot}
+
+
 def main(argv=None):
-    """`python evaluate.py [flags]`: `run`, a UserError printed as one line with exit status 2."""
-    return common.exit_on_user_error(run, argv)
+    """`python evaluate.py [extract | search | plot] [flags]` (no command: the evaluation, `run`),
+    a UserError printed as one line with exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(argv[0]) if argv else None
+    return common.exit_on_user_error(command or run, argv[1:] if command else argv)
 
 
 if __name__ == "__main__":

@@ -617,3 +617,148 @@ def test_cli_prints_the_table_before_a_figure_fails(synthetic_root, tmp_path, mo
     assert "queries evaluated" in out
     assert line == f"cannot write {figs / 'ranks_euclidean.png'} (No space left on device)"
     assert os.listdir(figs) == []
+
+
+# -----------------------------------------------------------------------------
+# Your own images: extract, search, --queries; the record of runs: plot
+
+
+@pytest.fixture
+def pool_weights(monkeypatch):
+    """--weights none builds a 4 x 2 average pool (24-d features, any input size): the commands
+    run end to end in a second. Returns the flags that choose it."""
+    pool = pool_model()
+    monkeypatch.setattr(common, "Backbone", lambda weights, last_stride: pool)
+    return ["--weights", "none", "--height", "64", "--width", "32", "--device", "cpu"]
+
+
+def pooled(paths):
+    """The stand-in's features of image files, computed here step by step: decode at 64 x 32,
+    normalise, average each 16 x 16 block of each channel."""
+    x = data.normalize(data.load_images(paths, 64, 32, quiet=True))
+    return torch.nn.functional.adaptive_avg_pool2d(x, (4, 2)).flatten(1)
+
+
+def test_extract_then_search_a_folder_and_its_features(synthetic_root, tmp_path, pool_weights,
+                                                      capsys):
+    gallery = os.path.join(synthetic_root, "bounding_box_test")
+    feats = str(tmp_path / "gallery.npz")
+    evaluate.main(["extract", *pool_weights, "--images", gallery, "--out", feats])
+    with np.load(feats) as f:
+        names, features = f["paths"].tolist(), f["features"]
+    assert names == sorted(os.listdir(gallery)) and features.dtype == np.float32
+    np.testing.assert_allclose(features, pooled([os.path.join(gallery, n) for n in names]),
+                               atol=1e-6)
+    assert f"wrote {feats}: {len(names)} features of 24 dimensions" in capsys.readouterr().out
+    # search: the query's 5 nearest, by the evaluation's Euclidean distance (between
+    # L2-normalised features) to the features computed here
+    query = os.path.join(synthetic_root, "query", sorted(os.listdir(
+        os.path.join(synthetic_root, "query")))[0])
+    unit = torch.nn.functional.normalize
+    expected = torch.cdist(unit(pooled([query]), dim=1), unit(torch.from_numpy(features), dim=1))[0]
+    order = torch.sort(expected, stable=True).indices[:5].tolist()
+    png = str(tmp_path / "ranks.png")
+    for source in (gallery, feats):  # a folder, or what extract wrote: the same answer
+        found = evaluate.main(["search", *pool_weights, "--query", query, "--gallery", source,
+                               "--top", "5", "--out", png])
+        assert [os.path.basename(p) for p, _ in found] == [names[g] for g in order]
+        assert [d for _, d in found] == pytest.approx(expected[order].tolist(), abs=1e-4)
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1].split()[0] == "1" and lines[1].split()[2].endswith(names[order[0]])
+    # the figure: the query then 5 results, 128 x 64 tiles in a 3-px frame, one row
+    with Image.open(png) as im:
+        assert im.size == (12 + 6 * (64 + 6 + 2), 128 + 6 + 4)
+        assert im.getpixel((1, 1)) == (128, 128, 128)
+
+
+def test_search_and_extract_refuse_bad_input_clearly(synthetic_root, tmp_path, pool_weights,
+                                                     capsys):
+    def error(*argv):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(list(argv))
+        assert e.value.code == 2
+        return capsys.readouterr().err.strip().removeprefix("error: ")
+    gallery = os.path.join(synthetic_root, "bounding_box_test")
+    assert error("extract", *pool_weights, "--images", gallery, "--out", str(tmp_path / "f.txt")
+                 ) == f"--out {tmp_path / 'f.txt'}: expected a file name ending in .npz"
+    (tmp_path / "empty").mkdir()
+    assert "holds no images" in error("extract", *pool_weights, "--images",
+                                      str(tmp_path / "empty"), "--out", str(tmp_path / "f.npz"))
+    assert not os.path.exists(tmp_path / "f.npz")
+    assert error("search", *pool_weights, "--query", str(tmp_path / "nobody.jpg"), "--gallery",
+                 gallery) == f"--query {tmp_path / 'nobody.jpg'} is not an image file"
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    query = os.path.join(gallery, os.listdir(gallery)[0])
+    assert "not a features file of `evaluate.py extract`" in error(
+        "search", *pool_weights, "--query", query, "--gallery", str(tmp_path / "junk.npz"))
+    # features of another model (here 24-d features said to be of 128 x 64 images)
+    np.savez(tmp_path / "other.npz", features=np.zeros((2, 24), np.float32),
+             paths=np.array(["a.jpg", "b.jpg"]), root="/", model="weights imagenet",
+             size=np.array([128, 64]), flip=False)
+    assert "extract the gallery with the same model" in error(
+        "search", *pool_weights, "--query", query, "--gallery", str(tmp_path / "other.npz"))
+
+
+def test_show_ranks_draws_the_queries_named(synthetic_root, tmp_path, pool_weights,
+                                            monkeypatch, capsys):
+    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
+    names = [os.path.basename(ds.query.paths[i]) for i in (5, 2)]
+    drawn = []
+    rank_figure = evaluate.rank_figure
+    monkeypatch.setattr(evaluate, "rank_figure", lambda dist, ds, num, queries=None: drawn.append(
+        queries) or rank_figure(dist, ds, num, queries=queries))
+    evaluate.main([*pool_weights, "--root", synthetic_root, "--dataset", "synthetic",
+                   "--queries", *names, "--out", str(tmp_path)])
+    assert drawn == [[5, 2]]
+    with Image.open(tmp_path / "ranks_euclidean.png") as im:
+        assert im.size[1] == 2 * (128 + 6 + 4)  # one row per query named
+    with pytest.raises(SystemExit):
+        evaluate.main([*pool_weights, "--root", synthetic_root, "--dataset", "synthetic",
+                       "--queries", "nobody.jpg", "--out", str(tmp_path)])
+    assert "--queries nobody.jpg: no query image of that name" in capsys.readouterr().err
+
+
+def write_log(folder, text):
+    os.makedirs(folder, exist_ok=True)
+    (folder / "log.csv").write_text(text)
+    return str(folder)
+
+
+def test_plot_overlays_runs_and_reads_a_folder_of_stages(tmp_path, capsys):
+    # run a: loss terms L_I1 and L; run b: L and an evaluation at epoch 2 only (empty at 1).
+    # Panels: L_I1, L, rank-1, mAP -> 3 columns x 2 rows of 4 x 3 inches at 80 dpi
+    a = write_log(tmp_path / "a", "epoch,lr,L_I1,L,img/s,seconds\n1,0.01,4.0,5.0,10,3\n"
+                  "2,0.01,3.0,4.0,10,3\n")
+    b = write_log(tmp_path / "b", "epoch,lr,L,img/s,seconds,rank-1 euclidean,mAP euclidean\n"
+                  "1,0.01,6.0,10,3,,\n2,0.01,5.0,10,3,40.0,30.0\n")
+    out = str(tmp_path / "curves.png")
+    evaluate.main(["plot", a, b, "--out", out])
+    with Image.open(out) as im:
+        assert im.size == (3 * 4 * 80, 2 * 3 * 80)
+    label, log = evaluate.read_log(b)
+    assert label == b and np.isnan(log["rank-1 euclidean"][0]) and log["mAP euclidean"][1] == 30
+    # an AAA-Net --out holds a run per stage: each is a curve
+    write_log(tmp_path / "aaa" / "stage1", "epoch,lr,L_ce,img/s,seconds\n1,0.01,2.0,10,3\n")
+    write_log(tmp_path / "aaa" / "stage3", "epoch,lr,L,img/s,seconds\n1,0.01,1.0,10,3\n")
+    assert [label for label, _ in evaluate.run_logs([str(tmp_path / "aaa")])] == [
+        str(tmp_path / "aaa" / "stage1"), str(tmp_path / "aaa" / "stage3")]
+    with pytest.raises(SystemExit):
+        evaluate.main(["plot", str(tmp_path / "none"), "--out", out])
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_rerank_adds_a_row_per_metric(synthetic_root, pool_weights, capsys):
+    # --rerank: each metric, then the same metric's distances re-ranked (evaluate.re_ranking of
+    # its query-gallery, query-query and gallery-gallery distances), scored the same way
+    results = evaluate.main([*pool_weights, "--root", synthetic_root, "--dataset", "synthetic",
+                             "--metric", "euclidean", "cosine", "--rerank"])
+    assert list(results) == ["euclidean", "euclidean + re-ranking", "cosine",
+                             "cosine + re-ranking"]
+    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
+    qf, gf = pooled(ds.query.paths), pooled(ds.gallery.paths)
+    d = evaluate.pairwise_distances
+    expected = evaluate.fast_rank_metrics(
+        evaluate.re_ranking(d(qf, gf), d(qf, qf), d(gf, gf)), ds.query.pids, ds.gallery.pids,
+        ds.query.cams, ds.gallery.cams)
+    assert results["euclidean + re-ranking"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
+    assert "euclidean + re-ranking" in capsys.readouterr().out
