@@ -66,7 +66,7 @@ METRICS = ("euclidean", "cosine", "xqda", "kissme")
 class Config:
     """One stage's run, saved in its checkpoints; the defaults are the paper's (Sec. 4.2)."""
     root: str = ""  # dataset folder in the Market-1501 layout (required by the stage commands)
-    dataset: str = "market1501"  # market1501, duke, cuhk03-labeled, cuhk03-detected, synthetic
+    dataset: str = "market1501"  # market1501, duke, cuhk03-labeled/-detected, synthetic, folder
     height: int = 224  # input height, Sec. 4.2 ("resized to 224 x 224")
     width: int = 224  # input width, Sec. 4.2
     weights: str = "imagenet"  # stage 1's ResNet-50 start: imagenet, none or a state-dict path
@@ -510,14 +510,16 @@ def train_stage(cfg, stage, ds=None, images=None):
             schedule.step()
             if not run.end_epoch():
                 return model, None
-    print(f"{stage}: {run.last} already holds all {cfg.epochs} epochs; nothing left to train"
-          if first == cfg.epochs else f"wrote {run.last}; {run.best} is the epoch of lowest "
-          f"mean {TOTAL_LOSS[stage]}")
-    # Choice (not in the paper): no evaluation after stage 2, whose test feature is stage 1's
-    if stage == "stage2" or not cfg.eval_metrics:
-        return model, {}
-    results = evaluate.evaluate_model(model, ds, (cfg.height, cfg.width), device,
-                                      cfg.eval_metrics, images=images, precision=cfg.precision)
+        print(f"{stage}: {run.last} already holds all {cfg.epochs} epochs; nothing left to train"
+              if first == cfg.epochs else f"wrote {run.last}; {run.best} is the epoch of lowest "
+              f"mean {TOTAL_LOSS[stage]}")
+        # Choice (not in the paper): no evaluation after stage 2, whose test feature is stage 1's
+        if stage == "stage2" or not cfg.eval_metrics:
+            return model, {}
+        results = evaluate.evaluate_model(model, ds, (cfg.height, cfg.width), device,
+                                          cfg.eval_metrics, images=images, precision=cfg.precision)
+        if first < cfg.epochs:  # the last epoch's log.csv row (and last.pt) get the scores
+            run.save_results(results)
     print(evaluate.format_table({f"{stage} {m}": r for m, r in results.items()},
                                 label="stage, metric"))
     return model, results

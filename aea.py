@@ -65,7 +65,8 @@ import data
 import evaluate
 from common import UserError
 
-DATASETS = typing.Literal["market1501", "duke", "cuhk03-labeled", "cuhk03-detected", "synthetic"]
+DATASETS = typing.Literal["market1501", "duke", "cuhk03-labeled", "cuhk03-detected", "synthetic",
+                          "folder"]  # folder: your own images, ROOT/<split>/<identity>/<image>
 LAYERS = typing.Literal["conv2_x", "conv3_x", "conv4_x", "conv5_x"]
 
 
@@ -119,7 +120,7 @@ LIMITS = dict(R="(0, 100)", reda_p="[0, 1]", dropout="[0, 1)", margin="[0, inf)"
               b4_basic_epochs="[0, inf)", eval_every="[0, inf)", keep_every="[0, inf)",
               seed="[0, 4294967295]")
 
-# Margin and R per dataset, Sec. IV-B and IV-E (CUHK03: 0.35 and 20); flags given explicitly win
+# Margin and R per dataset, Sec. IV-B and IV-E (CUHK03: 0.35 and 20; other sets Market-1501's)
 PER_DATASET = {d: dict(margin=0.35, R=20.0) if d.startswith("cuhk03") else dict(margin=0.3, R=10.0)
                for d in typing.get_args(DATASETS)}
 
@@ -435,8 +436,7 @@ def train(cfg):
             sampler.set_epoch(epoch)
             batches = epoch_batches(images, labels, sampler, g, cfg, joint, erased_images)
             for x, y, x_other in run.epoch(epoch, batches, len(sampler)):
-                terms = training_step(model, optimizer, x, y, cfg, joint, x_other)
-                run.log(len(y), terms)
+                run.log(len(y), training_step(model, optimizer, x, y, cfg, joint, x_other))
             if run.stopped:  # a signal: last.pt holds this epoch's steps so far
                 return None
             schedule.step()
@@ -444,9 +444,9 @@ def train(cfg):
             if not run.end_epoch(keep_copy=cfg.keep_every and (epoch + 1) % cfg.keep_every == 0):
                 return None
             if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-                run.results[f"epoch {epoch + 1}"] = score(model, ds, cfg, device, cache)
+                run.results[f"epoch {epoch + 1}"] = r = score(model, ds, cfg, device, cache)
                 print(evaluate.format_table(run.results, label=f"AEA {cfg.variant}"), flush=True)
-                run.save_results()  # last.pt again, its table now with this row
+                run.save_results({"euclidean": r})  # last.pt and log.csv again, with this row
     return run.results
 
 

@@ -1,8 +1,7 @@
-"""
-What both papers share: the ResNet-50 backbone, cross-entropy, the batch-hard triplet loss, SGD
+"""What both papers share: the ResNet-50 backbone, cross-entropy, the batch-hard triplet loss, SGD
 and its schedule, configs as flags, a progress line, safe checkpoints, and `TrainingRun` (--out's
-lock, checkpoints, --resume, stop signals, the NaN stop), which wraps a training loop's batches
-and epoch end while the loop stays in the paper's file. It knows neither paper's networks.
+lock, checkpoints, --resume, stop signals, the NaN stop, OUT/log.csv with one row per epoch and
+OUT/curves.png) around the paper file's training loop. It knows neither paper's networks.
 
 Paper map (AEA: IEEE Access 8:56469, 2020; AAA-Net: Appl. Sci. 9(8):1550, 2019):
   ResNet-50, conv1 / conv2_x..conv5_x                    -> `Backbone` (`conv1`, `layer1`..`layer4`)
@@ -26,6 +25,7 @@ Choices where the papers say nothing (each marked "Choice" at its line, with its
 import argparse
 import atexit
 import contextlib
+import csv
 import ctypes
 import dataclasses
 import functools
@@ -52,8 +52,7 @@ import torchvision
 
 
 class UserError(Exception):
-    """Bad input (a wrong path, flag or file); the message names the cause. Command-line entry
-    points print it as one line (`exit_on_user_error`) instead of a traceback."""
+    """Bad input (wrong path, flag or file) named in its message; `exit_on_user_error` prints it."""
 
 
 def exit_on_user_error(main, argv=None):  # a UserError: `error: <message>` on stderr, exit 2
@@ -97,7 +96,7 @@ def keep_freed_memory():
 def seed_everything(seed):  # Python, numpy and torch (every CUDA device too)
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.manual_seed(seed)
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -116,8 +115,7 @@ def autocast(device, precision="auto"):
 
 
 def prepare_model(model, device):
-    """Move a model to its device. Choice (not in the paper): on CUDA in channels_last (NHWC),
-    which cuDNN's tensor-core kernels read without layout transposes; the CPU keeps NCHW."""
+    """Choice (not in the paper): channels_last (NHWC) on CUDA, read by cuDNN without transposes."""
     cuda = torch.device(device).type == "cuda"
     return model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
 
@@ -126,18 +124,15 @@ def prepare_model(model, device):
 
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # the papers' conv1, conv2_x..conv5_x
 STAGE_CHANNELS = {"conv1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
-PAPER_STAGE_NAMES = {"conv2_x": "layer1", "conv3_x": "layer2", "conv4_x": "layer3",
-                     "conv5_x": "layer4"}
+PAPER_STAGE_NAMES = dict(zip(("conv2_x", "conv3_x", "conv4_x", "conv5_x"), STAGES[1:]))
 
 
 def imagenet_state_dict():
-    """torchvision's IMAGENET1K_V1 ResNet-50 weights (`resnet50-0676ba61.pth`), from the torch
-    hub cache or the network; offline, the message says where to put the file."""
+    """torchvision's IMAGENET1K_V1 ResNet-50 weights, from the torch hub cache or the network."""
     url = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
     cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
     try:
-        return torch.hub.load_state_dict_from_url(url, progress=True, map_location="cpu",
-                                                  weights_only=True)
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
     except Exception as e:  # offline: URLError, socket errors, a half-written download...
         raise UserError(f"could not load the ImageNet ResNet-50 weights ({type(e).__name__}: {e})"
                         f". Offline, download {url} elsewhere and put it at {cache} (the folder "
@@ -153,10 +148,9 @@ class Backbone(nn.Module):
         -> layer4 [B, 2048, H/32, W/32]  (H/16, W/16 with last_stride=1)
 
     `run(x, first, last)` runs a range of stages, so a paper module can stop at a middle layer,
-    change the features and go on (AAA-Net's occlusion; AEA's attention in the same pass).
-    weights: 'imagenet' (torchvision IMAGENET1K_V1), 'none' (random init), or the path of a
-    ResNet-50 state dict in torchvision's key names (the classifier `fc.*` is ignored).
-    """
+    change the features and go on (AAA-Net's occlusion; AEA's attention). weights: 'imagenet'
+    (IMAGENET1K_V1), 'none' (random init), or the path of a ResNet-50 state dict in torchvision's
+    key names (the classifier `fc.*` is ignored)."""
 
     def __init__(self, weights="imagenet", last_stride=2):
         super().__init__()
@@ -196,16 +190,12 @@ class Backbone(nn.Module):
 # --- Losses ---------------------------------------------------------------------------------------
 
 def cross_entropy(logits, labels):
-    """Softmax cross-entropy, AEA Eq. (2), (3), (4) (AAA-Net's "softmax classification loss",
-    Sec. 3.1), over N classes:
+    """Softmax cross-entropy, AEA Eq. (2), (3), (4); AAA-Net Sec. 3.1 "softmax classification loss":
 
-        p(t) = exp(v_t) / sum_i exp(v_i)                        Eq. (4)
+        p(t) = exp(v_t) / sum_{i=1..N} exp(v_i)                 Eq. (4)
         q(t) = 1 if t == y else 0                               Eq. (3)
-        L_I  = - sum_t q(t) log p(t), averaged over the batch   Eq. (2)
-
-    Computed in fp32 even under autocast: log-softmax over hundreds of classes needs it.
-    """
-    # log p(t), Eq. (4). Choice (not in the paper): in fp32, also under autocast
+        L_I  = - sum_t q(t) log p(t), averaged over the batch   Eq. (2)"""
+    # log p(t), Eq. (4). Choice (not in the paper): fp32 under autocast, over hundreds of classes
     log_p = F.log_softmax(logits.float(), dim=1)                           # [B, N]
     # q(t), Eq. (3): one-hot of the label
     q = torch.zeros_like(log_p).scatter_(1, labels[:, None], 1.0)         # [B, N]
@@ -216,8 +206,7 @@ def cross_entropy(logits, labels):
 def pairwise_euclidean(a, b):
     """Euclidean distances between the rows of a [n, d] and b [m, d] -> [n, m], one matmul."""
     d2 = (a * a).sum(dim=1)[:, None] + (b * b).sum(dim=1)[None, :] - 2.0 * (a @ b.t())
-    # Choice (not in the paper): clamp before the root, since rounding can make d2 slightly
-    # negative, and sqrt's gradient at 0 is infinite
+    # Choice (not in the paper): clamp, as rounding can make d2 < 0 and sqrt's gradient at 0 is inf
     return d2.clamp(min=1e-12).sqrt()
 
 
@@ -228,13 +217,10 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
         d_ap = max_p || f(x_a) - f(x_p) ||_2          Eq. (6), p: same identity, p != a
         d_an = min_n || f(x_a) - f(x_n) ||_2          Eq. (7), n: another identity
 
-    Every sample of the batch is an anchor; its hardest positive and negative are searched inside
-    the batch, which is why batches are P identities x K images (data.PKSampler). With
-    normalize=True the features are L2-normalised first ("these features are all normalized by L2
-    norm", AEA Sec. III-C), so distances lie in [0, 2] and the margin m is on that scale.
-
-    features [n, d], labels [n] -> scalar loss.
-    """
+    Every sample is an anchor, its hardest positive and negative searched inside the batch: hence
+    batches of P identities x K images (data.PKSampler). normalize=True L2-normalises the features
+    first ("these features are all normalized by L2 norm", AEA Sec. III-C): distances lie in
+    [0, 2], the margin m on that scale. features [n, d], labels [n] -> scalar loss."""
     # Choice (not in the paper): fp32 under bf16 autocast: with unit-length features d^2 = 2 - 2
     # cos, and bf16's 8-bit mantissa would move small distances by ~20%, changing the hardest pair
     with torch.autocast(features.device.type, enabled=False):
@@ -244,8 +230,7 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
         dist = pairwise_euclidean(features, features)                     # [n, n]
     same = labels[:, None] == labels[None, :]                             # [n, n], diagonal too
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    # d_ap: farthest positive, Eq. (6). Choice (not in the paper): the anchor is not its own
-    # positive, and an anchor without another positive in the batch gets 0
+    # d_ap: farthest positive, Eq. (6). Choice (not in the paper): p != a, and no such p: d_ap = 0
     d_ap = dist.masked_fill(~same | eye, 0.0).amax(dim=1)
     # d_an: nearest negative, Eq. (7); +inf where there is none, so that anchor's loss is 0
     d_an = dist.masked_fill(same, float("inf")).amin(dim=1)
@@ -256,8 +241,7 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
 # --- Optimiser and learning-rate schedule ---------------------------------------------------------
 
 def make_sgd(params, lr, momentum=0.9, weight_decay=5e-4):
-    """SGD, as both papers train (AAA-Net Sec. 4.2 names it; AEA names no optimiser).
-    Choice (not in the paper): momentum 0.9, weight decay 5e-4, the re-ID baselines' values."""
+    """SGD (AAA-Net Sec. 4.2; AEA names none). Choice (not in the paper): re-ID baseline values."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
@@ -265,10 +249,8 @@ def step_schedule(optimizer, milestones, gamma=0.1):
     """Multiply every learning rate by gamma at each epoch in `milestones` (stepped per epoch).
 
     AEA Sec. IV-B: lr 0.01, x0.1 at epoch 75          -> milestones=[75]
-    AAA-Net Sec. 4.2: x0.1 every 2 (or 3) epochs      -> milestones=range(2, epochs, 2)
-    """
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=sorted(milestones),
-                                                gamma=gamma)
+    AAA-Net Sec. 4.2: x0.1 every 2 (or 3) epochs      -> milestones=range(2, epochs, 2)"""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(milestones), gamma=gamma)
 
 
 # --- One visible config per paper: a dataclass, its flags built from it ---------------------------
@@ -284,9 +266,8 @@ def field_comments(cls):
 
 
 def add_config_args(parser, cls, only=None, defaults=None):
-    """One flag per dataclass field (or per field in `only`): `--field-name`, its type and default
-    (or the one in `defaults`), its comment as help. bool fields become `--flag / --no-flag`;
-    `typing.Literal[...]` fields get their choices; `tuple[...]` fields take several values."""
+    """A flag `--field-name` per dataclass field (or per one in `only`): its type, its default (or
+    the one in `defaults`), its comment as help; bool: `--flag / --no-flag`, tuple: nargs="*"."""
     hints, helps = typing.get_type_hints(cls), field_comments(cls)
     for f in dataclasses.fields(cls):
         if only and f.name not in only:
@@ -333,9 +314,8 @@ def config_from_args(cls, args):  # the dataclass holding the parsed flags (list
 # --- Progress line --------------------------------------------------------------------------------
 
 class Progress:
-    """Prints every `every` iterations one line: iteration, mean loss terms, img/s and ETA, e.g.
-    "epoch 3/100  lr 1e-02  iter 120/400  L_I1 2.3110  L_T 0.1820  | 41.3 img/s  ETA 00:01:08".
-    The terms are read only when a line is printed: one GPU synchronisation per line."""
+    """A line every `every` steps, the only time terms are read (one GPU sync per line), e.g.
+    "epoch 3/100  lr 1e-02  iter 120/400  L_I1 2.3110  L_T 0.1820  | 41.3 img/s  ETA 00:01:08"."""
 
     def __init__(self, total, prefix="", every=20, file=None, where=None):
         self.total, self.prefix, self.every, self.file = total, prefix, every, file or sys.stdout
@@ -354,8 +334,7 @@ class Progress:
 
     def check(self):
         """The pending steps' sums, read (one GPU sync); a NaN or inf one: a UserError."""
-        sums = {}
-        first = self.i - len(self.pending) + 1  # the 1-based step of pending[0] in this epoch
+        sums, first = {}, self.i - len(self.pending) + 1  # first: pending[0]'s 1-based step
         for j, terms in enumerate(self.pending):
             for k, v in terms.items():
                 v = float(v)
@@ -375,6 +354,7 @@ class Progress:
     def resume(self, steps, num_images, sums):  # go on with an epoch stopped after `steps` steps
         self.i, self.images, self.last_images = steps, num_images, num_images
         self.totals, self.resumed_at = dict(sums), steps
+        self.start = self.last = time.perf_counter()  # the replayed steps are not timed
 
     def mean(self, key):  # term `key`'s mean over the steps printed so far (at the end: epoch)
         return self.totals[key] / (self.i - len(self.pending))
@@ -415,9 +395,8 @@ def set_rng_state(state):  # what rng_state saved
 
 
 def save_checkpoint(path, state):
-    """Write `state` (tensors and plain values only: data, never code) to `path` atomically: a
-    temporary file, fsync, rename, so a run killed mid-write (or a full disk) leaves the previous
-    file whole."""
+    """Write `state` (tensors and plain values only) to `path` atomically: a temporary file, fsync,
+    rename, so a run killed mid-write (or a full disk) leaves the previous file whole."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
@@ -427,8 +406,7 @@ def save_checkpoint(path, state):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as e:
-        # whatever went wrong (disk full, Ctrl-C, ...), `path` is untouched; the temporary goes
+    except BaseException as e:  # disk full, Ctrl-C, ...: `path` is untouched, the temporary goes
         with contextlib.suppress(OSError):
             os.remove(tmp)
         # a full disk reaches torch.save's zip writer first: its RuntimeError chains the OSError
@@ -441,9 +419,21 @@ def save_checkpoint(path, state):
         raise
 
 
+def write_log(path, rows):
+    """OUT/log.csv (written, then renamed): a row per dict, a column per key, 6-digit numbers."""
+    late = ("img/s", "seconds", "rank-1 ", "mAP ")  # after every loss term, even a late one
+    tmp = os.path.join(os.path.dirname(path), f".log.csv.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        log = csv.DictWriter(f, sorted(dict.fromkeys(k for r in rows for k in r),
+                                       key=lambda k: k.startswith(late)))
+        log.writeheader()
+        log.writerows({k: f"{v:.6g}" if type(v) is float else v for k, v in r.items()}
+                      for r in rows)
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path, map_location="cpu"):
-    """Load a file written by `save_checkpoint` (or any torch.save of tensors) with
-    weights_only=True, which runs no pickled code: other Python objects are refused."""
+    """torch.load with weights_only=True (no pickled code runs; other objects are refused)."""
     if not os.path.isfile(path):
         raise UserError(f"{path} is a folder; expected a checkpoint file in it (e.g. last.pt)"
                         if os.path.isdir(path) else f"checkpoint {path} does not exist")
@@ -466,8 +456,7 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def load_weights(model, weights, path, what=None):
-    """model.load_state_dict(weights), or one UserError naming the file `path` and the first
-    names missing from it, unexpected in it, or of another shape."""
+    """model.load_state_dict(weights), or one UserError naming `path` and the first misfit keys."""
     own, weights = model.state_dict(), weights if isinstance(weights, dict) else {}
     wrong = {"missing": own.keys() - weights.keys(), "unexpected": weights.keys() - own.keys(),
              "of another shape": {k for k in own.keys() & weights.keys()
@@ -501,9 +490,8 @@ def check_checkpoint(ckpt, path, paper, num_classes=None, classifier_key=None):
 
 
 def resume_state(path, paper, config, may_differ=(), device=None):
-    """The checkpoint `--resume` continues from, checked: written by `paper`, with the same config
-    but for `may_differ` (another flag would make it another run: each is named), and with
-    --precision auto on the same device type (auto is fp32 on the CPU, bf16 on CUDA)."""
+    """The checkpoint to `--resume` from, checked: by `paper`, its config the same but for
+    `may_differ` (each other difference named), --precision auto on the same device type."""
     if not os.path.isfile(path):
         raise UserError(f"--resume: there is no checkpoint {path} to continue from (start the run "
                         "without --resume, or give the --out of the run to continue)")
@@ -525,10 +513,9 @@ def resume_state(path, paper, config, may_differ=(), device=None):
 
 
 def hold_folder(folder):
-    """Make `folder` this process's --out before any data is read: create it, prove it writable,
-    claim it with OUT/.lock holding the pid (a second run on it is refused, not left to overwrite
-    the first's checkpoints); a killed holder's lock and temporaries (.last.pt.tmpPID) are taken
-    over and removed. `release` (at the run's end, or exit) removes the new folders left empty."""
+    """Make `folder` this process's --out: create it, prove it writable, claim it with OUT/.lock
+    holding the pid (a second run is refused); a killed holder's lock and temporaries
+    (.last.pt.tmpPID) are taken over. `release` (run's end, or exit) removes new empty folders."""
     lock, path, created = os.path.join(folder, ".lock"), os.path.abspath(folder), []
     while not os.path.exists(path):  # the folders makedirs creates, the deepest first
         created, path = created + [path], os.path.dirname(path)
@@ -592,11 +579,10 @@ class TrainingRun:
                 schedule.step()
                 if not run.end_epoch(): return      # last.pt, best.pt; False: a signal came
 
-    A checkpoint holds weights, optimizer, schedule, config, random states, `results`, the position
-    (epochs done, steps into the next), g at that epoch's START and the `extra` entries (back in
-    run.extra on --resume). --resume replays the done steps' draws without training on them, so g
-    is where it was and a CPU run ends bit-identical. A NaN loss stops it before any more writes.
-    """
+    A checkpoint holds weights, optimizer, schedule, config, random states, `results`, the
+    position (epochs done, steps into the next), g at that epoch's START and the `extra` entries
+    (back in run.extra on --resume, which replays the done steps' draws untrained, so a CPU run
+    ends bit-identical). A NaN loss stops the run before any more writes."""
 
     def __init__(self, paper, cfg, folder, may_differ, device, loss, label="", **extra):
         self.paper, self.cfg, self.loss, self.label, self.extra = paper, cfg, loss, label, extra
@@ -606,24 +592,21 @@ class TrainingRun:
         if self.state is None and os.path.isfile(self.last):
             print(f"note: {self.last} is there and will be overwritten by this new run (add "
                   "--resume to continue it)")
-        # the table rows so far, with the CMC stored as a tensor (weights_only loading)
-        self.results = {name: dict(r, cmc=r["cmc"].numpy())
+        self.results = {name: dict(r, cmc=r["cmc"].numpy())  # the table; CMC saved as a tensor
                         for name, r in (self.state or {}).get("results", {}).items()}
         self.finished = self.state is not None and self.state["epoch"] >= cfg.epochs
-        self.best_loss, self.skip, self.skip_sums = math.inf, 0, {}
+        self.best_loss, self.skip, self.skip_sums, self.skip_seconds = math.inf, 0, {}, 0.0
+        self.rows = []  # OUT/log.csv: one dict per epoch done (`end_epoch`, `save_results`)
         self.requested, self.stopped, self.handlers = None, False, {}
 
-    def start(self, model, optimizer, schedule, generator, num_images, num_classes,
-              classifier_key):
-        """Remember what a checkpoint holds; on --resume load it all back. Returns the first
-        epoch to train."""
+    def start(self, model, optimizer, schedule, generator, num_images, num_classes, classifier_key):
+        """Remember what a checkpoint holds; on --resume load it back. Returns the first epoch."""
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.generator, self.num_images = generator, num_images
         if self.state is None:
             return 0
         state, path = self.state, self.last
-        # the same identities (classifier rows) and training images as the run being continued:
-        # the replay draws batches by index, so other images would be other batches
+        # the same identities and training images: the replay draws batches by index
         check_checkpoint(state, path, self.paper, num_classes, classifier_key)
         if state.get("num_images", num_images) != num_images:
             raise UserError(f"--resume {path}: the run trained on {state['num_images']} training "
@@ -635,6 +618,8 @@ class TrainingRun:
         set_rng_state(state["rng"])
         generator.set_state(state["aug_generator"])
         self.skip, self.skip_sums = state.get("step", 0), state.get("epoch_sums", {})
+        self.skip_seconds, self.rows = state.get("epoch_seconds", 0.0), state.get("log", [])
+        write_log(os.path.join(self.folder, "log.csv"), self.rows)  # killed before writing it?
         self.best_loss = state.get("best_loss", math.inf)
         if state.get("is_best") and not (os.path.exists(self.best)
                                          and os.path.samefile(self.last, self.best)):
@@ -655,6 +640,12 @@ class TrainingRun:
     def __exit__(self, *exc):
         for s, handler in self.handlers.items():
             signal.signal(s, handler)
+        if self.rows:  # OUT/curves.png: the loss terms (and rank-1 / mAP) of log.csv by epoch
+            import evaluate  # imported here: evaluate imports this module
+            try:
+                evaluate.plot_runs([self.folder], os.path.join(self.folder, "curves.png"))
+            except (UserError, OSError) as e:  # no matplotlib, a full disk: the run is not lost
+                print(f"note: no curves.png ({e})", file=sys.stderr)
         self.release()  # OUT/.lock: another run may use the folder now
         return False
 
@@ -666,17 +657,16 @@ class TrainingRun:
               file=sys.stderr, flush=True)
 
     def epoch(self, epoch, batches, steps):
-        """Hand out epoch `epoch`'s (0-based) `steps` batches. After a stop, the steps trained
-        before it are drawn again and skipped; a stop signal ends the epoch after the current
-        step, writing last.pt at (epoch, step) and setting `stopped`."""
+        """Hand out epoch `epoch`'s (0-based) `steps` batches; a stop signal ends it after the
+        current step, writing last.pt at (epoch, step) and setting `stopped`."""
         self.epoch_index, self.epoch_start = epoch, self.generator.get_state()
         where = f"{self.label}epoch {epoch + 1}/{self.cfg.epochs}"
-        lr = self.optimizer.param_groups[0]["lr"]
+        self.lr = lr = self.optimizer.param_groups[0]["lr"]
         self.progress = Progress(steps, prefix=f"{where}  lr {lr:.0e}  ", where=where)
         batches = iter(batches)
         if self.skip:
-            # Choice (not in the paper): after a stop, the trained steps are drawn again without
-            # training (g moves on), keep their numbers and count in the epoch's mean (best.pt)
+            # Choice (not in the paper): the steps trained before the stop are drawn again (g moves
+            # on as it did) but not trained; they keep their numbers and their part of the mean
             for _ in range(self.skip):
                 size = len(next(batches)[1])
             self.progress.resume(self.skip, self.skip * size, self.skip_sums)
@@ -686,7 +676,7 @@ class TrainingRun:
             if self.requested and self.progress.i < steps:
                 # sums() checks the steps since the last line for NaN before anything is written
                 self._save(epoch, self.progress.i, self.epoch_start, False,
-                           epoch_sums=self.progress.sums())
+                           epoch_sums=self.progress.sums(), epoch_seconds=self.seconds())
                 self._stopped(f"at epoch {epoch + 1}/{self.cfg.epochs} step "
                               f"{self.progress.i}/{steps}")
                 return
@@ -694,14 +684,18 @@ class TrainingRun:
     def log(self, num_images, terms):  # a step's loss terms, to the progress line (checked)
         self.progress.update(num_images, **terms)
 
+    def seconds(self):  # the epoch's training time so far, also before a stop and --resume
+        return self.skip_seconds + time.perf_counter() - self.progress.start
+
     def end_epoch(self, keep_copy=False):
-        """After the epoch's last step and the schedule's step: last.pt, best.pt if the epoch's
-        mean loss is the lowest so far, OUT/epoch_N.pt if `keep_copy`. False if a stop signal
-        came (the run stops, resumable). An evaluation comes after it (then `save_results`)."""
+        """After the schedule's step: last.pt, best.pt if the epoch's mean loss is lowest so far,
+        OUT/epoch_N.pt if `keep_copy`; False on a stop signal (else evaluate, `save_results`)."""
         done = self.epoch_index + 1
-        # the last step printed a line, so every term of the epoch was checked finite
-        loss = self.progress.mean(self.loss)
+        loss = self.progress.mean(self.loss)  # the last step printed a line: all terms checked
         self.is_best, self.best_loss = loss < self.best_loss, min(loss, self.best_loss)
+        (seconds, self.skip_seconds), terms = (self.seconds(), 0.0), self.progress.totals
+        self.rows.append({"epoch": done, "lr": self.lr, **{k: self.progress.mean(k) for k in terms},
+                          "img/s": self.progress.images / seconds, "seconds": seconds})
         state = self._save(done, 0, self.generator.get_state(), self.is_best)
         if keep_copy:
             save_checkpoint(os.path.join(self.folder, f"epoch_{done}.pt"), state)
@@ -710,7 +704,11 @@ class TrainingRun:
             return False
         return True
 
-    def save_results(self):  # last.pt (best.pt) again, `results` now with the epoch's new rows
+    def save_results(self, scores):
+        """After the epoch's evaluation: {metric: rank_metrics} into log.csv, last.pt again."""
+        for metric, r in scores.items():
+            self.rows[-1].update({f"rank-1 {metric}": 100 * float(r["cmc"][0]),
+                                  f"mAP {metric}": 100 * float(r["mAP"])})
         self._save(self.epoch_index + 1, 0, self.generator.get_state(), self.is_best)
 
     def _save(self, epoch, step, aug_generator, is_best, **more):
@@ -724,12 +722,14 @@ class TrainingRun:
                  "epoch": epoch, "step": step, "config": dataclasses.asdict(self.cfg),
                  "rng": rng_state(), "aug_generator": aug_generator,
                  "device_type": next(self.model.parameters()).device.type,
-                 "num_images": self.num_images, "results": results, **self.extra, **more,
+                 "num_images": self.num_images, "results": results, "log": self.rows,
+                 **self.extra, **more,
                  # is_best marks the file best.pt must be (start() mends a link a crash cut off)
                  "best_loss": self.best_loss, "is_best": is_best}
         save_checkpoint(self.last, state)
         if is_best:
             self._link_best(state)
+        write_log(os.path.join(self.folder, "log.csv"), self.rows)  # what last.pt holds
         return state
 
     def _link_best(self, state):

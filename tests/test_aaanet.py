@@ -455,6 +455,15 @@ def test_three_stages_write_complete_checkpoints(three_stages):
     assert not torch.equal(s2["backbone.conv1.0.weight"], s3["backbone.conv1.0.weight"])
     table4 = common.load_checkpoint(f"{out}/table4/stage3/last.pt")
     assert table4["config"]["mask_source"] == "response"
+    # each stage's log.csv: its epoch, its total loss, and the scores of the stages that evaluate
+    for stage, metrics in [("stage1", ["euclidean"]), ("stage2", []),
+                           ("stage3", ["euclidean", "xqda"])]:
+        row, = common.load_checkpoint(f"{out}/{stage}/last.pt")["log"]
+        assert row["epoch"] == 1 and aaanet.TOTAL_LOSS[stage] in row
+        for m in metrics:
+            assert row[f"rank-1 {m}"] == pytest.approx(100 * results[stage][m]["cmc"][0])
+        assert not any(k.startswith("rank-1") for k in row) or metrics
+        assert all(os.path.isfile(f"{out}/{stage}/{f}") for f in ("log.csv", "curves.png"))
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ forward pass, no gradient through the erasing, the current weights every step), 
 one training step of every variant, and a tiny run through training, checkpoint, reload,
 evaluation."""
 import copy
+import csv
 import dataclasses
 import hashlib
 import itertools
@@ -431,6 +432,15 @@ def test_train_checkpoint_reload_evaluate_and_figure(synthetic_root, tmp_path, c
     ckpt = common.load_checkpoint(str(out / "last.pt"))
     assert ckpt["paper"] == "aea" and ckpt["epoch"] == 2 and ckpt["config"]["height"] == H
     assert os.path.isfile(out / "epoch_1.pt") and "aug_generator" in ckpt
+    # log.csv: a row per epoch, the warm-up's term, then Eq. (8)'s, and the evaluation's scores
+    with open(out / "log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    assert [(r["epoch"], r["L_I2"] == "", r["rank-1 euclidean"] == "") for r in log] == [
+        ("1", True, True), ("2", False, False)]
+    assert float(log[1]["rank-1 euclidean"]) == pytest.approx(100 * results["epoch 2"]["cmc"][0])
+    assert ckpt["log"][1]["mAP euclidean"] == pytest.approx(100 * results["epoch 2"]["mAP"])
+    with Image.open(out / "curves.png") as im:  # L_I1, L_I2, L_T, L, rank-1, mAP: 3 x 2 panels
+        assert im.size == (3 * 4 * 80, 2 * 3 * 80)
     # evaluate.py dispatches to aea.model_from_checkpoint and scores the 5120-d feature
     again = evaluate.main(["--checkpoint", str(out / "last.pt"), "--root", synthetic_root,
                            "--dataset", "synthetic", "--device", "cpu"])
@@ -628,6 +638,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, synthetic
     assert final_row(resumed.stdout) == final_row(reference_run[1])
     ref_best = load(os.path.join(reference_run[0], "best.pt"))
     assert (final["best_loss"], load(best)["epoch"]) == (ref_best["best_loss"], ref_best["epoch"])
+    # log.csv: each epoch once, with the reference's losses and scores (times differ)
+    timeless = [[{k: v for k, v in row.items() if k not in ("img/s", "seconds")} for row in log]
+                for log in (final["log"], load(os.path.join(reference_run[0], "last.pt"))["log"])]
+    assert [row["epoch"] for row in timeless[0]] == list(range(1, EPOCHS + 1))
+    assert timeless[0] == timeless[1]
+    with open(tmp_path / "run" / "log.csv", newline="") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(1, EPOCHS + 1))
 
 
 # the stand-in for `python aea.py` that signals itself, or pauses, at a chosen step

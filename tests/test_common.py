@@ -2,6 +2,7 @@
 the schedule, the config flags, the progress line and the checkpoint safety rules."""
 
 import argparse
+import csv
 import dataclasses
 import io
 import math
@@ -19,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 
 import common
 import data
@@ -506,6 +508,42 @@ def test_training_run_stop_and_resume_is_bit_identical(tmp_path, capsys):
     late, _ = toy_run(str(tmp_path / "late"), RunConfig(), stop_at=(0, 5))
     assert late.stopped and "after epoch 1/2" in capsys.readouterr().out
     assert common.load_checkpoint(late.last)["epoch"] == 1
+
+
+def read_log(folder):
+    with open(os.path.join(folder, "log.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_log_csv_has_each_epoch_once_across_a_stop_and_resume(tmp_path, capsys):
+    # OUT/log.csv mirrors the log kept in last.pt: a row per epoch done (epoch, the epoch's lr,
+    # each loss term's mean, img/s, seconds). Stopped in epoch 1's step 3, no epoch is done yet;
+    # resumed, epochs 1 and 2 appear once each, with the uninterrupted run's numbers.
+    toy_run(str(tmp_path / "ref"), RunConfig())
+    reference = read_log(tmp_path / "ref")
+    assert [(r["epoch"], float(r["lr"])) for r in reference] == [("1", 0.1),
+                                                                  ("2", pytest.approx(0.01))]
+    assert list(reference[0]) == ["epoch", "lr", "L", "img/s", "seconds"]
+    assert all(float(r["img/s"]) > 0 and float(r["seconds"]) > 0 for r in reference)
+    run = str(tmp_path / "run")
+    toy_run(run, RunConfig(), stop_at=(0, 3))
+    assert read_log(run) == []
+    toy_run(run, RunConfig(resume=True))
+    rows = read_log(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for r, ref in zip(rows, reference):  # epoch 1's mean covers its 3 steps before the stop too
+        assert float(r["L"]) == pytest.approx(float(ref["L"]), rel=1e-6)
+    # killed after writing last.pt but before log.csv: --resume writes it again from last.pt
+    with open(os.path.join(run, "log.csv"), "w") as f:
+        f.write("epoch\n1\n")
+    toy_run(run, RunConfig(resume=True))  # finished: trains nothing
+    assert read_log(run) == rows
+    # a longer run resumed: epoch 3 is appended, nothing repeated
+    toy_run(run, RunConfig(epochs=3, resume=True))
+    assert [r["epoch"] for r in read_log(run)] == ["1", "2", "3"]
+    # the run's curves, drawn at its end
+    assert Image.open(os.path.join(run, "curves.png")).size[0] > 100
+    capsys.readouterr()
 
 
 def test_best_checkpoint_follows_the_lowest_epoch_loss(tmp_path):
