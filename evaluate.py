@@ -66,6 +66,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -1248,18 +1249,25 @@ def model_on_device(args):
 # Your own images: features of a folder (extract), one person searched in a gallery (search)
 
 def file_features(model, paths, size, device, batch_size=256, flip=False, precision="auto",
-                  desc="features", chunk=2048):
+                  desc="features", chunk=1024):
     """Features [N, D] float32 on the CPU of image files: `chunk` images decoded at a time (the
-    memory of one chunk of pixels, whatever N), their features extracted in batches of
-    `batch_size`, with a progress line on stderr (images and images/s so far)."""
+    memory of two chunks of pixels, whatever N), the next chunk decoded in a thread while the
+    model runs on this one, features extracted in batches of `batch_size`; a progress line on
+    stderr (images and images/s so far)."""
     feats, start = [], time.perf_counter()
-    for i in range(0, len(paths), chunk):
-        images = data.load_images(paths[i:i + chunk], *size, quiet=True)
-        feats.append(extract_features(model, images.split(batch_size), device, flip,
-                                      precision).cpu())
-        done, secs = min(i + chunk, len(paths)), time.perf_counter() - start
-        print(f"\r{desc}: {done}/{len(paths)} images, {done / max(secs, 1e-9):.0f} img/s",
-              end="\n" if done == len(paths) else "", file=sys.stderr, flush=True)
+    with ThreadPoolExecutor(1) as pool:
+        def decode(i):  # chunk i.. of the paths, in the pool's thread
+            return pool.submit(data.load_images, paths[i:i + chunk], *size, quiet=True)
+        pending = decode(0)
+        for i in range(0, len(paths), chunk):
+            images = pending.result()
+            if i + chunk < len(paths):
+                pending = decode(i + chunk)
+            feats.append(extract_features(model, images.split(batch_size), device, flip,
+                                          precision).cpu())
+            done, secs = min(i + chunk, len(paths)), time.perf_counter() - start
+            print(f"\r{desc}: {done}/{len(paths)} images, {done / max(secs, 1e-9):.0f} img/s",
+                  end="\n" if done == len(paths) else "", file=sys.stderr, flush=True)
     return torch.cat(feats)
 
 

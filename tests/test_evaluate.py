@@ -762,3 +762,10 @@ def test_rerank_adds_a_row_per_metric(synthetic_root, pool_weights, capsys):
         ds.query.cams, ds.gallery.cams)
     assert results["euclidean + re-ranking"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
     assert "euclidean + re-ranking" in capsys.readouterr().out
+
+
+def test_file_features_chunk_by_chunk_equal_all_at_once(synthetic_root):
+    # chunks of 4 images (the next one decoded while the model runs) give the same rows, in order
+    paths = data.load_dataset(synthetic_root, "synthetic", verbose=False).gallery.paths
+    chunked = evaluate.file_features(pool_model(), paths, (64, 32), "cpu", batch_size=3, chunk=4)
+    torch.testing.assert_close(chunked, pooled(paths))
