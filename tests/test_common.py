@@ -546,6 +546,16 @@ def test_log_csv_has_each_epoch_once_across_a_stop_and_resume(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_a_run_without_matplotlib_keeps_everything_but_the_curves(tmp_path, monkeypatch, capsys):
+    for name in ("matplotlib", "matplotlib.figure"):  # as if it were not installed
+        monkeypatch.setitem(sys.modules, name, None)
+    run, _ = toy_run(str(tmp_path), RunConfig())
+    assert "note: no curves.png (drawing curves needs matplotlib" in capsys.readouterr().err
+    assert [r["epoch"] for r in read_log(tmp_path)] == ["1", "2"]
+    assert common.load_checkpoint(run.last)["epoch"] == 2
+    assert not os.path.exists(tmp_path / "curves.png") and not os.path.exists(tmp_path / ".lock")
+
+
 def test_best_checkpoint_follows_the_lowest_epoch_loss(tmp_path):
     # epoch losses 3, 2, 2.5: last.pt is always the newest epoch, best.pt the one of loss 2
     run, _ = toy_run(str(tmp_path), RunConfig(epochs=3), losses=[3.0, 2.0, 2.5])
