@@ -65,7 +65,7 @@ METRICS = ("euclidean", "cosine", "xqda", "kissme")
 @dataclasses.dataclass
 class Config:
     """One stage's run, saved in its checkpoints; the defaults are the paper's (Sec. 4.2)."""
-    root: str = ""  # dataset folder in the Market-1501 layout (required by the stage commands)
+    root: str = ""  # dataset folder, Market-1501 or folder layout (required by the stage commands)
     dataset: str = "market1501"  # market1501, duke, cuhk03-labeled/-detected, synthetic, folder
     height: int = 224  # input height, Sec. 4.2 ("resized to 224 x 224")
     width: int = 224  # input width, Sec. 4.2

@@ -74,7 +74,7 @@ LAYERS = typing.Literal["conv2_x", "conv3_x", "conv4_x", "conv5_x"]
 
 @dataclass
 class AEAConfig:
-    root: str = ""  # dataset folder (Market-1501 layout); without it `python aea.py` is the demo
+    root: str = ""  # dataset folder (Market-1501 or folder layout); none: `python aea.py`, the demo
     dataset: DATASETS = "market1501"  # Sec. IV-A
     height: int = 256  # input height, Sec. IV-B ("resize all pedestrian images to 256x128")
     width: int = 128  # input width, Sec. IV-B

@@ -579,10 +579,9 @@ class TrainingRun:
                 schedule.step()
                 if not run.end_epoch(): return      # last.pt, best.pt; False: a signal came
 
-    A checkpoint holds weights, optimizer, schedule, config, random states, `results`, the
-    position (epochs done, steps into the next), g at that epoch's START and the `extra` entries
-    (back in run.extra on --resume, which replays the done steps' draws untrained, so a CPU run
-    ends bit-identical). A NaN loss stops the run before any more writes."""
+    A checkpoint holds weights, optimizer, schedule, config, random states, `results`, `log`, the
+    position, g at that epoch's START and the `extra` entries; --resume replays the done steps'
+    draws untrained (a CPU run ends bit-identical). A NaN loss stops it before any more writes."""
 
     def __init__(self, paper, cfg, folder, may_differ, device, loss, label="", **extra):
         self.paper, self.cfg, self.loss, self.label, self.extra = paper, cfg, loss, label, extra
@@ -590,14 +589,13 @@ class TrainingRun:
         self.last, self.best = os.path.join(folder, "last.pt"), os.path.join(folder, "best.pt")
         self.state = resume_state(self.last, paper, cfg, may_differ, device) if cfg.resume else None
         if self.state is None and os.path.isfile(self.last):
-            print(f"note: {self.last} is there and will be overwritten by this new run (add "
-                  "--resume to continue it)")
+            print(f"note: {self.last} will be overwritten by this new run (--resume continues it)")
         self.results = {name: dict(r, cmc=r["cmc"].numpy())  # the table; CMC saved as a tensor
                         for name, r in (self.state or {}).get("results", {}).items()}
         self.finished = self.state is not None and self.state["epoch"] >= cfg.epochs
         self.best_loss, self.skip, self.skip_sums, self.skip_seconds = math.inf, 0, {}, 0.0
         self.rows = []  # OUT/log.csv: one dict per epoch done (`end_epoch`, `save_results`)
-        self.requested, self.stopped, self.handlers = None, False, {}
+        self.requested, self.stopped, self.handlers, self.busy = None, False, {}, False
 
     def start(self, model, optimizer, schedule, generator, num_images, num_classes, classifier_key):
         """Remember what a checkpoint holds; on --resume load it back. Returns the first epoch."""
@@ -640,18 +638,19 @@ class TrainingRun:
     def __exit__(self, *exc):
         for s, handler in self.handlers.items():
             signal.signal(s, handler)
-        if self.rows:  # OUT/curves.png: the loss terms (and rank-1 / mAP) of log.csv by epoch
-            import evaluate  # imported here: evaluate imports this module
-            try:
+        try:  # OUT/curves.png: the loss terms (and rank-1 / mAP) of log.csv by epoch
+            if self.rows and exc[0] is not KeyboardInterrupt:
+                import evaluate  # imported here: evaluate imports this module
                 evaluate.plot_runs([self.folder], os.path.join(self.folder, "curves.png"))
-            except (UserError, OSError) as e:  # no matplotlib, a full disk: the run is not lost
-                print(f"note: no curves.png ({e})", file=sys.stderr)
-        self.release()  # OUT/.lock: another run may use the folder now
+        except Exception as e:  # no matplotlib, a full disk, ...: a note, the run is kept
+            print(f"note: no curves.png ({e})", file=sys.stderr)
+        finally:
+            self.release()  # OUT/.lock: another run may use the folder now
         return False
 
     def _on_signal(self, signum, frame):
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        if not self.busy or (self.requested is not None and signum == signal.SIGINT):
+            raise KeyboardInterrupt  # an evaluation (last.pt is complete), a second Ctrl-C
         self.requested = signal.Signals(signum).name
         print(f"\n{self.requested}: finishing this step, then writing the checkpoint",
               file=sys.stderr, flush=True)
@@ -659,7 +658,7 @@ class TrainingRun:
     def epoch(self, epoch, batches, steps):
         """Hand out epoch `epoch`'s (0-based) `steps` batches; a stop signal ends it after the
         current step, writing last.pt at (epoch, step) and setting `stopped`."""
-        self.epoch_index, self.epoch_start = epoch, self.generator.get_state()
+        self.epoch_index, self.epoch_start, self.busy = epoch, self.generator.get_state(), True
         where = f"{self.label}epoch {epoch + 1}/{self.cfg.epochs}"
         self.lr = lr = self.optimizer.param_groups[0]["lr"]
         self.progress = Progress(steps, prefix=f"{where}  lr {lr:.0e}  ", where=where)
@@ -702,6 +701,7 @@ class TrainingRun:
         if self.requested and done < self.cfg.epochs:
             self._stopped(f"after epoch {done}/{self.cfg.epochs}")
             return False
+        self.busy = False  # till now a signal waited for the step; now (an evaluation) it stops
         return True
 
     def save_results(self, scores):

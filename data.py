@@ -12,8 +12,9 @@ Layout (Market-1501, DukeMTMC-reID and CUHK03-NP all ship this way):
     pid 0000 = distractor (not a person of the query set; gallery only).
 Your own images (--dataset folder): ROOT/train/<identity>/<image>, ROOT/query/<identity>/<image>,
 ROOT/gallery/<identity>/<image>, any image format PIL opens; the identity is the folder name
-("-1" junk, "0000" distractor), the camera a c<digits> token of the file name when every file
-has one (`_read_folders`). `python data.py folders` copies a Market-layout dataset into it.
+("-1" junk, "0000" distractor; images may lie in its subfolders), the camera a c<digits> token
+of the file name when every file has one (`_read_folders`). `python data.py folders` copies a
+Market-layout dataset into it.
 
 Use (the training loop of a paper module, one line each):
     data = load_dataset(root, "market1501")                  # parse names, print the table
@@ -219,15 +220,21 @@ _CAMERA = re.compile(r"(?<![a-z0-9])c(\d+)", re.IGNORECASE)
 
 
 def image_extensions():
-    """The file extensions PIL can open (not only write): .jpg .png .bmp .webp .tif ..."""
-    return tuple(e for e, f in Image.registered_extensions().items() if f in Image.OPEN)
+    """The file extensions of the formats PIL can decode: .jpg .png .bmp .webp .tif ..."""
+    from PIL import ImageFile
+    # not the formats PIL only identifies (stubs: HDF5, GRIB, BUFR; MPEG) or decodes with an
+    # outside program (EPS: Ghostscript)
+    extensions = Image.registered_extensions()  # loads every plugin first
+    decodes = {f for f, (kind, _) in Image.OPEN.items()
+               if f not in ("EPS", "MPEG")  # `kind` is a class, or a function (JPEG's)
+               and not (isinstance(kind, type) and issubclass(kind, ImageFile.StubImageFile))}
+    return tuple(e for e, f in extensions.items() if f in decodes)
 
 
-def image_files(folder):
-    """Every image under `folder`, its subfolders included (hidden ones skipped), as paths
-    relative to it, sorted (the order must not depend on the file system)."""
-    if not _is_folder(folder):
-        raise UserError(f"{folder} is not a folder of images (it does not exist, or is a file)")
+def _images_under(folder):
+    """The images under `folder`, subfolders included, hidden files and folders skipped (.git,
+    macOS's ._name copies), as sorted paths relative to it (the order must not depend on the
+    file system)."""
     found, extensions = [], image_extensions()
 
     def unreadable(e):  # os.walk would skip a folder it cannot read, silently
@@ -236,17 +243,25 @@ def image_files(folder):
         folders[:] = [f for f in folders if not f.startswith(".")]
         found += [os.path.relpath(os.path.join(top, f), folder) for f in files
                   if f.lower().endswith(extensions) and not f.startswith(".")]
-    if not found:
-        raise UserError(f"{folder} holds no images (.jpg, .png, .bmp, .webp, ... any format "
-                        "PIL opens)")
     return sorted(found)
 
 
+def image_files(folder):
+    """`_images_under(folder)`; a folder that does not exist or holds no image is an error."""
+    if not _is_folder(folder):
+        raise UserError(f"{folder} is not a folder of images (it does not exist, or is a file)")
+    found = _images_under(folder)
+    if not found:
+        raise UserError(f"{folder} holds no images (.jpg, .png, .bmp, .webp, ... any format "
+                        "PIL decodes)")
+    return found
+
+
 def _identity_pids(names):
-    """{identity folder name: pid}: "-1" -> -1 (junk), "0" / "0000" -> 0 (distractor), as in the
+    """{identity folder name: pid}: "-1" -> -1 (junk) and "0000" -> 0 (distractor), the
     Market-1501 names, and every other name -> 1, 2, ... in sorted order (names need not be
-    numbers: "alice", "bob")."""
-    people = sorted(n for n in names if n != "-1" and n.strip("0"))  # "0000".strip("0") == ""
+    numbers: "alice", "bob"; "0" is a person)."""
+    people = sorted(n for n in names if n not in ("-1", "0000"))
     people = {n: i + 1 for i, n in enumerate(people)}
     return {n: people.get(n, -1 if n == "-1" else 0) for n in names}
 
@@ -254,7 +269,7 @@ def _identity_pids(names):
 def _read_folders(root):
     """The three splits of a folder dataset: ([Split] with raw pids, whether every file name
     carries a camera). Identities are the folder names, shared by the splits (the same name in
-    query and gallery is the same person)."""
+    query and gallery is the same person); an identity's images may lie in its subfolders."""
     if not _is_folder(root):
         raise UserError(f"dataset root {root} does not exist (or is not a folder)")
     missing = [s for s in _FOLDERS if not _is_folder(os.path.join(root, s))]
@@ -268,32 +283,36 @@ def _read_folders(root):
         folder, found[s] = os.path.join(root, s), []
         for identity in sorted(_listdir(folder)):  # sorted: indices must not depend on the disk
             sub = os.path.join(folder, identity)
+            if identity.startswith("."):  # .ipynb_checkpoints, .DS_Store
+                continue
             if not _is_folder(sub):
                 if identity.lower().endswith(extensions):
                     raise UserError(f"{sub}: an image outside an identity folder; expected "
                                     f"{folder}/<identity>/<image>")
                 continue  # Thumbs.db, readme.txt
-            for f in sorted(_listdir(sub)):
-                if f.lower().endswith(extensions):
-                    camera = _CAMERA.search(os.path.splitext(f)[0])
-                    found[s].append((os.path.join(sub, f), identity,
-                                     int(camera.group(1)) if camera else None))
+            for f in _images_under(sub):
+                camera = _CAMERA.search(os.path.splitext(os.path.basename(f))[0])
+                found[s].append((os.path.join(sub, f), identity,
+                                 int(camera.group(1)) if camera else None))
         if not found[s]:
             raise UserError(f"{folder} holds no images (expected {folder}/<identity>/<image>, "
                             "e.g. train/0002/0002_c1_01.jpg)")
     pids = _identity_pids({identity for s in found.values() for _, identity, _ in s})
-    cameras = all(c is not None for s in found.values() for _, _, c in s)
+    unnamed = [p for s in found.values() for p, _, c in s if c is None]  # without a camera
+    if 0 < len(unnamed) < sum(map(len, found.values())):
+        warnings.warn(f"{len(unnamed)} file names of {root} carry no camera id (c<digits>), e.g. "
+                      f"{unnamed[0]}: every image counts as a camera of its own")
     splits, start = [], 0
     for s in _FOLDERS:
         paths, identities, cams = zip(*found[s])
         # Choice (not in the paper): without camera ids, every image is a camera of its own: no
         # gallery image shares the query's camera, so the evaluation's same-camera rule removes
         # nothing, and XQDA / KISSME pair all training images
-        cams = cams if cameras else range(start, start + len(paths))
+        cams = range(start, start + len(paths)) if unnamed else cams
         start += len(paths)
         splits.append(Split(list(paths), np.array([pids[i] for i in identities], dtype=np.int64),
                             np.array(cams, dtype=np.int64)))
-    return splits, cameras
+    return splits, not unnamed
 
 
 # what PIL raises for a file it cannot decode: missing or truncated (OSError), not an image or a bad
@@ -433,13 +452,15 @@ def normalize(x):
     return x.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)
 
 
-def load_images(paths, height, width, desc="", quiet=False):
+def load_images(paths, height, width, desc="", quiet=False,
+                hint=" (--skip-bad-files drops such images with a warning)"):
     """Decode every image once into one uint8 tensor [N, 3, height, width] on the CPU.
 
     Each file: PIL decode -> RGB -> resize to (width, height), bilinear (PIL filters when it
     shrinks). Memory: N * 3 * height * width bytes, e.g. Market-1501's 12,936 training images at
     256 x 128 take 1.27 GB. A thread pool decodes in parallel (PIL releases the GIL); a progress
-    line on stderr updates in place and ends with the rate in images/s (quiet=True: none).
+    line on stderr updates in place and ends with the rate in images/s (quiet=True: none). A file
+    that does not decode is a UserError naming it, then `hint`.
     """
     N = len(paths)
     # allocated once and filled in place: no list of N small tensors, no second copy at the end
@@ -453,8 +474,7 @@ def load_images(paths, height, width, desc="", quiet=False):
                 # shrinking); convert() reads all bytes, so a truncated file fails here
                 rgb = img.convert("RGB").resize((width, height), Image.BILINEAR)
         except _DECODE_ERRORS as e:  # missing, truncated, not an image, a named pipe
-            raise UserError(f"cannot decode image {paths[i]}: {e} "
-                            "(--skip-bad-files drops such images with a warning)") from None
+            raise UserError(f"cannot decode image {paths[i]}: {e}{hint}") from None
         out[i] = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
 
     # the progress line goes to stderr with "\r", so it rewrites itself in a terminal and leaves

@@ -1,10 +1,14 @@
 """
-Re-ID evaluation: features, distances, the Market-1501 ranking metrics, and the two metric
-learners AAA-Net's tables use (XQDA, KISSME), with a command line that prints one table.
+Re-ID evaluation: features, distances, the Market-1501 ranking metrics, the two metric learners
+AAA-Net's tables use (XQDA, KISSME) and k-reciprocal re-ranking, with a command line that prints
+one table, and commands for your own images and for the record of training runs.
 
   python evaluate.py --checkpoint runs/aea/last.pt --root data/market --dataset market1501 \
-                     --metric euclidean xqda kissme [--flip] [--show-ranks 8 --out figs]
+                     --metric euclidean xqda kissme [--flip] [--rerank] [--show-ranks 8 --out figs]
   python evaluate.py --weights imagenet --root data/market --dataset market1501   # plain ResNet-50
+  python evaluate.py extract --checkpoint C --images DIR --out feats.npz         # `extract`
+  python evaluate.py search --checkpoint C --query IMAGE --gallery DIR|feats.npz  # `search`
+  python evaluate.py plot OUT [OUT ...] --out curves.png     # log.csv of runs -> `plot_runs`
 
 Protocol (Market-1501's MATLAB evaluation, evaluation.m + compute_AP.m), defined by `rank_metrics`
 and computed to the same numbers, without sorting, by `fast_rank_metrics` (what `evaluate_model`
@@ -1257,7 +1261,7 @@ def file_features(model, paths, size, device, batch_size=256, flip=False, precis
     feats, start = [], time.perf_counter()
     with ThreadPoolExecutor(1) as pool:
         def decode(i):  # chunk i.. of the paths, in the pool's thread
-            return pool.submit(data.load_images, paths[i:i + chunk], *size, quiet=True)
+            return pool.submit(data.load_images, paths[i:i + chunk], *size, quiet=True, hint="")
         pending = decode(0)
         for i in range(0, len(paths), chunk):
             images = pending.result()
@@ -1339,9 +1343,14 @@ def search(argv):
         check_image_path(args.out)
     if not os.path.isfile(args.query):
         raise UserError(f"--query {args.query} is not an image file")
-    stored = args.gallery.endswith(".npz") and os.path.isfile(args.gallery)
+    stored = args.gallery.lower().endswith(".npz")
+    if stored and not os.path.isfile(args.gallery):
+        raise UserError(f"--gallery {args.gallery} does not exist (expected the file "
+                        "`evaluate.py extract` wrote, or a folder of images)")
     if stored:
         gf, paths, info = load_features(args.gallery)
+        if info["flip"] != args.flip:
+            print(f"note: --flip {'on' if info['flip'] else 'off'}, as the gallery was extracted")
         args.flip = info["flip"]  # the query's feature made as the gallery's were
     else:
         paths = [os.path.join(args.gallery, f) for f in data.image_files(args.gallery)]
@@ -1353,12 +1362,21 @@ def search(argv):
                         f"{info['size'][0]}x{info['size'][1]} images ({info['model']}); this model "
                         f"gives {qf.shape[1]}-d features of {size[0]}x{size[1]} images: extract "
                         "the gallery with the same model")
+    what = args.checkpoint or f"weights {args.weights}"
+    if stored and info["model"] != what:
+        print(f"note: the gallery features are of {info['model']}, the query's of {what}: "
+              "distances mean something only if both are one model")
     if not stored:
         gf = file_features(model, paths, size, device, args.batch_size, args.flip, precision,
                            desc="gallery")
     dist = pairwise_distances(qf, gf, args.metric)[0]
     # the evaluation's order: by distance, equal distances by gallery index (a stable sort)
     order = torch.sort(dist, stable=True).indices[:args.top].tolist()
+    moved = [paths[g] for g in order if not os.path.isfile(paths[g])]
+    if moved:
+        raise UserError(f"--gallery {args.gallery}: {moved[0]} (and {len(moved) - 1} more of the "
+                        f"top {len(order)}) is gone: the images moved since extract; run extract "
+                        "again")
     print(f"the {len(order)} nearest of {len(paths)} gallery images to {args.query} "
           f"({args.metric} distance):")
     for rank, g in enumerate(order, 1):
@@ -1422,6 +1440,8 @@ def plot_runs(paths, out):
     names = list(dict.fromkeys(k for _, log in logs for k in log))
     panels = [k for k in names if k not in _NOT_LOSSES and not k.startswith(("rank-1 ", "mAP "))]
     panels += [p for p in ("rank-1", "mAP") if any(k.startswith(p + " ") for k in names)]
+    if not panels:
+        raise UserError(f"{', '.join(paths)}: no loss term or score to draw in log.csv")
     cols = min(3, len(panels))
     fig = Figure(figsize=(4 * cols, 3 * math.ceil(len(panels) / cols)), layout="constrained")
     axes = fig.subplots(math.ceil(len(panels) / cols), cols, squeeze=False).ravel()
@@ -1435,6 +1455,7 @@ def plot_runs(paths, out):
                         label=label + k[len(panel):])
         ax.set_title(panel + (" (%)" if panel in ("rank-1", "mAP") else ""))
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
         ax.legend(fontsize="small")
     for ax in axes[len(panels):]:
         ax.set_visible(False)

@@ -11,7 +11,9 @@ import platform
 import random
 import shutil
 import subprocess
+import signal
 import sys
+import time
 import typing
 from unittest import mock
 
@@ -556,6 +558,23 @@ def test_a_run_without_matplotlib_keeps_everything_but_the_curves(tmp_path, monk
     assert not os.path.exists(tmp_path / "curves.png") and not os.path.exists(tmp_path / ".lock")
 
 
+def test_after_the_last_epoch_a_signal_stops_at_once_and_a_bad_plot_only_notes(
+        tmp_path, monkeypatch, capsys):
+    # the curves fail in an unforeseen way: the finished run ends normally, with a note, and its
+    # folder is released
+    import evaluate
+    monkeypatch.setattr(evaluate, "plot_runs", lambda *args: 1 / 0)
+    run, _ = toy_run(str(tmp_path), RunConfig())
+    assert "note: no curves.png (division by zero)" in capsys.readouterr().err
+    assert common.load_checkpoint(run.last)["epoch"] == 2
+    assert not os.path.exists(os.path.join(run.folder, ".lock"))
+    # between epochs (an evaluation after end_epoch) SIGTERM does not wait for a step: it stops
+    with pytest.raises(KeyboardInterrupt), run:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs first
+    assert signal.getsignal(signal.SIGTERM) is not run._on_signal  # the handlers given back
+
+
 def test_best_checkpoint_follows_the_lowest_epoch_loss(tmp_path):
     # epoch losses 3, 2, 2.5: last.pt is always the newest epoch, best.pt the one of loss 2
     run, _ = toy_run(str(tmp_path), RunConfig(epochs=3), losses=[3.0, 2.0, 2.5])
@@ -669,11 +688,11 @@ def test_out_folder_is_held_by_one_run(tmp_path):
 
 
 def test_signals_let_the_step_finish(tmp_path):
-    # a SIGTERM inside `with run:` only sets `requested`; the code after it still runs; a second
-    # Ctrl-C does not wait; on leaving, Python's own handler is back
-    import signal
+    # during an epoch, a SIGTERM inside `with run:` only sets `requested`; the code after it still
+    # runs; a second Ctrl-C does not wait; on leaving, Python's own handler is back
     before = signal.getsignal(signal.SIGINT)
     with common.TrainingRun("aea", RunConfig(), str(tmp_path), (), "cpu", loss="L") as run:
+        run.busy = True  # as from run.epoch() to the end of run.end_epoch()
         assert run.requested is None
         os.kill(os.getpid(), signal.SIGTERM)  # would end the process without the handler
         assert run.requested == "SIGTERM"

@@ -149,12 +149,32 @@ def test_folder_layout_without_cameras(tmp_path, capsys):
     touch(tmp_path / "train" / "7", "photo.jpg", "b_c1.jpg")
     touch(tmp_path / "query" / "8", "abc1.jpg")
     touch(tmp_path / "gallery" / "8", "x_c1.jpg", "y_c1.jpg")
-    d = data.load_dataset(str(tmp_path), "folder")
+    with pytest.warns(UserWarning, match="2 file names .* carry no camera id"):
+        d = data.load_dataset(str(tmp_path), "folder")
     assert not d.cameras
     cams = np.concatenate([d.train.cams, d.query.cams, d.gallery.cams])
     assert len(np.unique(cams)) == 5
     out = capsys.readouterr().out
     assert "same-camera rule is off" in out and out.splitlines()[3].split()[3] == "-"
+
+
+def test_folder_layout_details(tmp_path):
+    # identities numbered from 0: "0" is a person (only "0000" is a distractor); an identity's
+    # images may lie in subfolders (per camera); hidden folders and files (.ipynb_checkpoints,
+    # macOS's ._ copies) and files PIL cannot decode (.h5: only identified) are not images
+    touch(tmp_path / "train" / "0", "a_c1.jpg")
+    touch(tmp_path / "train" / "1" / "cam2", "b_c2.jpg", "._b_c2.jpg")
+    touch(tmp_path / "train" / ".ipynb_checkpoints", "x_c1.jpg")
+    touch(tmp_path / "query" / "2", "q_c1.jpg", "feats.h5")
+    touch(tmp_path / "gallery" / "2", "g_c2.jpg")
+    d = data.load_dataset(str(tmp_path), "folder", verbose=False)
+    assert d.num_train_pids == 2 and d.train.pids.tolist() == [0, 1]
+    assert d.train.paths[1] == str(tmp_path / "train" / "1" / "cam2" / "b_c2.jpg")
+    assert len(d.query) == 1 and d.cameras
+    # one name without a camera among named ones: a warning naming it, cameras off
+    touch(tmp_path / "gallery" / "2", "nocam.jpg")
+    with pytest.warns(UserWarning, match=r"1 file names of .* carry no camera id .*nocam.jpg"):
+        assert not data.load_dataset(str(tmp_path), "folder", verbose=False).cameras
 
 
 def test_folder_layout_errors(tmp_path):

@@ -697,6 +697,14 @@ def test_search_and_extract_refuse_bad_input_clearly(synthetic_root, tmp_path, p
              size=np.array([128, 64]), flip=False)
     assert "extract the gallery with the same model" in error(
         "search", *pool_weights, "--query", query, "--gallery", str(tmp_path / "other.npz"))
+    assert error("search", *pool_weights, "--query", query, "--gallery", str(tmp_path / "no.npz")
+                 ).startswith(f"--gallery {tmp_path / 'no.npz'} does not exist")
+    # features of this model whose images are gone: the error says so, not a decoding failure
+    np.savez(tmp_path / "moved.npz", features=np.ones((2, 24), np.float32),
+             paths=np.array(["a.jpg", "b.jpg"]), root=str(tmp_path / "gone"),
+             model="weights none", size=np.array([64, 32]), flip=False)
+    assert "the images moved since extract; run extract again" in error(
+        "search", *pool_weights, "--query", query, "--gallery", str(tmp_path / "moved.npz"))
 
 
 def test_show_ranks_draws_the_queries_named(synthetic_root, tmp_path, pool_weights,
@@ -745,6 +753,10 @@ def test_plot_overlays_runs_and_reads_a_folder_of_stages(tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["plot", str(tmp_path / "none"), "--out", out])
     assert "cannot read" in capsys.readouterr().err
+    empty = write_log(tmp_path / "e", "epoch,lr,img/s,seconds\n1,0.01,10,3\n")
+    with pytest.raises(SystemExit):
+        evaluate.main(["plot", empty, "--out", out])
+    assert "no loss term or score to draw" in capsys.readouterr().err
 
 
 def test_rerank_adds_a_row_per_metric(synthetic_root, pool_weights, capsys):
