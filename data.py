@@ -46,6 +46,8 @@ Choices the papers leave open (each marked "Choice (not in the paper)" at its li
   background, distractors = one-off people or bare background, query = one image per camera).
 - The folder layout without camera ids in the file names: every image is a camera of its own,
   so the same-camera rule of the evaluation removes nothing (`_read_folders`).
+- The folder layout: identity folders "-1" and "0000" are junk and distractors, as Market-1501's
+  names (`_identity_pids`); an identity's subfolders are read, hidden entries skipped.
 - make_synthetic draws into ROOT/.tmp<pid> and moves the split folders into ROOT at the end, so
   a failure leaves no partial dataset (renames inside ROOT: an empty mount point works too).
 """
@@ -261,6 +263,8 @@ def _identity_pids(names):
     """{identity folder name: pid}: "-1" -> -1 (junk) and "0000" -> 0 (distractor), the
     Market-1501 names, and every other name -> 1, 2, ... in sorted order (names need not be
     numbers: "alice", "bob"; "0" is a person)."""
+    # Choice (not in the paper): the Market-1501 names keep their meaning, so that a converted
+    # Market-style dataset scores the same
     people = sorted(n for n in names if n not in ("-1", "0000"))
     people = {n: i + 1 for i, n in enumerate(people)}
     return {n: people.get(n, -1 if n == "-1" else 0) for n in names}
