@@ -602,9 +602,9 @@ def run(cfg):
     # and once the cache and the training rows have run it is theirs (its row comes in 6.)
     rank_extra, rank_extra_exact = rank_memory(cfg)
     # 1. the data: written once, reused (the folder is ignored by git)
-    data.ensure_synthetic(cfg.root, seed=cfg.seed, train_ids=cfg.train_ids, test_ids=1,
-                          cameras=cfg.cameras, max_per_camera=cfg.max_per_camera, junk=0,
-                          distractors=0)
+    data.ensure_synthetic(cfg.root, any_dataset=True, seed=cfg.seed, train_ids=cfg.train_ids,
+                          test_ids=1, cameras=cfg.cameras, max_per_camera=cfg.max_per_camera,
+                          junk=0, distractors=0)
     # cache build: every training image decoded and resized once (the device is not chosen yet:
     # pick_device would apply keep_freed_memory before the glibc-default measurement below)
     cpu_cache = load_train(cfg, cfg.height, cfg.width)

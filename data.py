@@ -42,8 +42,10 @@ Choices the papers leave open (each marked "Choice (not in the paper)" at its li
   100 tries for a rectangle that fits (Zhong et al. 2017, Alg. 1).
 - augment: padding and random erasing write 0 in the normalised image (the ImageNet mean
   colour), the value AEA's adversarial erasing writes, rather than black or random values.
-- make_synthetic: see its docstring (what is drawn, junk = fragments of test identities or bare
-  background, distractors = one-off people or bare background, query = one image per camera).
+- make_synthetic: see its docstring (what is drawn, look-alike families that share the upper
+  clothing and differ elsewhere, an occluder on every other image, junk = fragments of test
+  identities or bare background, distractors = one-off people or bare background, query = one
+  image per camera).
 - The folder layout without camera ids in the file names: every image is a camera of its own,
   so the same-camera rule of the evaluation removes nothing (`_read_folders`).
 - The folder layout: identity folders "-1" and "0000" are junk and distractors, as Market-1501's
@@ -684,11 +686,13 @@ _SKIN = np.array([[235, 200, 170], [200, 150, 115], [150, 100, 70], [95, 65, 45]
 _HAIR = np.array([[20, 20, 20], [90, 55, 30], [200, 170, 100], [150, 150, 150]], dtype=np.float32)
 
 
-def _identity(rng):
+def _identity(rng, family=None):
     """One person's appearance, fixed across all their images.
 
     pattern: 0 plain, 1 horizontal stripes, 2 vertical stripes, 3 checks (period in figure
     heights); lower_kind: 0 trousers, 1 shorts, 2 skirt; build: width factor; height: size factor.
+    family: another identity whose upper garment (colours, pattern, sleeves) this one wears: a
+    look-alike that differs only below the waist, in shoes, bags, hat, hair and build.
     """
     def colour():  # a palette colour, shifted a little per identity
         return _PALETTE[rng.integers(len(_PALETTE))] + rng.normal(0, 10, 3)
@@ -696,12 +700,16 @@ def _identity(rng):
     def maybe(p):  # an accessory's colour, or None when the person has none
         return colour() if rng.random() < p else None
     # the values draw from rng in the order written: reordering them changes the whole dataset
-    return dict(upper=colour(), upper2=colour(), pattern=rng.integers(4),
-                period=rng.uniform(0.03, 0.07), long_sleeves=rng.random() < 0.5, lower=colour(),
-                lower_kind=rng.integers(3), skin=_SKIN[rng.integers(len(_SKIN))],
-                hair=_HAIR[rng.integers(len(_HAIR))], shoes=colour() * 0.4, hat=maybe(0.25),
-                backpack=maybe(0.3), handbag=maybe(0.2), build=rng.uniform(0.85, 1.15),
-                height=rng.uniform(0.9, 1.05))
+    person = dict(upper=colour(), upper2=colour(), pattern=rng.integers(4),
+                  period=rng.uniform(0.03, 0.07), long_sleeves=rng.random() < 0.5, lower=colour(),
+                  lower_kind=rng.integers(3), skin=_SKIN[rng.integers(len(_SKIN))],
+                  hair=_HAIR[rng.integers(len(_HAIR))], shoes=colour(), hat=maybe(0.35),
+                  backpack=maybe(0.4), handbag=maybe(0.35), build=rng.uniform(0.85, 1.15),
+                  height=rng.uniform(0.9, 1.05))
+    if family is not None:  # the most salient cue, the upper garment, copied from the family
+        person.update({k: family[k] for k in ("upper", "upper2", "pattern", "period",
+                                              "long_sleeves")})
+    return person
 
 
 def _camera(rng):
@@ -774,49 +782,58 @@ def _render(rng, cam, person=None):
             img[(v > -0.005) & (v < 0.04) & (np.abs(uh) < 0.07)] = p["hat"]
         if p["handbag"] is not None:     # on one side; that side flips with the mirroring
             img[(u > 0.16) & (u < 0.26) & (v > 0.44) & (v < 0.58)] = p["handbag"]
-    if rng.random() < 0.25:
-        # occluder: a pole, or a low object (car, bench) across the bottom
-        if rng.random() < 0.5:
+    if rng.random() < 0.5:
+        # an occluder on every other image, hiding one body region: a pole (a vertical band), a
+        # low object (car, bench) over the legs and shoes, or a sign / passer-by over the torso
+        kind, x0 = rng.integers(3), _W * rng.uniform(-0.3, 0.2)
+        if kind == 0:
             x0 = rng.uniform(0, _W - 6)
-            box = (_XX >= x0) & (_XX < x0 + rng.uniform(5, 14))
+            box = (_XX >= x0) & (_XX < x0 + rng.uniform(6, 16))
         else:
-            x0 = rng.uniform(-_W / 2, _W / 2)
-            box = ((_YY > _H * rng.uniform(0.6, 0.85)) & (_XX >= x0)
-                   & (_XX < x0 + _W * rng.uniform(0.5, 1.0)))
+            y0 = _H * (rng.uniform(0.55, 0.75) if kind == 1 else rng.uniform(0.1, 0.25))
+            y1 = _H if kind == 1 else y0 + _H * rng.uniform(0.25, 0.4)
+            box = (_YY > y0) & (_YY < y1) & (_XX >= x0) & (_XX < x0 + _W * rng.uniform(0.7, 1.1))
         img[box] = rng.uniform(30, 220, 3)
     # illumination: the camera's gain and tint, a little per-image flicker, then sensor noise
     img = img * cam["gain"] * cam["tint"] * rng.uniform(0.9, 1.1) + rng.normal(0, 4, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_camera=3, junk=16,
-                   distractors=16):
+def make_synthetic(root, seed=0, train_ids=150, test_ids=200, cameras=6, max_per_camera=3,
+                   junk=50, distractors=50, lookalikes=3):
     """Write a synthetic re-ID dataset in the Market-1501 layout and naming; return root.
 
     Each identity (train_ids for training, test_ids others for query/gallery, as in Market-1501)
     is seen by 2..`cameras` cameras, 1..max_per_camera images in each. An image draws the person
-    (clothing colours from a shared palette, a pattern, sleeves, trousers/shorts/skirt, hat,
-    backpack, handbag, build) over the camera's background under its gain and tint, with jitter
-    of position, scale, pose, front/back view and mirroring, an occluder on 1 in 4, and noise.
+    (clothing colours from a shared palette, a pattern, sleeves, trousers/shorts/skirt, shoes,
+    hat, backpack, handbag, hair, build) over the camera's background under its gain and tint,
+    with jitter of position, scale, pose, front/back view and mirroring, and noise.
+    What makes it a test of complementary cues: identities come in look-alike families of
+    `lookalikes` that wear the same upper garment, the largest and most salient region, and
+    differ only in the others; and every other image has an occluder that hides one region
+    (the torso, the legs and shoes, or a vertical band). A network that relies on the torso
+    alone confuses a query with its look-alikes and fails where the torso is hidden.
     Choice (not in the paper): query = one image from every camera where the test identity has
     2+ images (from its first camera if none has), so every camera it was seen in stays in the
     gallery and every query has a cross-camera match. Junk (pid -1, gallery): about half fragments
     (a top or bottom third) of test identities, the rest bare background (a coin flip each).
     Distractors (pid 0000, gallery): about half people seen once and never queried, the rest bare
     background (false detections).
-    Deterministic for a seed (the same bytes with the same Pillow). Defaults: 442 images (217
-    train, 64 query, 161 gallery) written in about 0.6 s on one CPU core.
+    Deterministic for a seed (the same bytes with the same Pillow). Defaults: 2864 images (1202
+    train, 517 query, 1145 gallery) written in about 8 s on one CPU core. ROOT/synthetic.txt
+    records the arguments (`ensure_synthetic` compares them).
     Written into ROOT/.tmp<pid>, its split folders moved into ROOT once complete: after a failure
     (disk full, Ctrl-C) ROOT holds no part of a dataset (and is gone if this call created it).
     """
     # cameras >= 2: every identity needs a second camera for a cross-camera match;
     # at most 9999 identities: pids are 4 digits
     if (train_ids < 1 or test_ids < 1 or train_ids + test_ids > 9999 or cameras < 2
-            or max_per_camera < 1 or junk < 0 or distractors < 0):
+            or max_per_camera < 1 or junk < 0 or distractors < 0 or lookalikes < 1):
         raise UserError("make_synthetic needs train_ids >= 1, test_ids >= 1, "
                         "train_ids + test_ids <= 9999, cameras >= 2, max_per_camera >= 1, "
-                        f"junk >= 0, distractors >= 0; got {train_ids}, {test_ids}, {cameras}, "
-                        f"{max_per_camera}, {junk}, {distractors}")
+                        f"junk >= 0, distractors >= 0, lookalikes >= 1; got {train_ids}, "
+                        f"{test_ids}, {cameras}, {max_per_camera}, {junk}, {distractors}, "
+                        f"{lookalikes}")
     # numpy's generators take seeds >= 0; checked here, before anything is written
     if not 0 <= seed <= 2**32 - 1:
         raise UserError(f"--seed must lie in [0, 2**32 - 1], got {seed}")
@@ -840,8 +857,13 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
     tmp = os.path.join(root, f".tmp{os.getpid()}")
     try:
         _draw_synthetic(tmp, seed, train_ids, test_ids, cameras, max_per_camera, junk,
-                        distractors)
-        for split in _SPLITS.values():
+                        distractors, lookalikes)
+        args = dict(seed=seed, train_ids=train_ids, test_ids=test_ids, cameras=cameras,
+                    max_per_camera=max_per_camera, junk=junk, distractors=distractors,
+                    lookalikes=lookalikes)
+        with open(os.path.join(tmp, SYNTHETIC_ARGS), "w") as f:
+            f.write(_synthetic_line(args))
+        for split in [*_SPLITS.values(), SYNTHETIC_ARGS]:
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(os.path.join(root, split))  # an empty split folder given with ROOT
             os.rename(os.path.join(tmp, split), os.path.join(root, split))
@@ -857,6 +879,14 @@ def make_synthetic(root, seed=0, train_ids=32, test_ids=32, cameras=4, max_per_c
     return root
 
 
+SYNTHETIC_ARGS = "synthetic.txt"  # make_synthetic's arguments, one line, in ROOT
+
+
+def _synthetic_line(args):
+    """The line of ROOT/synthetic.txt: the generator's version and its arguments."""
+    return "make_synthetic version 2: " + " ".join(f"{k}={v}" for k, v in args.items()) + "\n"
+
+
 def _remove_dead_temporaries(root):
     """Remove the temporary folders ROOT/.tmp<pid> whose process no longer runs (make_synthetic
     killed before it could clean up); those of running processes stay."""
@@ -868,7 +898,7 @@ def _remove_dead_temporaries(root):
 
 
 def _draw_synthetic(folder, seed, train_ids, test_ids, cameras, max_per_camera, junk,
-                    distractors):
+                    distractors, lookalikes):
     """The dataset make_synthetic describes, drawn and written into the new folder `folder`."""
     for split in _SPLITS.values():
         try:
@@ -880,7 +910,12 @@ def _draw_synthetic(folder, seed, train_ids, test_ids, cameras, max_per_camera, 
     cams = [_camera(rng) for _ in range(cameras)]
     # raw pids: distinct, in 1..9999 and not contiguous, so that relabelling to 0..N-1 is tested
     pids = rng.choice(np.arange(1, 10000), train_ids + test_ids, replace=False)
-    people = {int(pid): _identity(rng) for pid in pids}
+    # look-alike families: within each split, every run of `lookalikes` identities wears the
+    # first one's upper garment, so the torso alone cannot tell them apart
+    people = {}
+    for n, pid in enumerate(pids.tolist()):
+        first = n - (n if n < train_ids else n - train_ids) % lookalikes
+        people[pid] = _identity(rng, people[int(pids[first])] if first < n else None)
     frame = [0] * cameras  # a running frame number per camera keeps every name unique
 
     def write(split, pid, c, person):
@@ -949,14 +984,26 @@ def to_folders(ds, out, cameras=True):
 # -----------------------------------------------------------------------------
 # Command line
 
-def ensure_synthetic(root="data/synthetic", **sizes):
+def ensure_synthetic(root="data/synthetic", any_dataset=False, **sizes):
     """The paper modules' demos: use the synthetic dataset at `root` if it is there (all three
-    split folders hold files), otherwise write one with `make_synthetic(root, **sizes)`; return
-    root. A half-filled folder is not patched up: make_synthetic refuses it and names the folder.
-    """
+    split folders hold files) and ROOT/synthetic.txt says it was written with these arguments,
+    otherwise write one with `make_synthetic(root, **sizes)`; return root. A dataset written
+    with other arguments (or by an older version) is refused, naming both: the demos' numbers
+    hold for one dataset. any_dataset=True takes whatever dataset is there (bench.py times, it
+    does not score). A half-filled folder is not patched up: make_synthetic refuses it."""
     folders = [os.path.join(root, s) for s in _SPLITS.values()]
     if all(_is_folder(f) and _listdir(f) for f in folders):
-        return root
+        if any_dataset:
+            return root
+        bound = inspect.signature(make_synthetic).bind(root, **sizes)
+        bound.apply_defaults()
+        wanted = _synthetic_line({k: v for k, v in bound.arguments.items() if k != "root"})
+        with contextlib.suppress(OSError), open(os.path.join(root, SYNTHETIC_ARGS)) as f:
+            if f.read() == wanted:
+                return root
+        raise UserError(f"{root} holds a dataset not written by this data.py with the arguments"
+                        f" the demo needs ({os.path.join(root, SYNTHETIC_ARGS)} should read "
+                        f"'{wanted.strip()}'); delete {root} and run again")
     print(f"writing the synthetic dataset to {root}")
     return make_synthetic(root, **sizes)
 
@@ -979,7 +1026,8 @@ def main(argv=None):
              "cameras": "number of cameras, >= 2",
              "max_per_camera": "images of one identity in one camera: 1..this",
              "junk": "pid -1 images in the gallery",
-             "distractors": "pid 0000 images in the gallery"}
+             "distractors": "pid 0000 images in the gallery",
+             "lookalikes": "identities per family sharing an upper garment"}
     defaults = inspect.signature(make_synthetic).parameters
     for k, text in sizes.items():
         syn.add_argument("--" + k.replace("_", "-"), type=int, default=defaults[k].default,

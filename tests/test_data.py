@@ -354,9 +354,45 @@ def test_synthetic_deterministic(tmp_path):
     assert a != c
 
 
+def test_lookalikes_share_the_upper_garment_only():
+    # a family member copies the first one's upper garment (colours, pattern, period, sleeves)
+    # and draws the rest itself: with a fixed seed its lower garment and shoes differ
+    rng = np.random.default_rng(0)
+    first = data._identity(rng)
+    twin = data._identity(rng, family=first)
+    for k in ("upper", "upper2", "pattern", "period", "long_sleeves"):
+        assert np.array_equal(twin[k], first[k]), k
+    assert not np.array_equal(twin["lower"], first["lower"])
+    assert not np.array_equal(twin["shoes"], first["shoes"])
+
+
+def test_synthetic_families_stay_inside_a_split(tmp_path, monkeypatch):
+    # 5 training and 4 test identities, families of 2: training's 3rd family is one identity,
+    # and the first test identity starts a family of its own (no test identity copies a
+    # training one): families start at draws 0, 2, 4 (training), 5, 7 (test)
+    calls = []
+    real = data._identity
+
+    def spy(rng, family=None):
+        person = real(rng, family)
+        calls.append((id(person), None if family is None else id(family)))
+        return person
+    monkeypatch.setattr(data, "_identity", spy)
+    data.make_synthetic(str(tmp_path / "s"), train_ids=5, test_ids=4, cameras=2,
+                        max_per_camera=1, junk=0, distractors=0, lookalikes=2)
+    people = calls[:9]  # the 9 identities, in draw order (no distractors drawn)
+    firsts = [n for n, (_, fam) in enumerate(people) if fam is None]
+    assert firsts == [0, 2, 4, 5, 7]
+    for n, (_, fam) in enumerate(people):
+        if fam is not None:
+            assert fam == people[n - 1][0]
+
+
 def test_synthetic_refuses_bad_input(tmp_path):
     with pytest.raises(UserError, match="cameras >= 2"):
         data.make_synthetic(str(tmp_path / "x"), cameras=1)
+    with pytest.raises(UserError, match="lookalikes >= 1"):
+        data.make_synthetic(str(tmp_path / "x"), lookalikes=0)
     touch(tmp_path / "y" / "query", "0001_c1s1_000001_01.jpg")  # never mix with what is there
     with pytest.raises(UserError, match="not empty"):
         data.make_synthetic(str(tmp_path / "y"))
@@ -411,7 +447,7 @@ def test_synthetic_fills_empty_root_and_removes_dead_temporaries(tmp_path, monke
     inode = os.stat(tmp_path / "DS").st_ino
     monkeypatch.chdir(tmp_path / "DS")
     data.make_synthetic(".", **SMALL)
-    assert sorted(os.listdir(tmp_path / "DS")) == sorted(data._SPLITS.values())
+    assert sorted(os.listdir(tmp_path / "DS")) == sorted([*data._SPLITS.values(), "synthetic.txt"])
     assert os.stat(tmp_path / "DS").st_ino == inode
     assert len(data.load_dataset(str(tmp_path / "DS"), "synthetic", verbose=False).query) > 0
 
@@ -764,8 +800,22 @@ def test_ensure_synthetic_writes_once(tmp_path):
     assert data.ensure_synthetic(root, **sizes) == root
     first = sorted(os.listdir(os.path.join(root, "bounding_box_train")))
     assert first
-    # there already: used as it is, nothing rewritten (other sizes would otherwise show)
-    data.ensure_synthetic(root, **dict(sizes, train_ids=3))
+    # ROOT/synthetic.txt: the version and every argument, defaults included
+    assert open(os.path.join(root, "synthetic.txt")).read() == (
+        "make_synthetic version 2: seed=0 train_ids=2 test_ids=2 cameras=2 max_per_camera=1 "
+        "junk=0 distractors=0 lookalikes=3\n")
+    # there already with the same arguments: used as it is, nothing rewritten
+    data.ensure_synthetic(root, **sizes)
+    assert sorted(os.listdir(os.path.join(root, "bounding_box_train"))) == first
+    # other arguments, or no synthetic.txt (an older version): refused, naming what it expects
+    with pytest.raises(UserError, match=r"syn holds a dataset not written .* train_ids=3 .* "
+                                        r"delete .*syn and run again"):
+        data.ensure_synthetic(root, **dict(sizes, train_ids=3))
+    os.remove(os.path.join(root, "synthetic.txt"))
+    with pytest.raises(UserError, match="not written by this data.py"):
+        data.ensure_synthetic(root, **sizes)
+    # any_dataset (bench.py): whatever dataset is there is used, nothing rewritten
+    assert data.ensure_synthetic(root, any_dataset=True, **dict(sizes, train_ids=3)) == root
     assert sorted(os.listdir(os.path.join(root, "bounding_box_train"))) == first
     # half there (the query folder emptied): refused, not patched
     for f in os.listdir(os.path.join(root, "query")):
