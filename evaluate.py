@@ -64,6 +64,7 @@ import csv
 import functools
 import importlib
 import io
+import json
 import math
 import os
 import sys
@@ -1475,6 +1476,94 @@ def plot(argv):
     p.add_argument("--out", default="curves.png", help="the image to write")
     args = p.parse_args(argv)
     print(f"wrote {plot_runs(args.runs, args.out)}")
+
+
+# -----------------------------------------------------------------------------
+# A paper's variants over several seeds: `python aea.py compare`, `python aaanet.py compare`
+
+
+def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",)):
+    """Train every row with seeds 0..seeds-1, then print rank-1 and mAP as mean ± sd per row and
+    metric, and each ordering the paper claims with whether it holds here, by how many sd.
+
+    rows: [(label, cost)], cost any unit of work (epochs x networks) that weighs the time left;
+    train(label, seed) -> {metric: rank_metrics}, or None when a signal stopped the run (its
+    last.pt is written; the same command resumes it). claims: [(better, worse, paper source)].
+    Each run's scores go to OUT/scores.json (in %) when it ends: a run found there is reused, so
+    a killed compare loses at most the run it was on (which resumes from its last.pt).
+    Writes the table, the claims and every seed's scores to OUT/compare.txt; returns the text."""
+    path, scores = os.path.join(out, "scores.json"), {}
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create it ({e.strerror})") from None
+    with contextlib.suppress(OSError, ValueError), open(path) as f:
+        scores = json.load(f)  # {"label/seed": {metric: {"rank-1": %, "mAP": %}}}
+    todo = [(label, cost, s) for label, cost in rows for s in range(seeds)
+            if f"{label}/{s}" not in scores]
+    left_cost, spent, done_cost = sum(cost for _, cost, _ in todo), 0.0, 0.0
+    for i, (label, cost, seed) in enumerate(todo):
+        # the time left from this invocation's runs so far, weighted by each run's cost
+        eta = (f"about {spent / done_cost * left_cost / 60:.0f} min left" if done_cost
+               else "time left known after the first run")
+        print(f"compare: run {i + 1}/{len(todo)} ({len(rows) * seeds - len(todo)} reused): "
+              f"{label}, seed {seed}; {eta}", flush=True)
+        start = time.time()
+        results = train(label, seed)
+        if results is None:  # stopped by a signal: what is done stays in scores.json
+            print("compare stopped; the same command goes on from here", flush=True)
+            return None
+        spent, done_cost = spent + time.time() - start, done_cost + cost
+        left_cost -= cost
+        scores[f"{label}/{seed}"] = {m: {"rank-1": 100 * float(r["cmc"][0]),
+                                         "mAP": 100 * float(r["mAP"])}
+                                     for m, r in results.items() if m in metrics}
+        _write_text(path, json.dumps(scores, indent=1))
+    text = compare_table(title, [label for label, _ in rows], claims, scores, seeds, metrics)
+    _write_text(os.path.join(out, "compare.txt"), text + "\n")
+    print(text + f"\n(also in {os.path.join(out, 'compare.txt')})", flush=True)
+    return text
+
+
+def _write_text(path, text):  # written to a temporary file, then renamed: never half a file
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def compare_table(title, labels, claims, scores, seeds, metrics):
+    """The text of `compare`: mean ± sd (sample sd, n - 1) per row and metric; per claim "A > B"
+    the difference of the means and that difference over the pooled sd sqrt((sd_A² + sd_B²) / 2)
+    (n/a with one seed); then every run's scores."""
+    def values(label, m, key):
+        return np.array([scores[f"{label}/{s}"][m][key] for s in range(seeds)])
+
+    def mean_sd(v):
+        return v.mean(), (v.std(ddof=1) if len(v) > 1 else float("nan"))
+    lines, w = [f"{title}: mean ± sd over {seeds} seed(s), in %"], max(map(len, labels)) + 2
+    lines.append(f"{'':<{w}}" + "".join(f"{m + ' rank-1':>18}{m + ' mAP':>18}" for m in metrics))
+    for label in labels:
+        cells = [mean_sd(values(label, m, k)) for m in metrics for k in ("rank-1", "mAP")]
+        lines.append(f"{label:<{w}}" + "".join(f"{f'{a:.1f} ± {b:.1f}'.replace('nan', '-'):>18}"
+                                                for a, b in cells))
+    lines.append("\nThe paper's orderings, here: difference of the means (in pooled sd)")
+    for better, worse, source in claims:
+        cells = []
+        for m in metrics:
+            for key in ("rank-1", "mAP"):
+                (a, sa), (b, sb) = mean_sd(values(better, m, key)), mean_sd(values(worse, m, key))
+                pooled = math.sqrt((sa ** 2 + sb ** 2) / 2)
+                size = f"{(a - b) / pooled:+.1f} sd" if pooled > 0 else "n/a"
+                cells.append(f"{m} {key} {a - b:+.1f} ({size}) {'holds' if a > b else 'FAILS'}")
+        lines.append(f"{better} > {worse} ({source}): " + "; ".join(cells))
+    lines.append("\nPer seed: " + ", ".join(f"{m} rank-1 / mAP" for m in metrics))
+    for label in labels:
+        for s in range(seeds):
+            r = scores[f"{label}/{s}"]
+            lines.append(f"{label}, seed {s}: " + "; ".join(
+                f"{r[m]['rank-1']:.2f} / {r[m]['mAP']:.2f}" for m in metrics))
+    return "\n".join(lines)
 
 
 COMMANDS = {"extract": extract, "search": search, "plot": plot}

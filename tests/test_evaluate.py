@@ -781,3 +781,42 @@ def test_file_features_chunk_by_chunk_equal_all_at_once(synthetic_root):
     paths = data.load_dataset(synthetic_root, "synthetic", verbose=False).gallery.paths
     chunked = evaluate.file_features(pool_model(), paths, (64, 32), "cpu", batch_size=3, chunk=4)
     torch.testing.assert_close(chunked, pooled(paths))
+
+
+# -----------------------------------------------------------------------------
+# compare: rows over seeds, mean ± sd, the paper's orderings, reuse after a stop
+
+def fake_scores(rank1, mAP):  # the two numbers compare reads from a rank_metrics dict
+    return {"euclidean": {"cmc": np.array([rank1 / 100]), "mAP": mAP / 100}}
+
+
+def test_compare_mean_sd_claims_and_reuse(tmp_path, capsys):
+    # A's rank-1 over seeds 0, 1, 2: 50, 52, 54 -> mean 52, sample sd 2; B's: 47, 48, 49 -> 48,
+    # sd 1. "A > B": +4.0, pooled sd sqrt((2^2 + 1^2) / 2) = 1.581, 4 / 1.581 = +2.5 sd, holds.
+    # mAP: A 30, 30, 30 (sd 0), B 31, 33, 35 (sd 2): -3.0, pooled sqrt(2) -> -2.1 sd, FAILS.
+    table = {"A": [(50, 30), (52, 30), (54, 30)], "B": [(47, 31), (48, 33), (49, 35)]}
+    calls = []
+
+    def train(label, seed):
+        calls.append((label, seed))
+        if len(calls) == 5 and not stop_done:  # a signal during the 5th run: it returns None
+            return None
+        return fake_scores(*table[label][seed])
+    stop_done = False
+    rows, claims = [("A", 2), ("B", 1)], [("A", "B", "Table 2")]
+    out = str(tmp_path / "cmp")
+    assert evaluate.compare("toy", rows, claims, train, 3, out) is None
+    assert calls == [("A", 0), ("A", 1), ("A", 2), ("B", 0), ("B", 1)]
+    # the next invocation reuses the four finished runs and trains the last two
+    stop_done, calls[:] = True, []
+    text = evaluate.compare("toy", rows, claims, train, 3, out)
+    assert calls == [("B", 1), ("B", 2)]
+    assert "run 1/2 (4 reused): B, seed 1" in capsys.readouterr().out
+    assert "52.0 ± 2.0" in text and "48.0 ± 1.0" in text and "30.0 ± 0.0" in text
+    assert ("A > B (Table 2): euclidean rank-1 +4.0 (+2.5 sd) holds; "
+            "euclidean mAP -3.0 (-2.1 sd) FAILS") in text
+    assert "B, seed 2: 49.00 / 35.00" in text
+    assert open(os.path.join(out, "compare.txt")).read() == text + "\n"
+    # one seed: no sd, so no size of the difference
+    one = evaluate.compare("toy", rows, claims, train, 1, str(tmp_path / "one"))
+    assert "+3.0 (n/a) holds" in one and "50.0 ± -" in one
