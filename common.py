@@ -1,18 +1,18 @@
-"""What both papers share: the ResNet-50 backbone, cross-entropy, the batch-hard triplet loss, SGD
+"""What both papers share: the ResNet backbone, cross-entropy, the batch-hard triplet loss, SGD
 and its schedule, configs as flags, a progress line, safe checkpoints, and `TrainingRun` (--out's
 lock, checkpoints, --resume, stop signals, the NaN stop, OUT/log.csv with one row per epoch and
 OUT/curves.png) around the paper file's training loop. It knows neither paper's networks.
 
 Paper map (AEA: IEEE Access 8:56469, 2020; AAA-Net: Appl. Sci. 9(8):1550, 2019):
-  ResNet-50, conv1 / conv2_x..conv5_x                    -> `Backbone` (`conv1`, `layer1`..`layer4`)
+  ResNet-50 (--arch 18, 34 for CPUs), conv1 / conv2_x..conv5_x -> `Backbone` (`conv1`..`layer4`)
   "remove the down-sampling of Conv5_X" (AEA Sec. III-A) -> `Backbone(last_stride=1)`
   AEA Eq. (2), (3), (4): softmax cross-entropy           -> `cross_entropy`
   AEA Eq. (5), (6), (7): batch-hard triplet loss         -> `batch_hard_triplet_loss`
-  SGD with step decay (AEA Sec. IV-B, AAA-Net Sec. 4.2)  -> `make_sgd`, `step_schedule`
+  SGD, AAA-Net's step decay (Sec. 4.2)                   -> `make_sgd`, `step_schedule`
 
 Choices where the papers say nothing (each marked "Choice" at its line, with its reason):
   - `conv1` holds the stem's max-pool, as torchvision groups it (the stage outputs are the same).
-  - `last_stride=1` sets the stride of layer4's first 3x3 conv and of its shortcut to 1.
+  - `last_stride=1`: stride 1 in layer4's first 3x3 conv (ResNet-50: the middle one) and shortcut.
   - The triplet loss leaves the anchor out of its positives; no other positive: d_ap = 0.
   - Distances clamp ||a||^2 + ||b||^2 - 2ab at 1e-12 before the square root.
   - SGD momentum 0.9 and weight decay 5e-4 (AAA-Net names SGD without settings, AEA nothing).
@@ -120,55 +120,60 @@ def prepare_model(model, device):
     return model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
 
 
-# --- Backbone: torchvision's ResNet-50 with its stages reachable by name --------------------------
+# --- Backbone: torchvision's ResNet-50 (or 18, 34) with its stages reachable by name -------------
 
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # the papers' conv1, conv2_x..conv5_x
-STAGE_CHANNELS = {"conv1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
 PAPER_STAGE_NAMES = dict(zip(("conv2_x", "conv3_x", "conv4_x", "conv5_x"), STAGES[1:]))
+ARCHS = {"resnet18": (64, 64, 128, 256, 512), "resnet34": (64, 64, 128, 256, 512),  # channels
+         "resnet50": (64, 256, 512, 1024, 2048)}  # of each stage in STAGES, per --arch
 
 
-def imagenet_state_dict():
-    """torchvision's IMAGENET1K_V1 ResNet-50 weights, from the torch hub cache or the network."""
-    url = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
+def imagenet_state_dict(arch="resnet50"):
+    """torchvision's IMAGENET1K_V1 weights of `arch`, from the torch hub cache or the network."""
+    url = getattr(torchvision.models, f"ResNet{arch[6:]}_Weights").IMAGENET1K_V1.url
     cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
     try:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
     except Exception as e:  # offline: URLError, socket errors, a half-written download...
-        raise UserError(f"could not load the ImageNet ResNet-50 weights ({type(e).__name__}: {e})"
-                        f". Offline, download {url} elsewhere and put it at {cache} (the folder "
-                        "follows $TORCH_HOME), or pass its path instead of 'imagenet', or use "
-                        "weights 'none' to start from random weights") from None
+        raise UserError(f"could not load the ImageNet ResNet-{arch[6:]} weights ({type(e).__name__}"
+                        f": {e}). Offline, download {url} elsewhere and put it at {cache} (the "
+                        "folder follows $TORCH_HOME), or pass its path instead of 'imagenet', or "
+                        "use weights 'none' to start from random weights") from None
 
 
 class Backbone(nn.Module):
-    """ResNet-50 [He et al. 2016] cut into its five stages, named as in torchvision:
+    """ResNet-50 [He et al. 2016] (or `arch` resnet18 / resnet34) cut into its five stages, named
+    as in torchvision, with `channels` {stage: C} (ResNet-18/34: 64, 64, 128, 256, 512):
 
       x [B, 3, H, W] -> conv1 [B, 64, H/4, W/4] -> layer1 [B, 256, H/4, W/4]
-        -> layer2 [B, 512, H/8, W/8] -> layer3 [B, 1024, H/16, W/16]
-        -> layer4 [B, 2048, H/32, W/32]  (H/16, W/16 with last_stride=1)
+        -> layer2 [B, 512, H/8, W/8] -> layer3 [B, 1024, H/16, W/16] -> layer4 [B, 2048, H/32, W/32]
 
     `run(x, first, last)` runs a range of stages, so a paper module can stop at a middle layer,
     change the features and go on (AAA-Net's occlusion; AEA's attention). weights: 'imagenet'
-    (IMAGENET1K_V1), 'none' (random init), or the path of a ResNet-50 state dict in torchvision's
-    key names (the classifier `fc.*` is ignored)."""
+    (IMAGENET1K_V1), 'none' (random init), or the path of a state dict of `arch` in torchvision's
+    key names (the classifier `fc.*` is ignored). last_stride=1: layer4 is H/16, W/16."""
 
-    def __init__(self, weights="imagenet", last_stride=2):
+    def __init__(self, weights="imagenet", last_stride=2, arch="resnet50"):
         super().__init__()
-        resnet = torchvision.models.resnet50(weights=None)
+        if arch not in ARCHS:
+            raise UserError(f"--arch {arch!r}: expected one of {', '.join(ARCHS)}")
+        name, self.channels = f"ResNet-{arch[6:]}", dict(zip(STAGES, ARCHS[arch]))
+        resnet = getattr(torchvision.models, arch)(weights=None)
         resnet.fc = nn.Identity()  # torchvision's ImageNet classifier: not used here
         if weights not in ("imagenet", "none") and not os.path.isfile(weights):
             raise UserError(f"weights {weights!r}: expected 'imagenet', 'none' or the path of a "
-                            "ResNet-50 state dict file")
+                            f"{name} state dict file")
         if weights != "none":
-            state = imagenet_state_dict() if weights == "imagenet" else load_checkpoint(weights)
+            state = imagenet_state_dict(arch) if weights == "imagenet" else load_checkpoint(weights)
             if isinstance(state, dict):
                 state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            load_weights(resnet, state, f"weights {weights}", "a torchvision ResNet-50")
+            load_weights(resnet, state, f"weights {weights}", f"a torchvision {name}")
         if last_stride == 1:
             # AEA Sec. III-A: "remove the down-sampling of Conv5_X" -> conv5_x 16x8 at 256x128.
-            # Choice (not in the paper): torchvision's v1.5 puts the stride on the 3x3 conv
-            resnet.layer4[0].conv2.stride = (1, 1)
-            resnet.layer4[0].downsample[0].stride = (1, 1)
+            # Choice (not in the paper): stride 1 in the shortcut and torchvision's strided 3x3 conv
+            block = resnet.layer4[0]
+            (block.conv2 if arch == "resnet50" else block.conv1).stride = (1, 1)
+            block.downsample[0].stride = (1, 1)
         # Choice (not in the paper): conv1 = the stem with its max-pool, torchvision's grouping
         self.conv1 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.layer1, self.layer2 = resnet.layer1, resnet.layer2
@@ -176,14 +181,13 @@ class Backbone(nn.Module):
 
     def run(self, x, first="conv1", last="layer4"):
         """Run stages `first`..`last` (inclusive; the papers' conv2_x..conv5_x work too) on x."""
-        first, last = PAPER_STAGE_NAMES.get(first, first), PAPER_STAGE_NAMES.get(last, last)
-        i, j = STAGES.index(first), STAGES.index(last)
+        i, j = (STAGES.index(PAPER_STAGE_NAMES.get(s, s)) for s in (first, last))
         for name in STAGES[i:j + 1]:
             x = getattr(self, name)(x)
         return x
 
     def forward(self, x):
-        """The plain re-ID feature of an ImageNet network: layer4 average-pooled, [B, 2048]."""
+        """The plain re-ID feature: layer4 average-pooled, [B, 2048] (ResNet-18/34: [B, 512])."""
         return self.run(x).mean(dim=(2, 3))
 
 
@@ -199,8 +203,7 @@ def cross_entropy(logits, labels):
     log_p = F.log_softmax(logits.float(), dim=1)                           # [B, N]
     # q(t), Eq. (3): one-hot of the label
     q = torch.zeros_like(log_p).scatter_(1, labels[:, None], 1.0)         # [B, N]
-    # L_I, Eq. (2)
-    return -(q * log_p).sum(dim=1).mean()
+    return -(q * log_p).sum(dim=1).mean()                                 # L_I, Eq. (2)
 
 
 def pairwise_euclidean(a, b):
@@ -224,9 +227,7 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
     # Choice (not in the paper): fp32 under bf16 autocast: with unit-length features d^2 = 2 - 2
     # cos, and bf16's 8-bit mantissa would move small distances by ~20%, changing the hardest pair
     with torch.autocast(features.device.type, enabled=False):
-        features = features.float()
-        if normalize:
-            features = F.normalize(features, dim=1)
+        features = F.normalize(features.float(), dim=1) if normalize else features.float()
         dist = pairwise_euclidean(features, features)                     # [n, n]
     same = labels[:, None] == labels[None, :]                             # [n, n], diagonal too
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
@@ -234,8 +235,7 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
     d_ap = dist.masked_fill(~same | eye, 0.0).amax(dim=1)
     # d_an: nearest negative, Eq. (7); +inf where there is none, so that anchor's loss is 0
     d_an = dist.masked_fill(same, float("inf")).amin(dim=1)
-    # [d_ap + m - d_an]_+, Eq. (5)
-    return F.relu(d_ap + margin - d_an).mean()
+    return F.relu(d_ap + margin - d_an).mean()  # [d_ap + m - d_an]_+, Eq. (5)
 
 
 # --- Optimiser and learning-rate schedule ---------------------------------------------------------
@@ -246,10 +246,8 @@ def make_sgd(params, lr, momentum=0.9, weight_decay=5e-4):
 
 
 def step_schedule(optimizer, milestones, gamma=0.1):
-    """Multiply every learning rate by gamma at each epoch in `milestones` (stepped per epoch).
-
-    AEA Sec. IV-B: lr 0.01, x0.1 at epoch 75          -> milestones=[75]
-    AAA-Net Sec. 4.2: x0.1 every 2 (or 3) epochs      -> milestones=range(2, epochs, 2)"""
+    """Every lr x gamma at each epoch in `milestones` (stepped per epoch): AAA-Net Sec. 4.2's
+    x0.1 every 2 (or 3) epochs -> milestones=range(2, epochs, 2)."""
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(milestones), gamma=gamma)
 
 
@@ -257,21 +255,16 @@ def step_schedule(optimizer, milestones, gamma=0.1):
 
 def field_comments(cls):
     """{field name: its trailing comment} read from the dataclass source: the flag's help."""
-    comments, src = {}, inspect.getsource(cls)
-    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-        m = tok.type == tokenize.COMMENT and re.match(r"\s*(\w+)\s*:", tok.line)
-        if m:  # `name: type = default  # the comment`
-            comments[m.group(1)] = tok.string.lstrip("# ").strip()
-    return comments
+    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline)
+    return {m.group(1): tok.string.lstrip("# ").strip() for tok in tokens  # `name: T = x  # help`
+            if tok.type == tokenize.COMMENT and (m := re.match(r"\s*(\w+)\s*:", tok.line))}
 
 
 def add_config_args(parser, cls, only=None, defaults=None):
     """A flag `--field-name` per dataclass field (or per one in `only`): its type, its default (or
     the one in `defaults`), its comment as help; bool: `--flag / --no-flag`, tuple: nargs="*"."""
     hints, helps = typing.get_type_hints(cls), field_comments(cls)
-    for f in dataclasses.fields(cls):
-        if only and f.name not in only:
-            continue
+    for f in [f for f in dataclasses.fields(cls) if not only or f.name in only]:
         kind, flag = hints[f.name], "--" + f.name.replace("_", "-")
         if typing.get_origin(kind) is typing.Union:  # Optional[X]: the flag takes an X
             kind = next(k for k in typing.get_args(kind) if k is not type(None))
@@ -337,8 +330,7 @@ class Progress:
         sums, first = {}, self.i - len(self.pending) + 1  # first: pending[0]'s 1-based step
         for j, terms in enumerate(self.pending):
             for k, v in terms.items():
-                v = float(v)
-                if not math.isfinite(v):
+                if not math.isfinite(v := float(v)):
                     raise UserError(
                         f"{self.where} step {first + j}/{self.total}: the loss term {k} "
                         f"is {v}; the run stops here and the last checkpoint (written before "
@@ -347,9 +339,7 @@ class Progress:
         return sums
 
     def sums(self):  # each term's sum over the epoch so far, checked: a mid-epoch checkpoint's
-        pending = self.check()
-        return {k: self.totals.get(k, 0.0) + pending.get(k, 0.0)
-                for k in {**self.totals, **pending}}
+        return {**self.totals, **{k: self.totals.get(k, 0.0) + v for k, v in self.check().items()}}
 
     def resume(self, steps, num_images, sums):  # go on with an epoch stopped after `steps` steps
         self.i, self.images, self.last_images = steps, num_images, num_images
@@ -413,9 +403,8 @@ def save_checkpoint(path, state):
         cause = next((c for c in (e, e.__cause__, e.__context__) if isinstance(c, OSError)), None)
         if cause is not None or "PytorchStreamWriter" in str(e) or "inline_container" in str(e):
             reason = (cause.strerror or str(cause)).lower() if cause else "the write failed"
-            raise UserError(f"{reason} writing {path} (the previous file, if any, is untouched;"
-                            f" free space on the disk of {folder}, or give another --out)"
-                            ) from None
+            raise UserError(f"{reason} writing {path} (the previous file, if any, is untouched; "
+                            f"free space on the disk of {folder}, or give another --out)") from None
         raise
 
 
@@ -424,11 +413,10 @@ def write_log(path, rows):
     late = ("img/s", "seconds", "rank-1 ", "mAP ")  # after every loss term, even a late one
     tmp = os.path.join(os.path.dirname(path), f".log.csv.tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:
-        log = csv.DictWriter(f, sorted(dict.fromkeys(k for r in rows for k in r),
-                                       key=lambda k: k.startswith(late)))
-        log.writeheader()
-        log.writerows({k: f"{v:.6g}" if type(v) is float else v for k, v in r.items()}
-                      for r in rows)
+        w = csv.DictWriter(f, sorted(dict.fromkeys(k for r in rows for k in r),
+                                     key=lambda k: k.startswith(late)))
+        w.writeheader()
+        w.writerows({k: f"{v:.6g}" if type(v) is float else v for k, v in r.items()} for r in rows)
     os.replace(tmp, path)
 
 
@@ -445,8 +433,7 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        what = re.search(r"GLOBAL (\S+)", str(e))  # the class or function a pickle would call
-        if what:
+        if what := re.search(r"GLOBAL (\S+)", str(e)):  # the class or function a pickle would call
             raise UserError(f"refusing to load {path}: it holds a pickled Python object "
                             f"({what.group(1)}), and loading one could run code; a checkpoint "
                             "holds tensors and plain values") from None
@@ -497,8 +484,9 @@ def resume_state(path, paper, config, may_differ=(), device=None):
                         "without --resume, or give the --out of the run to continue)")
     state = load_checkpoint(path)
     check_checkpoint(state, path, paper)
-    now = dataclasses.asdict(config)
-    before = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
+    now = dataclasses.asdict(config)  # a field the checkpoint lacks (newer): its default
+    before = {f.name: f.default for f in dataclasses.fields(config)}
+    before.update({k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
     differ = [f"--{k.replace('_', '-')} {before.get(k)!r} in the checkpoint, {now[k]!r} now"
               for k in now if k not in may_differ and before.get(k) != now[k]]
     if differ:
@@ -556,11 +544,10 @@ def hold_folder(folder):
 
 def pid_running(pid):  # whether the process `pid` (a string: a lock file's text) exists
     try:  # signal 0 sends nothing, it asks; on Windows os.kill would end the process: not asked
-        os.kill(int(pid), 0) if os.name != "nt" else None
+        with contextlib.suppress(PermissionError):  # another user's process
+            os.kill(int(pid), 0) if os.name != "nt" else None
     except (ValueError, ProcessLookupError):  # not a pid, or no such process
         return False
-    except PermissionError:  # another user's process
-        pass
     return pid.isdigit() and int(pid) > 0
 
 
@@ -572,7 +559,7 @@ class TrainingRun:
         run = TrainingRun("aea", cfg, cfg.out, RESUME_MAY_DIFFER, device, loss="L")
         first = run.start(model, optimizer, schedule, g, num_images, num_classes, key)
         with run:                                   # SIGINT / SIGTERM: finish the step, stop
-            for epoch in range(first, cfg.epochs):
+            for epoch in range(first, run.epochs):  # cfg.epochs unless `epochs` is given
                 for x, y in run.epoch(epoch, batches, steps):  # replays a stopped epoch's steps
                     run.log(len(y), training_step(model, optimizer, x, y, cfg))
                 if run.stopped: return              # a signal: last.pt written mid-epoch
@@ -583,8 +570,10 @@ class TrainingRun:
     position, g at that epoch's START and the `extra` entries; --resume replays the done steps'
     draws untrained (a CPU run ends bit-identical). A NaN loss stops it before any more writes."""
 
-    def __init__(self, paper, cfg, folder, may_differ, device, loss, label="", **extra):
+    def __init__(self, paper, cfg, folder, may_differ, device, loss, label="", epochs=None,
+                 **extra):
         self.paper, self.cfg, self.loss, self.label, self.extra = paper, cfg, loss, label, extra
+        self.epochs = epochs or cfg.epochs  # the run's epochs in all (AEA's B4: more)
         self.folder, self.release = folder, hold_folder(folder)  # before any data is read
         self.last, self.best = os.path.join(folder, "last.pt"), os.path.join(folder, "best.pt")
         self.state = resume_state(self.last, paper, cfg, may_differ, device) if cfg.resume else None
@@ -592,7 +581,7 @@ class TrainingRun:
             print(f"note: {self.last} will be overwritten by this new run (--resume continues it)")
         self.results = {name: dict(r, cmc=r["cmc"].numpy())  # the table; CMC saved as a tensor
                         for name, r in (self.state or {}).get("results", {}).items()}
-        self.finished = self.state is not None and self.state["epoch"] >= cfg.epochs
+        self.finished = self.state is not None and self.state["epoch"] >= self.epochs
         self.best_loss, self.skip, self.skip_sums, self.skip_seconds = math.inf, 0, {}, 0.0
         self.rows = []  # OUT/log.csv: one dict per epoch done (`end_epoch`, `save_results`)
         self.requested, self.stopped, self.handlers, self.busy = None, False, {}, False
@@ -612,7 +601,11 @@ class TrainingRun:
                             f"{num_images}; resume on the run's own data")
         load_weights(model, state["model"], path)
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        try:  # KeyError: an lr schedule of another kind, from an older version of the code
+            schedule.load_state_dict(state["schedule"])
+        except KeyError:
+            raise UserError(f"--resume {path}: its lr schedule is an older version's; start anew"
+                            ) from None
         set_rng_state(state["rng"])
         generator.set_state(state["aug_generator"])
         self.skip, self.skip_sums = state.get("step", 0), state.get("epoch_sums", {})
@@ -624,7 +617,7 @@ class TrainingRun:
             self._link_best(state)  # killed after writing a best last.pt, before linking it
         self.extra.update({k: state[k] for k in self.extra if k in state})  # a paper's own entries
         self.state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}  # loaded
-        if state["epoch"] < self.cfg.epochs:
+        if state["epoch"] < self.epochs:
             print(f"{self.label}resuming {path} at epoch {state['epoch'] + 1} step {self.skip}",
                   flush=True)
         return state["epoch"]
@@ -646,7 +639,6 @@ class TrainingRun:
             print(f"note: no curves.png ({e})", file=sys.stderr)
         finally:
             self.release()  # OUT/.lock: another run may use the folder now
-        return False
 
     def _on_signal(self, signum, frame):
         if not self.busy or (self.requested is not None and signum == signal.SIGINT):
@@ -659,7 +651,7 @@ class TrainingRun:
         """Hand out epoch `epoch`'s (0-based) `steps` batches; a stop signal ends it after the
         current step, writing last.pt at (epoch, step) and setting `stopped`."""
         self.epoch_index, self.epoch_start, self.busy = epoch, self.generator.get_state(), True
-        where = f"{self.label}epoch {epoch + 1}/{self.cfg.epochs}"
+        where = f"{self.label}epoch {epoch + 1}/{self.epochs}"
         self.lr = lr = self.optimizer.param_groups[0]["lr"]
         self.progress = Progress(steps, prefix=f"{where}  lr {lr:.0e}  ", where=where)
         batches = iter(batches)
@@ -676,8 +668,7 @@ class TrainingRun:
                 # sums() checks the steps since the last line for NaN before anything is written
                 self._save(epoch, self.progress.i, self.epoch_start, False,
                            epoch_sums=self.progress.sums(), epoch_seconds=self.seconds())
-                self._stopped(f"at epoch {epoch + 1}/{self.cfg.epochs} step "
-                              f"{self.progress.i}/{steps}")
+                self._stopped(f"at epoch {epoch + 1}/{self.epochs} step {self.progress.i}/{steps}")
                 return
 
     def log(self, num_images, terms):  # a step's loss terms, to the progress line (checked)
@@ -698,8 +689,8 @@ class TrainingRun:
         state = self._save(done, 0, self.generator.get_state(), self.is_best)
         if keep_copy:
             save_checkpoint(os.path.join(self.folder, f"epoch_{done}.pt"), state)
-        if self.requested and done < self.cfg.epochs:
-            self._stopped(f"after epoch {done}/{self.cfg.epochs}")
+        if self.requested and done < self.epochs:
+            self._stopped(f"after epoch {done}/{self.epochs}")
             return False
         self.busy = False  # till now a signal waited for the step; now (an evaluation) it stops
         return True
@@ -723,8 +714,7 @@ class TrainingRun:
                  "rng": rng_state(), "aug_generator": aug_generator,
                  "device_type": next(self.model.parameters()).device.type,
                  "num_images": self.num_images, "results": results, "log": self.rows,
-                 **self.extra, **more,
-                 # is_best marks the file best.pt must be (start() mends a link a crash cut off)
+                 **self.extra, **more,  # is_best: best.pt must be this (start() mends a cut link)
                  "best_loss": self.best_loss, "is_best": is_best}
         save_checkpoint(self.last, state)
         if is_best:

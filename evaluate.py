@@ -67,6 +67,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -1482,15 +1483,38 @@ def plot(argv):
 # A paper's variants over several seeds: `python aea.py compare`, `python aaanet.py compare`
 
 
-def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",)):
+def compare_command(argv, prog, description, out, title, rows, claims, train_row,
+                    metrics=("euclidean",)):
+    """A paper file's `compare` command: flags --seeds (3), --out, --device, --resume (the
+    default), then `compare`. rows: [(label, what train_row needs, cost)]; train_row(that, seed,
+    folder, device, resume) trains one run in `folder` -> {metric: rank_metrics} or None."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per row (default: 3)")
+    p.add_argument("--out", default=out, help=f"a run per row and seed in it (default: {out})")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the finished runs in --out, resume a stopped one (default: yes)")
+    args, spec = p.parse_args(argv), {label: that for label, that, _ in rows}
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds}: expected 1 or more")
+
+    def train(label, seed):  # OUT/<label>/seed<seed>, e.g. runs/aea/compare/Baseline_1/seed0
+        folder = os.path.join(args.out, re.sub(r"\W+", "_", label).strip("_"), f"seed{seed}")
+        return train_row(spec[label], seed, folder, args.device, args.resume)
+    return compare(title, [(label, cost) for label, _, cost in rows], claims, train, args.seeds,
+                   args.out, metrics, reuse=args.resume)
+
+
+def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",), reuse=True):
     """Train every row with seeds 0..seeds-1, then print rank-1 and mAP as mean ± sd per row and
     metric, and each ordering the paper claims with whether it holds here, by how many sd.
 
     rows: [(label, cost)], cost any unit of work (epochs x networks) that weighs the time left;
     train(label, seed) -> {metric: rank_metrics}, or None when a signal stopped the run (its
     last.pt is written; the same command resumes it). claims: [(better, worse, paper source)].
-    Each run's scores go to OUT/scores.json (in %) when it ends: a run found there is reused, so
-    a killed compare loses at most the run it was on (which resumes from its last.pt).
+    Each run's scores go to OUT/scores.json (in %) when it ends: a run found there is reused
+    (reuse=False: none), so a killed compare loses at most the run it was on (which resumes from
+    its last.pt).
     Writes the table, the claims and every seed's scores to OUT/compare.txt; returns the text."""
     path, scores = os.path.join(out, "scores.json"), {}
     try:
@@ -1498,7 +1522,7 @@ def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",)):
     except OSError as e:
         raise UserError(f"--out {out}: cannot create it ({e.strerror})") from None
     with contextlib.suppress(OSError, ValueError), open(path) as f:
-        scores = json.load(f)  # {"label/seed": {metric: {"rank-1": %, "mAP": %}}}
+        scores = json.load(f) if reuse else {}  # {"label/seed": {metric: {"rank-1": %, "mAP": %}}}
     todo = [(label, cost, s) for label, cost in rows for s in range(seeds)
             if f"{label}/{s}" not in scores]
     left_cost, spent, done_cost = sum(cost for _, cost, _ in todo), 0.0, 0.0

@@ -144,7 +144,7 @@ def test_backbone_stage_shapes_and_run_ranges(backbone):
         for name in common.STAGES:
             f = net.run(f, name, name)
             assert tuple(f.shape) == (2, *expected[name])
-            assert f.shape[1] == common.STAGE_CHANNELS[name]
+            assert f.shape[1] == net.channels[name]
         # cutting at a middle layer and going on from there gives the same output as one pass
         middle = net.run(x, "conv1", "layer2")
         assert torch.allclose(net.run(middle, "layer3", "layer4"), net.run(x), atol=1e-5)
@@ -155,6 +155,33 @@ def test_backbone_last_stride_one_keeps_conv5_resolution():
     net = common.Backbone("none", last_stride=1).eval()
     with torch.no_grad():
         assert tuple(net.run(torch.randn(1, 3, 256, 128)).shape) == (1, 2048, 16, 8)
+
+
+def test_resnet18_backbone_channels_last_stride_and_its_own_files(tmp_path):
+    # --arch resnet18: BasicBlocks, stage channels 64, 64, 128, 256, 512; last_stride=1 moves
+    # the stride of layer4's first conv (conv1 in a BasicBlock) and its shortcut: conv5_x at H/16
+    net = common.Backbone("none", last_stride=1, arch="resnet18").eval()
+    assert net.channels == dict(zip(common.STAGES, (64, 64, 128, 256, 512)))
+    assert net.layer4[0].conv1.stride == net.layer4[0].downsample[0].stride == (1, 1)
+    with torch.no_grad():
+        assert tuple(net.run(torch.randn(1, 3, 64, 32)).shape) == (1, 512, 4, 2)
+        assert net(torch.randn(2, 3, 64, 32)).shape == (2, 512)
+        stride2 = common.Backbone("none", arch="resnet34").eval()
+        assert tuple(stride2.run(torch.randn(1, 3, 64, 32)).shape) == (1, 512, 2, 1)
+    # a ResNet-18 state dict loads as --arch resnet18; a ResNet-50 one is refused, named
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    common.Backbone(str(tmp_path / "r18.pth"), arch="resnet18")
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(common.UserError, match="r50.pth: the weights do not fit a torchvision "
+                       "ResNet-18 "):
+        common.Backbone(str(tmp_path / "r50.pth"), arch="resnet18")
+    with pytest.raises(common.UserError, match="--arch 'resnet101': expected one of resnet18"):
+        common.Backbone("none", arch="resnet101")
+    # offline, the ImageNet file of the chosen arch is the one named
+    with mock.patch("torch.hub.load_state_dict_from_url", side_effect=OSError("no network")):
+        with pytest.raises(common.UserError, match=r"ImageNet ResNet-18 weights.*"
+                           r"resnet18-f37072fd\.pth.*checkpoints"):
+            common.Backbone("imagenet", arch="resnet18")
 
 
 def test_backbone_loads_a_state_dict_file(tmp_path):
@@ -517,6 +544,31 @@ def read_log(folder):
         return list(csv.DictReader(f))
 
 
+def test_training_run_epochs_may_differ_from_the_config(tmp_path, capsys):
+    # TrainingRun(epochs=3) runs 3 epochs though cfg.epochs is 2 (AEA's B4), names them "x/3",
+    # and a resumed run that holds all 3 is finished
+    run = common.TrainingRun("aea", RunConfig(), str(tmp_path), (), "cpu", loss="L", epochs=3)
+    assert run.epochs == 3 and not run.finished
+    run.release()
+    common.save_checkpoint(str(tmp_path / "last.pt"), {
+        "paper": "aea", "model": {}, "epoch": 3, "config": dataclasses.asdict(RunConfig())})
+    for epochs, finished in ((3, True), (4, False), (None, True)):
+        run = common.TrainingRun("aea", RunConfig(resume=True), str(tmp_path), ("resume",),
+                                 "cpu", loss="L", epochs=epochs)
+        assert (run.epochs, run.finished) == (epochs or 2, finished)
+        run.release()
+    # a checkpoint of another kind of lr schedule (MultiStepLR, resumed as LambdaLR) is refused
+    toy_run(str(tmp_path / "old"), RunConfig())
+    run = common.TrainingRun("aea", RunConfig(resume=True), str(tmp_path / "old"), ("resume",),
+                             "cpu", loss="L")
+    model = torch.nn.Linear(3, 1)
+    optimizer = common.make_sgd(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    with pytest.raises(common.UserError, match="its lr schedule is an older version's; start"):
+        run.start(model, optimizer, schedule, torch.Generator(), 20, None, None)
+    run.release()
+
+
 def test_log_csv_has_each_epoch_once_across_a_stop_and_resume(tmp_path, capsys):
     # OUT/log.csv mirrors the log kept in last.pt: a row per epoch done (epoch, the epoch's lr,
     # each loss term's mean, img/s, seconds). Stopped in epoch 1's step 3, no epoch is done yet;
@@ -629,6 +681,12 @@ def test_resume_state_refuses_other_settings(tmp_path):
     assert common.resume_state(path, "aea", ToyConfig(resume="yes"), may_differ=("resume",))
     with pytest.raises(common.UserError, match="expected an AAA-Net"):
         common.resume_state(path, "aaanet", ToyConfig())
+    # a checkpoint older than a field (no "R" in its config): the field's default, not a change
+    common.save_checkpoint(path, {"paper": "aea", "model": {}, "config": {
+        k: v for k, v in dataclasses.asdict(ToyConfig()).items() if k != "R"}})
+    assert common.resume_state(path, "aea", ToyConfig())["paper"] == "aea"
+    with pytest.raises(common.UserError, match="--R 10.0 in the checkpoint, 20.0 now"):
+        common.resume_state(path, "aea", ToyConfig(R=20.0))
     # a run trained on CUDA with --precision auto (bf16 there) may not go on on the CPU (fp32)
     @dataclasses.dataclass
     class Auto:
