@@ -1,5 +1,4 @@
-"""
-AAA-Net: "Attention-Aware Adversarial Network for Person Re-Identification",
+"""AAA-Net: "Attention-Aware Adversarial Network for Person Re-Identification",
 Appl. Sci. 2019, 9(8):1550, doi:10.3390/app9081550.
 
 A ResNet-50 identity classifier (stage 1) gets an attention branch on a middle feature map,
@@ -8,7 +7,7 @@ the whole network learns from the map and from a copy occluded where the attenti
 gated adversarial loss (stage 3, Algorithm 2). One 0-1 mask convention: 1 = kept, 0 = occluded.
 
 Paper map (paper -> code):
-  Sec. 3.1, the baseline: ResNet-50 -> pool -> dropout -> FC      -> `AAANet`, `stage1_loss`
+  Sec. 3.1, the baseline: ResNet-50 (`--arch`) -> pool -> dropout -> FC -> `AAANet`, `stage1_loss`
   the "middle layer" f_r (after conv3_x by default, Sec. 4.4)     -> `AAANet.middle`, `.rest`
   Sec. 3.2, "several stacked convolutional layers" -> M_att       -> `AAANet.attention_map`
   Algorithm 1 steps 1-2: a 4 x 4 grid, each cell occluded in turn -> `grid_occlusions`
@@ -20,6 +19,7 @@ Paper map (paper -> code):
   Eq. (4), the omega-gated loss                                   -> `adversarial_loss`
   Sec. 4.2, SGD, lr and its decay, 10 epochs per stage            -> `resolve`, `train_stage`
   Tables 1-5: Euclidean, XQDA, KISSME on the pooled 2048-d feature -> `AAANet.forward`
+  Sec. 3.3, the "attention-aware feature maps" occluded (else f_r) -> `occluded_maps`, `--occlude`
   Fig. 4, images, attention maps, occluded regions drawn black    -> `figure`
 
 Commands: `python aaanet.py stage1|stage2|stage3 --root DATA --dataset market1501 --out OUT`,
@@ -33,10 +33,10 @@ Choices where the paper is silent (each at its line, "Choice (not in the paper)"
   - Last stride 2 kept; classifier N(0, 0.001^2), bias 0; dropout 0.5 where the paper gives none.
   - Pad 10, batch 32, momentum 0.9, decay 5e-4; an epoch: one shuffled pass, no partial batch.
   - M_occ = the difficult sample's channel-mean |f| over its maximum (--m-occ binary: its mask).
-  - Eq. (2), (3): L1 norms over one image's positions; Eq. (4)'s term averaged over the batch.
+  - Eq. (2), (3): L1 norms summed over an image (--l-r-norm mean: per position); Eq. (4) averaged.
   - The 16-copy probe runs in eval mode, also in stage 3.
-  - Stage 3's mask is 0 (occluded) where normalised relu(M_att) is above 0.5; f_r and its
-    occluded copy run as one batch of 2B, p_bf and p_af from that pass.
+  - Stage 3's mask is 0 where A = normalised relu(M_att) is above 0.5 (--occlude attention-aware:
+    f_r * A * mask, A without gradient); f_r and the occluded maps as one batch of 2B.
   - Table 4: stage 3 from stage 1 with a fresh attention branch, the top third of f_r occluded.
   - Stage 2 is not evaluated; --resume may change only --device and --eval-metrics.
   - The demo (`DEMO`): 64x32, pad 3, batch 16, a larger lr, random weights.
@@ -70,6 +70,7 @@ class Config:
     height: int = 224  # input height, Sec. 4.2 ("resized to 224 x 224")
     width: int = 224  # input width, Sec. 4.2
     weights: str = "imagenet"  # stage 1's ResNet-50 start: imagenet, none or a state-dict path
+    arch: Literal[tuple(common.ARCHS)] = "resnet50"  # the paper's ResNet-50; 18, 34 for CPU runs
     dropout: Optional[float] = None  # before the classifier, Sec. 4.2 (None: 0.6 Duke, else 0.5)
     point: Literal["conv2_x", "conv3_x", "conv4_x", "conv5_x"] = "conv3_x"  # f_r's layer, Table 3
     attention_channels: int = 64  # channels of the attention branch's convs (Sec. 3.2 gives none)
@@ -78,6 +79,8 @@ class Config:
     occlusion_chunk: int = 0  # images whose 16 copies run per pass (0: the whole batch at once)
     threshold: float = 0.5  # Algorithm 2 step 1: occlude where normalised relu(M_att) is above
     mask_source: Literal["attention", "response"] = "attention"  # stage 3: M_att or Table 4's
+    l_r_norm: Literal["sum", "mean"] = "sum"  # ||M_att||_1 in Eq. (3): summed as printed, or mean
+    occlude: Literal["features", "attention-aware"] = "features"  # stage 3: f_r or Sec. 3.3's
     lambda1: float = 0.3  # lambda1, weight of L1 = L_r in Eq. (4), Sec. 4.2, Table 1
     lambda2: float = 1.7  # lambda2, weight of L2 = L_att in Eq. (4), Sec. 4.2, Table 1
     omega: float = 0.04  # omega, the gate on p_bf - p_af in Eq. (4), Sec. 4.3, Table 2
@@ -102,12 +105,11 @@ class Config:
 
 
 # The valid range of each numeric flag (`common.check_limits` names the first one outside it)
-LIMITS = dict(height="[32, inf)", width="[32, inf)", batch_size="[2, inf)", epochs="[1, inf)",
-              lr="(0, inf)", lr_step="[1, inf)", lr_gamma="(0, 1]", momentum="[0, 1)",
-              weight_decay="[0, inf)", dropout="[0, 1)", pad="[0, inf)",
-              random_erasing="[0, 1]", grid="[1, inf)", attention_channels="[1, inf)",
-              occlusion_chunk="[0, inf)", threshold="[0, 1)", lambda1="[0, inf)",
-              lambda2="[0, inf)", omega="[0, 1)", seed="[0, 4294967295]")
+LIMITS = dict(height="[32, inf)", width="[32, inf)", lr_step="[1, inf)", threshold="[0, 1)",
+              lambda1="[0, inf)", lambda2="[0, inf)", epochs="[1, inf)", lr_gamma="(0, 1]",
+              random_erasing="[0, 1]", seed="[0, 4294967295]", batch_size="[2, inf)", lr="(0, inf)",
+              momentum="[0, 1)", dropout="[0, 1)", grid="[1, inf)", pad="[0, inf)", omega="[0, 1)",
+              attention_channels="[1, inf)", occlusion_chunk="[0, inf)", weight_decay="[0, inf)")
 
 
 def resolve(cfg, stage):
@@ -141,32 +143,31 @@ def resolve(cfg, stage):
 class AAANet(nn.Module):
     """ResNet-50 -> average pool (2048-d) -> dropout -> FC over the identities (Sec. 3.1), cut at
     the middle layer `point` so that f_r can be occluded before the rest runs, plus the attention
-    branch (Sec. 3.2). forward(x), in eval() mode, is the test feature g:
+    branch (Sec. 3.2). forward(x), in eval() mode, is the test feature g (D: 2048; ResNet-18: 512):
 
-        x [B, 3, H, W] -> middle -> f_r [B, C, h, w] -> rest -> g [B, 2048] -> FC -> [B, N]
-                                    f_r -> attention_map -> M_att [B, h, w]
-    """
+        x [B, 3, H, W] -> middle -> f_r [B, C, h, w] -> rest -> g [B, D] -> FC -> [B, N]
+                                    f_r -> attention_map -> M_att [B, h, w]"""
 
     def __init__(self, num_classes, point="conv3_x", dropout=0.5, attention_channels=64,
-                 weights="imagenet"):
+                 weights="imagenet", arch="resnet50"):
         super().__init__()
         self.frozen = False  # stage 2 (`freeze_for`)
         if point not in POINTS:
             raise UserError(f"--point {point!r}: expected one of {', '.join(POINTS)}")
         # Choice (not in the paper): ResNet-50's own last stride 2 (the paper names no change)
-        self.backbone = common.Backbone(weights, last_stride=2)
+        self.backbone = common.Backbone(weights, last_stride=2, arch=arch)
         self.point = common.PAPER_STAGE_NAMES[point]  # torchvision's name: conv3_x -> layer2
         # the stages after the middle layer (none when the occlusion follows conv5_x)
         self.after = common.STAGES[common.STAGES.index(self.point) + 1:]
         self.dropout = nn.Dropout(dropout)  # Sec. 4.2: 0.5 Market1501, 0.6 DukeMTMC-reID
-        self.classifier = nn.Linear(2048, num_classes)
+        self.classifier = nn.Linear(self.backbone.channels["layer4"], num_classes)  # D
         # Choice (not in the paper): N(0, 0.001^2) weights, zero bias, as the IDE baseline
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)
         # Choice (not in the paper): Sec. 3.2's "several stacked convolutional layers": a 1x1
         # conv narrows C to a few channels (~1% of the backbone's FLOPs after conv3_x), a 3x3
         # conv sees the neighbours, a 1x1 conv gives the raw M_att (Eq. (2) takes its max with 0)
-        C, a = common.STAGE_CHANNELS[self.point], attention_channels
+        C, a = self.backbone.channels[self.point], attention_channels
         self.attention = nn.Sequential(
             nn.Conv2d(C, a, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
             nn.Conv2d(a, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
@@ -177,10 +178,8 @@ class AAANet(nn.Module):
         return self.backbone.run(x, "conv1", self.point)
 
     def rest(self, f):
-        """The stages after the middle layer, then average pooling: [B, C, h, w] -> [B, 2048]."""
-        for name in self.after:
-            f = getattr(self.backbone, name)(f)
-        return f.mean(dim=(2, 3))
+        """The stages after the middle layer, then average pooling: [B, C, h, w] -> [B, D]."""
+        return (self.backbone.run(f, self.after[0]) if self.after else f).mean(dim=(2, 3))
 
     def logits_from_middle(self, f):
         """Identity scores of (possibly occluded) middle-layer maps: [B, C, h, w] -> [B, N]."""
@@ -232,8 +231,7 @@ def grid_masks(H, W, grid=4, device=None):
 
 def grid_occlusions(f, grid=4):
     """Algorithm 1 step 2: copy k of f [B, C, H, W] is f times mask k -> [B, G, C, H, W]."""
-    B, C, H, W = f.shape
-    mask = grid_masks(H, W, grid, f.device).to(f.dtype)               # [G, H, W]
+    mask = grid_masks(*f.shape[-2:], grid, f.device).to(f.dtype)      # [G, H, W]
     return f[:, None] * mask[None, :, None]                            # [B, G, C, H, W]
 
 
@@ -248,16 +246,14 @@ def hardest_occlusion(logits_of, f_r, y, grid=4, chunk=0):
     copy's true-class probability p [B, G]; logits_of: maps [n, C, h, w] -> scores [n, N]. The
     copies of `chunk` images (0: all) run as ONE batch, without gradient: they only choose a
     target, nothing is learned from them, so no activations are kept for a backward pass."""
-    B, C, H, W = f_r.shape
-    G, chunk = grid * grid, chunk or B
-    p = []
+    B, G, p = len(f_r), grid * grid, []
+    chunk = chunk or B
     for start in range(0, B, chunk):  # one pass unless --occlusion-chunk asks for several
         copies = grid_occlusions(f_r[start:start + chunk], grid)  # [b, G, C, H, W]
-        b = copies.shape[0]
         # Algorithm 1 step 3: "entered together into the classification network"
-        logits = logits_of(copies.reshape(b * G, C, H, W))        # [b*G, N], an image's adjacent
+        logits = logits_of(copies.flatten(0, 1))                  # [b*G, N], an image's adjacent
         y_copies = y[start:start + chunk].repeat_interleave(G)    # [b*G] each label G times
-        p.append(true_class_probability(logits, y_copies).view(b, G))  # [b*G] -> [b, G]
+        p.append(true_class_probability(logits, y_copies).view(-1, G))  # [b*G] -> [b, G]
     p = torch.cat(p)                                                   # [B, G]
     # Algorithm 1 step 4: "the feature maps with the lowest classification probability"
     return p.argmin(dim=1), p
@@ -269,8 +265,7 @@ def occlusion_map(f_r, k, grid=4, reading="response"):
     response: the channel-mean of |f_occ| over its per-image maximum: the most discriminative cell
       reads 0, the rest follows the feature response ("fit the feature response range", Sec. 3.2);
     binary: the difficult sample's 0-1 mask itself."""
-    B, C, H, W = f_r.shape
-    mask = grid_masks(H, W, grid, f_r.device)[k].float()              # [B, H, W]
+    mask = grid_masks(*f_r.shape[-2:], grid, f_r.device)[k].float()   # [B, H, W]
     if reading == "binary":
         return mask
     # Choice (not in the paper): "response", the reading of "fit the feature response range"
@@ -284,8 +279,7 @@ def occlusion_target(model, f_r, y, cfg):
     # Choice (not in the paper): eval mode also in stage 3, so the 16B probe copies neither use
     # nor move the BatchNorm statistics of the training batch
     was_training = model.training
-    model.eval()
-    k, p = hardest_occlusion(model.logits_from_middle, f_r, y, cfg.grid, cfg.occlusion_chunk)
+    k, p = hardest_occlusion(model.eval().logits_from_middle, f_r, y, cfg.grid, cfg.occlusion_chunk)
     model.train(was_training)
     return occlusion_map(f_r, k, cfg.grid, cfg.m_occ), p.gather(1, k[:, None])[:, 0]
 
@@ -294,7 +288,6 @@ def occlusion_target(model, f_r, y, cfg):
 
 def attention_loss(M_att, M_occ):
     """L_att = || (max(M_att, 0) - M_occ) * M_att ||_1, Eq. (2), per image: [B, h, w] -> [B].
-
     Choice (not in the paper): the L1 norm sums over the h*w positions of one image (here and in
     Eq. (3)); the callers average over the batch. What its gradient does, per position: where
     M_att < 0 it raises M_att to 0; where 0 < M_att < M_occ / 2 it drives M_att down to 0; where
@@ -304,14 +297,14 @@ def attention_loss(M_att, M_occ):
     return ((M_att.clamp(min=0) - M_occ) * M_att).abs().sum(dim=(1, 2))
 
 
-def regularization_loss(M_att):
+def regularization_loss(M_att, norm="sum"):
     """L_r = log(1 + exp(-||M_att||_1)), Eq. (3), per image: [B, h, w] -> [B].
-
     Its gradient, -sigmoid(-||M_att||_1) sign(M_att), pushes every |M_att| up, away from Eq. (2)'s
     trivial minimum M_att = 0, but with a weight that vanishes fast: once ||M_att||_1 summed over
     the map exceeds ~17 it is below 1e-7, and at the paper's size (28x28 after conv3_x) the sum
     is in the hundreds, so L_r and its gradient are 0 in float32. Computed as softplus(-x)."""
-    return F.softplus(-M_att.float().abs().sum(dim=(1, 2)))
+    # Choice (not in the paper): norm="mean" (--l-r-norm): per position, an L_r that still acts
+    return F.softplus(-getattr(M_att.float().abs(), norm)(dim=(1, 2)))  # "sum": 0 at 28x28, grad 0
 
 
 def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
@@ -332,26 +325,38 @@ def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
 
 def attention_mask(M_att, threshold=0.5):
     """Algorithm 2 step 1: the 0-1 attention mask, M_att [B, h, w] -> bool [B, h, w].
-
-    Choice (not in the paper): 0 (occluded) where relu(M_att), min-max normalised per image, is
-    above `threshold`: the regions the attention finds important get occluded, as Fig. 4's "black
+    Choice (not in the paper): 0 (occluded) where A = `attention_weights(M_att)` is above
+    `threshold`: the regions the attention finds important get occluded, as Fig. 4's "black
     mask" over the attended parts, Sec. 4.5's "multiple parts of important regions were occluded"
     and Table 4's "highest response" say. An all-zero map occludes nothing."""
+    return attention_weights(M_att) <= threshold
+
+
+def attention_weights(M_att):
+    """A [B, h, w] in [0, 1]: relu(M_att) min-max normalised per image, without gradient."""
     A = M_att.detach().float().clamp(min=0)                            # relu(M_att)
     lo, hi = A.amin(dim=(1, 2), keepdim=True), A.amax(dim=(1, 2), keepdim=True)
-    return (A - lo) / (hi - lo).clamp_min(1e-12) <= threshold
+    return (A - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def occluded_maps(f_r, M_att, mask, occlude="features"):
+    """Algorithm 2 step 2: f_r * mask; "attention-aware": Sec. 3.3's f_r * A * mask, A [B, h, w]."""
+    # "integrated ... by an element-wise multiplication". Choice (not in the paper): A, the mask's
+    # own map, in [0, 1] (never amplifying f_r), without gradient: the attention learns by Eq.
+    # (4)'s gate alone (updated "by the switchable gradient update mechanism")
+    kept = attention_weights(M_att) * mask if occlude == "attention-aware" else mask  # [B, h, w]
+    return f_r * kept[:, None].to(f_r.dtype)                           # [B, C, h, w]
 
 
 def response_mask(f_r):
     """Table 4, "without fine-tuning": occlude "one-third of the feature map regions with the
     highest response": bool [B, h, w], 0 on exactly round(h*w / 3) positions, 1 elsewhere.
     Choice (not in the paper): the response is the channel mean of f_r; ties to the lower index."""
-    B, C, H, W = f_r.shape
-    response = f_r.detach().float().mean(dim=1).view(B, H * W)         # [B, h*w]
+    response = f_r.detach().float().mean(dim=1).flatten(1)             # [B, h*w]
     order = response.argsort(dim=1, descending=True, stable=True)      # [B, h*w]
-    mask = torch.ones(B, H * W, dtype=torch.bool, device=f_r.device)
-    mask.scatter_(1, order[:, :round(H * W / 3)], False)
-    return mask.view(B, H, W)                                          # [B, h*w] -> [B, h, w]
+    mask = torch.ones_like(response, dtype=torch.bool)
+    mask.scatter_(1, order[:, :round(response.shape[1] / 3)], False)
+    return mask.view_as(f_r[:, 0])                                     # [B, h*w] -> [B, h, w]
 
 
 # --- One training step per stage: each loss returns (total loss, {term: value} for the log) -------
@@ -370,7 +375,7 @@ def stage2_loss(model, x, y, cfg):
     M_occ, p_hard = occlusion_target(model, f_r, y, cfg)
     M_att = model.attention_map(f_r)  # the part that learns (Algorithm 1 step 5)
     L_att = attention_loss(M_att, M_occ).mean()  # the data term, Eq. (2)
-    L_r = regularization_loss(M_att).mean()  # the regularisation term, Eq. (3)
+    L_r = regularization_loss(M_att, cfg.l_r_norm).mean()  # the regularisation term, Eq. (3)
     L_adv = L_att + L_r  # Eq. (1)
     return L_adv, {"L_adv": L_adv, "L_att": L_att, "L_r": L_r, "p_hard": p_hard.mean()}
 
@@ -383,8 +388,8 @@ def stage3_loss(model, x, y, cfg):
     mask = (response_mask(f_r) if cfg.mask_source == "response"
             else attention_mask(M_att, cfg.threshold))                 # [B, h, w]
     # Algorithm 2 step 2: "the feature maps of the middle layer multiplied by the 0-1 mask as
-    # occluded feature maps"
-    f_af = f_r * mask[:, None].to(f_r.dtype)                           # [B, C, h, w]
+    # occluded feature maps" (--occlude attention-aware: Sec. 3.3's f_r * A); the first stream: f_r
+    f_af = occluded_maps(f_r, M_att, mask, cfg.occlude)                # [B, C, h, w]
     # Algorithm 2 step 3: occluded and original maps through the classification network.
     # Choice (not in the paper): as one batch of 2B (BatchNorm sees both), not two passes
     logits = model.logits_from_middle(torch.cat([f_r, f_af]))          # [2B, N]
@@ -392,12 +397,11 @@ def stage3_loss(model, x, y, cfg):
     # p_bf, p_af: the true-class probability before / after the occlusion. Choice (not in the
     # paper): from this training pass (dropout on); the gate detaches them
     p_bf, p_af = true_class_probability(logits_bf, y), true_class_probability(logits_af, y)
-    # Algorithm 2 step 4, the loss of the entire network: cross-entropy on both ("computed by
-    # the cross-entropy", Sec. 3.3) ...
+    # Algorithm 2 step 4: cross-entropy on both ("computed by the cross-entropy", Sec. 3.3) ...
     L_ce_bf, L_ce_af = common.cross_entropy(logits_bf, y), common.cross_entropy(logits_af, y)
     # ... and Eq. (4): L1 = L_r (Eq. (3)), L2 = L_att (Eq. (2)) per sample, M_occ as in stage 2
     M_occ, _ = occlusion_target(model, f_r, y, cfg)
-    L_r, L_att = regularization_loss(M_att), attention_loss(M_att, M_occ)
+    L_r, L_att = regularization_loss(M_att, cfg.l_r_norm), attention_loss(M_att, M_occ)
     L_gate, gate = adversarial_loss(L_r, L_att, p_bf, p_af, cfg.lambda1, cfg.lambda2, cfg.omega)
     L = L_ce_bf + L_ce_af + L_gate
     return L, {"L": L, "L_ce_bf": L_ce_bf, "L_ce_af": L_ce_af, "L_gate": L_gate,
@@ -433,10 +437,10 @@ def load_init(model, cfg, stage, num_classes):
                         f"{expected}{hint}")
     # what the stage inherits must be what --init was trained with: the input size, and from
     # stage 2 its attention branch (where it sits, its width) and the target it learned
-    same = ("height", "width") + (("point", "attention_channels", "grid", "m_occ")
-                                  if expected == "stage2" else ())
-    differ = [f"--{k.replace('_', '-')} {ckpt['config'].get(k)}" for k in same
-              if ckpt["config"].get(k) != getattr(cfg, k)]
+    same = ("height", "width", "arch") + (("point", "attention_channels", "grid", "m_occ")
+                                          if expected == "stage2" else ())
+    was = {k: ckpt["config"].get(k, getattr(Config, k)) for k in same}  # missing: the default
+    differ = [f"--{k.replace('_', '-')} {was[k]}" for k in same if was[k] != getattr(cfg, k)]
     if differ:
         raise UserError(f"{path} was trained with {', '.join(differ)}; {stage} inherits them: "
                         "pass the same values")
@@ -479,7 +483,7 @@ def train_stage(cfg, stage, ds=None, images=None):
         evaluate.check_true_matches(ds)
     # the network before the images: missing ImageNet weights or a wrong --init fail at once
     model = AAANet(ds.num_train_pids, cfg.point, cfg.dropout, cfg.attention_channels,
-                   cfg.weights if stage == "stage1" else "none")
+                   cfg.weights if stage == "stage1" else "none", cfg.arch)
     if run.state is None and stage != "stage1":
         load_init(model, cfg, stage, ds.num_train_pids)  # a resumed run reads last.pt instead
     model = common.prepare_model(model, device)
@@ -530,8 +534,8 @@ def model_from_checkpoint(ckpt, path="the checkpoint"):
     common.check_checkpoint(ckpt, path, "aaanet")
     try:
         cfg = Config(**ckpt["config"])
-        num_classes = ckpt["model"]["classifier.weight"].shape[0]
-        model = AAANet(num_classes, cfg.point, cfg.dropout, cfg.attention_channels, "none")
+        N = ckpt["model"]["classifier.weight"].shape[0]  # no "arch" (older): ResNet-50
+        model = AAANet(N, cfg.point, cfg.dropout, cfg.attention_channels, "none", cfg.arch)
         common.load_weights(model, ckpt["model"], path)
     except (KeyError, TypeError) as e:
         raise UserError(f"{path}: not a complete AAA-Net checkpoint (config and weights of "
@@ -557,13 +561,11 @@ def demo(argv):
     untrained network, stage 1 and stage 3 under Euclidean, XQDA and KISSME, as Tables 3-5.
     --resume: complete stages are loaded, the first incomplete one resumed, the rest run anew."""
     p = argparse.ArgumentParser(prog="aaanet.py demo", description=demo.__doc__)
-    common.add_config_args(p, Config, only=("out", "seed", "device", "precision", "resume"),
-                           defaults=dict(out="runs/aaanet_demo"))
-    args = p.parse_args(argv)
+    args = common.add_config_args(p, Config, only=("out", "seed", "device", "precision", "resume",
+                                  "arch"), defaults=dict(out="runs/aaanet_demo")).parse_args(argv)
     start, root = time.time(), data.ensure_synthetic()
     ds = data.load_dataset(root, "synthetic")
-    base = Config(root=root, out=args.out, seed=args.seed, device=args.device,
-                  precision=args.precision, **DEMO)
+    base = Config(root=root, **vars(args), **DEMO)  # args: the flags above
     resolve(base, "stage1")  # the flags (--seed) checked before any work
     device, size, images = common.pick_device(args.device), (base.height, base.width), {}
     print(f"demo: weights {base.weights} (no ImageNet download), {size[0]}x{size[1]} inputs, "
@@ -576,7 +578,7 @@ def demo(argv):
     # the untrained network: the seed draws the very weights stage 1 starts from
     common.seed_everything(args.seed)
     results = {"untrained": score(AAANet(ds.num_train_pids, base.point, base.dropout,
-                                         base.attention_channels, "none"))}
+                                         base.attention_channels, "none", base.arch))}
     resuming = args.resume  # stays True while every stage so far was complete in OUT
     for stage in STAGE_NAMES:
         cfg = dataclasses.replace(base, **DEMO_STAGES[stage])
@@ -603,9 +605,8 @@ def figure(argv):
     """python aaanet.py figure --checkpoint C --out F.png: like Fig. 4, three rows of N images:
     the inputs, their attention maps over them, and the inputs with the occluded region black.
     C: a stage-2 or stage-3 checkpoint (stage 3 of Table 4's variant draws its response mask)."""
-    args, device, ckpts, images = evaluate.figure_inputs(argv, "aaanet.py figure", figure.__doc__,
-                                                         "aaanet", "aaanet_fig4.png")
-    (path, ckpt), = ckpts
+    args, device, ((path, ckpt),), images = evaluate.figure_inputs(
+        argv, "aaanet.py figure", figure.__doc__, "aaanet", "aaanet_fig4.png")
     (model, (H, W)), cfg = model_from_checkpoint(ckpt, path), Config(**ckpt["config"])
     if ckpt.get("stage") == "stage1":
         raise UserError(f"{path} is a stage-1 checkpoint: its attention branch is untrained "
@@ -628,8 +629,7 @@ def figure(argv):
 # --- Command line ---------------------------------------------------------------------------------
 
 def run(argv):
-    """python aaanet.py [stage1 | stage2 | stage3 | figure | demo] [flags]; no command (or only
-    flags, e.g. --resume): the demo."""
+    """python aaanet.py [stage1|stage2|stage3|figure|demo] [flags]; none (only flags): the demo."""
     command, rest = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else ("demo", argv)
     if command in STAGE_NAMES:
         p = argparse.ArgumentParser(prog=f"aaanet.py {command}", description=f"Train AAA-Net's "

@@ -1,5 +1,4 @@
-"""
-Adversarial Erasing Attention for person re-identification (AEA).
+"""Adversarial Erasing Attention for person re-identification (AEA).
   IEEE Access 8:56469 (2020), doi:10.1109/ACCESS.2020.2981791
 
 A basic network learns global + 4 stripe features from the original images. At every iteration
@@ -7,7 +6,7 @@ its own conv2_x attention map picks the R% most-attended pixels of each image, w
 complementary network with its own weights learns from the erased images. Test feature: both.
 
 Paper map (paper -> code; follow one batch from `train` to Eq. (8) in `training_step`):
-  Sec. III-A, Table 1, Fig. 2 upper branch: the basic network   -> `Subnetwork`
+  Sec. III-A, Table 1, Fig. 2 upper branch: the basic network   -> `Subnetwork` (ResNet: `--arch`)
   Sec. III-B, Fig. 2 lower branch: the complementary network    -> `AEA.complementary`
   Eq. (1), attention map A_l = sum_c |M_l,c|^2                  -> `attention_map`
   Sec. III-B, Fig. 4, the adversarial erasing operation         -> `salient_pixels`, `erase_top`
@@ -17,33 +16,29 @@ Paper map (paper -> code; follow one batch from `train` to Eq. (8) in `training_
   Eq. (8), L = L_I1 + alpha1 L_I2 + alpha2 L_T                  -> `training_step`, step 4
   Sec. IV-B, schedule, the basic network's 10-epoch warm-up     -> `AEAConfig`, `train`
   Sec. IV-B, the 5120-d L2-normalised test feature              -> `AEA.forward`
-  Sec. IV-C, Baselines 1-4 (Table 2)                            -> `--variant b1|b2|b3|b4`
+  Sec. IV-C, Baselines 1-4 (Table 2), B4's two phases    -> `--variant`, `total_epochs`, `lr_factor`
   Table 6, REDA and AOS-style fixed erasing                     -> `--erasing random|fixed`
-  Fig. 6 (R), Fig. 7 (m), Tables 7-8 (alpha), Table 9 (l)  -> `--R`, `--margin`, `--alpha1/2`,
-                                                              `--attention-layer`
-  Figs. 3 and 5, images / attention maps / erased images        -> `figure`
+  Figs. 6-7, Tables 7-9 (R, m, alpha, l) -> `--R`, `--margin`, `--alpha1/2`, `--attention-layer`
 
 Commands:
   python aea.py                                             # the demo: synthetic data, CPU-sized
   python aea.py --root DIR --dataset market1501 [--variant b1 ...]   # the paper's schedule
   python aea.py <the same flags> --resume                   # continue a stopped run (OUT/last.pt)
   python evaluate.py --checkpoint runs/aea/market1501-aea/last.pt --root DIR --dataset market1501
-  python aea.py figure --checkpoint C [C2 ...] --out attention.png   # Figs. 3 and 5
+  python aea.py figure --checkpoint C [C2 ...] --out attention.png   # Figs. 3 and 5 (`figure`)
+  python aea.py compare [--seeds 3]                         # Tables 2 and 6 in miniature
 
 Choices where the paper is silent (each at its line, "Choice (not in the paper)", with its reason):
-  - FC_1 and the stripe FCs: Linear -> BatchNorm -> LeakyReLU 0.1 -> Dropout; f after the dropout.
-  - The 4 stripes: adaptive average pooling of conv5_x into 4 rows (any map height).
-  - Top-R%: k = round(R * H * W / 100) pixels, ties to the lower pixel index (a stable sort).
-  - Erased pixels are 0 in the normalised image (the mean colour); cached erased copies hold the
-    ImageNet mean rounded to uint8. The erasing applies to the augmented batch the basic net saw.
-  - The warm-up only where the erasing reads the basic network (adversarial, fixed, B4).
-  - The basic network alone trains with L_I1 + L_T; Baseline 2's with L_I1 only.
-  - B4 "until convergence" = --b4-basic-epochs (40) of the basic network alone.
-  - Erase-once masks (B3, B4, --erasing fixed) from the unaugmented images, the basic network in
-    eval mode; --erasing fixed (AOS-style) from the basic network after the warm-up, not from a
-    separate network; B3's grey level is ITU-R 601 luma; the erased copy gets its original's flip
-    and crop (a twin generator). --erasing random: an independent second augmentation (REDA).
-  - Every test feature is L2-normalised (B1's and B2's 2560-d ones too).
+  - FC_1 and the stripe FCs: Linear -> BatchNorm -> LeakyReLU 0.1 -> Dropout, f after the dropout;
+    4 stripes by adaptive pooling (any height); all test features L2-normalised (B1's, B2's too).
+  - Top-R%: k = round(R * H * W / 100), ties to the lower pixel index (a stable sort). Erased
+    pixels: the mean colour (0 normalised, rounded in uint8 copies), in the augmented batch.
+  - The warm-up only where the erasing reads the basic network (adversarial, fixed, B4); alone, it
+    trains with L_I1 + L_T (B2's: L_I1). B4 "until convergence" = B1's whole run, then AEA's joint
+    phase, epochs and lrs (`lr_factor`): only the dynamic strategy differs.
+  - Erase-once masks (B3, B4, --erasing fixed): unaugmented images, eval mode, for fixed (AOS-style)
+    after the warm-up, no separate network; B3's grey: ITU-R 601 luma; the erased copy gets its
+    original's flip and crop (a twin generator). --erasing random: REDA, an independent second view.
   - The demo: 64x32, 40 epochs, random weights, no dropout (`DEMO`); --resume may change only
     the device, --out and the evaluation flags (`RESUME_MAY_DIFFER`).
 """
@@ -71,7 +66,6 @@ LAYERS = typing.Literal["conv2_x", "conv3_x", "conv4_x", "conv5_x"]
 
 
 # --- Config: the paper's schedule as defaults (Sec. IV-B); the demo and datasets adjust some ------
-
 @dataclass
 class AEAConfig:
     root: str = ""  # dataset folder (Market-1501 or folder layout); none: `python aea.py`, the demo
@@ -79,8 +73,8 @@ class AEAConfig:
     height: int = 256  # input height, Sec. IV-B ("resize all pedestrian images to 256x128")
     width: int = 128  # input width, Sec. IV-B
     weights: str = "imagenet"  # ResNet-50 start, Sec. IV-B: imagenet, none or a state-dict path
+    arch: typing.Literal[tuple(common.ARCHS)] = "resnet50"  # Sec. III-A's ResNet-50; 18, 34: CPU
     variant: typing.Literal["aea", "b1", "b2", "b3", "b4"] = "aea"  # AEA or Baseline 1-4, Table 2
-    # the complementary network's input, Table 6: AEA's, REDA, AOS-style fixed erasing
     erasing: typing.Literal["adversarial", "random", "fixed"] = "adversarial"  # Table 6
     dropout: float = 0.5  # Dropout rate in FC_1 and the stripe FCs, Sec. IV-B
     attention_layer: LAYERS = "conv2_x"  # l in Eq. (1), Table 9
@@ -95,7 +89,6 @@ class AEAConfig:
     lr: float = 0.01  # learning rate, Sec. IV-B
     lr_step: int = 75  # the epoch at which lr is multiplied by 0.1, Sec. IV-B
     warmup_epochs: int = 10  # the basic network alone first, Sec. IV-B
-    b4_basic_epochs: int = 40  # Baseline 4: the basic network alone "until convergence", Sec. IV-C
     momentum: float = 0.9  # SGD momentum (the paper names no optimiser)
     weight_decay: float = 5e-4  # SGD weight decay (the paper names no optimiser)
     seed: int = 0  # seeds the weights, the PK sampler and the augmentation
@@ -117,8 +110,7 @@ LIMITS = dict(R="(0, 100)", reda_p="[0, 1]", dropout="[0, 1)", margin="[0, inf)"
               alpha1="[0, inf)", alpha2="[0, inf)", lr="(0, inf)", momentum="[0, 1)",
               weight_decay="[0, inf)", height="[32, inf)", width="[16, inf)", P="[2, inf)",
               K="[1, inf)", epochs="[1, inf)", lr_step="[1, inf)", warmup_epochs="[0, inf)",
-              b4_basic_epochs="[0, inf)", eval_every="[0, inf)", keep_every="[0, inf)",
-              seed="[0, 4294967295]")
+              eval_every="[0, inf)", keep_every="[0, inf)", seed="[0, 4294967295]")
 
 # Margin and R per dataset, Sec. IV-B and IV-E (CUHK03: 0.35 and 20; other sets Market-1501's)
 PER_DATASET = {d: dict(margin=0.35, R=20.0) if d.startswith("cuhk03") else dict(margin=0.3, R=10.0)
@@ -139,43 +131,50 @@ def erasing_mode(cfg):
     return {"b3": "grey", "b4": "fixed"}.get(cfg.variant, cfg.erasing)
 
 
+def total_epochs(cfg):
+    """The run's epochs: --epochs; B4: --epochs basic, then AEA's joint phase (Sec. IV-C)."""
+    return cfg.epochs + (cfg.epochs - cfg.warmup_epochs if cfg.variant == "b4" else 0)
+
+
+def lr_factor(cfg, epoch):
+    """The lr of 0-based `epoch` over --lr: 1, x0.1 from epoch --lr-step on (Sec. IV-B). E.g.
+    B4 with --epochs 4 --lr-step 3 --warmup-epochs 1: 1, 1, 1, 0.1 (basic), 1, 1, 0.1 (joint)."""
+    if cfg.variant == "b4" and epoch >= cfg.epochs:
+        # Choice (not in the paper): AEA's joint-phase lrs: only the dynamic strategy differs
+        epoch += cfg.warmup_epochs - cfg.epochs
+    return 0.1 if epoch >= cfg.lr_step else 1.0
+
+
 def basic_alone_epochs(cfg):
     """The epochs at the start in which only the basic network trains (Sec. IV-B)."""
-    if cfg.variant == "b1":
-        return cfg.epochs  # Baseline 1 is the basic network alone
-    if cfg.variant == "b4":
-        # Choice (not in the paper): --b4-basic-epochs for "until convergence" (Sec. IV-C)
-        return cfg.b4_basic_epochs
+    if cfg.variant in ("b1", "b4"):
+        # B1: the basic network alone. Choice (not in the paper): B4 "until convergence" = B1
+        return cfg.epochs
     # Choice (not in the paper): the warm-up exists "to enable the basic network to predict the
     # salient parts properly" (Sec. IV-B), so only erasings that read the basic network wait
     return cfg.warmup_epochs if erasing_mode(cfg) in ("adversarial", "fixed") else 0
 
 
 # --- Networks: basic and complementary (Sec. III-A/B), the test feature (Sec. IV-B) ---------------
-
-def embedding(dropout):
-    """FC_1's form, used by the global branch and by each stripe: 2048 -> 512 (Sec. III-A)."""
-    # Choice (not in the paper): the BatchNorm, so that the five 512-d outputs share one scale,
-    # and the stripe FCs in FC_1's form (Sec. IV-B gives LeakyReLU 0.1 and Dropout for FC_1)
-    return nn.Sequential(nn.Linear(2048, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.1),
+def embedding(dropout, C=2048):
+    """FC_1 (Sec. III-A; LeakyReLU 0.1 and Dropout: Sec. IV-B): C (conv5_x's channels) -> 512."""
+    # Choice (not in the paper): the stripe FCs alike; a BatchNorm, so the 5 outputs share a scale
+    return nn.Sequential(nn.Linear(C, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.1),
                          nn.Dropout(dropout))
 
 
 class Subnetwork(nn.Module):
-    """The basic network (Sec. III-A, Table 1); the complementary network is the same
-    architecture with its own weights (Sec. III-B).
-
-    ResNet-50 without conv5_x's down-sampling (a 256x128 input gives conv5_x 2048x16x8) ->
+    """The basic network (Sec. III-A, Table 1); the complementary network (Sec. III-B) is the same
+    with its own weights. ResNet-50, conv5_x with stride 1 (256x128: 2048x16x8; ResNet-18: 512) ->
       global: average pool -> FC_1 (512)                             } concatenated: f, 2560-d
-      local:  4 horizontal stripes -> average pool -> FC (512) each  }
-    -> FC_2, the identity classifier (2560 -> number of training identities).
-    """
+      local:  4 horizontal stripes -> average pool -> FC (512) each  }  (whatever the --arch)
+    -> FC_2, the identity classifier (2560 -> number of training identities)."""
 
-    def __init__(self, num_classes, weights="imagenet", dropout=0.5):
+    def __init__(self, num_classes, weights="imagenet", dropout=0.5, arch="resnet50"):
         super().__init__()
-        self.backbone = common.Backbone(weights, last_stride=1)
-        self.FC_1 = embedding(dropout)
-        self.part_fc = nn.ModuleList(embedding(dropout) for _ in range(4))
+        self.backbone = common.Backbone(weights, last_stride=1, arch=arch)
+        self.FC_1 = embedding(dropout, C := self.backbone.channels["layer4"])  # C: 2048, ResNet-50
+        self.part_fc = nn.ModuleList(embedding(dropout, C) for _ in range(4))
         self.FC_2 = nn.Linear(5 * 512, num_classes)
 
     def forward(self, x, attention_layer=None):
@@ -184,17 +183,13 @@ class Subnetwork(nn.Module):
         if attention_layer is None:
             M_l, M_5 = None, self.backbone.run(x)
         else:
-            # stop at layer l, keep its output, go on from the next stage to conv5_x
-            layer = common.PAPER_STAGE_NAMES[attention_layer]
-            M_l = self.backbone.run(x, "conv1", layer)
-            nxt = common.STAGES.index(layer) + 1
+            layer = common.PAPER_STAGE_NAMES[attention_layer]  # run to l, keep M_l, on to conv5_x
+            M_l, nxt = self.backbone.run(x, "conv1", layer), common.STAGES.index(layer) + 1
             M_5 = M_l if nxt == len(common.STAGES) else self.backbone.run(M_l, common.STAGES[nxt])
-        # global branch: average pool over the whole conv5_x map (16x8 at 256x128) -> FC_1
-        g = self.FC_1(M_5.mean(dim=(2, 3)))                                # [B, 512]
-        # local branch: 4 horizontal stripes, each average-pooled -> its own 512-d FC.
+        g = self.FC_1(M_5.mean(dim=(2, 3)))  # global branch: all of conv5_x pooled, [B, 512]
         # Choice (not in the paper): adaptive pooling = the equal split when the rows divide by 4
-        stripes = F.adaptive_avg_pool2d(M_5, (4, 1)).flatten(2)            # [B, 2048, 4]
-        parts = [fc(stripes[:, :, i]) for i, fc in enumerate(self.part_fc)]  # 4 x [B, 512]
+        stripes = F.adaptive_avg_pool2d(M_5, (4, 1)).flatten(2)  # local branch: 4 stripes [B, C, 4]
+        parts = [fc(stripes[:, :, i]) for i, fc in enumerate(self.part_fc)]  # own FCs: 4 x [B, 512]
         # Choice (not in the paper): f after the dropout, i.e. exactly FC_2's input ("the input
         # of FC_2 is also regarded as the input of the triplet loss", Sec. IV-C)
         f = torch.cat([g, *parts], dim=1)                                  # [B, 2560]
@@ -202,16 +197,15 @@ class Subnetwork(nn.Module):
 
 
 class AEA(nn.Module):
-    """Both subnetworks; forward(x) is the variant's test feature (what evaluate.py calls):
-    aea, b3, b4: concat(basic f, complementary f), L2-normalised, 5120-d (Sec. IV-B);
-    b1: the basic network's 2560-d (it has no complementary network); b2: the complementary's."""
+    """Both subnetworks; forward(x), the test feature (evaluate.py's): aea, b3, b4: concat(basic f,
+    complementary f), 5120-d (Sec. IV-B); b1: the basic 2560-d f; b2: the complementary one."""
 
-    def __init__(self, num_classes, variant="aea", weights="imagenet", dropout=0.5):
+    def __init__(self, num_classes, variant="aea", weights="imagenet", dropout=0.5,
+                 arch="resnet50"):
         super().__init__()
-        self.variant = variant
-        self.basic = Subnetwork(num_classes, weights, dropout)
-        self.complementary = (Subnetwork(num_classes, weights, dropout) if variant != "b1"
-                              else None)
+        self.variant, net = variant, (num_classes, weights, dropout, arch)
+        self.basic = Subnetwork(*net)
+        self.complementary = Subnetwork(*net) if variant != "b1" else None  # B1: the basic alone
 
     def forward(self, x):
         if self.variant == "b1":
@@ -226,22 +220,18 @@ class AEA(nn.Module):
 
 
 # --- Eq. (1), the attention map, and the adversarial erasing operation (Sec. III-B, Fig. 4) -------
-
 def attention_map(M):
-    """Eq. (1): A_l = sum_c |M_l,c|^2 over the C channels of layer l's output: M [B, C, h, w] ->
-    A [B, h, w], in fp32 (squares of bf16 activations would lose the ranking)."""
+    """Eq. (1): A_l = sum_c |M_l,c|^2: [B, C, h, w] -> [B, h, w], fp32 (bf16 loses the ranking)."""
     return M.float().pow(2).sum(dim=1)
 
 
 def salient_pixels(A, R, size):
-    """The top R% of an attention map A [B, h, w] resized to size = (H, W) (Sec. III-B): bool
-    [B, H, W], exactly k = round(R * H * W / 100) True per image."""
+    """The top R% of maps A [B, h, w] resized to size = (H, W) (Sec. III-B): bool [B, H, W]."""
     B, (H, W) = A.shape[0], size
     # "we resize the attention map into the same size with the original pedestrian image ...
     # using bilinear interpolation" (Sec. III-B); a map already at (H, W) comes back unchanged
     A = F.interpolate(A[:, None].float(), size=(H, W), mode="bilinear", align_corners=False)
-    # Choice (not in the paper): k rounds half to even (Python's round)
-    k = round(R * H * W / 100)
+    k = round(R * H * W / 100)  # Choice (not in the paper): half to even (Python's round)
     # "select the top R% largest values". Choice (not in the paper): ties to the lower pixel
     # index (a stable sort), so that the mask is the same on every run and device
     order = torch.sort(A.view(B, H * W), dim=1, descending=True, stable=True).indices  # [B, H*W]
@@ -252,39 +242,28 @@ def salient_pixels(A, R, size):
 
 def erase_top(images, A, R):
     """The erased pedestrian images (Fig. 4): the top R% pixels of A set to 0 in normalised
-    images [B, 3, H, W]. Choice (not in the paper): 0, the mean colour, which random erasing and
-    the padding write too."""
+    images [B, 3, H, W]. Choice (not in the paper): 0, the mean colour, as random erasing writes."""
     return images.masked_fill(salient_pixels(A, R, images.shape[-2:])[:, None], 0.0)
 
 
 @torch.no_grad()
 def adversarial_erasing(x, M_l, R):
-    """Sec. III-B: A (Eq. (1)) from the basic network's layer-l output M_l -> the erased batch.
-    No gradient: the erasing selects pixels (no derivative), and Fig. 2's back-propagation reaches
-    the basic network only through L_I1 and L_T, never through the complementary network."""
+    """Sec. III-B: A (Eq. (1)) from the basic network's layer-l output M_l -> the erased batch. No
+    gradient: selecting pixels has none, and in Fig. 2 only L_I1 and L_T reach the basic network."""
     return erase_top(x, attention_map(M_l), R)
 
 
 # --- The training step: Eq. (8) on one PK batch ---------------------------------------------------
-
 def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
     """One SGD step on a PK batch; returns the loss terms, for the progress line.
-
     x [B, 3, H, W]: the augmented, normalised originals; y [B]: their identity labels.
-    joint=True, AEA (Fig. 2): the basic network on x; the top R% of its attention erased from x;
-      the complementary network on the erased images; Eq. (8):
-          L = L_I1 + alpha1 * L_I2 + alpha2 * L_T,  L_T over the 2B features of both.
-    joint=False: the basic network alone (the warm-up, Baseline 1, Baseline 4's first phase),
-      L = L_I1 + L_T.
-    Each baseline differs from AEA in one place: B1 never joins (`basic_alone_epochs`); B2's
-    L_T and its basic network's loss (below); B3, B4 and --erasing fixed | random feed the
-    complementary network x_other, made in `epoch_batches`, instead of the dynamic erasing of x.
-    """
+    joint=True, AEA (Fig. 2): steps 1-4 below, Eq. (8); joint=False: the basic network alone
+    (warm-up, Baseline 1, B4's first phase). Each baseline differs from AEA in one place: B1 never
+    joins (`basic_alone_epochs`); B2's L_T and basic loss (below); B3, B4, --erasing fixed | random
+    feed the complementary network x_other (`epoch_batches`) instead of the dynamic erasing of x."""
     dynamic = joint and erasing_mode(cfg) == "adversarial"
-    # --precision: bf16 autocast or none (auto: bf16 on CUDA, fp32 on the CPU)
-    with common.autocast(x.device, cfg.precision):
-        # 1. The basic network on the originals (Sec. III-A); under the dynamic strategy the
-        #    same pass returns layer l's output M_l (conv2_x by default), Eq. (1)'s input
+    with common.autocast(x.device, cfg.precision):  # auto: bf16 on CUDA, fp32 on the CPU
+        # 1. The basic network on the originals (Sec. III-A); dynamic: M_l too, Eq. (1)'s input
         f_b, v_b, M_l = model.basic(x, cfg.attention_layer if dynamic else None)
         # L_I1: cross-entropy of the basic network on the originals, Eq. (2)
         L_I1 = common.cross_entropy(v_b, y)
@@ -310,8 +289,7 @@ def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
             # alone, as Sec. IV-C says: "train the basic network using the cross-entropy loss"
             L, terms = L_I1, dict(L_I1=L_I1)
         else:
-            # L_T on the originals' features, Eq. (5). Choice (not in the paper): L_I1 + L_T
-            # without alpha2, which weighs the joint term of Eq. (8)
+            # L_T on the originals, Eq. (5). Choice (not in the paper): alpha2 weighs Eq. (8) only
             L_T = common.batch_hard_triplet_loss(f_b, y, cfg.margin)
             L, terms = L_I1 + L_T, dict(L_I1=L_I1, L_T=L_T)
     # the backward pass outside autocast; parameters without a gradient (the complementary
@@ -332,20 +310,16 @@ LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 @torch.no_grad()
 def fixed_erasing_masks(images, R, basic=None, attention_layer="conv2_x", precision="auto"):
-    """The pixels to erase once, for every cached image: uint8 [N, 3, H, W] -> bool [N, H, W]:
-    the top R% of the grey-level image (basic=None, Baseline 3, Sec. IV-C), or of `basic`'s
-    attention (Eq. (1); Baseline 4, --erasing fixed) on the unaugmented images."""
-    if basic is not None:
-        # Choice (not in the paper): eval mode, so each image's map does not depend on its batch
-        was_training = basic.training
-        basic.eval()
-    masks = []
+    """Erase-once pixels: unaugmented uint8 images [N, 3, H, W] -> bool [N, H, W], the top R% of the
+    grey image (basic=None: B3, Sec. IV-C) or `basic`'s attention (Eq. (1): B4, --erasing fixed)."""
+    # Choice (not in the paper): eval mode, so each image's map does not depend on its batch
+    was_training, masks = basic is not None and basic.training, []
     for u8 in images.split(128):  # 128 images at a time
         if basic is None:
             A = (u8.float() * LUMA.to(u8.device).view(1, 3, 1, 1)).sum(dim=1)  # grey [b, H, W]
         else:
             with common.autocast(u8.device, precision):
-                M_l = basic.backbone.run(data.normalize(u8), "conv1", attention_layer)
+                M_l = basic.eval().backbone.run(data.normalize(u8), "conv1", attention_layer)
             A = attention_map(M_l)                                         # [b, h, w]
         masks.append(salient_pixels(A, R, u8.shape[-2:]))
     if basic is not None:
@@ -359,10 +333,8 @@ def erase_uint8(images, mask):
 
 
 def epoch_batches(images, labels, sampler, g, cfg, joint, erased_images=None):
-    """One epoch of (x, y, x_other): x the augmented originals, x_other the complementary
-    network's input when it is not erased from x on the fly (else None): the erased copy with the
-    SAME flips and crops (B3, B4, --erasing fixed: a twin of g and the same sampler indices), or a
-    second augmentation with random erasing (--erasing random, REDA)."""
+    """One epoch of (x, y, x_other): x the augmented originals, x_other the complementary network's
+    input when it is not erased from x on the fly (B3, B4, --erasing fixed | random), else None."""
     originals = data.train_batches(images, labels, sampler, g)
     if joint and erased_images is not None:
         # Choice (not in the paper): the erased copy aligned with its augmented original
@@ -377,7 +349,6 @@ def epoch_batches(images, labels, sampler, g, cfg, joint, erased_images=None):
 
 
 # --- Training run (Sec. IV-B) ---------------------------------------------------------------------
-
 def score(model, ds, cfg, device, cache):
     """Rank-1/5/10 and mAP of the test feature: Euclidean on L2-normalised features."""
     return evaluate.evaluate_model(model, ds, (cfg.height, cfg.width), device, images=cache,
@@ -385,14 +356,13 @@ def score(model, ds, cfg, device, cache):
 
 
 def train(cfg):
-    """The paper's training (Sec. IV-B) with the variant's networks and inputs; returns {row:
-    rank_metrics} (untrained, every --eval-every, final), or None when a signal stopped the run.
-    OUT/last.pt after every epoch, OUT/best.pt, --resume and stop signals: common.TrainingRun."""
+    """The paper's training (Sec. IV-B) -> {row: rank_metrics} (untrained, every --eval-every,
+    final), None if a signal stopped it; last.pt, best.pt, --resume, signals: common.TrainingRun."""
     device = common.pick_device(cfg.device)
     run = common.TrainingRun("aea", cfg, cfg.out, RESUME_MAY_DIFFER, device, loss="L",
-                             erase_mask=None)  # erase-once runs (B3, B4, fixed): the mask, packed
+                             epochs=total_epochs(cfg), erase_mask=None)  # erase_mask: B3, B4, fixed
     if run.finished:  # a finished run resumed: its table
-        print(f"{run.last} already holds all {cfg.epochs} epochs; nothing left to resume\n"
+        print(f"{run.last} already holds all {run.epochs} epochs; nothing left to resume\n"
               + evaluate.format_table(run.results, label=f"AEA {cfg.variant}"), flush=True)
         return run.results
     common.seed_everything(cfg.seed)
@@ -400,12 +370,12 @@ def train(cfg):
     evaluate.check_true_matches(ds)  # the evaluation's need, before training
     sampler = data.PKSampler(ds.train.pids, cfg.P, cfg.K, seed=cfg.seed)  # --P checked here
     # the model before the images: a missing ImageNet file fails in seconds, not after decoding
-    model = AEA(ds.num_train_pids, cfg.variant, cfg.weights, cfg.dropout)
+    model = AEA(ds.num_train_pids, cfg.variant, cfg.weights, cfg.dropout, cfg.arch)
     model = common.prepare_model(model, device)
     optimizer = common.make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
-    schedule = common.step_schedule(optimizer, [cfg.lr_step])  # lr x0.1 at epoch 75, Sec. IV-B
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))  # IV-B
     print(f"AEA variant {cfg.variant}, erasing {erasing_mode(cfg)}, R {cfg.R}%, m {cfg.margin}, "
-          f"{cfg.height}x{cfg.width}, P={cfg.P} K={cfg.K}, {cfg.epochs} epochs "
+          f"{cfg.height}x{cfg.width}, {cfg.arch}, P={cfg.P} K={cfg.K}, {run.epochs} epochs "
           f"({basic_alone_epochs(cfg)} basic alone), lr {cfg.lr} (x0.1 at {cfg.lr_step}), "
           f"weights {cfg.weights}, device {device}, precision {cfg.precision}, out {cfg.out}")
     images = data.load_images(ds.train.paths, cfg.height, cfg.width, desc="train").to(device)
@@ -420,15 +390,13 @@ def train(cfg):
     elif run.state is None and cfg.eval_untrained:
         run.results["untrained"] = score(model, ds, cfg, device, cache)
     with run:  # SIGINT / SIGTERM: the step finishes, last.pt is written, the run stops
-        for epoch in range(first, cfg.epochs):
+        for epoch in range(first, run.epochs):
             joint = epoch >= basic_alone_epochs(cfg)
             if joint and erased_images is None and mode in ("grey", "fixed"):
-                # B3's grey level, B4's trained basic network: erased once (Sec. IV-C). Choice
-                # (not in the paper): AOS-style (Table 6) erases once from the basic network after
-                # its warm-up, where AOS learns the erased area with a separate network
-                basic = None if mode == "grey" else model.basic
-                mask = fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer,
-                                           precision=cfg.precision)
+                # B3's grey level, B4's trained basic network: erased once (Sec. IV-C). Choice (not
+                # in the paper): AOS-style (Table 6) too, after the warm-up, not a separate network
+                mask = fixed_erasing_masks(images, cfg.R, None if mode == "grey" else model.basic,
+                                           cfg.attention_layer, cfg.precision)
                 erased_images = erase_uint8(images, mask)
                 # kept bit-packed for the checkpoints (Market-1501's mask: 53 MB)
                 run.extra["erase_mask"] = torch.from_numpy(np.packbits(mask.cpu().numpy(), -1))
@@ -443,7 +411,7 @@ def train(cfg):
             # last.pt before the evaluation: an evaluation that fails loses no trained epoch
             if not run.end_epoch(keep_copy=cfg.keep_every and (epoch + 1) % cfg.keep_every == 0):
                 return None
-            if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+            if epoch + 1 == run.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                 run.results[f"epoch {epoch + 1}"] = r = score(model, ds, cfg, device, cache)
                 print(evaluate.format_table(run.results, label=f"AEA {cfg.variant}"), flush=True)
                 run.save_results({"euclidean": r})  # last.pt and log.csv again, with this row
@@ -451,12 +419,13 @@ def train(cfg):
 
 
 def model_from_checkpoint(ckpt, path="the checkpoint"):
-    """evaluate.py's hook: (model in eval(), (height, width)) from an AEA checkpoint, its config
-    rebuilt whole; another paper's file, or weights that do not fit it, are refused."""
+    """evaluate.py's hook: AEA checkpoint -> (model in eval(), (height, width)), or a UserError."""
     common.check_checkpoint(ckpt, path, "aea")
     try:
-        cfg = AEAConfig(**ckpt["config"])
-        model = AEA(ckpt["model"]["basic.FC_2.weight"].shape[0], cfg.variant, "none", cfg.dropout)
+        # an older checkpoint: no "arch" (its default: ResNet-50), the removed b4_basic_epochs
+        cfg = AEAConfig(**{k: v for k, v in ckpt["config"].items() if k != "b4_basic_epochs"})
+        model = AEA(ckpt["model"]["basic.FC_2.weight"].shape[0], cfg.variant, "none", cfg.dropout,
+                    cfg.arch)
         common.load_weights(model, ckpt["model"], path)
     except (KeyError, TypeError) as e:
         raise UserError(f"{path}: the config or weights do not fit aea.py's network "
@@ -465,7 +434,6 @@ def model_from_checkpoint(ckpt, path="the checkpoint"):
 
 
 # --- Figures 3 and 5: images, their attention maps, the erased images -----------------------------
-
 def figure(argv=None):
     """python aea.py figure --checkpoint C [C2 ...] --out F.png: one column per query image;
     rows: the images, then per checkpoint its attention map as a heat overlay (Fig. 3; several
@@ -475,30 +443,54 @@ def figure(argv=None):
         several=True)
     rows = [list(images)]                                                 # uint8 [n, 3, H, W]
     for path, ckpt in ckpts:
-        model, cfg = model_from_checkpoint(ckpt, path)[0].to(device), AEAConfig(**ckpt["config"])
+        model, cfg = model_from_checkpoint(ckpt, path)[0].to(device), ckpt["config"]
         with torch.no_grad(), common.autocast(device, evaluate.trained_precision(ckpt)):
-            # the basic network's attention (Eq. (1)) at test time: the unaugmented images, in
-            # eval mode (BatchNorm's running statistics), as `fixed_erasing_masks` computes it
+            # Eq. (1) at test time, as in `fixed_erasing_masks`: unaugmented images, eval mode
             M_l = model.basic.backbone.run(data.normalize(images.to(device)), "conv1",
-                                           cfg.attention_layer)
+                                           cfg["attention_layer"])
         A = attention_map(M_l).cpu()                                       # [n, h, w]
         rows.append(list(evaluate.heat_overlay(images, A)))
-        rows.append(list(erase_uint8(images, salient_pixels(A, cfg.R, images.shape[-2:]))))
+        rows.append(list(erase_uint8(images, salient_pixels(A, cfg["R"], images.shape[-2:]))))
     evaluate.save_image_grid(args.out, rows)
     print(f"wrote {args.out}: {len(images)} {args.split} images, per checkpoint attention + erased")
     return args.out
 
 
-# --- Command line ---------------------------------------------------------------------------------
+# --- Tables 2 and 6 in miniature: `python aea.py compare [--seeds N]` -----------------------------
 
+# (row, its flags over the demo's, its cost in AEA runs); B1 trains one network, B4 adds B1's run
+COMPARE = [("AEA", [], 1), ("Baseline 1", ["--variant", "b1"], 0.5),
+           ("Baseline 2", ["--variant", "b2"], 1), ("Baseline 3", ["--variant", "b3"], 1),
+           ("Baseline 4", ["--variant", "b4"], 1.5), ("REDA", ["--erasing", "random"], 1),
+           ("erase-once", ["--erasing", "fixed"], 1)]
+CLAIMS = [("AEA", f"Baseline {i}", "Table 2") for i in (1, 2, 3, 4)] + [
+    ("Baseline 1", "Baseline 2", "Table 2"), ("Baseline 4", "Baseline 3", "Table 2"),
+    ("AEA", "REDA", "Table 6"), ("AEA", "erase-once", "Table 6")]
+
+
+def compare(argv):
+    """python aea.py compare [--seeds N]: AEA, Baselines 1-4 (Table 2), REDA and the erase-once
+    AOS-style input (Table 6), each trained as the demo with seeds 0..N-1; mean ± sd of rank-1
+    and mAP, and each ordering the paper claims with whether it holds here. Resumable."""
+    def train_row(flags, seed, out, device, resume):  # one run; None if a signal stopped it
+        data.ensure_synthetic(DEMO["root"])
+        resume = resume and os.path.isfile(os.path.join(out, "last.pt"))
+        cfg, _ = parse_config([*flags, "--seed", str(seed), "--out", out, "--device", device,
+                               "--no-eval-untrained"] + ["--resume"] * resume)
+        results = train(cfg)
+        return results and {"euclidean": results[f"epoch {total_epochs(cfg)}"]}
+    return evaluate.compare_command(argv, "aea.py compare", compare.__doc__,
+                                    os.path.join("runs", "aea", "compare"),
+                                    "AEA, Tables 2 and 6 in miniature", COMPARE, CLAIMS, train_row)
+
+
+# --- Command line ---------------------------------------------------------------------------------
 def parse_config(argv):
-    """Flags -> (AEAConfig, is_demo): the paper's defaults, the demo's without --root, margin and
-    R per dataset; flags given on the command line win over all of them."""
-    parser = argparse.ArgumentParser(
-        prog="aea.py", description="Train AEA (or a baseline); the defaults are the paper's. "
-        "Without --root: the demo, with " + " ".join(f"--{k.replace('_', '-')} {v}"
-                                                    for k, v in DEMO.items()) +
-        ". Figures 3 and 5: `aea.py figure -h`.")
+    """Flags -> (AEAConfig, is_demo): the paper's, DEMO's, PER_DATASET's defaults; flags win."""
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO.items())  # the demo's
+    parser = argparse.ArgumentParser(prog="aea.py", description="Train AEA (or a baseline); the "
+                                     f"defaults are the paper's. Without --root: the demo, with "
+                                     f"{flags}. Figures 3 and 5: `aea.py figure -h`.")
     common.add_config_args(parser, AEAConfig)
     demo = not parser.parse_args(argv).root
     parser.set_defaults(**(DEMO if demo else {}))
@@ -518,21 +510,19 @@ def check_config(cfg):  # one clear UserError for the first bad value, naming th
     if cfg.variant not in ("aea", "b2") and cfg.erasing != "adversarial":
         raise UserError(f"--erasing {cfg.erasing} applies to --variant aea and b2; {cfg.variant} "
                         "fixes its own input to the complementary network (Sec. IV-C)")
-    # k = round(R * H * W / 100) pixels are erased (`salient_pixels`): 0 where R * H * W <= 50
     if cfg.R * cfg.height * cfg.width <= 50 and cfg.variant != "b1" and cfg.erasing != "random":
         raise UserError(f"--R {cfg.R} erases round({cfg.R}% of {cfg.height}x{cfg.width}) = 0 "
                         f"pixels: give --R above {50 / (cfg.height * cfg.width):.3g}")
-    if cfg.variant != "b1" and basic_alone_epochs(cfg) >= cfg.epochs:
-        raise UserError(f"--{'b4-basic' if cfg.variant == 'b4' else 'warmup'}-epochs "
-                        f"{basic_alone_epochs(cfg)} leaves no epoch of --epochs {cfg.epochs} for "
-                        "the complementary network")
+    if cfg.variant != "b1" and basic_alone_epochs(cfg) >= total_epochs(cfg):  # B4: too
+        raise UserError(f"--warmup-epochs {cfg.warmup_epochs} leaves no epoch of --epochs "
+                        f"{cfg.epochs} for the complementary network")
 
 
 def main(argv=None):
-    """`python aea.py [flags]` trains (the demo without --root); `python aea.py figure ...`."""
+    """`python aea.py [flags]` trains (the demo without --root); `aea.py figure|compare ...`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["figure"]:
-        return figure(argv[1:])
+    if argv[:1] in (["figure"], ["compare"]):
+        return (figure if argv[0] == "figure" else compare)(argv[1:])
     cfg, demo = parse_config(argv)
     if demo:
         data.ensure_synthetic(cfg.root)

@@ -202,6 +202,26 @@ def test_regularization_loss_eq3_by_hand():
     assert L_r.tolist() == pytest.approx([0.287682, 0.693147, 0.0], abs=1e-6)
 
 
+def test_regularization_loss_mean_by_hand_and_the_sum_at_28x28():
+    # --l-r-norm mean: M = [[1, -1], [2, 0]] -> mean |M| = (1 + 1 + 2 + 0) / 4 = 1,
+    # L_r = log(1 + e^-1) = 0.313262 (the printed sum, 4, gives log(1 + e^-4) = 0.018150)
+    M_att = torch.tensor([[[1.0, -1.0], [2.0, 0.0]]])
+    assert aaanet.regularization_loss(M_att, "mean").item() == pytest.approx(0.313262, abs=1e-6)
+    assert aaanet.regularization_loss(M_att, "sum").item() == pytest.approx(0.018150, abs=1e-6)
+    # at the paper's 28x28 with |M_att| ~ 1 the sum is ~784: L_r and its gradient are exactly 0;
+    # the mean (~1) keeps both: d/dM = -sigmoid(-1) sign(M) / 784 per position
+    M_att = (torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(0)) + 0.5)
+    M_att.requires_grad_()
+    aaanet.regularization_loss(M_att, "sum").sum().backward()
+    assert (M_att.grad == 0).all()
+    M_att.grad = None
+    L_r = aaanet.regularization_loss(M_att, "mean")
+    L_r.sum().backward()
+    assert L_r.item() > 0.2 and (M_att.grad < 0).all()
+    expected = -torch.sigmoid(-M_att.detach().mean()) / 784
+    torch.testing.assert_close(M_att.grad, expected.expand(1, 28, 28))
+
+
 def test_adversarial_gate_eq4_some_pass_some_do_not():
     # omega = 0.04; p_bf - p_af = 0.1 (passes), 0.02 (fails), -0.1 (fails), 0.05 (passes)
     # per sample lambda1 L_r + lambda2 L_att with (0.3, 1.7):
@@ -234,6 +254,20 @@ def test_attention_mask_by_hand():
                                                            [False, False, False]]]
     # a map with no positive value occludes nothing
     assert aaanet.attention_mask(-torch.ones(1, 2, 3)).all()
+
+
+def test_attention_aware_occlusion_by_hand():
+    # f_r one channel [[2, 4], [6, 8]], M_att [[-1, 1], [2, 3]]: relu [[0, 1], [2, 3]], min-max
+    # -> A = [[0, 1/3], [2/3, 1]]; above 0.5 occluded: mask [[1, 1], [0, 0]].
+    # features: f_r * mask = [[2, 4], [0, 0]]; attention-aware: f_r * A * mask = [[0, 4/3], [0, 0]]
+    f_r = torch.tensor([[[[2.0, 4.0], [6.0, 8.0]]]])
+    M_att = torch.tensor([[[-1.0, 1.0], [2.0, 3.0]]], requires_grad=True)
+    mask = aaanet.attention_mask(M_att, 0.5)
+    assert mask.tolist() == [[[True, True], [False, False]]]
+    assert aaanet.occluded_maps(f_r, M_att, mask).tolist() == [[[[2.0, 4.0], [0.0, 0.0]]]]
+    f_af = aaanet.occluded_maps(f_r, M_att, mask, "attention-aware")
+    torch.testing.assert_close(f_af, torch.tensor([[[[0.0, 4 / 3], [0.0, 0.0]]]]))
+    assert not f_af.requires_grad  # A carries no gradient to the attention branch
 
 
 def test_response_mask_top_third_with_ties():
@@ -328,6 +362,20 @@ def test_stage3_gate_closed_leaves_the_attention_branch_alone(tiny_model):
     assert changed(model.attention, before) == statistics
 
 
+def test_stage3_attention_aware_stream_trains_and_passes_no_gradient_to_m_att(tiny_model):
+    # --occlude attention-aware: with the gate shut (omega 0.99), the attention branch's weights
+    # stay, as with the plain occlusion: the product f_r * A * mask passes it no gradient
+    model, (x, y) = tiny_model(), tiny_batch()
+    optimizer = common.make_sgd(model.freeze_for("stage3"), lr=0.1, momentum=0, weight_decay=0)
+    before, backbone = snapshot(model.attention), snapshot(model.backbone)
+    cfg = aaanet.Config(omega=0.99, occlude="attention-aware")
+    terms = aaanet.training_step(model, optimizer, "stage3", x, y, cfg)
+    assert terms["gate_pass"].item() == 0.0 and math.isfinite(terms["L_ce_af"].item())
+    statistics = {k for k in before if "running" in k or "num_batches" in k}
+    assert changed(model.attention, before) == statistics
+    assert changed(model.backbone, backbone) == set(backbone)
+
+
 def test_stage3_response_mask_variant_occludes_a_third(tiny_model):
     # Table 4: 8x4 f_r -> round(32 / 3) = 11 positions occluded per image
     model, (x, y) = tiny_model(), tiny_batch()
@@ -349,6 +397,26 @@ def test_forward_is_the_pooled_2048_feature(tiny_model):
         # the unoccluded image through all of ResNet-50
         torch.testing.assert_close(g, model.backbone(x))
         assert model.logits_from_middle(f_r).shape == (4, 4)
+
+
+def test_resnet18_network_gives_512_d_features():
+    # --arch resnet18: f_r after conv3_x has 128 channels (the attention branch's input), the
+    # pooled feature g and the classifier's input 512
+    torch.manual_seed(0)
+    model = aaanet.AAANet(4, "conv3_x", attention_channels=8, weights="none", arch="resnet18")
+    model.eval()
+    assert model.attention[0].in_channels == 128 and model.classifier.in_features == 512
+    with torch.no_grad():
+        x = tiny_batch()[0]
+        assert model.middle(x).shape == (4, 128, 8, 4) and model(x).shape == (4, 512)
+    # rebuilt from its checkpoint as ResNet-18; a checkpoint older than --arch as ResNet-50
+    ckpt = {"paper": "aaanet", "stage": "stage1", "model": model.state_dict(),
+            "config": dataclasses.asdict(aaanet.resolve(aaanet.Config(
+                root="x", attention_channels=8, arch="resnet18"), "stage1"))}
+    assert aaanet.model_from_checkpoint(ckpt)[0].classifier.in_features == 512
+    del ckpt["config"]["arch"]
+    with pytest.raises(common.UserError, match="do not fit AAANet"):
+        aaanet.model_from_checkpoint(ckpt)  # ResNet-18 weights into the default ResNet-50
 
 
 def test_resolve_fills_the_paper_defaults_per_stage():
@@ -395,7 +463,8 @@ def test_init_must_have_what_the_stage_inherits(tmp_path):
         path = str(tmp_path / f"{previous}.pt")
         common.save_checkpoint(path, {"paper": "aaanet", "stage": previous, "model": {
             "classifier.weight": torch.zeros(3, 2048)}, "config": dataclasses.asdict(trained)})
-        changes = [(dict(height=96), "--height 128"), (dict(width=48), "--width 64")]
+        changes = [(dict(height=96), "--height 128"), (dict(width=48), "--width 64"),
+                   (dict(arch="resnet18"), "--arch resnet50")]
         if stage == "stage3":
             changes += [(dict(attention_channels=32), "--attention-channels 64"),
                         (dict(point="conv4_x"), "--point conv3_x"), (dict(grid=2), "--grid 4"),
@@ -405,6 +474,13 @@ def test_init_must_have_what_the_stage_inherits(tmp_path):
             with pytest.raises(common.UserError, match=re.escape(
                     f"--init {path} was trained with {named}; {stage} inherits them")):
                 aaanet.load_init(None, cfg, stage, 3)
+    # a checkpoint older than --arch: its network was the default ResNet-50
+    ckpt = common.load_checkpoint(path)
+    del ckpt["config"]["arch"]
+    common.save_checkpoint(path, ckpt)
+    cfg = aaanet.resolve(dataclasses.replace(trained, init=path, arch="resnet34"), "stage3")
+    with pytest.raises(common.UserError, match="was trained with --arch resnet50; stage3"):
+        aaanet.load_init(None, cfg, "stage3", 3)
 
 
 # -----------------------------------------------------------------------------

@@ -177,6 +177,30 @@ def test_feature_sizes(model, reference):
         assert torch.allclose(b2(x), torch.nn.functional.normalize(f_c, dim=1), atol=1e-5)
 
 
+def test_resnet18_feature_sizes():
+    # --arch resnet18: conv5_x has 512 channels (FC_1 and the stripe FCs take 512), but f is
+    # 5 x 512 = 2560 whatever the backbone, as FC_1 and each stripe FC give 512
+    common.seed_everything(0)
+    model = aea.AEA(8, "aea", "none", arch="resnet18").eval()
+    assert model.basic.FC_1[0].in_features == model.basic.part_fc[3][0].in_features == 512
+    x = torch.randn(2, 3, H, W)
+    with torch.no_grad():
+        f, v, M_l = model.basic(x, "conv2_x")
+        assert (f.shape, v.shape, M_l.shape) == ((2, 2560), (2, 8), (2, 64, H // 4, W // 4))
+        assert model.basic(x, "conv5_x")[2].shape == (2, 512, H // 16, W // 16)  # stride 1
+        assert model(x).shape == (2, 5120)
+    # its checkpoint is rebuilt as ResNet-18; one older than --arch (and with the removed
+    # b4_basic_epochs) as the default ResNet-50
+    config = dataclasses.asdict(aea.AEAConfig(arch="resnet18"))
+    ckpt = {"paper": "aea", "model": model.state_dict(), "config": config}
+    assert aea.model_from_checkpoint(ckpt)[0].basic.backbone.channels["layer4"] == 512
+    common.seed_everything(0)
+    ckpt["model"] = aea.AEA(8, "b1", "none").state_dict()
+    ckpt["config"] = dict({k: v for k, v in config.items() if k != "arch"}, variant="b1",
+                          b4_basic_epochs=40)
+    assert aea.model_from_checkpoint(ckpt)[0].basic.FC_1[0].in_features == 2048
+
+
 # -----------------------------------------------------------------------------
 # The dynamic strategy: one forward pass, the current weights, no gradient through the erasing
 
@@ -351,6 +375,48 @@ def test_defaults_demo_and_per_dataset():
     assert (cfg.epochs, cfg.height, cfg.width, cfg.dataset) == (7, 96, 48, "synthetic")
 
 
+def test_b4_schedule_is_baseline1s_then_aeas_joint_phase():
+    # --epochs 4 --lr-step 3 --warmup-epochs 1, lr 0.01. Baseline 1's run: epochs 1-3 at 0.01,
+    # epoch 4 (>= lr_step) at 0.001. Then AEA's joint phase, 4 - 1 = 3 epochs: AEA's joint epochs
+    # are its epochs 2-4 (after 1 warm-up epoch): 0.01, 0.01, then 0.001 from AEA's epoch 4 (its
+    # 0-based epoch 3 = lr_step), i.e. joint epoch 3 = lr_step - warmup_epochs + 1 (1-based)
+    cfg = aea.AEAConfig(variant="b4", epochs=4, lr_step=3, warmup_epochs=1)
+    assert aea.total_epochs(cfg) == 7 and aea.basic_alone_epochs(cfg) == 4
+    lrs = [cfg.lr * aea.lr_factor(cfg, e) for e in range(7)]
+    assert lrs == pytest.approx([.01, .01, .01, .001] + [.01, .01, .001])
+    # AEA itself: 4 epochs, 1 basic alone, the same joint lrs; Baseline 1: the first 4 of B4
+    same = dataclasses.replace(cfg, variant="aea")
+    assert (aea.total_epochs(same), aea.basic_alone_epochs(same)) == (4, 1)
+    assert [cfg.lr * aea.lr_factor(same, e) for e in range(1, 4)] == pytest.approx(lrs[4:])
+    b1 = dataclasses.replace(cfg, variant="b1")
+    assert [cfg.lr * aea.lr_factor(b1, e) for e in range(4)] == pytest.approx(lrs[:4])
+
+
+def test_b4_erases_once_after_the_basic_schedule(synthetic_root, tmp_path, monkeypatch):
+    # B4, --epochs 2 --lr-step 1 --warmup-epochs 1 (ResNet-18s): epochs 1-2 the basic network
+    # alone (lr 0.01, 0.001), then the mask once from the trained basic network, then 1 joint
+    # epoch on the erased copies at AEA's joint lr for its epoch 2: 0.001 (>= lr_step). The
+    # steps are stubbed (no gradient, no change): only the order and the lrs are read
+    seen, real = [], aea.fixed_erasing_masks
+
+    def step(model, optimizer, x, y, cfg, joint, x_other=None):
+        optimizer.step()  # a step without gradients changes nothing
+        seen.append(("step", joint, x_other is not None, optimizer.param_groups[0]["lr"]))
+        return {"L": torch.tensor(1.0)}
+
+    def masks(images, R, basic=None, *args, **kwargs):
+        seen.append(("mask", basic is not None))
+        return real(images, R, basic, *args, **kwargs)
+    monkeypatch.setattr(aea, "training_step", step)
+    monkeypatch.setattr(aea, "fixed_erasing_masks", masks)
+    aea.main(small_run(synthetic_root, tmp_path, "--variant", "b4", "--epochs", "2",
+                       "--lr-step", "1", "--warmup-epochs", "1", "--arch", "resnet18"))
+    basic, joint = ("step", False, False), ("step", True, True)  # 2 steps an epoch
+    assert seen == [(*basic, 0.01)] * 2 + [(*basic, pytest.approx(0.001))] * 2 + [
+        ("mask", True)] + [(*joint, pytest.approx(0.001))] * 2
+    assert common.load_checkpoint(str(tmp_path / "last.pt"))["epoch"] == 3
+
+
 @pytest.mark.parametrize("argv, message", [
     # R in (0, 100): both ends and beyond each; margin >= 0; lr > 0 (0 too is refused)
     (["--R", "0"], "--R must lie in (0, 100), got 0.0 (percent of pixels erased"),
@@ -361,8 +427,12 @@ def test_defaults_demo_and_per_dataset():
     (["--alpha1", "-1"], "--alpha1 must lie in [0, inf)"), (["--dataset", "duke"], "needs --root"),
     (["--variant", "b3", "--erasing", "random"], "applies to --variant aea and b2"),
     (["--epochs", "5", "--warmup-epochs", "5"], "--warmup-epochs 5 leaves no epoch"),
-    (["--variant", "b4", "--epochs", "5", "--b4-basic-epochs", "6"],
-     "--b4-basic-epochs 6 leaves no epoch"),
+    # B4's joint phase is AEA's: --epochs - --warmup-epochs epochs after the basic schedule
+    (["--variant", "b4", "--epochs", "5", "--warmup-epochs", "5"],
+     "--warmup-epochs 5 leaves no epoch"),
+    # B4's basic phase is Baseline 1's schedule: no flag of its own
+    (["--b4-basic-epochs", "40"], "unrecognized arguments: --b4-basic-epochs"),
+    (["--arch", "resnet101"], "--arch: invalid choice: 'resnet101'"),
     (["--P", "1"], "--P must lie in [2, inf), got 1 (identities per batch")])
 def test_bad_flags_are_one_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -482,10 +552,10 @@ def signal_at_call(monkeypatch, function_name, call, signum):
 @pytest.mark.slow
 def test_b4_run_erases_once_saves_the_mask_and_resumes_with_it(synthetic_root, tmp_path,
                                                                monkeypatch, capsys):
-    # B4: epoch 1 basic alone, then the attention erasing computed once; the checkpoint holds the
-    # mask bit-packed, one bit per pixel: [N, H, W / 8] with exactly k = round(10% of 64*32) =
-    # 205 bits set per image
-    b4 = ["--variant", "b4", "--b4-basic-epochs", "1", "--epochs", "2"]
+    # B4 with --epochs 1 --warmup-epochs 0: epoch 1 basic alone, then the attention erasing
+    # computed once, then 1 - 0 joint epochs; the checkpoint holds the mask bit-packed, one bit
+    # per pixel: [N, H, W / 8] with exactly k = round(10% of 64*32) = 205 bits set per image
+    b4 = ["--variant", "b4", "--epochs", "1", "--warmup-epochs", "0"]
     aea.main(small_run(synthetic_root, tmp_path / "b4", *b4))
     printed = capsys.readouterr().out
     assert "erasing fixed" in printed and "L_I2" in printed.split("epoch 2/2")[1]
