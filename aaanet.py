@@ -10,36 +10,32 @@ Paper map (paper -> code):
   Sec. 3.1, the baseline: ResNet-50 (`--arch`) -> pool -> dropout -> FC -> `AAANet`, `stage1_loss`
   the "middle layer" f_r (after conv3_x by default, Sec. 4.4)     -> `AAANet.middle`, `.rest`
   Sec. 3.2, "several stacked convolutional layers" -> M_att       -> `AAANet.attention_map`
-  Algorithm 1 steps 1-2: a 4 x 4 grid, each cell occluded in turn -> `grid_occlusions`
-  Algorithm 1 steps 3-4: the 16 copies classified, the lowest     -> `hardest_occlusion`
+  Algorithm 1 steps 1-2, 3-4: occluded copies, the hardest -> `grid_occlusions`, `hardest_occlusion`
   M_occ, the difficult sample's response (Sec. 3.2)               -> `occlusion_map`
   Eq. (1), (2), (3): L_adv = L_att + L_r  -> `stage2_loss`, `attention_loss`, `regularization_loss`
   Algorithm 1 step 5 / Algorithm 2 step 4: what each stage trains -> `AAANet.freeze_for`
-  Algorithm 2 steps 1-4: mask, occluded f_r, p_bf and p_af, loss  -> `stage3_loss`
-  Eq. (4), the omega-gated loss                                   -> `adversarial_loss`
+  Algorithm 2 steps 1-4 and Eq. (4), the omega-gated loss -> `stage3_loss`, `adversarial_loss`
   Sec. 4.2, SGD, lr and its decay, 10 epochs per stage            -> `resolve`, `train_stage`
   Tables 1-5: Euclidean, XQDA, KISSME on the pooled 2048-d feature -> `AAANet.forward`
   Sec. 3.3, the "attention-aware feature maps" occluded (else f_r) -> `occluded_maps`, `--occlude`
   Fig. 4, images, attention maps, occluded regions drawn black    -> `figure`
 
-Commands: `python aaanet.py stage1|stage2|stage3 --root DATA --dataset market1501 --out OUT`,
-each from the previous stage's OUT/<stage>/last.pt; `python aaanet.py figure --checkpoint C` (Fig.
-4); `python aaanet.py`: the CPU demo. Ablations: --lambda1/2 (Table 1), --omega (Table 2), --point
-(Table 3), stage3 --mask-source response (Table 4), stage1 --random-erasing 0.5 (Table 5).
+Commands: `python aaanet.py stage1|stage2|stage3 --root DATA --out OUT`, each from the previous
+stage's last.pt; `figure --checkpoint C` (Fig. 4); no command: the CPU demo. Ablations by table:
+--lambda1/2 (1), --omega (2), --point (3), stage3 --mask-source response (4), --random-erasing (5).
 
 Choices where the paper is silent (each at its line, "Choice (not in the paper)", with its reason):
   - Grid cells: row y in cell row floor(4y / H), columns alike; a grid finer than f_r refused.
   - The attention branch: conv 1x1 C->64, BN, ReLU, conv 3x3, BN, ReLU, conv 1x1 64->1, raw M_att.
   - Last stride 2 kept; classifier N(0, 0.001^2), bias 0; dropout 0.5 where the paper gives none.
   - Pad 10, batch 32, momentum 0.9, decay 5e-4; an epoch: one shuffled pass, no partial batch.
-  - M_occ = the difficult sample's channel-mean |f| over its maximum (--m-occ binary: its mask).
+  - M_occ: the hardest copy's channel-mean |f| / its max (--m-occ binary: its mask), in eval mode.
   - Eq. (2), (3): L1 norms summed over an image (--l-r-norm mean: per position); Eq. (4) averaged.
-  - The 16-copy probe runs in eval mode, also in stage 3.
   - Stage 3's mask is 0 where A = normalised relu(M_att) is above 0.5 (--occlude attention-aware:
     f_r * A * mask, A without gradient); f_r and the occluded maps as one batch of 2B.
   - Table 4: stage 3 from stage 1 with a fresh attention branch, the top third of f_r occluded.
   - Stage 2 is not evaluated; --resume may change only --device and --eval-metrics.
-  - The demo (`DEMO`): 64x32, pad 3, batch 16, a larger lr, random weights.
+  - The demo (`DEMO`): ResNet-18, random weights, 64x32, pad 3, stage lrs for random weights.
 """
 import argparse
 import dataclasses
@@ -139,12 +135,9 @@ def resolve(cfg, stage):
 
 
 # --- The network: the ResNet-50 baseline (Sec. 3.1) and the attention branch (Sec. 3.2) -----------
-
 class AAANet(nn.Module):
-    """ResNet-50 -> average pool (2048-d) -> dropout -> FC over the identities (Sec. 3.1), cut at
-    the middle layer `point` so that f_r can be occluded before the rest runs, plus the attention
-    branch (Sec. 3.2). forward(x), in eval() mode, is the test feature g (D: 2048; ResNet-18: 512):
-
+    """ResNet-50 -> average pool (D: 2048) -> dropout -> FC (Sec. 3.1), cut at `point` to occlude
+    f_r, plus the attention branch (Sec. 3.2). forward(x), in eval() mode, is the test feature g:
         x [B, 3, H, W] -> middle -> f_r [B, C, h, w] -> rest -> g [B, D] -> FC -> [B, N]
                                     f_r -> attention_map -> M_att [B, h, w]"""
 
@@ -157,16 +150,14 @@ class AAANet(nn.Module):
         # Choice (not in the paper): ResNet-50's own last stride 2 (the paper names no change)
         self.backbone = common.Backbone(weights, last_stride=2, arch=arch)
         self.point = common.PAPER_STAGE_NAMES[point]  # torchvision's name: conv3_x -> layer2
-        # the stages after the middle layer (none when the occlusion follows conv5_x)
-        self.after = common.STAGES[common.STAGES.index(self.point) + 1:]
+        self.after = common.STAGES[common.STAGES.index(self.point) + 1:]  # none after conv5_x
         self.dropout = nn.Dropout(dropout)  # Sec. 4.2: 0.5 Market1501, 0.6 DukeMTMC-reID
         self.classifier = nn.Linear(self.backbone.channels["layer4"], num_classes)  # D
         # Choice (not in the paper): N(0, 0.001^2) weights, zero bias, as the IDE baseline
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)
-        # Choice (not in the paper): Sec. 3.2's "several stacked convolutional layers": a 1x1
-        # conv narrows C to a few channels (~1% of the backbone's FLOPs after conv3_x), a 3x3
-        # conv sees the neighbours, a 1x1 conv gives the raw M_att (Eq. (2) takes its max with 0)
+        # Choice (not in the paper): Sec. 3.2's "several stacked convolutional layers": 1x1 C -> a
+        # (~1% of ResNet-50's FLOPs), 3x3 for the neighbours, 1x1 -> raw M_att (Eq. (2) clamps at 0)
         C, a = self.backbone.channels[self.point], attention_channels
         self.attention = nn.Sequential(
             nn.Conv2d(C, a, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
@@ -193,34 +184,29 @@ class AAANet(nn.Module):
         return self.rest(self.middle(x))
 
     def freeze_for(self, stage):
-        """What each stage trains, in one place; returns the parameters for SGD. stage1: the
-        baseline. stage2: the attention branch (Algorithm 1 step 5); the rest, "fixed in the
-        backward stage" (Sec. 3.2), gets no gradient and stays in eval mode (`train`: no BatchNorm
-        update, no dropout). stage3: "the entire network" (Algorithm 2 step 4)."""
+        """What each stage trains; returns its parameters for SGD. stage1: the baseline. stage2: the
+        attention branch (Algorithm 1 step 5); the rest ("fixed in the backward stage", Sec. 3.2):
+        no gradient, eval mode (`train`). stage3: "the entire network" (Algorithm 2 step 4)."""
         self.frozen = stage == "stage2"
         for part in (self.backbone, self.classifier):
             part.requires_grad_(not self.frozen)
         self.train(self.training)
-        if stage == "stage1":
-            return list(self.backbone.parameters()) + list(self.classifier.parameters())
-        return [p for p in self.parameters() if p.requires_grad]
+        return (list(self.backbone.parameters()) + list(self.classifier.parameters())
+                if stage == "stage1" else [p for p in self.parameters() if p.requires_grad])
 
     def train(self, mode=True):
         """nn.Module.train, except that what stage 2 freezes stays in eval mode."""
         super().train(mode)
-        if self.frozen:
-            for part in (self.backbone, self.dropout, self.classifier):
-                part.eval()
+        for part in (self.backbone, self.dropout, self.classifier) if self.frozen else ():
+            part.eval()
         return self
 
 
 # --- Algorithm 1, steps 1-4: the 16 occluded copies and the difficult sample ----------------------
-
 def grid_masks(H, W, grid=4, device=None):
-    """The grid*grid 0-1 masks of Algorithm 1 [G, H, W] bool: mask k is 0 (occluded) on cell k
-    (row k // grid, column k % grid), 1 elsewhere. Choice (not in the paper): row y lies in cell
-    row floor(grid * y / H), columns alike, so the cells tile any map exactly (7 rows: 2, 2, 2, 1)
-    and each position is occluded in exactly one copy; with H < grid some cells are empty."""
+    """Algorithm 1's grid*grid masks [G, H, W] bool: mask k is 0 (occluded) on cell k (row
+    k // grid, column k % grid). Choice (not in the paper): row y in cell row floor(grid * y / H),
+    columns alike, so the cells tile any map (7 rows: 2, 2, 2, 1); with H < grid some are empty."""
     # Algorithm 1 step 1: "divided equally into 16 with a square grid"
     rows = torch.arange(H, device=device) * grid // H             # [H] cell row of each row
     cols = torch.arange(W, device=device) * grid // W             # [W] cell column of each column
@@ -242,12 +228,9 @@ def true_class_probability(logits, y):
 
 @torch.no_grad()
 def hardest_occlusion(logits_of, f_r, y, grid=4, chunk=0):
-    """Algorithm 1 steps 3-4: the hardest copy k [B] (lowest true-class probability) and every
-    copy's true-class probability p [B, G]; logits_of: maps [n, C, h, w] -> scores [n, N]. The
-    copies of `chunk` images (0: all) run as ONE batch, without gradient: they only choose a
-    target, nothing is learned from them, so no activations are kept for a backward pass."""
-    B, G, p = len(f_r), grid * grid, []
-    chunk = chunk or B
+    """Algorithm 1 steps 3-4 -> (hardest copy k [B], every copy's true-class probability p [B, G]);
+    logits_of: [n, C, h, w] -> [n, N]. The copies of `chunk` images (0: all) run as ONE batch."""
+    B, G, p, chunk = len(f_r), grid * grid, [], chunk or len(f_r)
     for start in range(0, B, chunk):  # one pass unless --occlusion-chunk asks for several
         copies = grid_occlusions(f_r[start:start + chunk], grid)  # [b, G, C, H, W]
         # Algorithm 1 step 3: "entered together into the classification network"
@@ -255,16 +238,14 @@ def hardest_occlusion(logits_of, f_r, y, grid=4, chunk=0):
         y_copies = y[start:start + chunk].repeat_interleave(G)    # [b*G] each label G times
         p.append(true_class_probability(logits, y_copies).view(-1, G))  # [b*G] -> [b, G]
     p = torch.cat(p)                                                   # [B, G]
-    # Algorithm 1 step 4: "the feature maps with the lowest classification probability"
-    return p.argmin(dim=1), p
+    return p.argmin(dim=1), p  # Algorithm 1 step 4: "the lowest classification probability"
 
 
 @torch.no_grad()
 def occlusion_map(f_r, k, grid=4, reading="response"):
-    """M_occ [B, h, w] of Eq. (2), from the difficult sample (copy k [B] of f_r [B, C, h, w]).
-    response: the channel-mean of |f_occ| over its per-image maximum: the most discriminative cell
-      reads 0, the rest follows the feature response ("fit the feature response range", Sec. 3.2);
-    binary: the difficult sample's 0-1 mask itself."""
+    """M_occ [B, h, w] of Eq. (2) from the difficult sample, copy k [B] of f_r [B, C, h, w].
+    response: channel-mean |f_occ| over its per-image maximum, 0 on the most discriminative cell
+    ("fit the feature response range", Sec. 3.2); binary: the difficult sample's 0-1 mask."""
     mask = grid_masks(*f_r.shape[-2:], grid, f_r.device)[k].float()   # [B, H, W]
     if reading == "binary":
         return mask
@@ -274,10 +255,9 @@ def occlusion_map(f_r, k, grid=4, reading="response"):
 
 
 def occlusion_target(model, f_r, y, cfg):
-    """M_occ for f_r: the difficult sample (Algorithm 1 steps 1-4) through the current network
-    in eval mode, without gradient. Returns (M_occ [B, h, w], p of that copy [B])."""
-    # Choice (not in the paper): eval mode also in stage 3, so the 16B probe copies neither use
-    # nor move the BatchNorm statistics of the training batch
+    """(M_occ [B, h, w], p of its copy [B]): the difficult sample (Algorithm 1 steps 1-4) through
+    the current network, without gradient. Choice (not in the paper): in eval mode, also in stage
+    3, so the 16B probe copies neither use nor move the BatchNorm statistics of the batch."""
     was_training = model.training
     k, p = hardest_occlusion(model.eval().logits_from_middle, f_r, y, cfg.grid, cfg.occlusion_chunk)
     model.train(was_training)
@@ -285,33 +265,25 @@ def occlusion_target(model, f_r, y, cfg):
 
 
 # --- Losses: Eq. (1)-(4) --------------------------------------------------------------------------
-
 def attention_loss(M_att, M_occ):
     """L_att = || (max(M_att, 0) - M_occ) * M_att ||_1, Eq. (2), per image: [B, h, w] -> [B].
-    Choice (not in the paper): the L1 norm sums over the h*w positions of one image (here and in
-    Eq. (3)); the callers average over the batch. What its gradient does, per position: where
-    M_att < 0 it raises M_att to 0; where 0 < M_att < M_occ / 2 it drives M_att down to 0; where
-    M_att > M_occ / 2 it drives M_att to M_occ. So the minima are M_att = 0 and M_att = M_occ:
-    a position whose attention is already high follows the difficult sample's response."""
-    M_att = M_att.float()
-    return ((M_att.clamp(min=0) - M_occ) * M_att).abs().sum(dim=(1, 2))
+    Choice (not in the paper): the L1 norm sums over the h*w positions (here and in Eq. (3)),
+    averaged over the batch by the callers. Its gradient moves M_att < 0 up to 0, 0 < M_att <
+    M_occ / 2 down to 0 and M_att > M_occ / 2 to M_occ: high attention follows M_occ."""
+    return ((M_att.float().clamp(min=0) - M_occ) * M_att.float()).abs().sum(dim=(1, 2))
 
 
 def regularization_loss(M_att, norm="sum"):
-    """L_r = log(1 + exp(-||M_att||_1)), Eq. (3), per image: [B, h, w] -> [B].
-    Its gradient, -sigmoid(-||M_att||_1) sign(M_att), pushes every |M_att| up, away from Eq. (2)'s
-    trivial minimum M_att = 0, but with a weight that vanishes fast: once ||M_att||_1 summed over
-    the map exceeds ~17 it is below 1e-7, and at the paper's size (28x28 after conv3_x) the sum
-    is in the hundreds, so L_r and its gradient are 0 in float32. Computed as softplus(-x)."""
+    """L_r = log(1 + exp(-||M_att||_1)) = softplus(-x), Eq. (3), per image: [B, h, w] -> [B].
+    Its gradient, -sigmoid(-||M_att||_1) sign(M_att), lifts every |M_att| away from Eq. (2)'s
+    trivial minimum 0, but is < 1e-7 once ||M_att||_1 > ~17: 0 in float32 at the paper's 28x28."""
     # Choice (not in the paper): norm="mean" (--l-r-norm): per position, an L_r that still acts
     return F.softplus(-getattr(M_att.float().abs(), norm)(dim=(1, 2)))  # "sum": 0 at 28x28, grad 0
 
 
 def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
-    """Eq. (4), per sample i, averaged over the batch; returns (loss, gate [B] float 0/1):
-
+    """Eq. (4), L1 = L_r (Eq. (3)), L2 = L_att (Eq. (2)), batch mean -> (loss, gate [B] 0/1):
         L_i = lambda1 * L1_i + lambda2 * L2_i   if p_bf_i - p_af_i > omega,   0 otherwise
-        L1 = L_r (Eq. (3)), L2 = L_att (Eq. (2))
 
     The gate is the "switchable gradient update" of Sec. 3.3: only samples whose true-class
     probability the occlusion lowers by more than omega update the attention through this term."""
@@ -322,13 +294,11 @@ def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
 
 
 # --- Algorithm 2, step 1: the 0-1 mask (1 = kept, 0 = occluded) -----------------------------------
-
 def attention_mask(M_att, threshold=0.5):
     """Algorithm 2 step 1: the 0-1 attention mask, M_att [B, h, w] -> bool [B, h, w].
-    Choice (not in the paper): 0 (occluded) where A = `attention_weights(M_att)` is above
-    `threshold`: the regions the attention finds important get occluded, as Fig. 4's "black
-    mask" over the attended parts, Sec. 4.5's "multiple parts of important regions were occluded"
-    and Table 4's "highest response" say. An all-zero map occludes nothing."""
+    Choice (not in the paper): 0 (occluded) where A = `attention_weights(M_att)` > `threshold`,
+    the attended regions, as Fig. 4's "black mask", Sec. 4.5's "multiple parts of important
+    regions were occluded" and Table 4's "highest response" say; an all-zero map occludes none."""
     return attention_weights(M_att) <= threshold
 
 
@@ -341,9 +311,8 @@ def attention_weights(M_att):
 
 def occluded_maps(f_r, M_att, mask, occlude="features"):
     """Algorithm 2 step 2: f_r * mask; "attention-aware": Sec. 3.3's f_r * A * mask, A [B, h, w]."""
-    # "integrated ... by an element-wise multiplication". Choice (not in the paper): A, the mask's
-    # own map, in [0, 1] (never amplifying f_r), without gradient: the attention learns by Eq.
-    # (4)'s gate alone (updated "by the switchable gradient update mechanism")
+    # "integrated ... by an element-wise multiplication". Choice (not in the paper): A in [0, 1]
+    # (never amplifies f_r), no gradient: the attention learns by Eq. (4)'s switchable gate alone
     kept = attention_weights(M_att) * mask if occlude == "attention-aware" else mask  # [B, h, w]
     return f_r * kept[:, None].to(f_r.dtype)                           # [B, C, h, w]
 
@@ -360,19 +329,16 @@ def response_mask(f_r):
 
 
 # --- One training step per stage: each loss returns (total loss, {term: value} for the log) -------
-
 def stage1_loss(model, x, y, cfg):
-    """Sec. 3.1: the baseline classifier, softmax cross-entropy on the identities."""
-    logits = model.logits_from_middle(model.middle(x))
-    L_ce = common.cross_entropy(logits, y)  # "a softmax classification loss function", Sec. 3.1
+    """Sec. 3.1: the baseline, "a softmax classification loss function" on the identities."""
+    L_ce = common.cross_entropy(model.logits_from_middle(model.middle(x)), y)
     return L_ce, {"L_ce": L_ce}
 
 
 def stage2_loss(model, x, y, cfg):
     """Algorithm 1: the attention assignment network; only the attention branch learns."""
     f_r = model.middle(x)  # the frozen baseline's middle-layer maps, no gradient (`freeze_for`)
-    # Algorithm 1 steps 1-4: the 16 occluded copies, the difficult sample and its M_occ
-    M_occ, p_hard = occlusion_target(model, f_r, y, cfg)
+    M_occ, p_hard = occlusion_target(model, f_r, y, cfg)  # Algorithm 1 steps 1-4
     M_att = model.attention_map(f_r)  # the part that learns (Algorithm 1 step 5)
     L_att = attention_loss(M_att, M_occ).mean()  # the data term, Eq. (2)
     L_r = regularization_loss(M_att, cfg.l_r_norm).mean()  # the regularisation term, Eq. (3)
@@ -387,20 +353,15 @@ def stage3_loss(model, x, y, cfg):
     # Algorithm 2 step 1: the 0-1 attention mask, 0 on the attended positions (Table 4: response)
     mask = (response_mask(f_r) if cfg.mask_source == "response"
             else attention_mask(M_att, cfg.threshold))                 # [B, h, w]
-    # Algorithm 2 step 2: "the feature maps of the middle layer multiplied by the 0-1 mask as
-    # occluded feature maps" (--occlude attention-aware: Sec. 3.3's f_r * A); the first stream: f_r
-    f_af = occluded_maps(f_r, M_att, mask, cfg.occlude)                # [B, C, h, w]
-    # Algorithm 2 step 3: occluded and original maps through the classification network.
-    # Choice (not in the paper): as one batch of 2B (BatchNorm sees both), not two passes
-    logits = model.logits_from_middle(torch.cat([f_r, f_af]))          # [2B, N]
-    logits_bf, logits_af = logits.chunk(2)                             # 2 x [B, N]
-    # p_bf, p_af: the true-class probability before / after the occlusion. Choice (not in the
-    # paper): from this training pass (dropout on); the gate detaches them
+    # Algorithm 2 step 2: "the feature maps of the middle layer multiplied by the 0-1 mask"
+    f_af = occluded_maps(f_r, M_att, mask, cfg.occlude)  # [B, C, h, w] (attention-aware: Sec. 3.3)
+    # Algorithm 2 step 3: f_r and f_af through the classifier; p_bf, p_af: true-class probability
+    # Choice (not in the paper): one batch of 2B (BatchNorm sees both), p from it with dropout on
+    logits_bf, logits_af = model.logits_from_middle(torch.cat([f_r, f_af])).chunk(2)  # [B, N]
     p_bf, p_af = true_class_probability(logits_bf, y), true_class_probability(logits_af, y)
     # Algorithm 2 step 4: cross-entropy on both ("computed by the cross-entropy", Sec. 3.3) ...
     L_ce_bf, L_ce_af = common.cross_entropy(logits_bf, y), common.cross_entropy(logits_af, y)
-    # ... and Eq. (4): L1 = L_r (Eq. (3)), L2 = L_att (Eq. (2)) per sample, M_occ as in stage 2
-    M_occ, _ = occlusion_target(model, f_r, y, cfg)
+    M_occ, _ = occlusion_target(model, f_r, y, cfg)  # ... and Eq. (4); M_occ as in stage 2
     L_r, L_att = regularization_loss(M_att, cfg.l_r_norm), attention_loss(M_att, M_occ)
     L_gate, gate = adversarial_loss(L_r, L_att, p_bf, p_af, cfg.lambda1, cfg.lambda2, cfg.omega)
     L = L_ce_bf + L_ce_af + L_gate
@@ -421,11 +382,9 @@ def training_step(model, optimizer, stage, x, y, cfg):
 
 
 # --- Training a stage: data, the previous stage's weights, SGD, a checkpoint every epoch ----------
-
 def load_init(model, cfg, stage, num_classes):
-    """Start `stage` from the checkpoint `cfg.init`: the baseline's weights ("fine-tuned by the
-    common layers of the baseline network", Sec. 3.2), and the attention branch of stage 2; after
-    stage 1 it stays random ("the rest of the parameters are initialized randomly")."""
+    """Start `stage` from `cfg.init`: the baseline ("fine-tuned by the common layers", Sec. 3.2)
+    and stage 2's attention branch, else random ("the rest ... initialized randomly")."""
     ckpt, path = common.load_checkpoint(cfg.init), f"--init {cfg.init}"
     common.check_checkpoint(ckpt, path, "aaanet", num_classes, "classifier.weight")
     # stage 2 follows stage 1; stage 3 follows stage 2, or stage 1 for Table 4's variant
@@ -435,8 +394,7 @@ def load_init(model, cfg, stage, num_classes):
                 if stage == "stage3" and ckpt.get("stage") == "stage1" else "")
         raise UserError(f"{path} is a {ckpt.get('stage')} checkpoint; {stage} starts from "
                         f"{expected}{hint}")
-    # what the stage inherits must be what --init was trained with: the input size, and from
-    # stage 2 its attention branch (where it sits, its width) and the target it learned
+    # what the stage inherits must match --init: the input size; stage 2's branch and target
     same = ("height", "width", "arch") + (("point", "attention_channels", "grid", "m_occ")
                                           if expected == "stage2" else ())
     was = {k: ckpt["config"].get(k, getattr(Config, k)) for k in same}  # missing: the default
@@ -454,8 +412,7 @@ def load_init(model, cfg, stage, num_classes):
 
 
 def epoch_batches(images, labels, g, cfg):
-    """One epoch: a shuffled pass over the images in augmented batches (data.train_batches), the
-    order drawn from g at the first batch, so that an epoch is one sequence of g to replay."""
+    """One epoch of augmented batches (data.train_batches), ordered by g up front, to replay."""
     N, B = len(images), cfg.batch_size
     # Choice (not in the paper): a shuffled pass, the last incomplete batch dropped
     order = torch.randperm(N, generator=g)[:N // B * B].view(N // B, B)  # [steps, B] indices
@@ -465,14 +422,12 @@ def epoch_batches(images, labels, g, cfg):
 
 # Choice (not in the paper): the flags a resumed run may change; none changes the weights
 RESUME_MAY_DIFFER = ("resume", "device", "eval_metrics")
-# each stage's total loss, whose epoch mean chooses best.pt
-TOTAL_LOSS = {"stage1": "L_ce", "stage2": "L_adv", "stage3": "L"}
+TOTAL_LOSS = {"stage1": "L_ce", "stage2": "L_adv", "stage3": "L"}  # epoch mean chooses best.pt
 
 
 def train_stage(cfg, stage, ds=None, images=None):
-    """Train one stage (Sec. 4.2); returns (model, {metric: results} or None if a signal stopped
-    it). Checkpoints, --resume, stop signals: common.TrainingRun. ds, images: a dataset and a
-    {split: uint8 cache} to reuse (the demo decodes once for all stages and evaluations)."""
+    """Train one stage (Sec. 4.2; checkpoints, --resume, signals: common.TrainingRun) -> (model,
+    {metric: results}, or None if a signal stopped it); ds, images: a dataset, a cache to reuse."""
     cfg = resolve(cfg, stage)
     device = common.pick_device(cfg.device)
     run = common.TrainingRun("aaanet", cfg, os.path.join(cfg.out, stage), RESUME_MAY_DIFFER,
@@ -488,14 +443,12 @@ def train_stage(cfg, stage, ds=None, images=None):
         load_init(model, cfg, stage, ds.num_train_pids)  # a resumed run reads last.pt instead
     model = common.prepare_model(model, device)
     images = {} if images is None else images
-    if "train" not in images:
+    if "train" not in images:  # decoded once; on a GPU the cache lives there
         images["train"] = data.load_images(ds.train.paths, cfg.height, cfg.width, desc="train")
-    train_images = images["train"].to(device)  # decoded once; on a GPU the cache lives there
-    labels = torch.as_tensor(ds.train.pids).to(device)
-    # SGD for what the stage trains, Sec. 4.2; lr x lr_gamma every lr_step epochs
+    train_images, labels = images["train"].to(device), torch.as_tensor(ds.train.pids).to(device)
     optimizer = common.make_sgd(model.freeze_for(stage), cfg.lr, cfg.momentum, cfg.weight_decay)
     schedule = common.step_schedule(optimizer, range(cfg.lr_step, cfg.epochs, cfg.lr_step),
-                                    cfg.lr_gamma)
+                                    cfg.lr_gamma)  # Sec. 4.2: lr x lr_gamma every lr_step epochs
     g = torch.Generator().manual_seed(cfg.seed)  # the batch order and the augmentation, on CPU
     N, B = len(train_images), cfg.batch_size
     if N < B:  # no complete batch
@@ -544,16 +497,15 @@ def model_from_checkpoint(ckpt, path="the checkpoint"):
 
 
 # --- The demo: the three stages on the synthetic data, CPU-sized ----------------------------------
-
-# Choice (not in the paper): the demo's sizes, 7-11 minutes on 2 CPU cores: 64x32 inputs (f_r
-# 8x4, grid cells 2x1), the padding scaled down with them, batches of 16 for more steps, and a
-# larger lr than the paper's fine-tuning for random initial weights (no ImageNet file offline).
-DEMO = dict(dataset="synthetic", height=64, width=32, pad=3, weights="none", batch_size=16,
-            dropout=0.5, eval_metrics=())  # the demo evaluates, into one table
+# Choice (not in the paper): the demo's sizes, minutes on 2 CPU cores: a random ResNet-18 (no
+# ImageNet file offline) at 64x32 (f_r 8x4 after conv3_x, grid cells 2x1), the padding scaled down,
+# lrs for random weights (stage 1 10x the paper's, stage 3 at stage 1's decayed lr).
+DEMO = dict(dataset="synthetic", height=64, width=32, pad=3, weights="none", arch="resnet18",
+            batch_size=32, dropout=0.5, eval_metrics=())  # the demo evaluates, into one table
 DEMO_METRICS = ("euclidean", "xqda", "kissme")
-DEMO_STAGES = {"stage1": dict(epochs=25, lr=0.003, lr_step=20),
-               "stage2": dict(epochs=3, lr=0.001, lr_step=3),
-               "stage3": dict(epochs=5, lr=0.001, lr_step=5)}
+DEMO_STAGES = {"stage1": dict(epochs=15, lr=0.01, lr_step=12),
+               "stage2": dict(epochs=1, lr=0.01, lr_step=1),
+               "stage3": dict(epochs=2, lr=0.001, lr_step=2)}
 
 
 def demo(argv):
@@ -562,21 +514,22 @@ def demo(argv):
     --resume: complete stages are loaded, the first incomplete one resumed, the rest run anew."""
     p = argparse.ArgumentParser(prog="aaanet.py demo", description=demo.__doc__)
     args = common.add_config_args(p, Config, only=("out", "seed", "device", "precision", "resume",
-                                  "arch"), defaults=dict(out="runs/aaanet_demo")).parse_args(argv)
+                                  "arch"), defaults=dict(out="runs/aaanet_demo", arch=DEMO["arch"]))
+    args = args.parse_args(argv)
     start, root = time.time(), data.ensure_synthetic()
     ds = data.load_dataset(root, "synthetic")
-    base = Config(root=root, **vars(args), **DEMO)  # args: the flags above
+    base = Config(root=root, **{**DEMO, **vars(args)})  # args: the flags above
     resolve(base, "stage1")  # the flags (--seed) checked before any work
     device, size, images = common.pick_device(args.device), (base.height, base.width), {}
-    print(f"demo: weights {base.weights} (no ImageNet download), {size[0]}x{size[1]} inputs, "
+    print(f"demo: {base.arch}, weights {base.weights} (no ImageNet download), {size[0]}x"
+          f"{size[1]} inputs, "
           f"batch {base.batch_size}, " + ", ".join(f"{s} {v['epochs']} epochs lr {v['lr']}"
                                                   for s, v in DEMO_STAGES.items()))
 
     def score(model):  # one row per metric
         return evaluate.evaluate_model(model.to(device), ds, size, device, DEMO_METRICS,
                                        images=images, precision=args.precision)
-    # the untrained network: the seed draws the very weights stage 1 starts from
-    common.seed_everything(args.seed)
+    common.seed_everything(args.seed)  # the untrained network: the weights stage 1 starts from
     results = {"untrained": score(AAANet(ds.num_train_pids, base.point, base.dropout,
                                          base.attention_channels, "none", base.arch))}
     resuming = args.resume  # stays True while every stage so far was complete in OUT
@@ -599,8 +552,54 @@ def demo(argv):
     return results
 
 
-# --- Fig. 4: images, their attention maps, the occluded regions drawn black -----------------------
+# --- Tables 3-5 in miniature: `python aaanet.py compare [--seeds N]` ------------------------------
+# (row, (its stages, its settings over the demo's), its cost in stage-1 runs). A row that does
+# not train stage 1 starts from the "Stage 1" row's run of its seed, which runs first.
+# Choice (not in the paper): Table 3's conv4_x point with a 2 x 2 grid and no conv5_x row: at the
+# demo's 64x32 inputs f_r is 4x2 after conv4_x and 2x1 after conv5_x, too small for a 4 x 4 grid
+COMPARE = [("Stage 1", (["stage1"], {}), 1), ("Stage 3", (["stage2", "stage3"], {}), 0.8),
+           ("without stage 2", (["stage3"], dict(mask_source="response")), 0.6),
+           ("random erasing", (["stage1"], dict(random_erasing=0.5)), 1),
+           ("conv2_x", (["stage2", "stage3"], dict(point="conv2_x")), 1.1),
+           ("conv4_x, 2x2 grid", (["stage2", "stage3"], dict(point="conv4_x", grid=2)), 0.6)]
+CLAIMS = [("Stage 3", "Stage 1", "Tables 3-5"), ("Stage 3", "without stage 2", "Table 4"),
+          ("without stage 2", "Stage 1", "Table 4"), ("Stage 3", "random erasing", "Table 5"),
+          ("random erasing", "Stage 1", "Table 5"), ("Stage 3", "conv2_x", "Table 3"),
+          ("conv2_x", "Stage 1", "Table 3"), ("conv4_x, 2x2 grid", "Stage 1", "Table 3")]
 
+
+def compare(argv):
+    """python aaanet.py compare [--seeds N]: stage 1 (the baseline), stage 3, Table 4's stage 3
+    without stage 2, Table 5's baseline with random erasing and Table 3's occlusion points, each
+    trained as the demo with seeds 0..N-1; mean ± sd of rank-1 and mAP under Euclidean, XQDA and
+    KISSME, and each ordering the paper claims with whether it holds here. Resumable."""
+    loaded = {}  # the dataset and its decoded images, shared by all runs
+
+    def train_row(spec, seed, out, device, resume):  # one row's stages; None if a signal stopped
+        (stages, settings), shared = spec, os.path.join(os.path.dirname(os.path.dirname(out)),
+                                                        "Stage_1", f"seed{seed}", "stage1")
+        if not loaded:
+            loaded.update(root=data.ensure_synthetic(), images={})
+            loaded["ds"] = data.load_dataset(loaded["root"], "synthetic")
+        base = Config(root=loaded["root"], **DEMO, **settings, seed=seed, device=device,
+                      out=out)
+        for stage in stages:
+            cfg = dataclasses.replace(
+                base, **DEMO_STAGES[stage], resume=resume and os.path.isfile(
+                    os.path.join(out, stage, "last.pt")),
+                init=os.path.join(shared, "last.pt") if stage == stages[0] != "stage1" else "",
+                eval_metrics=DEMO_METRICS if stage == stages[-1] else ())
+            results = train_stage(cfg, stage, loaded["ds"], loaded["images"])[1]
+            if results is None:
+                return None
+        return results
+    return evaluate.compare_command(argv, "aaanet.py compare", compare.__doc__,
+                                    os.path.join("runs", "aaanet_compare"),
+                                    "AAA-Net, Tables 3-5 in miniature", COMPARE, CLAIMS, train_row,
+                                    DEMO_METRICS)
+
+
+# --- Fig. 4: images, their attention maps, the occluded regions drawn black -----------------------
 def figure(argv):
     """python aaanet.py figure --checkpoint C --out F.png: like Fig. 4, three rows of N images:
     the inputs, their attention maps over them, and the inputs with the occluded region black.
@@ -616,8 +615,7 @@ def figure(argv):
         M_att = model.attention_map(f_r)
         mask = (response_mask(f_r) if cfg.mask_source == "response"
                 else attention_mask(M_att, cfg.threshold))             # [n, h, w], 0 = occluded
-    # the map that chose the mask: relu(M_att), or the channel-mean response (Table 4); the mask
-    # upsampled to the image (nearest: a feature position is a block of pixels)
+    # the map that chose the mask, relu(M_att) or Table 4's response; the mask upsampled, nearest
     shown = f_r.float().mean(dim=1) if cfg.mask_source == "response" else M_att.float().relu()
     kept = F.interpolate(mask[:, None].float().cpu(), size=(H, W), mode="nearest").bool()
     rows = [list(images), list(evaluate.heat_overlay(images, shown)), list(images * kept)]
@@ -627,19 +625,21 @@ def figure(argv):
 
 
 # --- Command line ---------------------------------------------------------------------------------
-
 def run(argv):
-    """python aaanet.py [stage1|stage2|stage3|figure|demo] [flags]; none (only flags): the demo."""
+    """python aaanet.py [stage1|stage2|stage3|figure|compare|demo] [flags]; no command: the demo."""
     command, rest = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else ("demo", argv)
     if command in STAGE_NAMES:
         p = argparse.ArgumentParser(prog=f"aaanet.py {command}", description=f"Train AAA-Net's "
                                     f"{command} (defaults: the paper's, Sec. 4.2).")
         args = common.add_config_args(p, Config).parse_args(rest)
         return train_stage(common.config_from_args(Config, args), command)
-    if command not in ("demo", "figure"):
+    if command not in COMMANDS:
         raise UserError(f"unknown command {command!r}; expected one of {', '.join(STAGE_NAMES)}, "
-                        "figure, demo (or nothing: the demo)")
-    return demo(rest) if command == "demo" else figure(rest)
+                        "figure, compare, demo (or nothing: the demo)")
+    return COMMANDS[command](rest)
+
+
+COMMANDS = {"demo": demo, "figure": figure, "compare": compare}
 
 
 def main(argv=None):  # a UserError becomes `error: ...` and exit status 2

@@ -922,3 +922,30 @@ def test_init_with_another_number_of_identities_is_refused(three_stages, synthet
     assert e.value.code == 2
     assert ("was trained on 5 identities, but this dataset has 8 training identities"
             in capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_compare_rows_share_stage1_and_are_reused(synthetic_root, monkeypatch, tmp_path, capsys):
+    # the compare's code path on the tiny fixture set, one seed, one epoch per stage
+    monkeypatch.setattr(data, "ensure_synthetic", lambda: synthetic_root)
+    monkeypatch.setattr(aaanet, "DEMO", {**aaanet.DEMO, "batch_size": 8})
+    monkeypatch.setattr(aaanet, "DEMO_STAGES",
+                        {s: {**v, "epochs": 1} for s, v in aaanet.DEMO_STAGES.items()})
+    out = str(tmp_path / "cmp")
+    text = aaanet.main(["compare", "--seeds", "1", "--out", out, "--device", "cpu"])
+    labels = [label for label, *_ in aaanet.COMPARE]
+    assert [line.split("  ")[0] for line in text.splitlines()[2:8]] == labels
+    assert "Stage 3 > Stage 1 (Tables 3-5): euclidean rank-1" in text and "kissme mAP" in text
+    # every row but the baselines starts from the Stage 1 row's run of its seed
+    stage1 = os.path.join(out, "Stage_1", "seed0", "stage1", "last.pt")
+    for folder, stage in [("Stage_3", "stage2"), ("without_stage_2", "stage3"),
+                          ("conv2_x", "stage2"), ("conv4_x_2x2_grid", "stage2")]:
+        ckpt = common.load_checkpoint(os.path.join(out, folder, "seed0", stage, "last.pt"))
+        assert ckpt["config"]["init"] == stage1 and ckpt["stage"] == stage
+    for folder in ("Stage_1", "random_erasing"):
+        assert os.listdir(os.path.join(out, folder, "seed0")) == ["stage1"]
+    assert os.path.isfile(os.path.join(out, "conv4_x_2x2_grid", "seed0", "stage3", "last.pt"))
+    # run again: every row is reused from scores.json, nothing trains
+    monkeypatch.setattr(aaanet, "train_stage", lambda *a: pytest.fail("a finished row trained"))
+    capsys.readouterr()
+    assert aaanet.main(["compare", "--seeds", "1", "--out", out, "--device", "cpu"]) == text

@@ -786,3 +786,27 @@ def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_r
     assert f"already holds all {EPOCHS} epochs" in printed and "iter" not in printed
     assert list(results) == [f"epoch {EPOCHS}"]
     assert final_row(printed) == final_row(reference_run[1])
+
+
+@pytest.mark.slow
+def test_compare_trains_every_row_and_reuses_them(synthetic_root, monkeypatch, tmp_path, capsys):
+    # the compare's code path on the tiny fixture set: 7 rows x 1 seed, 2 epochs each (1 warm-up)
+    monkeypatch.setattr(aea, "DEMO", {**aea.DEMO, "root": synthetic_root, "P": 4, "K": 2})
+    monkeypatch.setattr(aea, "COMPARE_EPOCHS", ["--epochs", "2", "--warmup-epochs", "1",
+                                                "--lr-step", "2"])
+    monkeypatch.setattr(data, "ensure_synthetic", lambda root: root)
+    out = str(tmp_path / "cmp")
+    text = aea.main(["compare", "--seeds", "1", "--out", out, "--device", "cpu"])
+    labels = [label for label, _, _ in aea.COMPARE]
+    assert [line.split("  ")[0] for line in text.splitlines()[2:9]] == labels
+    for better, worse, source in aea.CLAIMS:
+        assert f"{better} > {worse} ({source}): euclidean rank-1" in text
+    # each row trained its own run: B4's is B1's 2 epochs then AEA's 1 joint epoch
+    b4 = common.load_checkpoint(os.path.join(out, "Baseline_4", "seed0", "last.pt"))
+    assert b4["epoch"] == 3 and b4["config"]["variant"] == "b4"
+    reda = common.load_checkpoint(os.path.join(out, "REDA", "seed0", "last.pt"))
+    assert reda["config"]["erasing"] == "random" and reda["config"]["seed"] == 0
+    # run again: every row is reused from scores.json, nothing trains
+    monkeypatch.setattr(aea, "train", lambda cfg: pytest.fail("a finished row trained again"))
+    capsys.readouterr()
+    assert aea.main(["compare", "--seeds", "1", "--out", out, "--device", "cpu"]) == text

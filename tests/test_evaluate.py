@@ -820,3 +820,32 @@ def test_compare_mean_sd_claims_and_reuse(tmp_path, capsys):
     # one seed: no sd, so no size of the difference
     one = evaluate.compare("toy", rows, claims, train, 1, str(tmp_path / "one"))
     assert "+3.0 (n/a) holds" in one and "50.0 ± -" in one
+
+
+def test_compare_command_flags_folders_and_no_resume(tmp_path, capsys):
+    # a paper's compare: each row and seed trains in OUT/<label, non-word runs as _>/seed<s>;
+    # --resume (the default) reuses scores.json and asks train_row to resume, --no-resume neither
+    calls = []
+
+    def train_row(spec, seed, folder, device, resume):
+        calls.append((spec, seed, os.path.relpath(folder, out), device, resume))
+        return fake_scores(50 + seed, 40)
+    out = str(tmp_path / "cmp")
+    rows, claims = [("Baseline 1", "b1", 1), ("AEA (ours)", "aea", 1)], [("AEA (ours)",
+                                                                         "Baseline 1", "T2")]
+    args = ["--seeds", "2", "--out", out, "--device", "cpu"]
+    evaluate.compare_command(args, "x compare", "", "unused", "toy", rows, claims, train_row)
+    assert calls == [("b1", 0, os.path.join("Baseline_1", "seed0"), "cpu", True),
+                     ("b1", 1, os.path.join("Baseline_1", "seed1"), "cpu", True),
+                     ("aea", 0, os.path.join("AEA_ours", "seed0"), "cpu", True),
+                     ("aea", 1, os.path.join("AEA_ours", "seed1"), "cpu", True)]
+    calls[:] = []  # all four runs in scores.json: reused
+    evaluate.compare_command(args, "x compare", "", "unused", "toy", rows, claims, train_row)
+    assert calls == []
+    evaluate.compare_command(args + ["--no-resume"], "x compare", "", "unused", "toy", rows,
+                             claims, train_row)
+    assert len(calls) == 4 and not any(resume for *_, resume in calls)
+    capsys.readouterr()
+    with pytest.raises(common.UserError, match="--seeds 0: expected 1 or more"):
+        evaluate.compare_command(["--seeds", "0"], "x compare", "", out, "toy", rows, claims,
+                                 train_row)
