@@ -1,6 +1,7 @@
 """Shared test fixtures. Puts the repository root on sys.path so tests can `import data`,
 `import common`."""
 import os
+import re
 import subprocess
 import sys
 
@@ -15,8 +16,60 @@ import data  # noqa: E402  (needs the sys.path line above)
 
 def pytest_configure(config):
     """The `slow` marker: system tests (whole commands, subprocesses killed and resumed, fuzzing).
-    `python -m pytest -q -m "not slow" tests` runs every paper and unit test without them."""
+    `python -m pytest -q -m "not slow" tests` runs every paper and unit test without them.
+    The `exercise(N)` marker: the test checks exercise N of tests/exercises.py (a test may carry
+    two); `--exercise N` runs only those (pytest's -m cannot select by a marker's argument)."""
     config.addinivalue_line("markers", "slow: a system test; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "exercise(n): checks exercise n (python tests/exercises.py "
+                            "check n)")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--exercise", type=int, metavar="N",
+                     help="run only the tests marked exercise(N) (tests/exercises.py check N)")
+
+
+def exercises_of(item):
+    """The numbers of a test's exercise markers (its parameters' markers included)."""
+    return {m.args[0] for m in item.iter_markers("exercise")}
+
+
+def pytest_collection_modifyitems(config, items):
+    """--exercise N: keep the tests marked exercise(N), report the others as deselected."""
+    n = config.getoption("exercise")
+    if n is not None:
+        config.hook.pytest_deselected(items=[i for i in items if n not in exercises_of(i)])
+        items[:] = [i for i in items if n in exercises_of(i)]
+
+
+# The message of the NotImplementedError a blanked exercise raises in a student copy
+# (tests/exercises.py make)
+BLANKED = re.compile(r"Exercise (\d+): ")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In a student copy, a test that fails (or whose fixture fails) only because it reaches a
+    blanked exercise M on the way, and is not marked exercise(M) itself, is skipped: "needs
+    Exercise M". So the suite is green but for the exercises still to do. Under --exercise N
+    nothing is skipped: the check fails and names the exercise it needs first."""
+    report = yield
+    if not report.failed or call.excinfo is None or item.config.getoption("exercise") is not None:
+        return report
+    # the exception, or one it was raised from or while handling. Only a NotImplementedError
+    # raised in this process counts: a test that quotes one in its message (a subprocess's
+    # output, tests/test_exercises.py's checks of a student copy) fails as it should
+    e, m = call.excinfo.value, None
+    for _ in range(10):
+        if e is None or m:
+            break
+        m = isinstance(e, NotImplementedError) and BLANKED.match(str(e))
+        e = e.__cause__ or e.__context__
+    if m and int(m.group(1)) not in exercises_of(item):
+        report.outcome = "skipped"
+        line = (item.location[1] or 0) + 1  # the test's line, 1-based, as pytest's own skips
+        report.longrepr = (str(item.path), line, f"needs Exercise {m.group(1)}")
+    return report
 
 
 # A small synthetic dataset: 8 training and 6 test identities in 3 cameras, 1-3 images per

@@ -58,6 +58,7 @@ def tiny_batch(B=4, num_classes=4, seed=0):
 # Algorithm 1 steps 1-2: the 16 masks
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 5), (4, 4), (9, 6), (28, 28), (14, 7)])
+@pytest.mark.exercise(9)
 def test_grid_masks_partition_the_map(size):
     Hf, Wf = size
     keep = aaanet.grid_masks(Hf, Wf)
@@ -72,6 +73,7 @@ def test_grid_masks_partition_the_map(size):
         assert len(ys) == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
 
 
+@pytest.mark.exercise(9)
 def test_grid_cells_when_the_size_is_not_a_multiple_of_4():
     # Row y lies in cell row floor(4y / H). H = 7: y = 0..6 -> 0, 0, 1, 1, 2, 2, 3, so the cell rows
     # hold 2, 2, 2, 1 feature rows. W = 5: x = 0..4 -> 0, 0, 1, 2, 3: 2, 1, 1, 1 columns.
@@ -87,6 +89,7 @@ def test_grid_cells_when_the_size_is_not_a_multiple_of_4():
     assert occluded[0].sum() == 4 and occluded[15].sum() == 1
 
 
+@pytest.mark.exercise(9)
 def test_grid_smaller_than_4_leaves_empty_cells():
     # 3 x 3: y = 0, 1, 2 -> cell rows floor(0) = 0, floor(4/3) = 1, floor(8/3) = 2; cell row 3 and
     # cell column 3 get nothing. So the 9 cells with row < 3 and column < 3 hold one position each,
@@ -98,6 +101,7 @@ def test_grid_smaller_than_4_leaves_empty_cells():
     assert all(n == 1 for k, n in enumerate(sizes) if k not in (3, 7, 11, 12, 13, 14, 15))
 
 
+@pytest.mark.exercise(9)
 def test_grid_occlusions_are_the_masked_copies():
     f = torch.randn(2, 3, 7, 5)
     copies = aaanet.grid_occlusions(f)
@@ -112,6 +116,7 @@ def test_grid_occlusions_are_the_masked_copies():
 # -----------------------------------------------------------------------------
 # Algorithm 1 steps 3-4: the difficult sample, and M_occ
 
+@pytest.mark.exercise(10)
 def test_hardest_copy_is_the_argmin_of_the_true_class_probability():
     # f_r is 4x4, so cell k is the single position k. Both images hold the values 0..15 (position k
     # holds k). A stand-in for the rest of the network: logits = [s / 100, 0], s = sum of the map.
@@ -142,6 +147,7 @@ def test_hardest_copy_is_the_argmin_of_the_true_class_probability():
     torch.testing.assert_close(p2, p)
 
 
+@pytest.mark.exercise(10)
 def test_hardest_occlusion_takes_no_gradient():
     f_r = torch.randn(2, 3, 4, 4, requires_grad=True)
     conv = torch.nn.Conv2d(3, 5, 1)
@@ -149,6 +155,7 @@ def test_hardest_occlusion_takes_no_gradient():
     assert not p.requires_grad and k.shape == (2,)
 
 
+@pytest.mark.exercise(11)
 def test_occlusion_map_by_hand():
     # C = 2 channels, v = 1..16 on the 4x4 map, channel 0 = v, channel 1 = -v: the channel mean
     # of |f| is v.
@@ -172,6 +179,7 @@ def test_occlusion_map_by_hand():
 # -----------------------------------------------------------------------------
 # Eq. (2), (3), (4)
 
+@pytest.mark.exercise(12)
 def test_attention_loss_eq2_by_hand():
     # L_att = sum |(max(M, 0) - M_occ) * M|, image 0:
     #   M = 1,   M_occ = 0.5: (1 - 0.5) * 1     = 0.5
@@ -190,6 +198,7 @@ def test_attention_loss_eq2_by_hand():
     torch.testing.assert_close(M_att.grad[0], torch.tensor([[1.5, -1.0], [1.0, 5.0]]))
 
 
+@pytest.mark.exercise(13)
 def test_regularization_loss_eq3_by_hand():
     # L_r = log(1 + exp(-||M||_1)):
     #   ||M||_1 = ln 3 -> log(1 + 1/3) = log(4/3) = 0.287682
@@ -202,6 +211,7 @@ def test_regularization_loss_eq3_by_hand():
     assert L_r.tolist() == pytest.approx([0.287682, 0.693147, 0.0], abs=1e-6)
 
 
+@pytest.mark.exercise(13)
 def test_regularization_loss_mean_by_hand_and_the_sum_at_28x28():
     # --l-r-norm mean: M = [[1, -1], [2, 0]] -> mean |M| = (1 + 1 + 2 + 0) / 4 = 1,
     # L_r = log(1 + e^-1) = 0.313262 (the printed sum, 4, gives log(1 + e^-4) = 0.018150)
@@ -222,6 +232,7 @@ def test_regularization_loss_mean_by_hand_and_the_sum_at_28x28():
     torch.testing.assert_close(M_att.grad, expected.expand(1, 28, 28))
 
 
+@pytest.mark.exercise(14)
 def test_adversarial_gate_eq4_some_pass_some_do_not():
     # omega = 0.04; p_bf - p_af = 0.1 (passes), 0.02 (fails), -0.1 (fails), 0.05 (passes)
     # per sample lambda1 L_r + lambda2 L_att with (0.3, 1.7):

@@ -32,6 +32,7 @@ H, W = 64, 32  # tiny inputs: conv2_x is 16x8, conv5_x (last stride 1) 4x2
 # -----------------------------------------------------------------------------
 # Eq. (1): the attention map
 
+@pytest.mark.exercise(6)
 def test_attention_map_eq1_by_hand():
     # Two channels of a 2x2 map; A = sum_c |M_c|^2, element-wise:
     #   M_0 = [[1, -2], [0, 3]]      M_1 = [[2, 1], [-1, 0]]
@@ -47,6 +48,7 @@ def test_attention_map_eq1_by_hand():
 # -----------------------------------------------------------------------------
 # The adversarial erasing operation: exactly the top round(R% of H*W) pixels
 
+@pytest.mark.exercise(7)
 def test_erase_top_exact_top_k_with_ties():
     # A 4x4 map at the image size (no resize), rows  0 5 5 0 / 5 5 0 5 / 0 0 9 0 / 0 0 0 0:
     # the 5s sit at row-major flat indices 1, 2, 4, 5 and 7, the 9 at index 10.
@@ -73,6 +75,7 @@ def test_erase_top_exact_top_k_with_ties():
     assert per_image.tolist() == [4] * 5
 
 
+@pytest.mark.exercise(7)
 def test_salient_pixels_resizes_bilinearly():
     # A 2x2 map [[0, 0], [0, 1]] resized to 4x4 (bilinear, half-pixel centres): output index i
     # reads source coordinate (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25, clamped to [0, 1],
@@ -258,6 +261,31 @@ def test_one_basic_forward_per_step_and_the_current_weights(model, monkeypatch):
     assert not torch.allclose(A_1, A_2, atol=1e-4)
     # ... and so do the pixels it erases
     assert not torch.equal(aea.salient_pixels(A_1, 10, (H, W)), aea.salient_pixels(A_2, 10, (H, W)))
+
+
+# -----------------------------------------------------------------------------
+# Eq. (8): the total loss
+
+@pytest.mark.exercise(8)
+def test_eq8_total_loss_by_hand(monkeypatch):
+    # The three terms replaced by known values (that still reach the networks' outputs, so the
+    # step's backward pass runs): L_I1 = 1.5 (basic network), L_I2 = 3.0 (complementary),
+    # L_T = 0.25. With alpha1 = 0.5 and alpha2 = 2:
+    #   L = L_I1 + alpha1 * L_I2 + alpha2 * L_T = 1.5 + 0.5 * 3.0 + 2 * 0.25 = 3.5
+    # Each term is returned as it is, for the log; --erasing random feeds the complementary
+    # network a given batch (x_other), so the step needs no attention map.
+    values = iter([1.5, 3.0])
+    monkeypatch.setattr(common, "cross_entropy", lambda v, y: 0 * v.sum() + next(values))
+    monkeypatch.setattr(common, "batch_hard_triplet_loss", lambda f, y, m: 0 * f.sum() + 0.25)
+    cfg = aea.AEAConfig(height=H, width=W, P=2, K=2, alpha1=0.5, alpha2=2.0, erasing="random",
+                        weights="none", arch="resnet18", precision="fp32")
+    common.seed_everything(0)
+    model = aea.AEA(2, weights="none", arch="resnet18").train()
+    x, y = torch.randn(4, 3, H, W), torch.tensor([0, 0, 1, 1])
+    terms = aea.training_step(model, common.make_sgd(model.parameters(), 0.01), x, y, cfg,
+                              joint=True, x_other=x.flip(3))
+    assert {k: v.item() for k, v in terms.items()} == pytest.approx(
+        dict(L_I1=1.5, L_I2=3.0, L_T=0.25, L=3.5))
 
 
 # -----------------------------------------------------------------------------

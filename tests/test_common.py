@@ -31,6 +31,7 @@ import data
 # -----------------------------------------------------------------------------
 # batch-hard triplet loss, AEA Eq. (5)-(7)
 
+@pytest.mark.exercise(5)
 def test_triplet_six_samples_by_hand():
     # Six 1-D features, three identities, margin m = 0.6, no normalisation:
     #   x = [0, 2, 3.5, 5, 7, 1.2], labels = [0, 0, 1, 1, 2, 2]
@@ -58,6 +59,7 @@ def test_triplet_six_samples_by_hand():
     assert x.grad[1, 0].item() == pytest.approx(1 / 6, abs=1e-5)
 
 
+@pytest.mark.exercise(5)
 def test_triplet_normalises_features_first():
     # After L2 normalisation the four features are e1, e2, -e1, -e2 (lengths 2, 3, 1, 5 drop out).
     # labels [0, 0, 1, 1]: each anchor's positive is at distance sqrt(2), its negatives at 2 and
@@ -74,6 +76,7 @@ def test_triplet_normalises_features_first():
     assert raw.item() == pytest.approx(1.0154, abs=1e-4)
 
 
+@pytest.mark.exercise(5)
 def test_triplet_edge_cases():
     # An anchor with no other positive in the batch gets d_ap = 0: x = [0, 1, 5, 6], labels
     # [0, 1, 1, 2], m = 0.5. Anchor 0 (alone): d_ap = 0, d_an = 1 -> [0 + .5 - 1]_+ = 0; anchor 1:
@@ -86,6 +89,7 @@ def test_triplet_edge_cases():
     assert common.batch_hard_triplet_loss(x, torch.zeros(4, dtype=torch.long), 0.5).item() == 0.0
 
 
+@pytest.mark.exercise(5)
 def test_triplet_is_fp32_under_bf16_autocast():
     # CPU autocast casts matmuls to bf16 as CUDA autocast does; the loss must not follow it.
     torch.manual_seed(0)
@@ -101,6 +105,7 @@ def test_triplet_is_fp32_under_bf16_autocast():
     assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(exact.item(), abs=1e-6)
 
 
+@pytest.mark.exercise(5)
 def test_triplet_easy_batch_is_zero_with_zero_gradient():
     # Two tight clusters far apart: d_ap = 0.1, d_an >= 9.9, so [0.1 + 0.3 - 9.9]_+ = 0 everywhere.
     x = torch.tensor([[0.0], [0.1], [10.0], [10.1]], requires_grad=True)
@@ -112,6 +117,7 @@ def test_triplet_easy_batch_is_zero_with_zero_gradient():
 # -----------------------------------------------------------------------------
 # cross-entropy, AEA Eq. (2), (3), (4)
 
+@pytest.mark.exercise(4)
 def test_cross_entropy_by_hand():
     # logits [0, ln 3] -> p = [1/4, 3/4] (Eq. (4)); label 1 -> q = [0, 1] (Eq. (3))
     # L = -ln(3/4) = 0.28768 (Eq. (2))

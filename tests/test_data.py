@@ -51,6 +51,7 @@ def hand_layout(root):
     ("0001_c2_10.png", (1, 1)),                 # CUHK03-NP: pid 0001, c2 -> 1, image number 10, PNG
     ("/data/Market/query/1501_c5s3_065187_02.jpg", (1501, 4)),  # a full path: only the name counts
 ])
+@pytest.mark.exercise(1)
 def test_parse_name(name, expected):
     assert data.parse_name(name) == expected
 
@@ -59,9 +60,28 @@ def test_parse_name(name, expected):
                                   "0002_c0s1_000451_03.jpg",  # no camera 0: c1 is the first
                                   "abcd_c1s1_000451_03.jpg",  # pid not a number
                                   "0002_c1s1_000451_03.bmp"])  # not .jpg/.png
+@pytest.mark.exercise(1)
 def test_parse_name_rejects(name):
     with pytest.raises(UserError, match=re.escape(name)):
         data.parse_name(name)
+
+
+@pytest.mark.exercise(1)
+def test_parse_name_by_hand():
+    # A Market-1501 name is PPPP_cCsS_FFFFFF_BB.jpg: identity PPPP, camera C, sequence S, frame
+    # FFFFFF, box BB; only PPPP and C are labels, and the folder around the name is not read:
+    #   0002_c1s1_000451_03.jpg      -> pid 2, camera c1 -> 0 (0-based, to index arrays)
+    #   -1_c3s2_012345_00.jpg        -> pid -1 (junk, not zero-padded), camera c3 -> 2
+    #   0000_c6s4_002102_01.jpg      -> pid 0 (distractor), camera c6 -> 5
+    #   0005_c2_f0046985.jpg (Duke)  -> pid 5, camera 1;  0001_c2_10.png (CUHK03-NP) -> 1, 1
+    # Anything else (a short name, camera c0, another extension) is a UserError naming the file.
+    assert data.parse_name(os.path.join("market", "query", "0002_c1s1_000451_03.jpg")) == (2, 0)
+    assert data.parse_name("-1_c3s2_012345_00.jpg") == (-1, 2)
+    assert data.parse_name("0000_c6s4_002102_01.jpg") == (0, 5)
+    assert data.parse_name("0005_c2_f0046985.jpg") == (5, 1)
+    assert data.parse_name("0001_c2_10.png") == (1, 1)
+    with pytest.raises(UserError, match="0002_c0s1_000451_03.jpg"):
+        data.parse_name("0002_c0s1_000451_03.jpg")
 
 
 def test_load_dataset_by_hand(tmp_path, capsys):
@@ -486,6 +506,7 @@ def test_cli(tmp_path, capsys):
 PIDS = np.array([0] * 5 + [1] * 4 + [2] * 2 + [3] + [4] * 4)
 
 
+@pytest.mark.exercise(2)
 def test_pk_sampler_batches():
     s = data.PKSampler(PIDS, P=2, K=4, seed=0)
     assert len(s) == 3
@@ -512,6 +533,42 @@ def test_pk_sampler_batches():
         assert set(seen) == {0, 1, 2, 3, 4} and len(seen) == 6
 
 
+@pytest.mark.exercise(2)
+def test_pk_sampler_by_hand():
+    # 3 identities, P = 2, K = 2: id 0 has images 0, 1, 2; id 1 has image 3 alone; id 2 has 4, 5.
+    # An epoch: ceil(3 / 2) = 2 batches of P * K = 4 indices. The identities in a random order,
+    # cut into groups of P = 2; the last group, one short, takes an identity drawn from the other
+    # group, so both batches hold 2 distinct identities and one identity comes twice (4 slots).
+    # Each identity's K = 2 indices sit next to each other in its batch:
+    #   id 0: 2 of its 3 images, no repeat
+    #   id 1: [3, 3] (its one image, then drawn again with replacement)
+    #   id 2: 4 and 5, in either order
+    pids = np.array([0, 0, 0, 1, 2, 2])
+    s = data.PKSampler(pids, P=2, K=2, seed=0)
+    batches = list(s)
+    assert len(s) == len(batches) == 2
+    slots = []
+    for b in batches:
+        assert len(b) == 4
+        pairs = [b[:2], b[2:]]
+        assert pids[pairs[0][0]] != pids[pairs[1][0]]       # 2 distinct identities
+        for pair in pairs:
+            i = int(pids[pair[0]])
+            assert pids[pair[1]] == i                       # K of one identity, side by side
+            if i == 0:
+                assert len(set(pair)) == 2 and set(pair) <= {0, 1, 2}
+            elif i == 1:
+                assert pair == [3, 3]
+            else:
+                assert sorted(pair) == [4, 5]
+            slots.append(i)
+    assert sorted(set(slots)) == [0, 1, 2] and len(slots) == 4
+    # the same (seed, epoch), the same batches
+    s.set_epoch(0)
+    assert list(s) == batches
+
+
+@pytest.mark.exercise(2)
 def test_pk_sampler_replays_seed_and_epoch():
     a, b = data.PKSampler(PIDS, 2, 4, seed=1), data.PKSampler(PIDS, 2, 4, seed=1)
     a.set_epoch(7)

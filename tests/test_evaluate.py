@@ -25,6 +25,10 @@ from common import UserError
 # every hand-worked case below runs against both
 BOTH = pytest.mark.parametrize("rank_metrics", [evaluate.rank_metrics, evaluate.fast_rank_metrics],
                                ids=["rank_metrics", "fast_rank_metrics"])
+# the two toy rankings below too, rank_metrics' runs checking exercise 3 (tests/exercises.py)
+TOY = pytest.mark.parametrize("rank_metrics", [
+    pytest.param(evaluate.rank_metrics, marks=pytest.mark.exercise(3)), evaluate.fast_rank_metrics],
+    ids=["rank_metrics", "fast_rank_metrics"])
 
 
 def random_problem(rng, Q, G, kind):
@@ -63,7 +67,7 @@ TOY_DIST = np.array([
 ])
 
 
-@BOTH
+@TOY
 def test_toy_ranking_worked_by_hand(rank_metrics):
     # q0 (pid 1, cam 0). Sorted by (distance, index): g0 .1, g2 .2, g3 .3, g6 .4, g1 .5, g4 .5,
     #   g7 .6, g5 .9.
@@ -87,7 +91,7 @@ def test_toy_ranking_worked_by_hand(rank_metrics):
     assert (out["num_queries"], out["num_skipped"]) == (2, 1)
 
 
-@BOTH
+@TOY
 def test_toy_ties_are_broken_by_gallery_index(rank_metrics):
     # Swap the columns g1 and g4 of q0 (both at 0.5): now the distractor has the lower index and
     # goes first, the match g1 (now at index 4) drops to r = 3: AP = (1/4 + 2/6) / 2 = 7/24 for q0.
@@ -290,6 +294,7 @@ def test_xqda_algebra(toy):
     assert evaluate.XQDA(qda_dims=2).fit(tx, tp, tc).W.shape[1] == 2
 
 
+@pytest.mark.exercise(15)
 def test_kissme_algebra(toy):
     (tx, tp, tc), _, _ = toy
     kissme = evaluate.KISSME(pca_dims=10).fit(tx, tp, tc)
@@ -327,6 +332,7 @@ def test_span_shortcut_is_exact(monkeypatch):
     torch.testing.assert_close(reduced[1], full[1])
 
 
+@pytest.mark.exercise(15)
 def test_xqda_and_kissme_beat_euclidean_on_anisotropic_noise(toy):
     train, (qx, qp, qc), (gx, gp, gc) = toy
     rank1 = {}

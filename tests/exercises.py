@@ -1,0 +1,283 @@
+"""Exercises: re-write one function of the code (or one block of lines) from its docstring and the
+paper, and check it against the tests that work its numbers by hand.
+
+  python tests/exercises.py list                      # the ladder, one exercise per line
+  python tests/exercises.py make DIR [--only N ...]   # a copy of the repository, exercises blanked
+  python tests/exercises.py check N [--dir DIR]       # exercise N's tests; on failure, the hints
+
+`make` copies the repository to DIR and replaces each chosen exercise's function body, or its
+block of lines, by `raise NotImplementedError("Exercise N: ...")`; the docstring stays: it states
+the exercise, with the paper's formula. In DIR the modules still import, and `python -m pytest -q
+-m "not slow" tests` passes but for the blanked exercises' own tests: a test that only reaches a
+blanked function on its way is skipped, "needs Exercise N" (tests/conftest.py). `check N` runs
+the tests marked `@pytest.mark.exercise(N)`; when one fails it prints the comment lines at the
+top of that test, the case worked by hand, and never the code.
+
+The table below names each target by its text (a function's name, a block's first and last line),
+never by line numbers or markers in the code: when the code changes so that a target is no longer
+found, `make` refuses, and the test of this tool (tests/test_exercises.py) fails.
+"""
+import argparse
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import NamedTuple, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Exercise(NamedTuple):
+    number: int
+    title: str
+    anchor: str  # where in the papers (or the protocol both papers use) the exercise comes from
+    target: str  # module.function or module.Class.method
+    minutes: int  # rough time for a student who has read the paper's section
+    block: Optional[tuple] = None  # (first line, last line) of a block inside the function
+
+
+# The ladder: the data, the metrics, the losses both papers share, then each paper's core. The
+# tests of exercise N carry @pytest.mark.exercise(N); each fails while N is blanked.
+EXERCISES = [
+    Exercise(1, "Market-1501 image names", "AEA Sec. IV-A", "data.parse_name", 10),
+    # the class docstring states it (__iter__ has none)
+    Exercise(2, "The PK sampler", "AEA Sec. IV-B", "data.PKSampler.__iter__", 25),
+    # a block: step 3 of the docstring, the walk down one query's valid ranking
+    Exercise(3, "CMC and both mAPs", "AAA-Net Sec. 4.1", "evaluate.rank_metrics", 40,
+             ("cmc, hits, ap, ap_official = np.zeros(max_rank), 0, 0.0, 0.0", "break")),
+    Exercise(4, "Softmax cross-entropy", "AEA Eq. (2)-(4)", "common.cross_entropy", 10),
+    Exercise(5, "Batch-hard triplet loss", "AEA Eq. (5)-(7)", "common.batch_hard_triplet_loss",
+             25),
+    Exercise(6, "The attention map", "AEA Eq. (1)", "aea.attention_map", 5),
+    Exercise(7, "Top-R% salient pixels", "AEA Sec. III-B, Fig. 4", "aea.salient_pixels", 20),
+    # a block of one line: Eq. (8), its three terms computed just above it
+    Exercise(8, "AEA's total loss", "AEA Eq. (8)", "aea.training_step", 5,
+             ("L = L_I1 + cfg.alpha1 * L_I2 + cfg.alpha2 * L_T",) * 2),
+    Exercise(9, "The 16 grid masks", "AAA-Net Algorithm 1 steps 1-2", "aaanet.grid_masks", 20),
+    Exercise(10, "The difficult sample", "AAA-Net Algorithm 1 steps 3-4",
+             "aaanet.hardest_occlusion", 25),
+    Exercise(11, "The target map M_occ", "AAA-Net Sec. 3.2", "aaanet.occlusion_map", 15),
+    Exercise(12, "The data term L_att", "AAA-Net Eq. (2)", "aaanet.attention_loss", 10),
+    Exercise(13, "The regularisation term L_r", "AAA-Net Eq. (3)", "aaanet.regularization_loss",
+             10),
+    Exercise(14, "The omega gate", "AAA-Net Eq. (4)", "aaanet.adversarial_loss", 15),
+    Exercise(15, "KISSME on training features", "AAA-Net Tables 1-5",
+             "evaluate.KISSME.fit", 45),
+]
+
+
+class ExerciseError(Exception):
+    """A refusal: printed as one line `error: ...`, exit status 2."""
+
+
+def exercise(number):
+    """The exercise numbered `number` (a clear refusal for any other number)."""
+    for ex in EXERCISES:
+        if ex.number == number:
+            return ex
+    raise ExerciseError(f"no exercise {number}; the exercises are 1-{len(EXERCISES)} "
+                        "(python tests/exercises.py list)")
+
+
+def raise_line(ex):
+    """The statement that takes the place of the exercise's code in a student copy."""
+    return (f'raise NotImplementedError("Exercise {ex.number}: {ex.title} ({ex.anchor}); '
+            f'run: python tests/exercises.py check {ex.number}")')
+
+
+# -----------------------------------------------------------------------------
+# Blanking: the function body (or the block) -> one raise, the docstring and signature kept
+
+def find_function(tree, qualname):
+    """The ast node of `qualname` ("function" or "Class.method") in a parsed module, or None."""
+    node, scope = None, tree.body
+    for name in qualname.split("."):
+        node = next((n for n in scope if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                     and n.name == name), None)
+        if node is None:
+            return None
+        scope = node.body
+    return node if isinstance(node, ast.FunctionDef) else None
+
+
+def blank(source, ex):
+    """`source` (a module's text) with exercise ex's code replaced by its raise, at the code's
+    indentation. ExerciseError when the function or the block's lines are not found."""
+    module, qualname = ex.target.split(".", 1)
+    where = f"Exercise {ex.number} ({ex.target})"
+    node = find_function(ast.parse(source), qualname)
+    if node is None:
+        raise ExerciseError(f"{where}: {module}.py has no function {qualname}")
+    lines = source.splitlines(keepends=True)
+    # the docstring, when the body opens with one, is the exercise's statement: it stays
+    body = node.body
+    has_doc = (isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+               and isinstance(body[0].value.value, str))
+    if ex.block is None:
+        if has_doc and len(body) == 1:
+            raise ExerciseError(f"{where}: the function holds only its docstring")
+        # from just after the docstring (comments included) to the function's last line
+        first = body[0].end_lineno + 1 if has_doc else body[0].lineno  # 1-based line numbers
+        last = node.end_lineno
+        indent = body[1 if has_doc else 0].col_offset
+    else:
+        # the block: the one line of the function whose text is block[0], down to the first
+        # line from there whose text is block[1] (the same line for a one-line block)
+        inside = range(body[0].lineno, node.end_lineno + 1)
+        starts = [i for i in inside if lines[i - 1].strip() == ex.block[0]]
+        if len(starts) != 1:
+            raise ExerciseError(f"{where}: the line {ex.block[0]!r} is in {qualname} "
+                                f"{len(starts)} times, expected once")
+        first = starts[0]
+        last = next((i for i in range(first, node.end_lineno + 1)
+                     if lines[i - 1].strip() == ex.block[1]), None)
+        if last is None:
+            raise ExerciseError(f"{where}: no line {ex.block[1]!r} after {ex.block[0]!r}")
+        indent = len(lines[first - 1]) - len(lines[first - 1].lstrip())
+    lines[first - 1:last] = [" " * indent + raise_line(ex) + "\n"]
+    blanked = "".join(lines)
+    try:  # a block that cut a statement in two would leave a module that does not parse
+        ast.parse(blanked)
+    except SyntaxError as e:
+        raise ExerciseError(f"{where}: the blanked module does not parse ({e.msg}, line "
+                            f"{e.lineno}): the block must hold whole statements") from None
+    return blanked
+
+
+# -----------------------------------------------------------------------------
+# make: the copy
+
+def repository_files(root):
+    """The repository's files, relative to root: in a git checkout, git's (tracked, and new ones
+    it does not ignore); elsewhere (a student copy) every file but the environment, the caches,
+    the datasets and the runs."""
+    if os.path.exists(os.path.join(root, ".git")):
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                                 "--exclude-standard"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.split("\0")
+        # a tracked file deleted from the working tree is listed too; it has nothing to copy
+        return sorted({p for p in listed if p and os.path.isfile(os.path.join(root, p))})
+    skip = {".venv", ".git", "__pycache__", ".pytest_cache", "data", "runs"}
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d not in skip)
+        files += [os.path.relpath(os.path.join(folder, n), root) for n in names]
+    return sorted(files)
+
+
+def make(folder, numbers, root=REPO):
+    """Copy the repository at root to `folder` with the exercises `numbers` blanked. Every
+    refusal comes before anything is written."""
+    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        raise ExerciseError(f"{folder} exists and is not an empty folder; give a new one")
+    chosen = [exercise(n) for n in sorted(set(numbers))]
+    # every blanked module in memory first: a target that cannot be found stops it all
+    texts = {}
+    for ex in chosen:
+        path = ex.target.split(".")[0] + ".py"
+        if not os.path.isfile(os.path.join(root, path)):
+            raise ExerciseError(f"Exercise {ex.number} ({ex.target}): no {path} in {root}")
+        if path not in texts:
+            with open(os.path.join(root, path), encoding="utf-8") as f:
+                texts[path] = f.read()
+        texts[path] = blank(texts[path], ex)
+    files = repository_files(root)
+    for rel in files:
+        os.makedirs(os.path.join(folder, os.path.dirname(rel)), exist_ok=True)
+        if rel in texts:
+            with open(os.path.join(folder, rel), "w", encoding="utf-8") as f:
+                f.write(texts[rel])
+        else:
+            shutil.copy2(os.path.join(root, rel), os.path.join(folder, rel))
+    print(f"wrote {folder}: {len(files)} files, exercises "
+          f"{', '.join(str(ex.number) for ex in chosen)} blanked. Start with the lowest: "
+          f"cd {folder} && python tests/exercises.py check {chosen[0].number}")
+
+
+# -----------------------------------------------------------------------------
+# check: the exercise's tests, and on failure the cases worked by hand
+
+def hint_lines(path, name):
+    """The `#` lines at the top of test function `name`'s body in the file `path` (where the
+    test's first lines are code: every comment line of its body), without their indentation."""
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    lines = source.splitlines()
+    node = next((n for n in ast.walk(ast.parse(source))
+                 if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if node is None:
+        return []
+    # the lines between the `def` line and the first statement, then the whole body
+    top = [s.strip() for s in lines[node.lineno:node.body[0].lineno - 1]]
+    inside = [s.strip() for s in lines[node.lineno:node.end_lineno]]
+    return [s for s in top if s.startswith("#")] or [s for s in inside if s.startswith("#")]
+
+
+def check(number, folder=REPO):
+    """Run exercise `number`'s tests in `folder` with pytest -> 0 if they pass, else 1 after the
+    hints of the failing tests."""
+    ex = exercise(number)
+    if not os.path.isfile(os.path.join(folder, "tests", "conftest.py")):
+        raise ExerciseError(f"{folder} holds no tests/conftest.py: not a copy of this repository")
+    # -rfE: one line per failing test (FAILED/ERROR node id, relative to --rootdir), read below
+    # for the hints; short tracebacks; no cache provider: a check writes nothing into the folder
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=short", "-p",
+                        "no:cacheprovider", "--rootdir", ".", f"--exercise={number}", "tests"],
+                       cwd=folder, capture_output=True, text=True)
+    print(r.stdout + r.stderr, end="")
+    if r.returncode == 0:
+        print(f"Exercise {number}, {ex.title} ({ex.anchor}): its tests pass.")
+        return 0
+    if r.returncode == 5:  # pytest: no test collected
+        print(f"no test is marked exercise({number}) in {folder}/tests")
+        return 1
+    # the failing tests' files and function names (parameters cut off), each once
+    failed = dict.fromkeys(re.findall(r"^(?:FAILED|ERROR) ([^:\s]+)::(?:\w+::)*(\w+)", r.stdout,
+                                      re.MULTILINE))
+    print(f"\nExercise {number}, {ex.title} ({ex.anchor}), in {ex.target}: not yet. "
+          "The cases the failing tests work by hand:")
+    for path, name in failed:
+        print(f"\n{path}::{name}")
+        for line in hint_lines(os.path.join(folder, path), name):
+            print(f"    {line}")
+    return 1
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python tests/exercises.py", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the exercises: number, title, paper, function, minutes")
+    m = sub.add_parser("make", help="copy the repository to DIR with the exercises blanked")
+    m.add_argument("dir", metavar="DIR", help="a new (or empty) folder")
+    m.add_argument("--only", type=int, nargs="+", metavar="N",
+                   help="blank only these exercises (default: all)")
+    c = sub.add_parser("check", help="run exercise N's tests; on failure, their hand-worked hints")
+    c.add_argument("number", type=int, metavar="N")
+    c.add_argument("--dir", default=REPO, help="the copy to test (default: this repository)")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "list":
+            # the columns as wide as their longest entry
+            t, a, f = (max(len(getattr(ex, k)) for ex in EXERCISES)
+                       for k in ("title", "anchor", "target"))
+            for ex in EXERCISES:
+                print(f"{ex.number:2d}  {ex.title:<{t}} {ex.anchor:<{a}} {ex.target:<{f}} "
+                      f"{ex.minutes:2d} min")
+            return 0
+        if args.command == "make":
+            make(args.dir, args.only or [ex.number for ex in EXERCISES])
+            return 0
+        return check(args.number, os.path.abspath(args.dir))
+    except ExerciseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
