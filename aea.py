@@ -303,7 +303,6 @@ def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
 
 
 # --- Erase-once inputs (B3, B4, --erasing fixed) and the batches of one epoch ---------------------
-
 # Choice (not in the paper): the ImageNet mean colour rounded to uint8 for cached erased copies
 MEAN_UINT8 = torch.tensor([round(255 * m) for m in data.MEAN], dtype=torch.uint8)
 # Choice (not in the paper): ITU-R 601 luma as Baseline 3's grey level (PIL's convert("L"))
@@ -459,7 +458,6 @@ def figure(argv=None):
 
 
 # --- Tables 2 and 6 in miniature: `python aea.py compare [--seeds N]` -----------------------------
-
 # (row, its flags over the demo's, its cost in AEA runs); B1 trains one network, B4 adds B1's run
 COMPARE = [("AEA", [], 1), ("Baseline 1", ["--variant", "b1"], 0.5),
            ("Baseline 2", ["--variant", "b2"], 1), ("Baseline 3", ["--variant", "b3"], 1),
