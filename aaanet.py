@@ -229,7 +229,8 @@ def true_class_probability(logits, y):
 @torch.no_grad()
 def hardest_occlusion(logits_of, f_r, y, grid=4, chunk=0):
     """Algorithm 1 steps 3-4 -> (hardest copy k [B], every copy's true-class probability p [B, G]);
-    logits_of: [n, C, h, w] -> [n, N]. The copies of `chunk` images (0: all) run as ONE batch."""
+    logits_of: [n, C, h, w] -> [n, N]. The copies of `chunk` images (0: all) run as ONE batch,
+    without gradient: they only choose a target, so no activations are kept for a backward pass."""
     B, G, p, chunk = len(f_r), grid * grid, [], chunk or len(f_r)
     for start in range(0, B, chunk):  # one pass unless --occlusion-chunk asks for several
         copies = grid_occlusions(f_r[start:start + chunk], grid)  # [b, G, C, H, W]
@@ -581,8 +582,7 @@ def compare(argv):
         if not loaded:
             loaded.update(root=data.ensure_synthetic(), images={})
             loaded["ds"] = data.load_dataset(loaded["root"], "synthetic")
-        base = Config(root=loaded["root"], **DEMO, **settings, seed=seed, device=device,
-                      out=out)
+        base = Config(root=loaded["root"], **DEMO, **settings, seed=seed, device=device, out=out)
         for stage in stages:
             cfg = dataclasses.replace(
                 base, **DEMO_STAGES[stage], resume=resume and os.path.isfile(

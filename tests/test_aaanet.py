@@ -824,13 +824,18 @@ class StopAfterSteps(common.TrainingRun):
         return super().__enter__()
 
 
-@pytest.mark.slow
-def test_demo_prints_one_table_and_resumes(synthetic_root, monkeypatch, tmp_path, capsys):
-    # the demo's code path on the tiny fixture set, one epoch per stage
+@pytest.fixture
+def tiny_demo(synthetic_root, monkeypatch):
+    """The demo's settings on the tiny fixture set: batches of 8, one epoch per stage."""
     monkeypatch.setattr(data, "ensure_synthetic", lambda: synthetic_root)
     monkeypatch.setattr(aaanet, "DEMO", {**aaanet.DEMO, "batch_size": 8})
     monkeypatch.setattr(aaanet, "DEMO_STAGES",
                         {s: {**v, "epochs": 1} for s, v in aaanet.DEMO_STAGES.items()})
+
+
+@pytest.mark.slow
+def test_demo_prints_one_table_and_resumes(tiny_demo, monkeypatch, tmp_path, capsys):
+    # the demo's code path on the tiny fixture set, one epoch per stage
     results = aaanet.main(["demo", "--out", str(tmp_path), "--device", "cpu"])
     assert list(results) == ["untrained", "stage1", "stage3"]
     printed = capsys.readouterr().out
@@ -936,12 +941,8 @@ def test_init_with_another_number_of_identities_is_refused(three_stages, synthet
 
 
 @pytest.mark.slow
-def test_compare_rows_share_stage1_and_are_reused(synthetic_root, monkeypatch, tmp_path, capsys):
+def test_compare_rows_share_stage1_and_are_reused(tiny_demo, monkeypatch, tmp_path, capsys):
     # the compare's code path on the tiny fixture set, one seed, one epoch per stage
-    monkeypatch.setattr(data, "ensure_synthetic", lambda: synthetic_root)
-    monkeypatch.setattr(aaanet, "DEMO", {**aaanet.DEMO, "batch_size": 8})
-    monkeypatch.setattr(aaanet, "DEMO_STAGES",
-                        {s: {**v, "epochs": 1} for s, v in aaanet.DEMO_STAGES.items()})
     out = str(tmp_path / "cmp")
     text = aaanet.main(["compare", "--seeds", "1", "--out", out, "--device", "cpu"])
     labels = [label for label, *_ in aaanet.COMPARE]
