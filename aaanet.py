@@ -35,7 +35,7 @@ Choices where the paper is silent (each at its line, "Choice (not in the paper)"
     f_r * A * mask, A without gradient); f_r and the occluded maps as one batch of 2B.
   - Table 4: stage 3 from stage 1 with a fresh attention branch, the top third of f_r occluded.
   - Stage 2 is not evaluated; --resume may change only --device and --eval-metrics.
-  - The demo (`DEMO`): ResNet-18, random weights, 64x32, pad 3, stage lrs for random weights.
+  - Demo (`DEMO`): random ResNet-18, 64x32, pad 3, 10x lrs; compare: conv4_x 2x2 grid, no conv5_x.
 """
 import argparse
 import dataclasses
