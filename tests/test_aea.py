@@ -375,22 +375,42 @@ def test_fixed_erasing_keeps_originals_and_erased_copies_aligned(tiny):
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, plain))
 
 
+def test_pad_reaches_every_augmented_view(tiny, monkeypatch):
+    # --pad is the padding of the originals' augmentation and of each second view's: the erased
+    # twin (B3, B4, --erasing fixed) and REDA's independent view
+    ds, images, labels, sampler = tiny
+    pads, real = [], data.train_batches
+
+    def recording(*args, **kwargs):
+        pads.append(kwargs["pad"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(data, "train_batches", recording)
+    views = {("aea", "adversarial", None): 1, ("b3", "adversarial", images): 2,
+             ("aea", "random", None): 2}
+    for (variant, erasing, erased), n in views.items():
+        pads.clear()
+        cfg = aea.AEAConfig(variant=variant, erasing=erasing, P=2, K=2, pad=4)
+        g = torch.Generator().manual_seed(0)
+        next(aea.epoch_batches(images, labels, sampler, g, cfg, True, erased))
+        assert pads == [4] * n
+
+
 # -----------------------------------------------------------------------------
 # Flags: the paper's defaults, the demo's, per dataset; clear errors
 
 def test_defaults_demo_and_per_dataset():
     cfg, demo = aea.parse_config([])
     assert demo and cfg.eval_untrained and cfg.out == os.path.join("runs", "aea", "demo")
-    assert (cfg.root, cfg.dataset, cfg.weights, cfg.height, cfg.width) == (
-        "data/synthetic", "synthetic", "none", 64, 32)
+    assert (cfg.root, cfg.dataset, cfg.weights, cfg.height, cfg.width, cfg.pad) == (
+        "data/synthetic", "synthetic", "none", 64, 32, 2)
     cfg, demo = aea.parse_config(["--root", "somewhere", "--dataset", "cuhk03-labeled"])
     assert not demo
     assert (cfg.margin, cfg.R, cfg.weights, cfg.epochs, cfg.lr, cfg.lr_step) == (
         0.35, 20.0, "imagenet", 100, 0.01, 75)
     assert (cfg.height, cfg.width, cfg.P, cfg.K, cfg.warmup_epochs, cfg.attention_layer) == (
         256, 128, 8, 4, 10, "conv2_x")
-    assert (cfg.dropout, cfg.alpha1, cfg.alpha2, cfg.variant, cfg.erasing) == (
-        0.5, 1.0, 1.0, "aea", "adversarial")
+    assert (cfg.dropout, cfg.alpha1, cfg.alpha2, cfg.variant, cfg.erasing, cfg.pad) == (
+        0.5, 1.0, 1.0, "aea", "adversarial", 10)
     assert cfg.out == os.path.join("runs", "aea", "cuhk03-labeled-aea")
     cfg, _ = aea.parse_config(["--root", "d", "--dataset", "duke"])
     assert (cfg.margin, cfg.R) == (0.3, 10.0)
