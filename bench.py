@@ -85,8 +85,8 @@ synchronised before and after it, so its share is an upper bound: a training loo
 
 Choices (not in either paper; this file is no paper's):
   - The synthetic set has 751 training identities, 5 cameras and 1..9 images per camera
-    (`data.make_synthetic`), about 17.5 images per identity against Market-1501's 17.2, and only
-    one test identity: no row here reads the query or gallery images.
+    (`synthetic.make_synthetic`), about 17.5 images per identity against Market-1501's 17.2,
+    and only one test identity: no row here reads the query or gallery images.
   - The AAA-Net rows use the paper's 224x224 with batch 32 (its Config default): img/s then
     compares directly with the AEA rows' batch of 32.
   - The data-path rows use random erasing p=0.5, the most work the training path can be asked
@@ -129,6 +129,7 @@ import aea
 import common
 import data
 import evaluate
+import synthetic
 from common import UserError
 
 
@@ -602,9 +603,9 @@ def run(cfg):
     # and once the cache and the training rows have run it is theirs (its row comes in 6.)
     rank_extra, rank_extra_exact = rank_memory(cfg)
     # 1. the data: written once, reused (the folder is ignored by git)
-    data.ensure_synthetic(cfg.root, any_dataset=True, seed=cfg.seed, train_ids=cfg.train_ids,
-                          test_ids=1, cameras=cfg.cameras, max_per_camera=cfg.max_per_camera,
-                          junk=0, distractors=0)
+    synthetic.ensure_synthetic(cfg.root, any_dataset=True, seed=cfg.seed,
+                               train_ids=cfg.train_ids, test_ids=1, cameras=cfg.cameras,
+                               max_per_camera=cfg.max_per_camera, junk=0, distractors=0)
     # cache build: every training image decoded and resized once (the device is not chosen yet:
     # pick_device would apply keep_freed_memory before the glibc-default measurement below)
     cpu_cache = load_train(cfg, cfg.height, cfg.width)

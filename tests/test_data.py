@@ -1,11 +1,9 @@
-"""Tests of data.py: the name parser and folder layout, the synthetic dataset, the PK sampler,
-the decode-once image cache and the on-device augmentation. CPU only, a few seconds."""
+"""Tests of data.py: the name parser and both layouts, demo_dataset and the command line, the PK
+sampler, the decode-once image cache and the on-device augmentation. CPU only, a few seconds."""
 import errno
 import gc
 import os
 import re
-import subprocess
-import sys
 import warnings
 import weakref
 
@@ -17,7 +15,6 @@ from PIL import Image
 
 import data
 from common import UserError, exit_on_user_error
-from conftest import run_python
 
 
 def touch(folder, *names):
@@ -328,169 +325,47 @@ def test_train_with_only_junk(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# Synthetic data
+# The demos' dataset and the command line
 
-MARKET_NAME = re.compile(r"^(-1|\d{4})_c\d+s\d+_\d{6}_\d{2}\.jpg$")
-
-
-def test_synthetic_round_trip(synthetic_root, synthetic_sizes):
-    n = synthetic_sizes
-    d = data.load_dataset(synthetic_root, "synthetic", verbose=False)
-    # every name in exact Market style, every image a 128x64 (H x W) JPEG
-    for split in (d.train, d.query, d.gallery):
-        assert all(MARKET_NAME.match(os.path.basename(p)) for p in split.paths)
-        assert all(0 <= c < n["cameras"] for c in split.cams)   # c1..c3 -> 0..2
-    with Image.open(d.gallery.paths[0]) as im:
-        assert im.format == "JPEG" and im.size == (64, 128)
-    # train: all train_ids identities, labels exactly 0..7, order-preserving w.r.t. the raw pids
-    assert d.num_train_pids == n["train_ids"]
-    assert set(d.train.pids.tolist()) == set(range(n["train_ids"]))
-    raw = np.array([data.parse_name(p)[0] for p in d.train.paths])
-    assert np.array_equal(np.argsort(raw, kind="stable"), np.argsort(d.train.pids, kind="stable"))
-    assert raw.min() > 0                                    # no junk or distractor in training
-    # query: the test_ids identities, none in training (Market-1501's disjoint protocol), no junk
-    q_ids = set(d.query.pids.tolist())
-    assert len(q_ids) == n["test_ids"] and min(q_ids) > 0 and not q_ids & set(raw.tolist())
-    # gallery: the same people, plus exactly `junk` pid -1 and `distractors` pid 0 images
-    assert set(d.gallery.pids[d.gallery.pids > 0].tolist()) == q_ids
-    assert (d.gallery.pids == -1).sum() == n["junk"]
-    assert (d.gallery.pids == 0).sum() == n["distractors"]
-    # every query has a true match in another camera (else the Market protocol would skip it)
-    for pid, cam in zip(d.query.pids, d.query.cams):
-        assert ((d.gallery.pids == pid) & (d.gallery.cams != cam)).any()
-
-
-def test_synthetic_deterministic(tmp_path):
-    small = dict(train_ids=2, test_ids=2, cameras=2, max_per_camera=2, junk=2, distractors=2)
-
-    def files(root):
-        return {os.path.relpath(os.path.join(dp, f), root): open(os.path.join(dp, f), "rb").read()
-                for dp, _, fs in os.walk(root) for f in fs}
-    a = files(data.make_synthetic(str(tmp_path / "a"), seed=3, **small))
-    b = files(data.make_synthetic(str(tmp_path / "b"), seed=3, **small))
-    c = files(data.make_synthetic(str(tmp_path / "c"), seed=4, **small))
-    # same names, same bytes; at least 4 identities x 2 cameras x 1 image + 2 junk + 2 distractors
-    assert a == b and len(a) >= 4 * 2 + 2 + 2
-    assert a != c
-
-
-def test_lookalikes_share_the_upper_garment_only():
-    # a family member copies the first one's upper garment (colours, pattern, period, sleeves)
-    # and draws the rest itself: with a fixed seed its lower garment and shoes differ
-    rng = np.random.default_rng(0)
-    first = data._identity(rng)
-    twin = data._identity(rng, family=first)
-    for k in ("upper", "upper2", "pattern", "period", "long_sleeves"):
-        assert np.array_equal(twin[k], first[k]), k
-    assert not np.array_equal(twin["lower"], first["lower"])
-    assert not np.array_equal(twin["shoes"], first["shoes"])
-
-
-def test_synthetic_families_stay_inside_a_split(tmp_path, monkeypatch):
-    # 5 training and 4 test identities, families of 2: training's 3rd family is one identity,
-    # and the first test identity starts a family of its own (no test identity copies a
-    # training one): families start at draws 0, 2, 4 (training), 5, 7 (test)
-    calls = []
-    real = data._identity
-
-    def spy(rng, family=None):
-        person = real(rng, family)
-        calls.append((id(person), None if family is None else id(family)))
-        return person
-    monkeypatch.setattr(data, "_identity", spy)
-    data.make_synthetic(str(tmp_path / "s"), train_ids=5, test_ids=4, cameras=2,
-                        max_per_camera=1, junk=0, distractors=0, lookalikes=2)
-    people = calls[:9]  # the 9 identities, in draw order (no distractors drawn)
-    firsts = [n for n, (_, fam) in enumerate(people) if fam is None]
-    assert firsts == [0, 2, 4, 5, 7]
-    for n, (_, fam) in enumerate(people):
-        if fam is not None:
-            assert fam == people[n - 1][0]
-
-
-def test_synthetic_refuses_bad_input(tmp_path):
-    with pytest.raises(UserError, match="cameras >= 2"):
-        data.make_synthetic(str(tmp_path / "x"), cameras=1)
-    with pytest.raises(UserError, match="lookalikes >= 1"):
-        data.make_synthetic(str(tmp_path / "x"), lookalikes=0)
-    touch(tmp_path / "y" / "query", "0001_c1s1_000001_01.jpg")  # never mix with what is there
-    with pytest.raises(UserError, match="not empty"):
-        data.make_synthetic(str(tmp_path / "y"))
-    (tmp_path / "file").write_text("")  # a root that cannot be a folder: its parent is a file
-    with pytest.raises(UserError, match="cannot create .*file/z for the synthetic dataset"):
-        data.make_synthetic(str(tmp_path / "file" / "z"))
-    with pytest.raises(UserError, match="file is not a folder"):   # the root is a file
-        data.make_synthetic(str(tmp_path / "file"))
-    # a seed numpy refuses: named before anything is written
-    for seed in (-1, 2**32):
-        with pytest.raises(UserError, match=r"--seed must lie in \[0, 2\*\*32 - 1\]"):
-            data.make_synthetic(str(tmp_path / "s"), seed=seed)
-        assert not (tmp_path / "s").exists()
-    with pytest.raises(UserError, match="seed must be >= 0"):
-        data.PKSampler([0, 1], P=1, K=1, seed=-1)
-
-
-SMALL = dict(train_ids=2, test_ids=2, cameras=2, max_per_camera=1, junk=1, distractors=1)
-
-
-@pytest.mark.parametrize("fault", [OSError(errno.ENOSPC, "No space left on device"),
-                                   KeyboardInterrupt()])
-def test_synthetic_failure_leaves_nothing(tmp_path, monkeypatch, fault):
-    # the 4th image save fails (disk full, or Ctrl-C): the temporary folder is removed and so is
-    # the root this call created, so tmp_path is empty again; a full disk is one error naming
-    # the root
-    save, calls = Image.Image.save, [0]
-
-    def failing_save(im, path, *args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 4:
-            raise fault
-        return save(im, path, *args, **kwargs)
-    monkeypatch.setattr(Image.Image, "save", failing_save)
-    expected = UserError if isinstance(fault, OSError) else KeyboardInterrupt
-    with pytest.raises(expected) as e:
-        data.make_synthetic(str(tmp_path / "DS"), **SMALL)
-    if expected is UserError:
-        assert str(e.value) == (f"no space left on device writing the synthetic dataset into "
-                                f"{tmp_path / 'DS'} (nothing of it was kept)")
-    assert os.listdir(tmp_path) == []
-
-
-def test_synthetic_fills_empty_root_and_removes_dead_temporaries(tmp_path, monkeypatch):
-    # an empty root with empty split folders (nothing to lose) is filled; the temporary folder
-    # of a finished process goes; the root's folder itself is kept (an empty mount point, or
-    # the current folder given as ".")
-    (tmp_path / "DS" / "query").mkdir(parents=True)
-    dead = subprocess.Popen([sys.executable, "-c", ""])
-    dead.wait()
-    (tmp_path / "DS" / f".tmp{dead.pid}" / "query").mkdir(parents=True)
-    inode = os.stat(tmp_path / "DS").st_ino
-    monkeypatch.chdir(tmp_path / "DS")
-    data.make_synthetic(".", **SMALL)
-    assert sorted(os.listdir(tmp_path / "DS")) == sorted([*data._SPLITS.values(), "synthetic.txt"])
-    assert os.stat(tmp_path / "DS").st_ino == inode
-    assert len(data.load_dataset(str(tmp_path / "DS"), "synthetic", verbose=False).query) > 0
-
-
-@pytest.mark.slow
-def test_cli_bad_seed(tmp_path):
-    # the command line: one line "error: --seed ...", exit status 2, no traceback, nothing written
-    root = tmp_path / "DS"
-    r = run_python("data.py", "synthetic", "--root", str(root), "--seed", "-1")
-    assert r.returncode == 2 and r.stderr.startswith("error: --seed must lie in")
-    assert "Traceback" not in r.stderr and not root.exists()
+def test_demo_dataset(synthetic_root, tmp_path, monkeypatch):
+    # a complete synthetic dataset (three filled split folders and synthetic.txt): its root
+    assert data.demo_dataset(synthetic_root) == synthetic_root
+    # no such folder: the error says how to write it, with --root for a root not the default
+    missing = str(tmp_path / "none")
+    with pytest.raises(UserError) as e:
+        data.demo_dataset(missing)
+    assert str(e.value) == (f"{missing} holds no synthetic dataset: write it first with "
+                            f"`python synthetic.py --root {missing}`")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        data.demo_dataset()
+    assert str(e.value) == ("data/synthetic holds no synthetic dataset: write it first with "
+                            "`python synthetic.py`")
+    # three filled split folders without synthetic.txt (a Market-style dataset, or a synthetic
+    # one cut short before its last move): not a demo dataset
+    root = hand_layout(tmp_path / "market")
+    with pytest.raises(UserError, match=f"{re.escape(root)} holds no synthetic dataset"):
+        data.demo_dataset(root)
+    # synthetic.txt there but a split folder empty: not one either
+    (tmp_path / "market" / "synthetic.txt").write_text("")
+    assert data.demo_dataset(root) == root
+    for f in os.listdir(tmp_path / "market" / "query"):
+        os.remove(tmp_path / "market" / "query" / f)
+    with pytest.raises(UserError, match=f"{re.escape(root)} holds no synthetic dataset"):
+        data.demo_dataset(root)
 
 
 def test_cli(tmp_path, capsys):
-    root = str(tmp_path / "syn")
-    data.main(["synthetic", "--root", root, "--train-ids", "3", "--test-ids", "2", "--junk", "1",
-               "--distractors", "0"])
-    # the table's train row starts "train 3": 3 training identities
-    lines = capsys.readouterr().out.splitlines()
-    assert any(line.split()[:2] == ["train", "3"] for line in lines)
-    data.main(["summary", "--root", root, "--dataset", "synthetic"])
+    # summary: the table of the hand layout, whose gallery holds 2 people (0011, 0012)
+    root = hand_layout(tmp_path / "ds")
+    data.main(["summary", "--root", root, "--dataset", "market1501"])
     lines = capsys.readouterr().out.splitlines()
     assert any(line.split()[:2] == ["gallery", "2"] for line in lines)
+    # folders: the same dataset copied into the folder layout, then its table: train 3 ids
+    data.main(["folders", "--root", root, "--out", str(tmp_path / "folders")])
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:3] == ["train", "3", "4"] for line in lines)
+    assert os.path.isdir(tmp_path / "folders" / "gallery" / "0011")
     # a wrong root: one line "error: ...", exit status 2, no traceback
     with pytest.raises(SystemExit) as e:
         exit_on_user_error(data.main, ["summary", "--root", str(tmp_path / "nowhere")])
@@ -586,6 +461,12 @@ def test_pk_sampler_too_few_identities():
     with pytest.raises(UserError, match=r"--P 6: a PK batch needs P distinct identities, but the "
                        r"training split has only 5"):
         data.PKSampler(PIDS, P=6, K=4)
+
+
+def test_pk_sampler_refuses_a_negative_seed():
+    # numpy's generators take seeds >= 0: refused when the sampler is made, not at its first epoch
+    with pytest.raises(UserError, match="seed must be >= 0"):
+        data.PKSampler([0, 1], P=1, K=1, seed=-1)
 
 
 def test_train_batches_follow_the_sampler():
@@ -850,32 +731,3 @@ def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match=f"skipping {re.escape(big)}: cannot decode it"):
         assert len(data.load_dataset(root, verbose=False, skip_bad_files=True).query) == 1
 
-
-def test_ensure_synthetic_writes_once(tmp_path):
-    root = str(tmp_path / "syn")
-    sizes = dict(train_ids=2, test_ids=2, cameras=2, max_per_camera=1, junk=0, distractors=0)
-    assert data.ensure_synthetic(root, **sizes) == root
-    first = sorted(os.listdir(os.path.join(root, "bounding_box_train")))
-    assert first
-    # ROOT/synthetic.txt: the version and every argument, defaults included
-    assert open(os.path.join(root, "synthetic.txt")).read() == (
-        "make_synthetic version 2: seed=0 train_ids=2 test_ids=2 cameras=2 max_per_camera=1 "
-        "junk=0 distractors=0 lookalikes=3\n")
-    # there already with the same arguments: used as it is, nothing rewritten
-    data.ensure_synthetic(root, **sizes)
-    assert sorted(os.listdir(os.path.join(root, "bounding_box_train"))) == first
-    # other arguments, or no synthetic.txt (an older version): refused, naming what it expects
-    with pytest.raises(UserError, match=r"syn holds a dataset not written .* train_ids=3 .* "
-                                        r"delete .*syn and run again"):
-        data.ensure_synthetic(root, **dict(sizes, train_ids=3))
-    os.remove(os.path.join(root, "synthetic.txt"))
-    with pytest.raises(UserError, match="not written by this data.py"):
-        data.ensure_synthetic(root, **sizes)
-    # any_dataset (bench.py): whatever dataset is there is used, nothing rewritten
-    assert data.ensure_synthetic(root, any_dataset=True, **dict(sizes, train_ids=3)) == root
-    assert sorted(os.listdir(os.path.join(root, "bounding_box_train"))) == first
-    # half there (the query folder emptied): refused, not patched
-    for f in os.listdir(os.path.join(root, "query")):
-        os.remove(os.path.join(root, "query", f))
-    with pytest.raises(UserError, match=r"syn is not empty \(it holds bounding_box_test\)"):
-        data.ensure_synthetic(root, **sizes)
