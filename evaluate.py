@@ -1,14 +1,13 @@
 """
-Re-ID evaluation: features, distances, the Market-1501 ranking metrics, the two metric learners
-AAA-Net's tables use (XQDA, KISSME) and k-reciprocal re-ranking, with a command line that prints
-one table, and commands for your own images and for the record of training runs.
+Re-ID evaluation: the test features of a model, their distances, the Market-1501 ranking metrics,
+the two metric learners AAA-Net's tables use (XQDA, KISSME) and k-reciprocal re-ranking.
+`evaluate_model` scores a model with them (the paper modules call it while they train), and the
+command line prints one table. What users run around the evaluation (extract, search, the
+ranking figure, curves, the papers' figures, compare over seeds) is in tools.py.
 
   python evaluate.py --checkpoint runs/aea/last.pt --root data/market --dataset market1501 \
-                     --metric euclidean xqda kissme [--flip] [--rerank] [--show-ranks 8 --out figs]
+                     --metric euclidean xqda kissme [--flip] [--rerank]
   python evaluate.py --weights imagenet --root data/market --dataset market1501   # plain ResNet-50
-  python evaluate.py extract --checkpoint C --images DIR --out feats.npz         # `extract`
-  python evaluate.py search --checkpoint C --query IMAGE --gallery DIR|feats.npz  # `search`
-  python evaluate.py plot OUT [OUT ...] --out curves.png     # log.csv of runs -> `plot_runs`
 
 Protocol (Market-1501's MATLAB evaluation, evaluation.m + compute_AP.m), defined by `rank_metrics`
 and computed to the same numbers, without sorting, by `fast_rank_metrics` (what `evaluate_model`
@@ -39,40 +38,30 @@ Choices where the papers and the official code are silent or differ (each marked
     -> intra-personal / similar, different id -> extra-personal / dissimilar. Covariances in closed
     form over ALL such pairs (exact), instead of Liao's one-camera-vs-other split or the IDE
     scripts' random pair samples (`pair_covariances`).
-  - KISSME learns in the span of the training images when there are fewer images than
-    dimensions, as XQDA.m does for XQDA (exact; `_reduce_to_span`).
-  - Distances from XQDA/KISSME stay float64; Euclidean/cosine are float32 like the features
-    (`_quadratic_distance`).
   - XQDA's e are the generalised eigenvalues of Sigma_E w = e Sigma_I w (Cholesky + eigh), not
     the singular values of Sigma_I^-1 Sigma_E that XQDA.m takes, so the number of kept dimensions
     (e > 1) can differ from XQDA.m's (`XQDA.fit`).
   - KISSME PCA dims capped at N_train - #ids (the rank of the same-id differences), so that
     Sigma_S can be inverted (`KISSME.fit`).
-  - A paper checkpoint is re-scored in the precision its run trained with, "auto" resolved by
-    the device type it trained on; a plain ResNet-50 in "auto" (`trained_precision`).
-  - --show-ranks and the papers' figures draw N items evenly spaced over a list (`evenly_spaced`).
-  - --show-ranks draws the ranking that is scored: junk and same-id-same-camera items are left
-    out, not drawn (`rank_figure`).
   - Re-ranking follows the official Python code where it and the paper differ: d is the squared
     distance over its column's maximum, N(i, k) holds k + 1 images (i itself among them), k1/2 is
     rounded half to even, R(q, k1/2) joins R* when more than 2/3 of it is shared (Eq. (5): at
     least 2/3), and each row of V is divided by its sum (`re_ranking`).
+Engineering decisions, each with a plain comment at its line: XQDA and KISSME learn in the span of
+the training images when there are fewer images than dimensions (exact; `_reduce_to_span`); their
+distances stay float64, Euclidean and cosine are float32 like the features
+(`_quadratic_distance`); a paper checkpoint is re-scored in the precision its run trained with
+(`trained_precision`).
+
+Imports: common and data. The one upward edge: `load_model` imports aea.py or aaanet.py at run
+time when a checkpoint holds one of their networks, to rebuild it with that module's
+`model_from_checkpoint` (`python evaluate.py --checkpoint C`). Nothing here imports tools.py or
+synthetic.py.
 """
 import argparse
-import contextlib
-import csv
 import functools
 import importlib
-import io
-import json
-import math
-import os
-import re
 import sys
-import tempfile
-import time
-import zipfile
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -118,7 +107,8 @@ def pairwise_distances(qf, gf, metric="euclidean"):
     qf = torch.as_tensor(qf).float()
     gf = torch.as_tensor(gf).float().to(qf.device)
     # q', g': the L2-normalised features (a zero feature stays zero)
-    q, g = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+    q = F.normalize(qf, dim=1)
+    g = F.normalize(gf, dim=1)
     if metric == "cosine":
         return 1 - q @ g.T
     if metric == "euclidean":
@@ -164,7 +154,11 @@ def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
     if not np.isfinite(dist).all():
         raise UserError("rank_metrics: the distance matrix holds NaN or infinite values")
     Q = len(dist)
-    cmc_sum, ap_sum, ap_official_sum, num_queries = np.zeros(max_rank), 0.0, 0.0, 0
+    # sums over the scored queries
+    cmc_sum = np.zeros(max_rank)
+    ap_sum = 0.0
+    ap_official_sum = 0.0
+    num_queries = 0
     for q in range(Q):
         # 1-2. the valid ranking; is_match: a true match at each valid position
         is_match = valid_ranking(dist[q], q_pids[q], q_cams[q], g_pids, g_cams)[1].tolist()
@@ -175,20 +169,26 @@ def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
             # and fast-reid skip it too; Market-1501 has no such query, so both rules agree there
             continue
         # 3. down the valid ranking
-        cmc, hits, ap, ap_official = np.zeros(max_rank), 0, 0.0, 0.0
-        old_recall, old_precision = 0.0, 1.0
+        cmc = np.zeros(max_rank)
+        hits = 0
+        ap = 0.0
+        ap_official = 0.0
+        old_recall = 0.0
+        old_precision = 1.0
         for j, match in enumerate(is_match):
             if match:
                 hits += 1
                 if hits == 1:
                     cmc[j:] = 1  # the first true match at position j: a hit at every rank > j
-            recall, precision = hits / n, hits / (j + 1)
+            recall = hits / n
+            precision = hits / (j + 1)
             # AP: the precision at each true match, averaged over the n
             if match:
                 ap += precision / n
             # AP (official): the trapezoid between the previous position and this one
             ap_official += (recall - old_recall) * (old_precision + precision) / 2
-            old_recall, old_precision = recall, precision
+            old_recall = recall
+            old_precision = precision
             if hits == n:
                 break
         cmc_sum += cmc
@@ -212,10 +212,10 @@ def check_true_matches(ds):
     """Refuse, before any training or feature extraction, a dataset (data.ReIDData) whose test
     split has no query with a true match: `rank_metrics`' error, after the dataset's folder.
     The rule is `valid_ranking`'s; the distances do not matter, so all are 0."""
-    query, gallery, d = ds.query, ds.gallery, np.zeros(len(ds.gallery.pids))
-    if not any(valid_ranking(d, pid, cam, gallery.pids, gallery.cams)[1].any()
-               for pid, cam in zip(query.pids, query.cams)):
-        raise UserError(f"{ds.root}: {no_true_match(len(query.pids))}")
+    d = np.zeros(len(ds.gallery.pids))
+    if not any(valid_ranking(d, pid, cam, ds.gallery.pids, ds.gallery.cams)[1].any()
+               for pid, cam in zip(ds.query.pids, ds.query.cams)):
+        raise UserError(f"{ds.root}: {no_true_match(len(ds.query.pids))}")
 
 
 def valid_ranking(d, q_pid, q_cam, g_pids, g_cams):
@@ -279,7 +279,9 @@ def fast_rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
     f64 = dict(dtype=torch.float64, device=dist.device)
     # first_hits[k]: how many queries have r_1 = k; the last bin: r_1 >= max_rank
     first_hits = torch.zeros(max_rank + 1, **f64)
-    ap_sum, ap_official_sum, num_queries = torch.zeros((), **f64), torch.zeros((), **f64), 0
+    ap_sum = torch.zeros((), **f64)
+    ap_official_sum = torch.zeros((), **f64)
+    num_queries = 0
     # a chunk of queries at a time: the temporaries scale with rows x G, not Q x G
     rows = max(1, _CHUNK_ELEMENTS // max(G, 1))
     for start in range(0, Q, rows):
@@ -379,7 +381,9 @@ def _true_match_ranks(d, q_pids, q_cams, g_pids, g_cams):
     # bucket K + 1 never holds a real match, so no uncounted item becomes a candidate
     c_b, c_g = (m_count > 0).gather(1, u).nonzero(as_tuple=True)
     c_u, c_d = u[c_b, c_g], d[c_b, c_g]
-    first, end = m_start[c_b, c_u], m_start[c_b, c_u] + m_count[c_b, c_u]
+    # the slots of the candidate's bucket's matches: first .. end-1
+    first = m_start[c_b, c_u]
+    end = first + m_count[c_b, c_u]
     # p = #matches with key < the candidate's key: those of earlier buckets, plus those of its own
     # bucket that are closer, or equally close with a lower gallery index
     p = first.clone()
@@ -432,11 +436,13 @@ def pair_covariances(x, pids, cams):
     s_y, n_y = group_sums(pids)
     s_yc, n_yc = group_sums(pids * (int(cams.max()) + 1) + cams)  # one key per (id, camera)
     s = x.sum(0)
-    deg_all, deg_S = (N - n_c).double(), (n_y - n_yc).double()
+    deg_all = (N - n_c).double()
+    deg_S = (n_y - n_yc).double()
     # sum over P of the outer products of differences, from deg_i and the cross term
     scatter_all = 2 * (x.T @ (deg_all[:, None] * x) - (torch.outer(s, s) - s_c.T @ s_c))
     scatter_S = 2 * (x.T @ (deg_S[:, None] * x) - (s_y.T @ s_y - s_yc.T @ s_yc))
-    pairs_S, pairs_D = deg_S.sum(), deg_all.sum() - deg_S.sum()
+    pairs_S = deg_S.sum()
+    pairs_D = deg_all.sum() - pairs_S
     if pairs_S == 0 or pairs_D == 0:
         raise UserError("XQDA/KISSME need training images of one id in two cameras and of two ids "
                         f"in two cameras; this training set has {int(pairs_S)} and {int(pairs_D)} "
@@ -451,8 +457,8 @@ def _reduce_to_span(x):
     KISSME can learn in y and map back with Q, exactly, solving N x N instead of D x D
     eigenproblems. (x, None) if N >= D.
 
-    Choice (not in the paper): KISSME learns in the span too — exact for it as well (its centred
-    features and pair differences lie in the span), and N x N eigenproblems replace D x D ones.
+    KISSME learns in the span too, for speed: exact for it as well (its centred features and pair
+    differences lie in the span), and N x N eigenproblems replace D x D ones.
     """
     N, D = x.shape
     if N >= D:
@@ -465,8 +471,8 @@ def _quadratic_distance(a, b, M):
     """[Q, r] x [G, r] -> [Q, G]: (a - b)^T M (a - b) = a^T M a + b^T M b - 2 a^T M b (M symmetric).
     Not clamped at 0: with an indefinite M (XQDA forced to keep a direction with e <= 1) the
     value can be negative, and its order is still what the metric says."""
-    # Choice (not in the paper): kept in float64 — the fit was float64, and the ranking metrics
-    # rank float64 exactly, so no rounding to float32 reorders near-equal distances
+    # kept in float64: the fit was float64, and the ranking metrics rank float64 exactly, so no
+    # rounding to float32 reorders near-equal distances
     aM = a @ M
     return (aM * a).sum(1)[:, None] + ((b @ M) * b).sum(1)[None, :] - 2 * aM @ b.T
 
@@ -498,7 +504,8 @@ class XQDA:
     """
 
     def __init__(self, lam=0.001, qda_dims=None):
-        self.lam, self.qda_dims = lam, qda_dims
+        self.lam = lam
+        self.qda_dims = qda_dims
 
     def fit(self, feats, pids, cams):
         x = F.normalize(torch.as_tensor(feats).double(), dim=1)
@@ -521,7 +528,8 @@ class XQDA:
         # subspace selection: eigenvalues above 1, at least one, at most qda_dims
         r = int((e > 1).sum())
         dims = max(1, min(r, self.qda_dims) if self.qda_dims else r)
-        W, self.eigenvalues = w[:, :dims], e
+        W = w[:, :dims]
+        self.eigenvalues = e
         # M in the subspace
         self.M = torch.linalg.inv(W.T @ Sigma_I @ W) - torch.linalg.inv(W.T @ Sigma_E @ W)
         self.W = W if Q is None else Q @ W  # [D, dims], acting on the features themselves
@@ -659,7 +667,8 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
     # Choice (not in the paper): k1/2 rounded half to even (20 -> 10, 5 -> 2), as the official
     # code's np.around does, so that both give the same R*
     half = int(np.around(k1 / 2))
-    in_R, in_R_half = _k_reciprocal(rank, k1), _k_reciprocal(rank, half)
+    in_R = _k_reciprocal(rank, k1)
+    in_R_half = _k_reciprocal(rank, half)
     # R*(i, k1), Eq. (5): V's non-zeros (i, j), by row i
     i, j = _expanded_sets(rank, in_R, in_R_half, k1, half)
     # V, Eq. (8): the Gaussian kernel exp(-d(i, j)) on R*(i, k1), d(i, j) = M[j, i]^2 / scale_i.
@@ -718,7 +727,8 @@ def _initial_ranking(q_q, q_g, g_g, K):
     first (the columns of the official code's full argsort that it reads), and
     scale_i = max_m M[m, i]^2. torch.topk over chunks of rows of d, never the whole matrix."""
     Q, G = q_g.shape
-    N, dev = Q + G, q_g.device
+    N = Q + G
+    dev = q_g.device
     rank = torch.empty(N, K, dtype=torch.long, device=dev)
     scale = torch.empty(N, device=dev)
     rows = max(1, _RERANK_CHUNK_ELEMENTS // N)
@@ -738,7 +748,8 @@ def _k_reciprocal(rank, k):
     """R(i, k), Eq. (4), as a mask [N, k + 1] over N(i, k) = rank[:, :k + 1]: True where
     rank[i, a] has i among its own k + 1 nearest."""
     forward = rank[:, :k + 1]  # N(i, k), [N, k + 1]
-    N, dev = len(rank), rank.device
+    N = len(rank)
+    dev = rank.device
     mask = torch.empty(forward.shape, dtype=torch.bool, device=dev)
     rows = max(1, _RERANK_CHUNK_ELEMENTS // forward.shape[1] ** 2)
     for a in range(0, N, rows):
@@ -755,9 +766,11 @@ def _expanded_sets(rank, in_R, in_R_half, k1, half):
     N = len(rank)
     forward = rank[:, :k1 + 1]        # N(i, k1); R(i, k1) where in_R
     half_forward = rank[:, :half + 1]  # N(q, k1/2); R(q, k1/2) where in_R_half
-    K1, H = forward.shape[1], half_forward.shape[1]
+    K1 = forward.shape[1]
+    H = half_forward.shape[1]
     rows = max(1, _RERANK_CHUNK_ELEMENTS // (K1 * K1 * H))
-    out_i, out_j = [], []
+    out_i = []
+    out_j = []
     for a in range(0, N, rows):
         f, in_f = forward[a:a + rows], in_R[a:a + rows]  # [B, K1]
         # every candidate q in N(i, k1) (it counts only where in R(i, k1)) and R(q, k1/2)
@@ -807,7 +820,8 @@ def _jaccard_final(i, j, v, q_g, scale, lambda_value):
     V[p, k], the gallery rows g with V[g, k] != 0 come from the inverted index of column k (the
     official invIndex, kept to the gallery rows: d* reads no other)."""
     Q, G = q_g.shape
-    N, dev = Q + G, q_g.device
+    N = Q + G
+    dev = q_g.device
     # the inverted index: gallery rows' entries sorted by column; column k's run starts at
     # col_start[k] and holds col_count[k] entries
     in_gallery = i >= Q
@@ -830,7 +844,9 @@ def _jaccard_final(i, j, v, q_g, scale, lambda_value):
     while a < Q:
         fits = int(torch.searchsorted(cum_triples, cum_triples[a] + _RERANK_TRIPLES, right=True))
         b = min(max(fits - 1, a + 1), a + max_rows, Q)
-        e0, e1 = (int(entry_end[a - 1]) if a else 0), int(entry_end[b - 1])
+        # the query rows' entries of queries a..b-1: e0 .. e1-1
+        e0 = int(entry_end[a - 1]) if a else 0
+        e1 = int(entry_end[b - 1])
         # one triple per (entry e = (p, k), gallery entry of column k)
         length = per_entry[e0:e1]
         e = torch.repeat_interleave(torch.arange(e1 - e0, device=dev), length)
@@ -852,7 +868,91 @@ def _jaccard_final(i, j, v, q_g, scale, lambda_value):
 
 
 # -----------------------------------------------------------------------------
-# Command line: a checkpoint (or a plain ResNet-50) on a dataset -> one table
+# Scoring a model: the features of its splits, each metric's distances, the ranking metrics
+
+
+def split_features(model, ds, size, device, splits, images=None, batch_size=256, flip=False,
+                   precision="auto"):
+    """{split name: features [N, D] on device} for each of `splits` ("query", "gallery", "train")
+    of `ds` (a data.ReIDData), by `extract_features` at the model's input size (height, width).
+
+    images: a dict {split name: uint8 tensor}, filled on first use, that a caller who scores often
+    passes again (a training run evaluates every few epochs), so that each split is decoded once.
+    """
+    images = {} if images is None else images
+    feats = {}
+    for name in splits:
+        if name not in images:
+            images[name] = data.load_images(getattr(ds, name).paths, *size, desc=name)
+        batches = images[name].split(batch_size)  # uint8 batches, sent to the device one by one
+        feats[name] = extract_features(model, batches, device, flip=flip, precision=precision)
+    return feats
+
+
+def needed_splits(metrics):
+    """The splits whose features `metrics` need: query and gallery, and the training split for
+    XQDA or KISSME (both are fitted on training features, as in the IDE baseline scripts)."""
+    if {"xqda", "kissme"} & set(metrics):
+        return ("query", "gallery", "train")
+    return ("query", "gallery")
+
+
+def metric_distance(metric, feats, ds, xqda_lambda=0.001, xqda_dims=0, kissme_dims=200):
+    """The distance of `metric` as a function (qf [Q, D], gf [G, D]) -> [Q, G]: euclidean and
+    cosine are `pairwise_distances`; xqda and kissme are fitted here, on feats["train"] with the
+    pids and cameras of ds.train."""
+    if metric == "xqda":
+        learner = XQDA(xqda_lambda, xqda_dims)
+    elif metric == "kissme":
+        learner = KISSME(kissme_dims)
+    else:
+        return functools.partial(pairwise_distances, metric=metric)
+    return learner.fit(feats["train"], ds.train.pids, ds.train.cams).distance
+
+
+def ranked_distances(metric, distance, feats, rerank=False):
+    """{row name: query-gallery distances [Q, G]} of one metric's `distance`: the row `metric`,
+    and with rerank the row "<metric> + re-ranking", `re_ranking` of the same metric's
+    query-gallery, query-query and gallery-gallery distances."""
+    qf = feats["query"]
+    gf = feats["gallery"]
+    rows = {metric: distance(qf, gf)}
+    if rerank:
+        rows[f"{metric} + re-ranking"] = re_ranking(rows[metric], distance(qf, qf),
+                                                    distance(gf, gf))
+    return rows
+
+
+def score_distances(feats, ds, distances, rerank=False):
+    """{row name: rank_metrics dict} by `fast_rank_metrics`, for distances = {metric: distance
+    function} in their order, each followed by its re-ranked row when rerank is set."""
+    results = {}
+    for metric, distance in distances.items():
+        # one metric's distance matrices at a time: scored, then dropped
+        for name, dist in ranked_distances(metric, distance, feats, rerank).items():
+            results[name] = fast_rank_metrics(dist, ds.query.pids, ds.gallery.pids,
+                                              ds.query.cams, ds.gallery.cams)
+    return results
+
+
+def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None,
+                   precision="auto", rerank=False):
+    """Score `model` on `ds` (a data.ReIDData) -> {metric: rank_metrics dict}, in `metrics` order;
+    rerank=True adds "<metric> + re-ranking" after each metric.
+
+    size: the model's input (height, width). images: the dict of decoded splits that
+    `split_features` fills, passed again by a training run so that each split is decoded once.
+    precision: the autocast of `extract_features`. XQDA and KISSME keep their defaults (the
+    command line's --xqda-lambda, --xqda-dims, --kissme-dims change them there).
+    """
+    feats = split_features(model, ds, size, device, needed_splits(metrics), images,
+                           precision=precision)
+    distances = {metric: metric_distance(metric, feats, ds) for metric in metrics}
+    return score_distances(feats, ds, distances, rerank)
+
+
+# -----------------------------------------------------------------------------
+# The model to score: a checkpoint of either paper, or a plain ResNet-50
 
 
 def load_model(args):
@@ -865,7 +965,8 @@ def load_model(args):
     ckpt = common.load_checkpoint(args.checkpoint)
     paper = ckpt.get("paper") if isinstance(ckpt, dict) else None
     if paper in ("aea", "aaanet"):
-        # imported only now: evaluating a backbone checkpoint must not depend on the paper modules
+        # the one upward import (module docstring): only now, so that evaluating a backbone
+        # checkpoint does not depend on the paper modules
         try:
             module = importlib.import_module(paper)
         except ModuleNotFoundError as e:
@@ -894,14 +995,93 @@ def trained_precision(ckpt):
     --precision, with "auto" resolved as common.autocast resolves it on the device type the run
     trained on (ckpt["device_type"]): bf16 on "cuda", fp32 on "cpu".
 
-    Choice (not in the paper): a checkpoint is re-scored in its run's training precision — the
-    run's own evaluations used it, so an fp32 run is not re-scored in bf16 on a GPU (nor a bf16
-    run in fp32 on the CPU), whatever device evaluates it.
+    A checkpoint is re-scored in its run's training precision: the run's own evaluations used it,
+    so an fp32 run is not re-scored in bf16 on a GPU (nor a bf16 run in fp32 on the CPU),
+    whatever device evaluates it.
     """
     precision = ckpt["config"].get("precision", "auto")
     if precision != "auto":
         return precision
     return "bf16" if ckpt.get("device_type") == "cuda" else "fp32"
+
+
+def model_on_device(args):
+    """(model in eval() on its device, device, (height, width), precision) for the model flags;
+    --weights none draws its weights from --seed: the same seed, the same network."""
+    device = common.pick_device(args.device)
+    common.seed_everything(args.seed)
+    model, size, precision = load_model(args)
+    return model.to(device).eval(), device, size, precision
+
+
+# -----------------------------------------------------------------------------
+# Command line: a checkpoint (or a plain ResNet-50) on a dataset -> one table
+
+
+# The valid range of each numeric flag (`common.check_limits` names the first one outside it).
+# height and width: at least the paper configs' minimum (aea.py's LIMITS); seed: what numpy takes.
+LIMITS = dict(seed="[0, 4294967295]", batch_size="[1, inf)", height="[32, inf)",
+              width="[16, inf)", xqda_lambda="[0, inf)", xqda_dims="[0, inf)",
+              kissme_dims="[1, inf)")
+
+
+def check_args(args):  # the numeric flags `args` has, each within its LIMITS interval
+    common.check_limits(args, {k: v for k, v in LIMITS.items() if k in vars(args)})
+
+
+def add_model_args(p):
+    """The flags that choose the model, shared by the evaluation and tools.py's extract, search
+    and ranks: --checkpoint, or --weights with --height, --width, --last-stride (--seed for random
+    weights); --device, --batch-size and --flip."""
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a checkpoint from common.save_checkpoint "
+                       "(paper: backbone, aea, aaanet); scored in the precision it trained with")
+    model.add_argument("--weights", help="instead of --checkpoint: a plain ResNet-50 with "
+                       "imagenet, none or PATH weights")
+    p.add_argument("--height", type=int, default=256,
+                   help="input height with --weights (a checkpoint has its own)")
+    p.add_argument("--width", type=int, default=128,
+                   help="input width with --weights (a checkpoint has its own)")
+    p.add_argument("--last-stride", type=int, default=2, choices=[1, 2],
+                   help="layer4 stride with --weights")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random weights of --weights none")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--flip", action="store_true",
+                   help="average the features of each image and its mirror")
+    return p
+
+
+def add_dataset_args(p):
+    """The flags that choose the dataset, shared by the evaluation and tools.py's ranks."""
+    p.add_argument("--root", required=True, help="dataset folder (Market-1501 or folder layout)")
+    p.add_argument("--dataset", default="market1501", help="market1501, duke, cuhk03-labeled, "
+                   "cuhk03-detected, synthetic, folder (ROOT/<split>/<identity>/<image>)")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="warn about and drop images whose name does not parse or that do not "
+                   "decode")
+    return p
+
+
+def parse_args(argv):
+    """The evaluation flags, checked."""
+    p = add_dataset_args(add_model_args(argparse.ArgumentParser(
+        prog="evaluate.py", description="Evaluate a re-ID model: CMC rank-1/5/10, mAP and mAP "
+        "(official) per distance metric. The tools around it (extract, search, ranks, plot, "
+        "figure, compare): python tools.py COMMAND -h.")))
+    p.add_argument("--metric", nargs="+", default=["euclidean"],
+                   choices=["euclidean", "cosine", "xqda", "kissme"])
+    p.add_argument("--rerank", action="store_true", help="also each metric's distances after "
+                   "k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3): a second row each")
+    p.add_argument("--xqda-lambda", type=float, default=0.001,
+                   help="XQDA regulariser on Sigma_I (XQDA.m default)")
+    p.add_argument("--xqda-dims", type=int, default=0,
+                   help="XQDA subspace cap; 0 = all with eigenvalue > 1")
+    p.add_argument("--kissme-dims", type=int, default=200,
+                   help="PCA dims before KISSME (IDE baseline: 200)")
+    args = p.parse_args(argv)
+    check_args(args)
+    return args
 
 
 def format_table(results, label="metric"):
@@ -923,682 +1103,29 @@ def format_table(results, label="metric"):
     return "\n".join(lines)
 
 
-def evenly_spaced(n, num):
-    """Up to `num` indices of 0..n-1, evenly spaced, first and last included."""
-    # Choice (not in the paper): figures draw evenly spaced queries / images, so that they do not
-    # show only the first identity
-    return np.unique(np.linspace(0, n - 1, num).round().astype(int))
-
-
-# frame colours of the ranking figures: the query, a true match, any other item, an unlabelled one
-GREY, GREEN, RED, BLUE = (128, 128, 128), (0, 170, 0), (220, 0, 0), (40, 90, 220)
-
-
-def rank_figure(dist, ds, num, top=10, queries=None):
-    """A PIL image of `num` queries evenly spaced over the split (or the query indices `queries`),
-    one per row: the query (grey frame), then its first `top` gallery items in the ranking that is
-    scored: green frame = true match, red = any other item. Junk and same-id-same-camera items are
-    not drawn: the protocol removes them from the ranking."""
-    dist = torch.as_tensor(dist)
-    rows = []
-    for q in evenly_spaced(len(ds.query), num) if queries is None else queries:
-        # Choice (not in the paper): the ranking that is scored, junk and same-id-same-camera items
-        # left out — the figure then shows what CMC and mAP count
-        order, hits = valid_ranking(dist[q].double().cpu().numpy(), ds.query.pids[q],
-                                    ds.query.cams[q], ds.gallery.pids, ds.gallery.cams)
-        rows.append([(ds.query.paths[q], GREY)] + [(ds.gallery.paths[g], GREEN if h else RED)
-                                                   for g, h in zip(order[:top], hits[:top])])
-    return image_rows(rows, desc="--show-ranks")
-
-
-def image_rows(rows, height=128, width=64, border=3, desc="figure"):
-    """A PIL image of rows of framed images: rows[r] = [(image file, frame colour), ...], the first
-    of each row (a query) set apart by a gap."""
-    from PIL import Image  # comes with torchvision
-    # every image of the figure decoded in one go, [n, H, W, 3] for PIL
-    paths = [path for row in rows for path, _ in row]
-    images = data.load_images(paths, height, width, desc=desc).permute(0, 2, 3, 1).numpy()
-    tile_w, tile_h, gap = width + 2 * border, height + 2 * border, 12  # gap: query | results
-    canvas = Image.new("RGB", (gap + max(map(len, rows)) * (tile_w + 2), len(rows) * (tile_h + 4)),
-                       "white")
-    k = 0  # index into `images`, in the order of `paths`
-    for r, row in enumerate(rows):
-        for c, (_, colour) in enumerate(row):
-            tile = Image.new("RGB", (tile_w, tile_h), colour)  # the frame is the tile's background
-            tile.paste(Image.fromarray(images[k]), (border, border))
-            canvas.paste(tile, (c * (tile_w + 2) + (gap if c else 0), r * (tile_h + 4)))
-            k += 1
-    return canvas
-
-
-def check_image_path(path):
-    """Refuse, before any work, an --out image that could not be written: a folder, a name
-    without an image extension PIL writes, or a folder that cannot be written to."""
-    from PIL import Image  # comes with torchvision
-    if os.path.isdir(path):
-        raise UserError(f"--out {path} is a folder; expected the image file to write, e.g. "
-                        f"{os.path.join(path, 'figure.png')}")
-    ext = os.path.splitext(path)[1].lower()
-    try:  # a 1x1 colour image in that format, in memory: what PIL can write, it writes here
-        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=Image.registered_extensions()[ext])
-    except (KeyError, OSError, ValueError):
-        raise UserError(f"--out {path}: expected an image file name with an extension PIL "
-                        f"writes in colour (.png, .jpg, .bmp, ...), got "
-                        f"{repr(ext) if ext else 'none'}") from None
-    check_out_folder(os.path.dirname(os.path.abspath(path)), path)
-
-
-def check_out_folder(folder, out=None):
-    """Create --out's `folder` and prove it writable, before any work; otherwise one UserError.
-    out: the --out file that goes into the folder (None: --out is the folder itself)."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):  # created and removed: the folder takes files
-            pass
-    except OSError as e:
-        where = "there" if out is None else f"into its folder {folder}"
-        reason = "a file, not a folder" if os.path.isfile(folder) else e.strerror
-        raise UserError(f"--out {out or folder}: cannot write {where} ({reason}); give a folder "
-                        "you can write to") from None
-
-
-def save_image(image, path):
-    """Write a PIL image whole or not at all: into a hidden file beside `path`, renamed to `path`
-    once complete, so a full disk leaves no partial image; a failure is a UserError naming the
-    file."""
-    folder, name = os.path.split(os.path.abspath(path))
-    partial = os.path.join(folder, f".partial-{os.getpid()}-{name}")  # keeps the extension
-    try:
-        os.makedirs(folder, exist_ok=True)
-        image.save(partial)
-        os.replace(partial, path)
-    except (OSError, ValueError) as e:  # ValueError: a format that cannot hold the image
-        with contextlib.suppress(OSError):
-            os.remove(partial)
-        raise UserError(f"cannot write {path} ({getattr(e, 'strerror', None) or e})") from None
-
-
-def heat_overlay(images, maps, alpha=0.5):
-    """Attention maps drawn over their images, as in the papers' figures (AEA Figs. 3 and 5,
-    AAA-Net Fig. 4): uint8 [B, 3, H, W] images, float [B, h, w] maps -> uint8 [B, 3, H, W].
-
-    Each map is resized bilinearly to H x W and min-max scaled to 0..1 per image (only its shape
-    matters in a figure), coloured blue (low) -> green -> red (high), and blended with the image.
-    """
-    B, _, H, W = images.shape
-    m = F.interpolate(maps[:, None].float().cpu(), size=(H, W), mode="bilinear",
-                      align_corners=False)  # [B, 1, H, W]
-    lo = m.amin(dim=(2, 3), keepdim=True)
-    m = (m - lo) / (m.amax(dim=(2, 3), keepdim=True) - lo).clamp_min(1e-12)
-    # a three-stop colour ramp (blue, green, red), piecewise linear in m
-    red = (2 * m - 1).clamp(0, 1)
-    blue = (1 - 2 * m).clamp(0, 1)
-    green = 1 - red - blue
-    heat = torch.cat([red, green, blue], dim=1) * 255                     # [B, 3, H, W]
-    return ((1 - alpha) * images.float().cpu() + alpha * heat).round().to(torch.uint8)
-
-
-def save_image_grid(path, rows, gap=2):
-    """Write a PNG of image rows: rows[r][c] is a uint8 [3, H, W] tensor, all the same size."""
-    from PIL import Image  # comes with torchvision
-    H, W = rows[0][0].shape[1:]
-    canvas = Image.new("RGB", (max(len(r) for r in rows) * (W + gap), len(rows) * (H + gap)),
-                       "white")
-    for r, row in enumerate(rows):
-        for c, img in enumerate(row):
-            canvas.paste(Image.fromarray(img.permute(1, 2, 0).cpu().numpy()),
-                         (c * (W + gap), r * (H + gap)))
-    save_image(canvas, path)
-
-
-def figure_inputs(argv, prog, description, paper, default_out, several=False):
-    """What the papers' figure commands share (AEA Figs. 3 and 5, AAA-Net Fig. 4): the flags, the
-    checkpoints (refused unless `paper` wrote them), and --num images evenly spaced over a split,
-    decoded at the checkpoints' input size. Returns (args, device, [(path, ckpt)], uint8 images
-    [n, 3, H, W]); args.out is the PNG to write."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--checkpoint", nargs="+" if several else None, required=True,
-                   help="checkpoints of one run (e.g. its epoch_N.pt)" if several else None)
-    p.add_argument("--root", help="dataset folder (default: the checkpoint's)")
-    p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
-    p.add_argument("--split", default="query", choices=["train", "query", "gallery"])
-    p.add_argument("--num", type=int, default=8, help="images, evenly spaced over the split")
-    p.add_argument("--out", default=default_out, help="the PNG to write")
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
-    if args.num < 1:
-        raise UserError(f"--num must be at least 1, got {args.num}")
-    check_image_path(args.out)
-    paths = args.checkpoint if several else [args.checkpoint]
-    ckpts = [common.load_checkpoint(path) for path in paths]
-    for path, ckpt in zip(paths, ckpts):
-        common.check_checkpoint(ckpt, path, paper)
-    cfg = ckpts[0]["config"]
-    if len({(c["config"]["height"], c["config"]["width"]) for c in ckpts}) > 1:
-        raise UserError("the checkpoints were trained at different input sizes; give checkpoints "
-                        "of one size")
-    ds = data.load_dataset(args.root or cfg["root"], args.dataset or cfg["dataset"], verbose=False)
-    split = getattr(ds, args.split)
-    images = data.load_images([split.paths[i] for i in evenly_spaced(len(split), args.num)],
-                              cfg["height"], cfg["width"], desc="figure")
-    return args, common.pick_device(args.device), list(zip(paths, ckpts)), images
-
-
-# The valid range of each numeric flag (`common.check_limits` names the first one outside it).
-# height and width: at least the paper configs' minimum (aea.py's LIMITS); seed: what numpy takes.
-LIMITS = dict(seed="[0, 4294967295]", batch_size="[1, inf)", height="[32, inf)",
-              width="[16, inf)", show_ranks="[0, inf)", xqda_lambda="[0, inf)",
-              xqda_dims="[0, inf)", kissme_dims="[1, inf)", top="[1, inf)")
-
-
-def check_args(args):  # the numeric flags `args` has, each within its LIMITS interval
-    common.check_limits(args, {k: v for k, v in LIMITS.items() if k in vars(args)})
-
-
-def add_model_args(p):
-    """The flags that choose the model, shared by the evaluation, extract and search: --checkpoint,
-    or --weights with --height, --width, --last-stride (--seed for random weights); --device,
-    --batch-size and --flip."""
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="a checkpoint from common.save_checkpoint "
-                       "(paper: backbone, aea, aaanet); scored in the precision it trained with")
-    model.add_argument("--weights", help="instead of --checkpoint: a plain ResNet-50 with "
-                       "imagenet, none or PATH weights")
-    p.add_argument("--height", type=int, default=256,
-                   help="input height with --weights (a checkpoint has its own)")
-    p.add_argument("--width", type=int, default=128,
-                   help="input width with --weights (a checkpoint has its own)")
-    p.add_argument("--last-stride", type=int, default=2, choices=[1, 2],
-                   help="layer4 stride with --weights")
-    p.add_argument("--seed", type=int, default=0, help="seeds the random weights of --weights none")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--flip", action="store_true",
-                   help="average the features of each image and its mirror")
-    return p
-
-
-def parse_args(argv):
-    """The evaluation flags, checked."""
-    p = add_model_args(argparse.ArgumentParser(
-        description="Evaluate a re-ID model: CMC rank-1/5/10, mAP and mAP (official) per "
-        "distance metric. Other commands: extract, search, plot (python evaluate.py COMMAND -h)."))
-    p.add_argument("--root", required=True, help="dataset folder (Market-1501 or folder layout)")
-    p.add_argument("--dataset", default="market1501", help="market1501, duke, cuhk03-labeled, "
-                   "cuhk03-detected, synthetic, folder (ROOT/<split>/<identity>/<image>)")
-    p.add_argument("--metric", nargs="+", default=["euclidean"],
-                   choices=["euclidean", "cosine", "xqda", "kissme"])
-    p.add_argument("--rerank", action="store_true", help="also each metric's distances after "
-                   "k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3): a second row each")
-    p.add_argument("--skip-bad-files", action="store_true",
-                   help="warn about and drop images whose name does not parse or that do not "
-                   "decode")
-    p.add_argument("--show-ranks", type=int, default=0, metavar="N",
-                   help="write a PNG of N queries and their top 10")
-    p.add_argument("--queries", nargs="+", metavar="NAME",
-                   help="draw these query images (file names) instead of N evenly spaced")
-    p.add_argument("--out", help="folder for the --show-ranks PNGs")
-    p.add_argument("--xqda-lambda", type=float, default=0.001,
-                   help="XQDA regulariser on Sigma_I (XQDA.m default)")
-    p.add_argument("--xqda-dims", type=int, default=0,
-                   help="XQDA subspace cap; 0 = all with eigenvalue > 1")
-    p.add_argument("--kissme-dims", type=int, default=200,
-                   help="PCA dims before KISSME (IDE baseline: 200)")
-    args = p.parse_args(argv)
-    check_args(args)
-    args.show_ranks = len(args.queries) if args.queries else args.show_ranks
-    if args.show_ranks and not args.out:
-        raise UserError(f"{'--queries' if args.queries else '--show-ranks'} needs --out DIR, the "
-                        "folder to write the PNGs into")
-    return args
-
-
-def find_queries(ds, names):
-    """The indices of the query images named (a file name, or its end: "0002/0002_c1_01.jpg"),
-    in the order given; a name that fits no image, or several, is an error."""
-    found = []
-    for name in names:
-        hits = [i for i, p in enumerate(ds.query.paths)
-                if p == name or p.endswith(os.sep + name.lstrip(os.sep))]
-        if len(hits) != 1:
-            raise UserError(f"--queries {name}: " + (f"no query image of that name in {ds.root}"
-                            if not hits else f"{len(hits)} query images end so; give its folder "
-                            "too"))
-        found += hits
-    return found
-
-
-def evaluate_model(model, ds, size, device, metrics=("euclidean",), images=None, batch_size=256,
-                   flip=False, xqda_lambda=0.001, xqda_dims=0, kissme_dims=200, show_ranks=0,
-                   figures=None, precision="auto", rerank=False, queries=None):
-    """Score `model` on `ds` (a data.ReIDData) -> {metric: rank_metrics dict}, in `metrics` order,
-    computed by `fast_rank_metrics`; rerank=True adds "<metric> + re-ranking" after each metric
-    (`re_ranking` of its query-gallery, query-query and gallery-gallery distances).
-
-    size: the model's input (height, width). images: a dict {split name: uint8 tensor} that is
-    filled on first use and can be passed again, so a training run that evaluates every few
-    epochs decodes each split once. The training split is decoded and its features extracted
-    only when XQDA or KISSME is asked for (both are fitted on training features, as in the IDE
-    baseline scripts). precision: the autocast of `extract_features`. show_ranks > 0: `figures`,
-    a dict, gets {row: `rank_figure` of show_ranks queries (or of the indices `queries`)}, drawn
-    while the row's distances exist; the caller writes them.
-    """
-    images = {} if images is None else images
-
-    def features(name):  # decode once (kept in `images`), then uint8 batches go to the device
-        if name not in images:
-            images[name] = data.load_images(getattr(ds, name).paths, *size, desc=name)
-        return extract_features(model, images[name].split(batch_size), device, flip=flip,
-                                precision=precision)
-
-    qf, gf = features("query"), features("gallery")
-    if {"xqda", "kissme"} & set(metrics):
-        tf = features("train")
-    # one distance matrix at a time, scored, drawn if asked, then dropped
-    results = {}
-    for metric in metrics:
-        if metric == "xqda":
-            distance = XQDA(xqda_lambda, xqda_dims).fit(tf, ds.train.pids, ds.train.cams).distance
-        elif metric == "kissme":
-            distance = KISSME(kissme_dims).fit(tf, ds.train.pids, ds.train.cams).distance
-        else:
-            distance = functools.partial(pairwise_distances, metric=metric)
-        rows = {metric: distance(qf, gf)}
-        if rerank:  # the same metric's distances among the queries and among the gallery
-            rows[f"{metric} + re-ranking"] = re_ranking(rows[metric], distance(qf, qf),
-                                                        distance(gf, gf))
-        for name, dist in rows.items():
-            results[name] = fast_rank_metrics(dist, ds.query.pids, ds.gallery.pids,
-                                              ds.query.cams, ds.gallery.cams)
-            if show_ranks:
-                figures[name] = rank_figure(dist, ds, show_ranks, queries=queries)
-    return results
-
-
 def run(argv=None):
-    """The evaluation's work; returns {metric: rank_metrics dict}."""
+    """The evaluation: the flags -> the table printed; returns {metric: rank_metrics dict}."""
     args = parse_args(argv)
-    if args.show_ranks:
-        check_out_folder(args.out)  # before any work, not after the whole evaluation
     # the dataset first: a wrong --root fails before any model is built
     ds = data.load_dataset(args.root, args.dataset, skip_bad_files=args.skip_bad_files)
     check_true_matches(ds)
-    queries = find_queries(ds, args.queries) if args.queries else None
     # the input size and precision come with the model: a checkpoint's config, or --height/--width
     # and "auto" for --weights
     model, device, size, precision = model_on_device(args)
-    figures = {}
-    results = evaluate_model(model, ds, size, device, args.metric, batch_size=args.batch_size,
-                             flip=args.flip, xqda_lambda=args.xqda_lambda, xqda_dims=args.xqda_dims,
-                             kissme_dims=args.kissme_dims, show_ranks=args.show_ranks,
-                             figures=figures, precision=precision, rerank=args.rerank,
-                             queries=queries)
-    # the table first: a figure that cannot be written does not cost the numbers
+    feats = split_features(model, ds, size, device, needed_splits(args.metric),
+                           batch_size=args.batch_size, flip=args.flip, precision=precision)
+    distances = {metric: metric_distance(metric, feats, ds, args.xqda_lambda, args.xqda_dims,
+                                         args.kissme_dims)
+                 for metric in args.metric}
+    results = score_distances(feats, ds, distances, args.rerank)
     print(format_table(results))
-    for name, figure in figures.items():
-        path = os.path.join(args.out, f"ranks_{name.replace(' + ', '_')}.png")
-        save_image(figure, path)
-        print(f"wrote {path}")
     return results
 
 
-def model_on_device(args):
-    """(model in eval() on its device, device, (height, width), precision) for the model flags;
-    --weights none draws its weights from --seed: the same seed, the same network."""
-    device = common.pick_device(args.device)
-    common.seed_everything(args.seed)
-    model, size, precision = load_model(args)
-    return model.to(device).eval(), device, size, precision
-
-
-# -----------------------------------------------------------------------------
-# Your own images: features of a folder (extract), one person searched in a gallery (search)
-
-def file_features(model, paths, size, device, batch_size=256, flip=False, precision="auto",
-                  desc="features", chunk=1024):
-    """Features [N, D] float32 on the CPU of image files: `chunk` images decoded at a time (the
-    memory of two chunks of pixels, whatever N), the next chunk decoded in a thread while the
-    model runs on this one, features extracted in batches of `batch_size`; a progress line on
-    stderr (images and images/s so far)."""
-    feats, start = [], time.perf_counter()
-    with ThreadPoolExecutor(1) as pool:
-        def decode(i):  # chunk i.. of the paths, in the pool's thread
-            return pool.submit(data.load_images, paths[i:i + chunk], *size, quiet=True, hint="")
-        pending = decode(0)
-        for i in range(0, len(paths), chunk):
-            images = pending.result()
-            if i + chunk < len(paths):
-                pending = decode(i + chunk)
-            feats.append(extract_features(model, images.split(batch_size), device, flip,
-                                          precision).cpu())
-            done, secs = min(i + chunk, len(paths)), time.perf_counter() - start
-            print(f"\r{desc}: {done}/{len(paths)} images, {done / max(secs, 1e-9):.0f} img/s",
-                  end="\n" if done == len(paths) else "", file=sys.stderr, flush=True)
-    return torch.cat(feats)
-
-
-def extract(argv):
-    """python evaluate.py extract --checkpoint C --images DIR --out FEATS.npz [--flip]: the
-    features of every image under DIR (subfolders included), with their paths relative to DIR."""
-    p = add_model_args(argparse.ArgumentParser(prog="evaluate.py extract",
-                                               description=extract.__doc__))
-    p.add_argument("--images", required=True, help="folder of images, subfolders included")
-    p.add_argument("--out", required=True, help="the .npz to write: features [N, D] float32, "
-                   "paths [N] relative to --images")
-    args = p.parse_args(argv)
-    check_args(args)
-    if not args.out.endswith(".npz"):
-        raise UserError(f"--out {args.out}: expected a file name ending in .npz")
-    check_out_folder(os.path.dirname(os.path.abspath(args.out)), args.out)
-    paths = data.image_files(args.images)
-    model, device, size, precision = model_on_device(args)
-    features = file_features(model, [os.path.join(args.images, f) for f in paths], size, device,
-                             args.batch_size, args.flip, precision, desc="extract")
-    what = args.checkpoint or f"weights {args.weights}"
-    # written whole under a hidden name, then renamed: a full disk leaves no partial file
-    partial = os.path.join(os.path.dirname(os.path.abspath(args.out)),
-                           f".partial-{os.getpid()}-{os.path.basename(args.out)}")
-    try:
-        with open(partial, "wb") as f:
-            np.savez(f, features=features.numpy(), paths=np.array(paths),
-                     root=os.path.abspath(args.images), model=what, size=np.array(size),
-                     flip=args.flip)
-        os.replace(partial, args.out)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.remove(partial)
-        raise UserError(f"cannot write {args.out} ({e.strerror})") from None
-    print(f"wrote {args.out}: {len(paths)} features of {features.shape[1]} dimensions "
-          f"({what}, {size[0]}x{size[1]}{', flip' if args.flip else ''})")
-    return features, paths
-
-
-def load_features(path):
-    """What `extract` wrote: (features [N, D] float32 tensor, absolute image paths,
-    {size, flip, model}). Plain arrays only (allow_pickle=False): no code is loaded."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            feats, rel, root = f["features"], f["paths"], str(f["root"])
-            info = dict(size=tuple(int(s) for s in f["size"]), flip=bool(f["flip"]),
-                        model=str(f["model"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise UserError(f"--gallery {path}: not a features file of `evaluate.py extract` "
-                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return torch.from_numpy(feats), [os.path.join(root, p) for p in rel], info
-
-
-def search(argv):
-    """python evaluate.py search --checkpoint C --query IMAGE --gallery DIR|FEATS.npz [--top K]
-    [--out RANKS.png]: the K gallery images nearest to the query, printed with their distances
-    and drawn beside it."""
-    p = add_model_args(argparse.ArgumentParser(prog="evaluate.py search",
-                                               description=search.__doc__))
-    p.add_argument("--query", required=True, help="the image of the person to search for")
-    p.add_argument("--gallery", required=True, help="a folder of images (subfolders included), "
-                   "or the .npz of `evaluate.py extract` (then --flip as it was extracted)")
-    p.add_argument("--top", type=int, default=10, help="how many of the nearest to show")
-    p.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"])
-    p.add_argument("--out", help="the image to write: the query, then its --top nearest")
-    args = p.parse_args(argv)
-    check_args(args)
-    if args.out:
-        check_image_path(args.out)
-    if not os.path.isfile(args.query):
-        raise UserError(f"--query {args.query} is not an image file")
-    stored = args.gallery.lower().endswith(".npz")
-    if stored and not os.path.isfile(args.gallery):
-        raise UserError(f"--gallery {args.gallery} does not exist (expected the file "
-                        "`evaluate.py extract` wrote, or a folder of images)")
-    if stored:
-        gf, paths, info = load_features(args.gallery)
-        if info["flip"] != args.flip:
-            print(f"note: --flip {'on' if info['flip'] else 'off'}, as the gallery was extracted")
-        args.flip = info["flip"]  # the query's feature made as the gallery's were
-    else:
-        paths = [os.path.join(args.gallery, f) for f in data.image_files(args.gallery)]
-    model, device, size, precision = model_on_device(args)
-    qf = file_features(model, [args.query], size, device, flip=args.flip, precision=precision,
-                       desc="query")
-    if stored and (gf.shape[1] != qf.shape[1] or info["size"] != tuple(size)):
-        raise UserError(f"--gallery {args.gallery} holds {gf.shape[1]}-d features of "
-                        f"{info['size'][0]}x{info['size'][1]} images ({info['model']}); this model "
-                        f"gives {qf.shape[1]}-d features of {size[0]}x{size[1]} images: extract "
-                        "the gallery with the same model")
-    what = args.checkpoint or f"weights {args.weights}"
-    if stored and info["model"] != what:
-        print(f"note: the gallery features are of {info['model']}, the query's of {what}: "
-              "distances mean something only if both are one model")
-    if not stored:
-        gf = file_features(model, paths, size, device, args.batch_size, args.flip, precision,
-                           desc="gallery")
-    dist = pairwise_distances(qf, gf, args.metric)[0]
-    # the evaluation's order: by distance, equal distances by gallery index (a stable sort)
-    order = torch.sort(dist, stable=True).indices[:args.top].tolist()
-    moved = [paths[g] for g in order if not os.path.isfile(paths[g])]
-    if moved:
-        raise UserError(f"--gallery {args.gallery}: {moved[0]} (and {len(moved) - 1} more of the "
-                        f"top {len(order)}) is gone: the images moved since extract; run extract "
-                        "again")
-    print(f"the {len(order)} nearest of {len(paths)} gallery images to {args.query} "
-          f"({args.metric} distance):")
-    for rank, g in enumerate(order, 1):
-        print(f"{rank:4d}  {dist[g]:9.4f}  {paths[g]}")
-    if args.out:
-        save_image(image_rows([[(args.query, GREY)] + [(paths[g], BLUE) for g in order]]),
-                   args.out)
-        print(f"wrote {args.out}")
-    return [(paths[g], float(dist[g])) for g in order]
-
-
-# -----------------------------------------------------------------------------
-# The record of a run: OUT/log.csv (written by common.TrainingRun) drawn as curves
-
-
-def read_log(path):
-    """(label, {column: float array}) of a run's log.csv: `path` is the file, or a folder that
-    holds it. Empty cells (an epoch without evaluation) become NaN, which matplotlib skips."""
-    file = os.path.join(path, "log.csv") if os.path.isdir(path) else path
-    try:
-        with open(file, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise UserError(f"cannot read {file} ({e.strerror}); expected the --out folder of a "
-                        "training run, which holds log.csv") from None
-    if not rows or "epoch" not in rows[0]:
-        raise UserError(f"{file} holds no epoch yet (a run writes a row at the end of each epoch)")
-    try:
-        columns = {k: np.array([float(r[k]) if r[k] else np.nan for r in rows]) for k in rows[0]}
-    except (ValueError, TypeError):
-        raise UserError(f"{file} is not a log.csv of this project (a cell is not a number)"
-                        ) from None
-    return os.path.dirname(file) or ".", columns
-
-
-def run_logs(paths):
-    """The log.csv of each path: a run's --out, its log.csv, or a folder of runs (AAA-Net's OUT
-    holds stage1/, stage2/, stage3/): each of its subfolders with a log.csv, in name order."""
-    found = []
-    for path in paths:
-        subs = sorted(os.path.join(path, s) for s in (os.listdir(path) if os.path.isdir(path)
-                                                       else []))
-        runs = [s for s in subs if os.path.isfile(os.path.join(s, "log.csv"))]
-        found += [path] if not runs or os.path.isfile(os.path.join(path, "log.csv")) else runs
-    return [read_log(p) for p in found]
-
-
-# columns of log.csv that are not a loss term
-_NOT_LOSSES = ("epoch", "lr", "img/s", "seconds")
-
-
-def plot_runs(paths, out):
-    """Draw the curves of one or several runs into the image `out`: a panel per loss term (its
-    epoch mean), then rank-1 and mAP (%) per metric where a run evaluated; one colour per run."""
-    check_image_path(out)
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no window, no global state
-    except ImportError:
-        raise UserError("drawing curves needs matplotlib: pip install matplotlib") from None
-    logs = run_logs(paths)
-    names = list(dict.fromkeys(k for _, log in logs for k in log))
-    panels = [k for k in names if k not in _NOT_LOSSES and not k.startswith(("rank-1 ", "mAP "))]
-    panels += [p for p in ("rank-1", "mAP") if any(k.startswith(p + " ") for k in names)]
-    if not panels:
-        raise UserError(f"{', '.join(paths)}: no loss term or score to draw in log.csv")
-    cols = min(3, len(panels))
-    fig = Figure(figsize=(4 * cols, 3 * math.ceil(len(panels) / cols)), layout="constrained")
-    axes = fig.subplots(math.ceil(len(panels) / cols), cols, squeeze=False).ravel()
-    for ax, panel in zip(axes, panels):
-        for i, (label, log) in enumerate(logs):
-            # a loss term is one column; rank-1 and mAP one column per metric ("rank-1 xqda")
-            keys = [panel] if panel in log else [k for k in log if k.startswith(panel + " ")]
-            for k in keys:
-                ax.plot(log["epoch"], log[k], marker=".", color=f"C{i % 10}",
-                        linestyle=["-", "--", ":", "-."][keys.index(k) % 4],
-                        label=label + k[len(panel):])
-        ax.set_title(panel + (" (%)" if panel in ("rank-1", "mAP") else ""))
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
-        ax.legend(fontsize="small")
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    from PIL import Image  # comes with torchvision
-    save_image(Image.open(buffer).convert("RGB"), out)  # any format PIL writes
-    return out
-
-
-def plot(argv):
-    """python evaluate.py plot OUT [OUT ...] --out curves.png: the curves of training runs (their
-    log.csv) in one figure, e.g. AEA against Baseline 1."""
-    p = argparse.ArgumentParser(prog="evaluate.py plot", description=plot.__doc__)
-    p.add_argument("runs", nargs="+", help="a run's --out (or its log.csv); an AAA-Net --out "
-                   "draws each stage")
-    p.add_argument("--out", default="curves.png", help="the image to write")
-    args = p.parse_args(argv)
-    print(f"wrote {plot_runs(args.runs, args.out)}")
-
-
-# -----------------------------------------------------------------------------
-# A paper's variants over several seeds: `python aea.py compare`, `python aaanet.py compare`
-
-
-def compare_command(argv, prog, description, out, title, rows, claims, train_row,
-                    metrics=("euclidean",)):
-    """A paper file's `compare` command: flags --seeds (3), --out, --device, --resume (the
-    default), then `compare`. rows: [(label, what train_row needs, cost)]; train_row(that, seed,
-    folder, device, resume) trains one run in `folder` -> {metric: rank_metrics} or None."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per row (default: 3)")
-    p.add_argument("--out", default=out, help=f"a run per row and seed in it (default: {out})")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse the finished runs in --out, resume a stopped one (default: yes)")
-    args, spec = p.parse_args(argv), {label: that for label, that, _ in rows}
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds}: expected 1 or more")
-
-    def train(label, seed):  # OUT/<label>/seed<seed>, e.g. runs/aea/compare/Baseline_1/seed0
-        folder = os.path.join(args.out, re.sub(r"\W+", "_", label).strip("_"), f"seed{seed}")
-        return train_row(spec[label], seed, folder, args.device, args.resume)
-    return compare(title, [(label, cost) for label, _, cost in rows], claims, train, args.seeds,
-                   args.out, metrics, reuse=args.resume)
-
-
-def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",), reuse=True):
-    """Train every row with seeds 0..seeds-1, then print rank-1 and mAP as mean ± sd per row and
-    metric, and each ordering the paper claims with whether it holds here, by how many sd.
-
-    rows: [(label, cost)], cost any unit of work (epochs x networks) that weighs the time left;
-    train(label, seed) -> {metric: rank_metrics}, or None when a signal stopped the run (its
-    last.pt is written; the same command resumes it). claims: [(better, worse, paper source)].
-    Each run's scores go to OUT/scores.json (in %) when it ends: a run found there is reused
-    (reuse=False: none), so a killed compare loses at most the run it was on (which resumes from
-    its last.pt).
-    Writes the table, the claims and every seed's scores to OUT/compare.txt; returns the text."""
-    path, scores = os.path.join(out, "scores.json"), {}
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot create it ({e.strerror})") from None
-    with contextlib.suppress(OSError, ValueError), open(path) as f:
-        scores = json.load(f) if reuse else {}  # {"label/seed": {metric: {"rank-1": %, "mAP": %}}}
-    todo = [(label, cost, s) for label, cost in rows for s in range(seeds)
-            if f"{label}/{s}" not in scores]
-    left_cost, spent, done_cost = sum(cost for _, cost, _ in todo), 0.0, 0.0
-    for i, (label, cost, seed) in enumerate(todo):
-        # the time left from this invocation's runs so far, weighted by each run's cost
-        eta = (f"about {spent / done_cost * left_cost / 60:.0f} min left" if done_cost
-               else "time left known after the first run")
-        print(f"compare: run {i + 1}/{len(todo)} ({len(rows) * seeds - len(todo)} reused): "
-              f"{label}, seed {seed}; {eta}", flush=True)
-        start = time.time()
-        results = train(label, seed)
-        if results is None:  # stopped by a signal: what is done stays in scores.json
-            print("compare stopped; the same command goes on from here", flush=True)
-            return None
-        spent, done_cost = spent + time.time() - start, done_cost + cost
-        left_cost -= cost
-        scores[f"{label}/{seed}"] = {m: {"rank-1": 100 * float(r["cmc"][0]),
-                                         "mAP": 100 * float(r["mAP"])}
-                                     for m, r in results.items() if m in metrics}
-        _write_text(path, json.dumps(scores, indent=1))
-    text = compare_table(title, [label for label, _ in rows], claims, scores, seeds, metrics)
-    _write_text(os.path.join(out, "compare.txt"), text + "\n")
-    print(text + f"\n(also in {os.path.join(out, 'compare.txt')})", flush=True)
-    return text
-
-
-def _write_text(path, text):  # written to a temporary file, then renamed: never half a file
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def compare_table(title, labels, claims, scores, seeds, metrics):
-    """The text of `compare`: mean ± sd (sample sd, n - 1) per row and metric; per claim "A > B"
-    the difference of the means and that difference over the pooled sd sqrt((sd_A² + sd_B²) / 2)
-    (n/a with one seed); then every run's scores."""
-    def values(label, m, key):
-        return np.array([scores[f"{label}/{s}"][m][key] for s in range(seeds)])
-
-    def mean_sd(v):
-        return v.mean(), (v.std(ddof=1) if len(v) > 1 else float("nan"))
-    lines, w = [f"{title}: mean ± sd over {seeds} seed(s), in %"], max(map(len, labels)) + 2
-    lines.append(f"{'':<{w}}" + "".join(f"{m + ' rank-1':>18}{m + ' mAP':>18}" for m in metrics))
-    for label in labels:
-        cells = [mean_sd(values(label, m, k)) for m in metrics for k in ("rank-1", "mAP")]
-        lines.append(f"{label:<{w}}" + "".join(f"{f'{a:.1f} ± {b:.1f}'.replace('nan', '-'):>18}"
-                                                for a, b in cells))
-    lines.append("\nThe paper's orderings, here: difference of the means (in pooled sd)")
-    for better, worse, source in claims:
-        cells = []
-        for m in metrics:
-            for key in ("rank-1", "mAP"):
-                (a, sa), (b, sb) = mean_sd(values(better, m, key)), mean_sd(values(worse, m, key))
-                pooled = math.sqrt((sa ** 2 + sb ** 2) / 2)
-                size = f"{(a - b) / pooled:+.1f} sd" if pooled > 0 else "n/a"
-                cells.append(f"{m} {key} {a - b:+.1f} ({size}) {'holds' if a > b else 'FAILS'}")
-        lines.append(f"{better} > {worse} ({source}): " + "; ".join(cells))
-    lines.append("\nPer seed: " + ", ".join(f"{m} rank-1 / mAP" for m in metrics))
-    for label in labels:
-        for s in range(seeds):
-            r = scores[f"{label}/{s}"]
-            lines.append(f"{label}, seed {s}: " + "; ".join(
-                f"{r[m]['rank-1']:.2f} / {r[m]['mAP']:.2f}" for m in metrics))
-    return "\n".join(lines)
-
-
-COMMANDS = {"extract": extract, "search": search, "plot": plot}
-
-
 def main(argv=None):
-    """`python evaluate.py [extract | search | plot] [flags]` (no command: the evaluation, `run`),
-    a UserError printed as one line with exit status 2."""
+    """`python evaluate.py [flags]`: a UserError printed as one line `error: ...`, exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = COMMANDS.get(argv[0]) if argv else None
-    return common.exit_on_user_error(command or run, argv[1:] if command else argv)
+    return common.exit_on_user_error(run, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Tests of evaluate.py: both ranking-metric functions against hand-worked cases, the fast one
 against the definition (`rank_metrics`, the official MATLAB code step by step) on random problems,
 the distances, XQDA/KISSME algebra, the precision a checkpoint is scored in, the checks of flags
-and output paths before any work, and the CLI end to end (marked slow)."""
-import errno
+before any work, the module's imports, and the CLI end to end (marked slow). The tools around the
+evaluation are tested in tests/test_tools.py."""
+import ast
 import os
 import re
 import sys
@@ -11,9 +12,8 @@ import types
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 import common
+from conftest import pool_model, pooled
 import data
 import evaluate
 from common import UserError
@@ -349,23 +349,11 @@ def test_xqda_and_kissme_beat_euclidean_on_anisotropic_noise(toy):
 # Command line
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("ckpt") / "backbone.pt")
-    torch.manual_seed(0)
-    model = common.Backbone(weights="none")
-    common.save_checkpoint(path, {"paper": "backbone", "model": model.state_dict(),
-                                  "config": {"height": 64, "width": 32, "last_stride": 2}})
-    return path
-
-
 @pytest.mark.slow
-def test_cli_end_to_end(synthetic_root, tiny_checkpoint, tmp_path, capsys):
-    out_dir = tmp_path / "figs"
+def test_cli_end_to_end(synthetic_root, tiny_checkpoint, capsys):
     results = evaluate.main(["--checkpoint", tiny_checkpoint, "--root", synthetic_root,
                              "--dataset", "synthetic", "--metric", "euclidean", "xqda", "kissme",
-                             "--flip", "--device", "cpu", "--batch-size", "16",
-                             "--show-ranks", "3", "--out", str(out_dir)])
+                             "--flip", "--device", "cpu", "--batch-size", "16"])
     printed = capsys.readouterr().out
     table = printed[printed.index("metric"):].splitlines()
     assert table[0].split() == ["metric", "rank-1", "rank-5", "rank-10", "mAP", "mAP", "(official)"]
@@ -378,10 +366,6 @@ def test_cli_end_to_end(synthetic_root, tiny_checkpoint, tmp_path, capsys):
         assert values == pytest.approx([100 * r["cmc"][0], 100 * r["cmc"][4], 100 * r["cmc"][9],
                                         100 * r["mAP"], 100 * r["mAP_official"]], abs=0.006)
         assert 0 < r["mAP"] <= 1 and r["num_queries"] == len(ds.query)
-    # one PNG per metric: 3 query rows of 1 + 10 tiles (128 x 64 images with a 3-px frame)
-    for name in results:
-        with Image.open(out_dir / f"ranks_{name}.png") as im:
-            assert im.size == (12 + 11 * (64 + 6 + 2), 3 * (128 + 6 + 4))
 
 
 def record_decoding(monkeypatch):
@@ -390,11 +374,6 @@ def record_decoding(monkeypatch):
     monkeypatch.setattr(data, "load_images", lambda paths, h, w, desc="":
                         decoded.append((desc, h, w)) or load_images(paths, h, w, desc))
     return decoded
-
-
-def pool_model():
-    """A stand-in network: a 4 x 2 average pool, 24-d features from any image size."""
-    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d((4, 2)), torch.nn.Flatten())
 
 
 @pytest.mark.slow
@@ -449,23 +428,6 @@ def test_checkpoint_is_scored_in_its_training_precision(synthetic_root, tmp_path
     assert evaluate.load_model(args) == (pool, (256, 128), "auto")
 
 
-def test_rank_figure_frames(synthetic_root):
-    # query 0's first true match is put at distance -1 and a junk item at -2: the junk is left out
-    # (removed by the protocol), so the first result is the match, framed green; item 2 is red
-    # unless it is a match too.
-    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
-    dist = torch.rand(len(ds.query), len(ds.gallery))
-    same = ds.gallery.pids == ds.query.pids[0]
-    match = np.flatnonzero(same & (ds.gallery.cams != ds.query.cams[0]))[0]
-    dist[0, match], dist[0, np.flatnonzero(ds.gallery.pids == -1)[0]] = -1.0, -2.0
-    im = evaluate.rank_figure(dist, ds, num=1)
-    second = np.argsort(dist[0].numpy(), kind="stable")[2]  # after the junk and the match
-    tile = 64 + 6 + 2
-    assert im.getpixel((1, 1)) == (128, 128, 128)                  # query frame
-    assert im.getpixel((12 + tile + 1, 1)) == (0, 170, 0)          # rank 1: the match
-    assert im.getpixel((12 + 2 * tile + 1, 1)) == ((0, 170, 0) if same[second] else (220, 0, 0))
-
-
 def test_cli_errors_exit_2(synthetic_root, tmp_path, monkeypatch, capsys):
     bad, aea = str(tmp_path / "bad.pt"), str(tmp_path / "aea.pt")
     common.save_checkpoint(bad, {"paper": "nonsense", "config": {}, "model": {}})
@@ -475,7 +437,6 @@ def test_cli_errors_exit_2(synthetic_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "aea", None)
     cases = [(["--checkpoint", bad], "unknown checkpoint kind"),
              (["--checkpoint", str(tmp_path / "missing.pt")], "does not exist"),
-             (["--checkpoint", bad, "--show-ranks", "2"], "--show-ranks needs --out"),
              (["--checkpoint", aea], "aea.py is not in this project")]
     for flags, message in cases:
         with pytest.raises(SystemExit) as e:
@@ -501,31 +462,14 @@ def test_evaluate_model_decodes_each_split_once(synthetic_root, monkeypatch):
     assert images["train"].dtype == torch.uint8
 
 
-def test_heat_overlay_colours_and_grid(tmp_path):
-    # a grey image and a map that is low on the left column and high on the right one: after
-    # min-max scaling m = 0 (left) and 1 (right), so the heat is pure blue (0, 0, 255) on the left
-    # and pure red (255, 0, 0) on the right; alpha 0.5 blends with grey 100:
-    # left (50, 50, 177.5 -> 178), right (177.5 -> 178, 50, 50)
-    images = torch.full((1, 3, 4, 2), 100, dtype=torch.uint8)
-    maps = torch.tensor([[[0.0, 5.0]]])  # [1, 1, 2]: resized to 4 x 2, every row the same
-    out = evaluate.heat_overlay(images, maps)
-    assert out.shape == (1, 3, 4, 2) and out.dtype == torch.uint8
-    assert out[0, :, 0, 0].tolist() == [50, 50, 178] and out[0, :, 0, 1].tolist() == [178, 50, 50]
-    path = tmp_path / "grid.png"
-    evaluate.save_image_grid(str(path), [[images[0], out[0]], [out[0]]])
-    with Image.open(path) as im:
-        assert im.size == (2 * (2 + 2), 2 * (4 + 2))
-        assert im.getpixel((4 + 1, 0)) == (178, 50, 50)   # row 0, second tile, its right column
-
-
 # -----------------------------------------------------------------------------
-# Bad flags and output paths: one UserError naming the cause, before any work
+# Bad flags: one UserError naming the cause, before any work
 
 
 @pytest.mark.parametrize("flag,value,interval", [
     ("--seed", "-1", "[0, 4294967295]"), ("--seed", str(2**32), "[0, 4294967295]"),
     ("--xqda-lambda", "nan", "[0, inf)"), ("--xqda-lambda", "inf", "[0, inf)"),
-    ("--xqda-lambda", "-1", "[0, inf)"), ("--show-ranks", "-1", "[0, inf)"),
+    ("--xqda-lambda", "-1", "[0, inf)"),
     ("--kissme-dims", "0", "[1, inf)"), ("--xqda-dims", "-1", "[0, inf)"),
     ("--height", "0", "[32, inf)"), ("--width", "8", "[16, inf)"),
     ("--batch-size", "0", "[1, inf)")])
@@ -533,45 +477,6 @@ def test_numbers_out_of_range_name_the_flag(flag, value, interval):
     with pytest.raises(UserError) as e:
         evaluate.parse_args(["--weights", "none", "--root", "data", flag, value])
     assert str(e.value).startswith(f"{flag} must lie in {interval}, got ")
-
-
-def test_figure_out_is_checked_before_the_checkpoint_is_read(tmp_path):
-    (tmp_path / "a_file").write_text("x")
-    cases = [(tmp_path, "is a folder; expected the image file to write"),
-             (tmp_path / "fig", "an extension PIL writes in colour (.png, .jpg, .bmp, ...), "
-                                "got none"),
-             (tmp_path / "fig.xyz", "got '.xyz'"),
-             # formats PIL knows but cannot write in colour (1-bit XBM), or cannot write at all
-             (tmp_path / "fig.xbm", "got '.xbm'"), (tmp_path / "fig.h5", "got '.h5'"),
-             (tmp_path / "a_file" / "fig.png", "cannot write into its folder"),
-             # a good --out: the missing checkpoint is next
-             (tmp_path / "figs" / "fig.png", "missing.pt does not exist")]
-    for out, message in cases:
-        with pytest.raises(UserError, match=re.escape(message)):
-            evaluate.figure_inputs(["--checkpoint", str(tmp_path / "missing.pt"), "--out",
-                                    str(out)], "aea.py figure", "", "aea", "attention.png")
-
-
-def full_disk(monkeypatch):
-    """Make PIL's save write half a file, then fail as on a full disk."""
-    def save(image, fp, *args, **kwargs):
-        with open(fp, "wb") as f:
-            f.write(b"half a PNG")
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(Image.Image, "save", save)
-
-
-def test_save_image_writes_the_whole_file_or_nothing(tmp_path, monkeypatch):
-    path = tmp_path / "a.png"
-    evaluate.save_image(Image.new("RGB", (4, 2), "red"), str(path))
-    with Image.open(path) as im:
-        assert im.size == (4, 2)
-    # a failed write leaves the previous file as it was, and no partial file beside it
-    before = path.read_bytes()
-    full_disk(monkeypatch)
-    with pytest.raises(UserError, match=re.escape(f"cannot write {path} (No space left")):
-        evaluate.save_image(Image.new("RGB", (4, 2)), str(path))
-    assert os.listdir(tmp_path) == ["a.png"] and path.read_bytes() == before
 
 
 def expect_exit_2(capsys, *flags):
@@ -588,13 +493,8 @@ def expect_exit_2(capsys, *flags):
 
 
 @pytest.mark.slow
-def test_cli_refuses_before_decoding(synthetic_root, tmp_path, monkeypatch, capsys):
+def test_cli_refuses_before_decoding(synthetic_root, monkeypatch, capsys):
     decoded = record_decoding(monkeypatch)
-    (tmp_path / "a_file").write_text("x")
-    line, _ = expect_exit_2(capsys, "--root", synthetic_root, "--show-ranks", "2",
-                            "--out", str(tmp_path / "a_file"))
-    assert line == (f"--out {tmp_path / 'a_file'}: cannot write there (a file, not a folder); "
-                    "give a folder you can write to")
     # every gallery image in the queries' camera: no query has a true match
     load_dataset = data.load_dataset
 
@@ -610,159 +510,8 @@ def test_cli_refuses_before_decoding(synthetic_root, tmp_path, monkeypatch, caps
     assert decoded == []
 
 
-@pytest.mark.slow
-def test_cli_prints_the_table_before_a_figure_fails(synthetic_root, tmp_path, monkeypatch,
-                                                    capsys):
-    # the network: a 4 x 2 average pool; the disk fills up while the first PNG is written
-    pool = pool_model()
-    monkeypatch.setattr(common, "Backbone", lambda weights, last_stride: pool)
-    full_disk(monkeypatch)
-    figs = tmp_path / "figs"
-    line, out = expect_exit_2(capsys, "--root", synthetic_root, "--show-ranks", "2",
-                              "--out", str(figs))
-    assert "queries evaluated" in out
-    assert line == f"cannot write {figs / 'ranks_euclidean.png'} (No space left on device)"
-    assert os.listdir(figs) == []
-
-
 # -----------------------------------------------------------------------------
-# Your own images: extract, search, --queries; the record of runs: plot
-
-
-@pytest.fixture
-def pool_weights(monkeypatch):
-    """--weights none builds a 4 x 2 average pool (24-d features, any input size): the commands
-    run end to end in a second. Returns the flags that choose it."""
-    pool = pool_model()
-    monkeypatch.setattr(common, "Backbone", lambda weights, last_stride: pool)
-    return ["--weights", "none", "--height", "64", "--width", "32", "--device", "cpu"]
-
-
-def pooled(paths):
-    """The stand-in's features of image files, computed here step by step: decode at 64 x 32,
-    normalise, average each 16 x 16 block of each channel."""
-    x = data.normalize(data.load_images(paths, 64, 32, quiet=True))
-    return torch.nn.functional.adaptive_avg_pool2d(x, (4, 2)).flatten(1)
-
-
-def test_extract_then_search_a_folder_and_its_features(synthetic_root, tmp_path, pool_weights,
-                                                      capsys):
-    gallery = os.path.join(synthetic_root, "bounding_box_test")
-    feats = str(tmp_path / "gallery.npz")
-    evaluate.main(["extract", *pool_weights, "--images", gallery, "--out", feats])
-    with np.load(feats) as f:
-        names, features = f["paths"].tolist(), f["features"]
-    assert names == sorted(os.listdir(gallery)) and features.dtype == np.float32
-    np.testing.assert_allclose(features, pooled([os.path.join(gallery, n) for n in names]),
-                               atol=1e-6)
-    assert f"wrote {feats}: {len(names)} features of 24 dimensions" in capsys.readouterr().out
-    # search: the query's 5 nearest, by the evaluation's Euclidean distance (between
-    # L2-normalised features) to the features computed here
-    query = os.path.join(synthetic_root, "query", sorted(os.listdir(
-        os.path.join(synthetic_root, "query")))[0])
-    unit = torch.nn.functional.normalize
-    expected = torch.cdist(unit(pooled([query]), dim=1), unit(torch.from_numpy(features), dim=1))[0]
-    order = torch.sort(expected, stable=True).indices[:5].tolist()
-    png = str(tmp_path / "ranks.png")
-    for source in (gallery, feats):  # a folder, or what extract wrote: the same answer
-        found = evaluate.main(["search", *pool_weights, "--query", query, "--gallery", source,
-                               "--top", "5", "--out", png])
-        assert [os.path.basename(p) for p, _ in found] == [names[g] for g in order]
-        assert [d for _, d in found] == pytest.approx(expected[order].tolist(), abs=1e-4)
-        lines = capsys.readouterr().out.splitlines()
-        assert lines[1].split()[0] == "1" and lines[1].split()[2].endswith(names[order[0]])
-    # the figure: the query then 5 results, 128 x 64 tiles in a 3-px frame, one row
-    with Image.open(png) as im:
-        assert im.size == (12 + 6 * (64 + 6 + 2), 128 + 6 + 4)
-        assert im.getpixel((1, 1)) == (128, 128, 128)
-
-
-def test_search_and_extract_refuse_bad_input_clearly(synthetic_root, tmp_path, pool_weights,
-                                                     capsys):
-    def error(*argv):
-        with pytest.raises(SystemExit) as e:
-            evaluate.main(list(argv))
-        assert e.value.code == 2
-        return capsys.readouterr().err.strip().removeprefix("error: ")
-    gallery = os.path.join(synthetic_root, "bounding_box_test")
-    assert error("extract", *pool_weights, "--images", gallery, "--out", str(tmp_path / "f.txt")
-                 ) == f"--out {tmp_path / 'f.txt'}: expected a file name ending in .npz"
-    (tmp_path / "empty").mkdir()
-    assert "holds no images" in error("extract", *pool_weights, "--images",
-                                      str(tmp_path / "empty"), "--out", str(tmp_path / "f.npz"))
-    assert not os.path.exists(tmp_path / "f.npz")
-    assert error("search", *pool_weights, "--query", str(tmp_path / "nobody.jpg"), "--gallery",
-                 gallery) == f"--query {tmp_path / 'nobody.jpg'} is not an image file"
-    (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    query = os.path.join(gallery, os.listdir(gallery)[0])
-    assert "not a features file of `evaluate.py extract`" in error(
-        "search", *pool_weights, "--query", query, "--gallery", str(tmp_path / "junk.npz"))
-    # features of another model (here 24-d features said to be of 128 x 64 images)
-    np.savez(tmp_path / "other.npz", features=np.zeros((2, 24), np.float32),
-             paths=np.array(["a.jpg", "b.jpg"]), root="/", model="weights imagenet",
-             size=np.array([128, 64]), flip=False)
-    assert "extract the gallery with the same model" in error(
-        "search", *pool_weights, "--query", query, "--gallery", str(tmp_path / "other.npz"))
-    assert error("search", *pool_weights, "--query", query, "--gallery", str(tmp_path / "no.npz")
-                 ).startswith(f"--gallery {tmp_path / 'no.npz'} does not exist")
-    # features of this model whose images are gone: the error says so, not a decoding failure
-    np.savez(tmp_path / "moved.npz", features=np.ones((2, 24), np.float32),
-             paths=np.array(["a.jpg", "b.jpg"]), root=str(tmp_path / "gone"),
-             model="weights none", size=np.array([64, 32]), flip=False)
-    assert "the images moved since extract; run extract again" in error(
-        "search", *pool_weights, "--query", query, "--gallery", str(tmp_path / "moved.npz"))
-
-
-def test_show_ranks_draws_the_queries_named(synthetic_root, tmp_path, pool_weights,
-                                            monkeypatch, capsys):
-    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
-    names = [os.path.basename(ds.query.paths[i]) for i in (5, 2)]
-    drawn = []
-    rank_figure = evaluate.rank_figure
-    monkeypatch.setattr(evaluate, "rank_figure", lambda dist, ds, num, queries=None: drawn.append(
-        queries) or rank_figure(dist, ds, num, queries=queries))
-    evaluate.main([*pool_weights, "--root", synthetic_root, "--dataset", "synthetic",
-                   "--queries", *names, "--out", str(tmp_path)])
-    assert drawn == [[5, 2]]
-    with Image.open(tmp_path / "ranks_euclidean.png") as im:
-        assert im.size[1] == 2 * (128 + 6 + 4)  # one row per query named
-    with pytest.raises(SystemExit):
-        evaluate.main([*pool_weights, "--root", synthetic_root, "--dataset", "synthetic",
-                       "--queries", "nobody.jpg", "--out", str(tmp_path)])
-    assert "--queries nobody.jpg: no query image of that name" in capsys.readouterr().err
-
-
-def write_log(folder, text):
-    os.makedirs(folder, exist_ok=True)
-    (folder / "log.csv").write_text(text)
-    return str(folder)
-
-
-def test_plot_overlays_runs_and_reads_a_folder_of_stages(tmp_path, capsys):
-    # run a: loss terms L_I1 and L; run b: L and an evaluation at epoch 2 only (empty at 1).
-    # Panels: L_I1, L, rank-1, mAP -> 3 columns x 2 rows of 4 x 3 inches at 80 dpi
-    a = write_log(tmp_path / "a", "epoch,lr,L_I1,L,img/s,seconds\n1,0.01,4.0,5.0,10,3\n"
-                  "2,0.01,3.0,4.0,10,3\n")
-    b = write_log(tmp_path / "b", "epoch,lr,L,img/s,seconds,rank-1 euclidean,mAP euclidean\n"
-                  "1,0.01,6.0,10,3,,\n2,0.01,5.0,10,3,40.0,30.0\n")
-    out = str(tmp_path / "curves.png")
-    evaluate.main(["plot", a, b, "--out", out])
-    with Image.open(out) as im:
-        assert im.size == (3 * 4 * 80, 2 * 3 * 80)
-    label, log = evaluate.read_log(b)
-    assert label == b and np.isnan(log["rank-1 euclidean"][0]) and log["mAP euclidean"][1] == 30
-    # an AAA-Net --out holds a run per stage: each is a curve
-    write_log(tmp_path / "aaa" / "stage1", "epoch,lr,L_ce,img/s,seconds\n1,0.01,2.0,10,3\n")
-    write_log(tmp_path / "aaa" / "stage3", "epoch,lr,L,img/s,seconds\n1,0.01,1.0,10,3\n")
-    assert [label for label, _ in evaluate.run_logs([str(tmp_path / "aaa")])] == [
-        str(tmp_path / "aaa" / "stage1"), str(tmp_path / "aaa" / "stage3")]
-    with pytest.raises(SystemExit):
-        evaluate.main(["plot", str(tmp_path / "none"), "--out", out])
-    assert "cannot read" in capsys.readouterr().err
-    empty = write_log(tmp_path / "e", "epoch,lr,img/s,seconds\n1,0.01,10,3\n")
-    with pytest.raises(SystemExit):
-        evaluate.main(["plot", empty, "--out", out])
-    assert "no loss term or score to draw" in capsys.readouterr().err
+# --rerank, and what evaluate_model is built from
 
 
 def test_rerank_adds_a_row_per_metric(synthetic_root, pool_weights, capsys):
@@ -782,76 +531,51 @@ def test_rerank_adds_a_row_per_metric(synthetic_root, pool_weights, capsys):
     assert "euclidean + re-ranking" in capsys.readouterr().out
 
 
-def test_file_features_chunk_by_chunk_equal_all_at_once(synthetic_root):
-    # chunks of 4 images (the next one decoded while the model runs) give the same rows, in order
-    paths = data.load_dataset(synthetic_root, "synthetic", verbose=False).gallery.paths
-    chunked = evaluate.file_features(pool_model(), paths, (64, 32), "cpu", batch_size=3, chunk=4)
-    torch.testing.assert_close(chunked, pooled(paths))
+
+def test_evaluate_model_is_its_building_blocks(synthetic_root):
+    # the paper modules' two call forms, and --rerank's rows; each equals the steps done here:
+    # the split features, each metric's distance function, the ranking metrics of its matrix
+    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
+    model, cpu, images = pool_model(), torch.device("cpu"), {}
+    plain = evaluate.evaluate_model(model, ds, (64, 32), cpu, images=images, precision="fp32")
+    assert list(plain) == ["euclidean"]
+    results = evaluate.evaluate_model(model, ds, (64, 32), cpu, ["xqda", "cosine"],
+                                      images=images, precision="fp32", rerank=True)
+    assert list(results) == ["xqda", "xqda + re-ranking", "cosine", "cosine + re-ranking"]
+    assert evaluate.needed_splits(["cosine"]) == ("query", "gallery")
+    assert evaluate.needed_splits(["cosine", "kissme"]) == ("query", "gallery", "train")
+    feats = evaluate.split_features(model, ds, (64, 32), cpu, ("query", "gallery", "train"),
+                                    images)
+    torch.testing.assert_close(feats["query"], pooled(ds.query.paths))
+    xqda = evaluate.XQDA().fit(feats["train"], ds.train.pids, ds.train.cams)
+    distance = evaluate.metric_distance("xqda", feats, ds)
+    torch.testing.assert_close(distance(feats["query"], feats["gallery"]),
+                               xqda.distance(feats["query"], feats["gallery"]))
+    rows = evaluate.ranked_distances("xqda", distance, feats, rerank=True)
+    expected = evaluate.fast_rank_metrics(rows["xqda + re-ranking"], ds.query.pids,
+                                          ds.gallery.pids, ds.query.cams, ds.gallery.cams)
+    assert results["xqda + re-ranking"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-9)
+    cosine = evaluate.metric_distance("cosine", feats, ds)
+    torch.testing.assert_close(cosine(feats["query"], feats["gallery"]),
+                               evaluate.pairwise_distances(feats["query"], feats["gallery"],
+                                                           "cosine"))
 
 
-# -----------------------------------------------------------------------------
-# compare: rows over seeds, mean ± sd, the paper's orderings, reuse after a stop
-
-def fake_scores(rank1, mAP):  # the two numbers compare reads from a rank_metrics dict
-    return {"euclidean": {"cmc": np.array([rank1 / 100]), "mAP": mAP / 100}}
-
-
-def test_compare_mean_sd_claims_and_reuse(tmp_path, capsys):
-    # A's rank-1 over seeds 0, 1, 2: 50, 52, 54 -> mean 52, sample sd 2; B's: 47, 48, 49 -> 48,
-    # sd 1. "A > B": +4.0, pooled sd sqrt((2^2 + 1^2) / 2) = 1.581, 4 / 1.581 = +2.5 sd, holds.
-    # mAP: A 30, 30, 30 (sd 0), B 31, 33, 35 (sd 2): -3.0, pooled sqrt(2) -> -2.1 sd, FAILS.
-    table = {"A": [(50, 30), (52, 30), (54, 30)], "B": [(47, 31), (48, 33), (49, 35)]}
-    calls = []
-
-    def train(label, seed):
-        calls.append((label, seed))
-        if len(calls) == 5 and not stop_done:  # a signal during the 5th run: it returns None
-            return None
-        return fake_scores(*table[label][seed])
-    stop_done = False
-    rows, claims = [("A", 2), ("B", 1)], [("A", "B", "Table 2")]
-    out = str(tmp_path / "cmp")
-    assert evaluate.compare("toy", rows, claims, train, 3, out) is None
-    assert calls == [("A", 0), ("A", 1), ("A", 2), ("B", 0), ("B", 1)]
-    # the next invocation reuses the four finished runs and trains the last two
-    stop_done, calls[:] = True, []
-    text = evaluate.compare("toy", rows, claims, train, 3, out)
-    assert calls == [("B", 1), ("B", 2)]
-    assert "run 1/2 (4 reused): B, seed 1" in capsys.readouterr().out
-    assert "52.0 ± 2.0" in text and "48.0 ± 1.0" in text and "30.0 ± 0.0" in text
-    assert ("A > B (Table 2): euclidean rank-1 +4.0 (+2.5 sd) holds; "
-            "euclidean mAP -3.0 (-2.1 sd) FAILS") in text
-    assert "B, seed 2: 49.00 / 35.00" in text
-    assert open(os.path.join(out, "compare.txt")).read() == text + "\n"
-    # one seed: no sd, so no size of the difference
-    one = evaluate.compare("toy", rows, claims, train, 1, str(tmp_path / "one"))
-    assert "+3.0 (n/a) holds" in one and "50.0 ± -" in one
-
-
-def test_compare_command_flags_folders_and_no_resume(tmp_path, capsys):
-    # a paper's compare: each row and seed trains in OUT/<label, non-word runs as _>/seed<s>;
-    # --resume (the default) reuses scores.json and asks train_row to resume, --no-resume neither
-    calls = []
-
-    def train_row(spec, seed, folder, device, resume):
-        calls.append((spec, seed, os.path.relpath(folder, out), device, resume))
-        return fake_scores(50 + seed, 40)
-    out = str(tmp_path / "cmp")
-    rows, claims = [("Baseline 1", "b1", 1), ("AEA (ours)", "aea", 1)], [("AEA (ours)",
-                                                                         "Baseline 1", "T2")]
-    args = ["--seeds", "2", "--out", out, "--device", "cpu"]
-    evaluate.compare_command(args, "x compare", "", "unused", "toy", rows, claims, train_row)
-    assert calls == [("b1", 0, os.path.join("Baseline_1", "seed0"), "cpu", True),
-                     ("b1", 1, os.path.join("Baseline_1", "seed1"), "cpu", True),
-                     ("aea", 0, os.path.join("AEA_ours", "seed0"), "cpu", True),
-                     ("aea", 1, os.path.join("AEA_ours", "seed1"), "cpu", True)]
-    calls[:] = []  # all four runs in scores.json: reused
-    evaluate.compare_command(args, "x compare", "", "unused", "toy", rows, claims, train_row)
-    assert calls == []
-    evaluate.compare_command(args + ["--no-resume"], "x compare", "", "unused", "toy", rows,
-                             claims, train_row)
-    assert len(calls) == 4 and not any(resume for *_, resume in calls)
-    capsys.readouterr()
-    with pytest.raises(common.UserError, match="--seeds 0: expected 1 or more"):
-        evaluate.compare_command(["--seeds", "0"], "x compare", "", out, "toy", rows, claims,
-                                 train_row)
+def test_evaluate_imports_only_common_and_data():
+    # imports flow one way: common <- data <- evaluate <- aea, aaanet <- tools. evaluate.py
+    # imports no paper module and no tool at its top; its one upward edge is load_model's
+    # importlib.import_module of the checkpoint's paper module, at run time
+    with open(evaluate.__file__, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
+    project = {os.path.splitext(f)[0] for f in os.listdir(os.path.dirname(evaluate.__file__))
+               if f.endswith(".py")}
+    assert imported & project == {"common", "data"}
+    dynamic = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+               and getattr(node.func, "attr", None) == "import_module"]
+    assert len(dynamic) == 1
