@@ -15,14 +15,15 @@ Paper map (paper -> code):
   Eq. (1), (2), (3): L_adv = L_att + L_r  -> `stage2_loss`, `attention_loss`, `regularization_loss`
   Algorithm 1 step 5 / Algorithm 2 step 4: what each stage trains -> `AAANet.freeze_for`
   Algorithm 2 steps 1-4 and Eq. (4), the omega-gated loss -> `stage3_loss`, `adversarial_loss`
-  Sec. 4.2, SGD, lr and its decay, 10 epochs per stage            -> `resolve`, `train_stage`
+  Sec. 4.2, SGD, lr and its decay, 10 epochs per stage            -> `train_stage`, `resolve`
   Tables 1-5: Euclidean, XQDA, KISSME on the pooled 2048-d feature -> `AAANet.forward`
   Sec. 3.3, the "attention-aware feature maps" occluded (else f_r) -> `occluded_maps`, `--occlude`
-  Fig. 4, images, attention maps, occluded regions drawn black    -> `figure`
 
 Commands: `python aaanet.py stage1|stage2|stage3 --root DATA --out OUT`, each from the previous
-stage's last.pt; `figure --checkpoint C` (Fig. 4); no command: the CPU demo. Ablations by table:
---lambda1/2 (1), --omega (2), --point (3), stage3 --mask-source response (4), --random-erasing (5).
+stage's last.pt; no command: the CPU demo (`python synthetic.py` writes its data first). Fig. 4:
+`python tools.py figure aaanet --checkpoint C`; Tables 3-5 in miniature: `python tools.py compare
+aaanet`. Ablations by table: --lambda1/2 (1), --omega (2), --point (3), stage3 --mask-source
+response (4), --random-erasing (5).
 
 Choices where the paper is silent (each at its line, "Choice (not in the paper)", with its reason):
   - Grid cells: row y in cell row floor(4y / H), columns alike; a grid finer than f_r refused.
@@ -34,9 +35,9 @@ Choices where the paper is silent (each at its line, "Choice (not in the paper)"
   - Stage 3's mask is 0 where A = normalised relu(M_att) is above 0.5 (--occlude attention-aware:
     f_r * A * mask, A without gradient); f_r and the occluded maps as one batch of 2B.
   - Table 4: stage 3 from stage 1 with a fresh attention branch, the top third of f_r occluded.
-  - Stage 2 is not evaluated; --resume may change only --device and --eval-metrics.
-  - Demo (`DEMO`): random ResNet-18, 64x32, pad 3, 10x lrs; compare: conv4_x 2x2 grid, no conv5_x.
+  - Stage 2 is not evaluated: its test feature is stage 1's.
 """
+
 import argparse
 import dataclasses
 import os
@@ -55,6 +56,482 @@ from common import UserError
 
 STAGE_NAMES = ("stage1", "stage2", "stage3")
 POINTS = ("conv2_x", "conv3_x", "conv4_x", "conv5_x")  # Table 3: the occlusion after each module
+
+
+# --- The network: the ResNet-50 baseline (Sec. 3.1) and the attention branch (Sec. 3.2) -----------
+
+class AAANet(nn.Module):
+    """ResNet-50 -> average pool (D: 2048) -> dropout -> FC (Sec. 3.1), cut at `point` to occlude
+    f_r, plus the attention branch (Sec. 3.2). forward(x), in eval() mode, is the test feature g:
+        x [B, 3, H, W] -> middle -> f_r [B, C, h, w] -> rest -> g [B, D] -> FC -> [B, N]
+                                    f_r -> attention_map -> M_att [B, h, w]"""
+
+    def __init__(self, num_classes, point="conv3_x", dropout=0.5, attention_channels=64,
+                 weights="imagenet", arch="resnet50"):
+        super().__init__()
+        self.frozen = False  # stage 2 (`freeze_for`)
+        if point not in POINTS:
+            raise UserError(f"--point {point!r}: expected one of {', '.join(POINTS)}")
+        # Choice (not in the paper): ResNet-50's own last stride 2 (the paper names no change)
+        self.backbone = common.Backbone(weights, last_stride=2, arch=arch)
+        self.point = common.PAPER_STAGE_NAMES[point]  # torchvision's name: conv3_x -> layer2
+        self.after = common.STAGES[common.STAGES.index(self.point) + 1:]  # none after conv5_x
+        self.dropout = nn.Dropout(dropout)  # Sec. 4.2: 0.5 Market1501, 0.6 DukeMTMC-reID
+        D = self.backbone.channels["layer4"]  # the pooled feature: 2048 in ResNet-50
+        self.classifier = nn.Linear(D, num_classes)
+        # Choice (not in the paper): N(0, 0.001^2) weights, zero bias, as the IDE baseline
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        nn.init.zeros_(self.classifier.bias)
+        # Choice (not in the paper): Sec. 3.2's "several stacked convolutional layers": 1x1 C -> a
+        # (~1% of ResNet-50's FLOPs), 3x3 for the neighbours, 1x1 -> raw M_att (Eq. (2) clamps at 0)
+        C = self.backbone.channels[self.point]
+        a = attention_channels
+        self.attention = nn.Sequential(
+            nn.Conv2d(C, a, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
+            nn.Conv2d(a, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
+            nn.Conv2d(a, 1, 1))
+
+    def middle(self, x):
+        """f_r: "the convolutional modules in the baseline network" up to `point` (Sec. 3.2)."""
+        return self.backbone.run(x, "conv1", self.point)
+
+    def rest(self, f):
+        """The stages after the middle layer, then average pooling: [B, C, h, w] -> [B, D]."""
+        if self.after:
+            f = self.backbone.run(f, self.after[0])
+        return f.mean(dim=(2, 3))
+
+    def logits_from_middle(self, f):
+        """Identity scores of (possibly occluded) middle-layer maps: [B, C, h, w] -> [B, N]."""
+        return self.classifier(self.dropout(self.rest(f)))
+
+    def attention_map(self, f_r):
+        """M_att [B, h, w]: the attention branch on f_r, raw (unbounded), at f_r's resolution."""
+        return self.attention(f_r)[:, 0]  # [B, 1, h, w] -> [B, h, w]
+
+    def forward(self, x):
+        return self.rest(self.middle(x))
+
+    def freeze_for(self, stage):
+        """What each stage trains; returns its parameters for SGD. stage1: the baseline. stage2: the
+        attention branch (Algorithm 1 step 5); the rest ("fixed in the backward stage", Sec. 3.2):
+        no gradient, eval mode (`train`). stage3: "the entire network" (Algorithm 2 step 4)."""
+        self.frozen = stage == "stage2"
+        for part in (self.backbone, self.classifier):
+            part.requires_grad_(not self.frozen)
+        self.train(self.training)
+        if stage == "stage1":
+            return list(self.backbone.parameters()) + list(self.classifier.parameters())
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def train(self, mode=True):
+        """nn.Module.train, except that what stage 2 freezes stays in eval mode."""
+        super().train(mode)
+        if self.frozen:
+            for part in (self.backbone, self.dropout, self.classifier):
+                part.eval()
+        return self
+
+
+# --- Algorithm 1, steps 1-4: the 16 occluded copies and the difficult sample ----------------------
+
+def grid_masks(H, W, grid=4, device=None):
+    """Algorithm 1's grid*grid masks [G, H, W] bool: mask k is 0 (occluded) on cell k (row
+    k // grid, column k % grid). Choice (not in the paper): row y in cell row floor(grid * y / H),
+    columns alike, so the cells tile any map (7 rows: 2, 2, 2, 1); with H < grid some are empty."""
+    # Algorithm 1 step 1: "divided equally into 16 with a square grid"
+    rows = torch.arange(H, device=device) * grid // H             # [H] cell row of each row
+    cols = torch.arange(W, device=device) * grid // W             # [W] cell column of each column
+    cell = rows[:, None] * grid + cols[None, :]                   # [H, W] cell of each position
+    # Algorithm 1 step 2: "each grid ... is occluded and reproduced in sequence"
+    k = torch.arange(grid * grid, device=device)                  # [G] the cell each copy hides
+    return cell[None] != k[:, None, None]                         # [G, H, W]
+
+
+def grid_occlusions(f, grid=4):
+    """Algorithm 1 step 2: copy k of f [B, C, H, W] is f times mask k -> [B, G, C, H, W]."""
+    mask = grid_masks(*f.shape[-2:], grid, f.device).to(f.dtype)      # [G, H, W]
+    return f[:, None] * mask[None, :, None]                            # [B, G, C, H, W]
+
+
+def true_class_probability(logits, y):
+    """p: the softmax probability of the true class, [B, N] -> [B] (fp32 even under autocast)."""
+    return F.softmax(logits.float(), dim=1).gather(1, y[:, None])[:, 0]
+
+
+@torch.no_grad()
+def hardest_occlusion(logits_of, f_r, y, grid=4, chunk=0):
+    """Algorithm 1 steps 3-4 -> (hardest copy k [B], every copy's true-class probability p [B, G]);
+    logits_of: [n, C, h, w] -> [n, N]. The copies of `chunk` images (0: all) run as ONE batch,
+    without gradient: they only choose a target, so no activations are kept for a backward pass."""
+    B = len(f_r)
+    G = grid * grid
+    chunk = chunk or B
+    p = []
+    for start in range(0, B, chunk):  # one pass unless --occlusion-chunk asks for several
+        copies = grid_occlusions(f_r[start:start + chunk], grid)  # [b, G, C, H, W]
+        # Algorithm 1 step 3: "entered together into the classification network"
+        logits = logits_of(copies.flatten(0, 1))                  # [b*G, N], an image's adjacent
+        y_copies = y[start:start + chunk].repeat_interleave(G)    # [b*G] each label G times
+        p.append(true_class_probability(logits, y_copies).view(-1, G))  # [b*G] -> [b, G]
+    p = torch.cat(p)                                                   # [B, G]
+    return p.argmin(dim=1), p  # Algorithm 1 step 4: "the lowest classification probability"
+
+
+@torch.no_grad()
+def occlusion_map(f_r, k, grid=4, reading="response"):
+    """M_occ [B, h, w] of Eq. (2) from the difficult sample, copy k [B] of f_r [B, C, h, w].
+    response: channel-mean |f_occ| over its per-image maximum, 0 on the most discriminative cell
+    ("fit the feature response range", Sec. 3.2); binary: the difficult sample's 0-1 mask."""
+    mask = grid_masks(*f_r.shape[-2:], grid, f_r.device)[k].float()   # [B, H, W]
+    if reading == "binary":
+        return mask
+    # Choice (not in the paper): "response", the reading of "fit the feature response range"
+    f_occ = f_r.float() * mask[:, None]                                # [B, C, H, W]
+    response = f_occ.abs().mean(dim=1)                                 # [B, H, W]
+    return response / response.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+
+
+def occlusion_target(model, f_r, y, cfg):
+    """(M_occ [B, h, w], p of its copy [B]): the difficult sample (Algorithm 1 steps 1-4) through
+    the current network, without gradient. Choice (not in the paper): in eval mode, also in stage
+    3, so the 16B probe copies neither use nor move the BatchNorm statistics of the batch."""
+    was_training = model.training
+    logits_of = model.eval().logits_from_middle
+    k, p = hardest_occlusion(logits_of, f_r, y, cfg.grid, cfg.occlusion_chunk)
+    model.train(was_training)
+    M_occ = occlusion_map(f_r, k, cfg.grid, cfg.m_occ)
+    return M_occ, p.gather(1, k[:, None])[:, 0]
+
+
+# --- Losses: Eq. (1)-(4) --------------------------------------------------------------------------
+
+def attention_loss(M_att, M_occ):
+    """L_att = || (max(M_att, 0) - M_occ) * M_att ||_1, Eq. (2), per image: [B, h, w] -> [B].
+    Choice (not in the paper): the L1 norm sums over the h*w positions (here and in Eq. (3)),
+    averaged over the batch by the callers. Its gradient moves M_att < 0 up to 0, 0 < M_att <
+    M_occ / 2 down to 0 and M_att > M_occ / 2 to M_occ: high attention follows M_occ."""
+    M_att = M_att.float()
+    return ((M_att.clamp(min=0) - M_occ) * M_att).abs().sum(dim=(1, 2))
+
+
+def regularization_loss(M_att, norm="sum"):
+    """L_r = log(1 + exp(-||M_att||_1)) = softplus(-x), Eq. (3), per image: [B, h, w] -> [B].
+    Its gradient, -sigmoid(-||M_att||_1) sign(M_att), lifts every |M_att| away from Eq. (2)'s
+    trivial minimum 0, but is < 1e-7 once ||M_att||_1 > ~17: 0 in float32 at the paper's 28x28."""
+    absolute = M_att.float().abs()
+    if norm == "sum":
+        l1 = absolute.sum(dim=(1, 2))  # the formula as printed: 0 at 28x28, and so its gradient
+    else:
+        # Choice (not in the paper): norm="mean" (--l-r-norm): per position, an L_r that still acts
+        l1 = absolute.mean(dim=(1, 2))
+    return F.softplus(-l1)
+
+
+def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
+    """Eq. (4), L1 = L_r (Eq. (3)), L2 = L_att (Eq. (2)), batch mean -> (loss, gate [B] 0/1):
+        L_i = lambda1 * L1_i + lambda2 * L2_i   if p_bf_i - p_af_i > omega,   0 otherwise
+
+    The gate is the "switchable gradient update" of Sec. 3.3: only samples whose true-class
+    probability the occlusion lowers by more than omega update the attention through this term."""
+    gate = ((p_bf - p_af).detach() > omega).float()  # [B], compares probabilities: no gradient
+    # Choice (not in the paper): the mean over all B samples, failing ones adding 0; with the gate
+    # shut for the whole batch, only SGD's weight decay and momentum move the attention branch
+    return (gate * (lambda1 * L_r + lambda2 * L_att)).mean(), gate
+
+
+# --- Algorithm 2, step 1: the 0-1 mask (1 = kept, 0 = occluded) -----------------------------------
+
+def attention_mask(M_att, threshold=0.5):
+    """Algorithm 2 step 1: the 0-1 attention mask, M_att [B, h, w] -> bool [B, h, w].
+    Choice (not in the paper): 0 (occluded) where A = `attention_weights(M_att)` > `threshold`,
+    the attended regions, as Fig. 4's "black mask", Sec. 4.5's "multiple parts of important
+    regions were occluded" and Table 4's "highest response" say; an all-zero map occludes none."""
+    return attention_weights(M_att) <= threshold
+
+
+def attention_weights(M_att):
+    """A [B, h, w] in [0, 1]: relu(M_att) min-max normalised per image, without gradient."""
+    A = M_att.detach().float().clamp(min=0)                            # relu(M_att)
+    lo = A.amin(dim=(1, 2), keepdim=True)
+    hi = A.amax(dim=(1, 2), keepdim=True)
+    return (A - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def occluded_maps(f_r, M_att, mask, occlude="features"):
+    """Algorithm 2 step 2: f_r * mask; "attention-aware": Sec. 3.3's f_r * A * mask, A [B, h, w]."""
+    kept = mask                                                        # [B, h, w]
+    if occlude == "attention-aware":
+        # "integrated ... by an element-wise multiplication". Choice (not in the paper): A in
+        # [0, 1] (never amplifies f_r), no gradient: the attention learns by Eq. (4)'s gate alone
+        kept = attention_weights(M_att) * mask
+    return f_r * kept[:, None].to(f_r.dtype)                           # [B, C, h, w]
+
+
+def response_mask(f_r):
+    """Table 4, "without fine-tuning": occlude "one-third of the feature map regions with the
+    highest response": bool [B, h, w], 0 on exactly round(h*w / 3) positions, 1 elsewhere.
+    Choice (not in the paper): the response is the channel mean of f_r; ties to the lower index."""
+    response = f_r.detach().float().mean(dim=1).flatten(1)             # [B, h*w]
+    order = response.argsort(dim=1, descending=True, stable=True)      # [B, h*w]
+    third = round(response.shape[1] / 3)
+    mask = torch.ones_like(response, dtype=torch.bool)
+    mask.scatter_(1, order[:, :third], False)
+    return mask.view_as(f_r[:, 0])                                     # [B, h*w] -> [B, h, w]
+
+
+# --- One training step per stage: each loss returns (total loss, {term: value} for the log) -------
+
+def stage1_loss(model, x, y, cfg):
+    """Sec. 3.1: the baseline, "a softmax classification loss function" on the identities."""
+    L_ce = common.cross_entropy(model.logits_from_middle(model.middle(x)), y)
+    return L_ce, {"L_ce": L_ce}
+
+
+def stage2_loss(model, x, y, cfg):
+    """Algorithm 1: the attention assignment network; only the attention branch learns."""
+    f_r = model.middle(x)  # the frozen baseline's middle-layer maps, no gradient (`freeze_for`)
+    M_occ, p_hard = occlusion_target(model, f_r, y, cfg)  # Algorithm 1 steps 1-4
+    M_att = model.attention_map(f_r)  # the part that learns (Algorithm 1 step 5)
+    L_att = attention_loss(M_att, M_occ).mean()  # the data term, Eq. (2)
+    L_r = regularization_loss(M_att, cfg.l_r_norm).mean()  # the regularisation term, Eq. (3)
+    L_adv = L_att + L_r  # Eq. (1)
+    return L_adv, {"L_adv": L_adv, "L_att": L_att, "L_r": L_r, "p_hard": p_hard.mean()}
+
+
+def stage3_loss(model, x, y, cfg):
+    """Algorithm 2: the attention-aware adversarial network; the entire network learns."""
+    f_r = model.middle(x)  # with gradient, as M_att
+    M_att = model.attention_map(f_r)
+    # Algorithm 2 step 1: the 0-1 attention mask, 0 on the attended positions (Table 4: response)
+    if cfg.mask_source == "response":
+        mask = response_mask(f_r)                                      # [B, h, w]
+    else:
+        mask = attention_mask(M_att, cfg.threshold)                    # [B, h, w]
+    # Algorithm 2 step 2: "the feature maps of the middle layer multiplied by the 0-1 mask"
+    f_af = occluded_maps(f_r, M_att, mask, cfg.occlude)  # [B, C, h, w] (attention-aware: Sec. 3.3)
+    # Algorithm 2 step 3: f_r and f_af through the classifier; p_bf, p_af: true-class probability
+    # Choice (not in the paper): one batch of 2B (BatchNorm sees both), p from it with dropout on
+    logits = model.logits_from_middle(torch.cat([f_r, f_af]))          # [2B, N]
+    logits_bf, logits_af = logits.chunk(2)                             # [B, N] each
+    p_bf = true_class_probability(logits_bf, y)
+    p_af = true_class_probability(logits_af, y)
+    # Algorithm 2 step 4: cross-entropy on both ("computed by the cross-entropy", Sec. 3.3) ...
+    L_ce_bf = common.cross_entropy(logits_bf, y)
+    L_ce_af = common.cross_entropy(logits_af, y)
+    # ... and Eq. (4), with M_occ as in stage 2
+    M_occ, _ = occlusion_target(model, f_r, y, cfg)
+    L_r = regularization_loss(M_att, cfg.l_r_norm)
+    L_att = attention_loss(M_att, M_occ)
+    L_gate, gate = adversarial_loss(L_r, L_att, p_bf, p_af, cfg.lambda1, cfg.lambda2, cfg.omega)
+    L = L_ce_bf + L_ce_af + L_gate
+    return L, {"L": L, "L_ce_bf": L_ce_bf, "L_ce_af": L_ce_af, "L_gate": L_gate,
+               "L_att": L_att.mean(), "L_r": L_r.mean(), "gate_pass": gate.mean(),
+               "p_bf": p_bf.mean(), "p_af": p_af.mean(), "occluded": (~mask).float().mean()}
+
+
+# the term whose epoch mean chooses best.pt
+TOTAL_LOSS = {"stage1": "L_ce", "stage2": "L_adv", "stage3": "L"}
+
+
+def training_step(model, optimizer, stage, x, y, cfg):
+    """One SGD step of `stage` on a batch; returns the loss terms (tensors) for the log."""
+    stage_loss = {"stage1": stage1_loss, "stage2": stage2_loss, "stage3": stage3_loss}[stage]
+    with common.autocast(x.device, cfg.precision):  # auto: bf16 on CUDA, fp32 on the CPU
+        loss, terms = stage_loss(model, x, y, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return terms
+
+
+# --- Training a stage (Sec. 4.2): the previous stage's weights, SGD, a checkpoint every epoch -----
+
+def load_init(model, cfg, stage, num_classes):
+    """Start `stage` from `cfg.init`: the baseline ("fine-tuned by the common layers", Sec. 3.2)
+    and stage 2's attention branch, else random ("the rest ... initialized randomly")."""
+    ckpt = common.load_checkpoint(cfg.init)
+    path = f"--init {cfg.init}"
+    common.check_checkpoint(ckpt, path, "aaanet", num_classes, "classifier.weight")
+    # stage 2 follows stage 1; stage 3 follows stage 2, or stage 1 for Table 4's variant
+    if stage == "stage2" or cfg.mask_source == "response":
+        expected = "stage1"
+    else:
+        expected = "stage2"
+    if ckpt.get("stage") != expected:
+        hint = ""
+        if stage == "stage3" and ckpt.get("stage") == "stage1":
+            hint = " (stage 3 from stage 1 is Table 4's variant: add --mask-source response)"
+        raise UserError(f"{path} is a {ckpt.get('stage')} checkpoint; {stage} starts from "
+                        f"{expected}{hint}")
+    # what the stage inherits must match --init: the input size; stage 2's branch and target
+    same = ["height", "width", "arch"]
+    if expected == "stage2":
+        same += ["point", "attention_channels", "grid", "m_occ"]
+    differ = [f"--{k.replace('_', '-')} {ckpt['config'][k]}" for k in same
+              if ckpt["config"][k] != getattr(cfg, k)]
+    if differ:
+        raise UserError(f"{path} was trained with {', '.join(differ)}; {stage} inherits them: "
+                        "pass the same values")
+    # Choice (not in the paper): Table 4's stage 3 from stage 1 keeps a fresh attention branch
+    state = {k: v for k, v in ckpt["model"].items()
+             if expected == "stage2" or not k.startswith("attention.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("attention.") for k in missing):
+        raise UserError(f"--init {cfg.init} does not fit the network: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}")
+
+
+def epoch_batches(images, labels, g, cfg):
+    """One epoch of augmented batches (data.train_batches), in an order drawn from g."""
+    N = len(images)
+    B = cfg.batch_size
+    # Choice (not in the paper): a shuffled pass, the last incomplete batch dropped
+    order = torch.randperm(N, generator=g)[:N // B * B].view(N // B, B)  # [steps, B] indices
+    yield from data.train_batches(images, labels, order.tolist(), g, pad=cfg.pad,
+                                  random_erasing=cfg.random_erasing)
+
+
+def train_stage(cfg, stage, ds=None, images=None):
+    """Train one stage (Sec. 4.2) -> (model, {metric: rank_metrics}; {} for stage 2 or without
+    --eval-metrics). ds, images: a dataset and a cache of decoded images to reuse (the demo).
+    At each epoch's end OUT/<stage>/last.pt holds everything --resume needs (the dict below).
+    Ctrl-C or SIGTERM stops the run wherever it is (a KeyboardInterrupt); --resume redoes the
+    epoch in progress, so that on the CPU the resumed run ends bit-identical to an uninterrupted
+    one."""
+    cfg = resolve(cfg, stage)
+    device = common.pick_device(cfg.device)
+    out = os.path.join(cfg.out, stage)
+    release = common.hold_folder(out)  # OUT/<stage>/.lock, before any data is read
+    last = os.path.join(out, "last.pt")
+    ckpt = None
+    if cfg.resume:
+        ckpt = common.resume_state(last, "aaanet", cfg, RESUME_MAY_DIFFER, device)
+    elif os.path.isfile(last):
+        print(f"note: {last} will be overwritten by this new run (--resume continues it)")
+    common.seed_everything(cfg.seed)  # the same seed draws the same weights and batches
+    if ds is None:
+        ds = data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
+    evaluates = stage != "stage2" and cfg.eval_metrics
+    if evaluates:  # the evaluation's need, before training
+        evaluate.check_true_matches(ds)
+    # the network before the images: missing ImageNet weights or a wrong --init fail at once
+    weights = cfg.weights if stage == "stage1" else "none"
+    model = AAANet(ds.num_train_pids, cfg.point, cfg.dropout, cfg.attention_channels, weights,
+                   cfg.arch)
+    if ckpt is None and stage != "stage1":
+        load_init(model, cfg, stage, ds.num_train_pids)  # a resumed run reads last.pt instead
+    model = common.prepare_model(model, device)
+    if images is None:
+        images = {}
+    if "train" not in images:  # decoded once; on a GPU the cache lives there
+        images["train"] = data.load_images(ds.train.paths, cfg.height, cfg.width, desc="train")
+    train_images = images["train"].to(device)
+    labels = torch.as_tensor(ds.train.pids).to(device)
+    optimizer = common.make_sgd(model.freeze_for(stage), cfg.lr, cfg.momentum, cfg.weight_decay)
+    # Sec. 4.2: lr x lr_gamma every lr_step epochs
+    milestones = range(cfg.lr_step, cfg.epochs, cfg.lr_step)
+    schedule = common.step_schedule(optimizer, milestones, cfg.lr_gamma)
+    g = torch.Generator().manual_seed(cfg.seed)  # the batch order and the augmentation, on CPU
+    N = len(train_images)
+    B = cfg.batch_size
+    if N < B:  # no complete batch
+        raise UserError(f"--batch-size {B} is larger than the {N} training images")
+
+    first_epoch = 0
+    log = []  # OUT/<stage>/log.csv: a row per epoch
+    results = {}  # {metric: rank_metrics} after the last epoch
+    checkpoint = ckpt  # the last one written (or read)
+    if ckpt is not None:  # --resume: put back all that the checkpoint below holds
+        common.check_checkpoint(ckpt, last, "aaanet", ds.num_train_pids, "classifier.weight")
+        common.check_same_images(ckpt, last, cfg.root, N)
+        common.restore(ckpt, last, model, optimizer, schedule, g)
+        first_epoch = ckpt["epoch"]
+        log = ckpt["log"]
+        results = ckpt["results"]
+        common.write_log(out, log)  # in case the run was killed before writing it
+        if first_epoch < cfg.epochs:
+            print(f"{stage} resuming {last} at epoch {first_epoch + 1}", flush=True)
+    start_from = f"weights {cfg.weights}" if stage == "stage1" else f"from {cfg.init}"
+    print(f"{stage}: {N} training images of {ds.num_train_pids} identities at {cfg.height}x"
+          f"{cfg.width}, {N // B} batches of {B} per epoch, device {device}, {start_from}",
+          flush=True)
+
+    for epoch in range(first_epoch, cfg.epochs):
+        model.train()  # what stage 2 freezes stays in eval mode (`AAANet.freeze_for`)
+        lr = optimizer.param_groups[0]["lr"]
+        where = f"{stage} epoch {epoch + 1}/{cfg.epochs}"
+        progress = common.Progress(N // B, prefix=f"{where}  lr {lr:.0e}  ", where=where)
+        for x, y in epoch_batches(train_images, labels, g, cfg):
+            terms = training_step(model, optimizer, stage, x, y, cfg)
+            progress.update(len(y), terms)
+        schedule.step()
+        log.append({"epoch": epoch + 1, "lr": lr, **progress.summary()})
+
+        # the checkpoint: all that --resume needs to go on as if the run had never stopped
+        checkpoint = {
+            "paper": "aaanet",
+            "stage": stage,
+            "config": dataclasses.asdict(cfg),
+            "epoch": epoch + 1,  # epochs done
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": common.rng_state(),  # Python, numpy, torch (dropout) and CUDA
+            "aug_generator": g.get_state(),  # the batch order and data.augment's draws
+            "num_images": N,
+            "device_type": device.type,  # what --precision auto meant for this run
+            "log": log,
+            "results": {},
+        }
+        common.save_checkpoint(last, checkpoint)
+        common.write_log(out, log)
+        # best.pt: the epoch of lowest mean training loss (the datasets have no validation
+        # split; the paper reports its last epoch, last.pt)
+        if common.lowest_so_far(log, TOTAL_LOSS[stage]):
+            common.link_best(last)
+
+    if first_epoch == cfg.epochs:
+        print(f"{stage}: {last} already holds all {cfg.epochs} epochs; nothing left to train")
+    else:
+        print(f"wrote {last}; {os.path.join(out, 'best.pt')} is the epoch of lowest mean "
+              f"{TOTAL_LOSS[stage]}")
+    # Choice (not in the paper): no evaluation after stage 2, whose test feature is stage 1's
+    if evaluates and set(results) != set(cfg.eval_metrics):
+        # (also when a run stopped during this evaluation is resumed)
+        size = (cfg.height, cfg.width)
+        results = evaluate.evaluate_model(model, ds, size, device, cfg.eval_metrics,
+                                          images=images, precision=cfg.precision)
+        for metric, r in results.items():
+            log[-1][f"rank-1 {metric}"] = 100 * float(r["cmc"][0])
+            log[-1][f"mAP {metric}"] = 100 * float(r["mAP"])
+        checkpoint["results"] = common.saved_results(results)
+        common.save_checkpoint(last, checkpoint)
+        common.write_log(out, log)
+    if evaluates:
+        rows = {f"{stage} {metric}": r for metric, r in results.items()}
+        print(evaluate.format_table(rows, label="stage, metric"))
+    release()  # OUT/<stage>/.lock: another run may use the folder now
+    return model, results if evaluates else {}
+
+
+def model_from_checkpoint(ckpt, path="the checkpoint"):
+    """evaluate.py's hook: (model in eval(), (height, width)) from a checkpoint of any stage."""
+    common.check_checkpoint(ckpt, path, "aaanet")
+    try:
+        cfg = Config(**ckpt["config"])
+        num_classes = ckpt["model"]["classifier.weight"].shape[0]
+        model = AAANet(num_classes, cfg.point, cfg.dropout, cfg.attention_channels, "none",
+                       cfg.arch)
+        common.load_weights(model, ckpt["model"], path)
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a complete AAA-Net checkpoint (config and weights of "
+                        f"aaanet.py): {str(e).splitlines()[0]}") from None
+    return model.eval(), (cfg.height, cfg.width)
+
+
+# --- Config: the paper's settings as defaults (Sec. 4.2) ------------------------------------------
+
 METRICS = ("euclidean", "cosine", "xqda", "kissme")
 
 
@@ -100,31 +577,33 @@ class Config:
     skip_bad_files: bool = False  # warn about and drop images that do not parse or decode
 
 
-# The valid range of each numeric flag (`common.check_limits` names the first one outside it)
-LIMITS = dict(height="[32, inf)", width="[32, inf)", lr_step="[1, inf)", threshold="[0, 1)",
-              lambda1="[0, inf)", lambda2="[0, inf)", epochs="[1, inf)", lr_gamma="(0, 1]",
-              random_erasing="[0, 1]", seed="[0, 4294967295]", batch_size="[2, inf)", lr="(0, inf)",
-              momentum="[0, 1)", dropout="[0, 1)", grid="[1, inf)", pad="[0, inf)", omega="[0, 1)",
-              attention_channels="[1, inf)", occlusion_chunk="[0, inf)", weight_decay="[0, inf)")
-
-
 def resolve(cfg, stage):
     """The config with the stage's paper defaults filled in (Sec. 4.2: stage 1 lr 0.001 x0.1
     every 2 epochs, stages 2-3 lr 0.0001 x0.1 every 3; dropout 0.5 Market / 0.6 Duke), checked."""
-    lr = cfg.lr if cfg.lr is not None else (0.001 if stage == "stage1" else 0.0001)
-    lr_step = cfg.lr_step if cfg.lr_step is not None else (2 if stage == "stage1" else 3)
-    # Choice (not in the paper): 0.5 for the datasets the paper does not train on
-    dropout = cfg.dropout if cfg.dropout is not None else (0.6 if cfg.dataset == "duke" else 0.5)
+    lr = cfg.lr
+    if lr is None:
+        lr = 0.001 if stage == "stage1" else 0.0001
+    lr_step = cfg.lr_step
+    if lr_step is None:
+        lr_step = 2 if stage == "stage1" else 3
+    dropout = cfg.dropout
+    if dropout is None:
+        # Choice (not in the paper): 0.5 for the datasets the paper does not train on
+        dropout = 0.6 if cfg.dataset == "duke" else 0.5
     # the checkpoint this stage starts from; Table 4 ("without fine-tuning") skips stage 2
     previous = {"stage1": "", "stage2": "stage1",
                 "stage3": "stage1" if cfg.mask_source == "response" else "stage2"}[stage]
-    init = cfg.init or (os.path.join(cfg.out, previous, "last.pt") if previous else "")
+    init = cfg.init
+    if not init and previous:
+        init = os.path.join(cfg.out, previous, "last.pt")
     cfg = dataclasses.replace(cfg, lr=lr, lr_step=lr_step, dropout=dropout, init=init)
     if not cfg.root:
         raise UserError("--root is required (python aaanet.py without arguments: the demo)")
     common.check_limits(cfg, LIMITS)
     # f_r's size: each stride-2 layer before the point halves the input, rounding up
-    h, w = (-(-n // 2 ** (POINTS.index(cfg.point) + 2)) for n in (cfg.height, cfg.width))
+    halvings = 2 ** (POINTS.index(cfg.point) + 2)
+    h = -(-cfg.height // halvings)
+    w = -(-cfg.width // halvings)
     if stage != "stage1" and cfg.grid > min(h, w):  # Algorithm 1's cells need a position each
         raise UserError(f"--grid {cfg.grid} is finer than f_r's {h}x{w} map (--point {cfg.point}, "
                         f"{cfg.height}x{cfg.width} inputs): give --grid {min(h, w)} or less")
@@ -134,373 +613,22 @@ def resolve(cfg, stage):
     return cfg
 
 
-# --- The network: the ResNet-50 baseline (Sec. 3.1) and the attention branch (Sec. 3.2) -----------
-class AAANet(nn.Module):
-    """ResNet-50 -> average pool (D: 2048) -> dropout -> FC (Sec. 3.1), cut at `point` to occlude
-    f_r, plus the attention branch (Sec. 3.2). forward(x), in eval() mode, is the test feature g:
-        x [B, 3, H, W] -> middle -> f_r [B, C, h, w] -> rest -> g [B, D] -> FC -> [B, N]
-                                    f_r -> attention_map -> M_att [B, h, w]"""
+# The valid range of each numeric flag (`common.check_limits` names the first one outside it)
+LIMITS = dict(height="[32, inf)", width="[32, inf)", lr_step="[1, inf)", threshold="[0, 1)",
+              lambda1="[0, inf)", lambda2="[0, inf)", epochs="[1, inf)", lr_gamma="(0, 1]",
+              random_erasing="[0, 1]", seed="[0, 4294967295]", batch_size="[2, inf)", lr="(0, inf)",
+              momentum="[0, 1)", dropout="[0, 1)", grid="[1, inf)", pad="[0, inf)", omega="[0, 1)",
+              attention_channels="[1, inf)", occlusion_chunk="[0, inf)", weight_decay="[0, inf)")
 
-    def __init__(self, num_classes, point="conv3_x", dropout=0.5, attention_channels=64,
-                 weights="imagenet", arch="resnet50"):
-        super().__init__()
-        self.frozen = False  # stage 2 (`freeze_for`)
-        if point not in POINTS:
-            raise UserError(f"--point {point!r}: expected one of {', '.join(POINTS)}")
-        # Choice (not in the paper): ResNet-50's own last stride 2 (the paper names no change)
-        self.backbone = common.Backbone(weights, last_stride=2, arch=arch)
-        self.point = common.PAPER_STAGE_NAMES[point]  # torchvision's name: conv3_x -> layer2
-        self.after = common.STAGES[common.STAGES.index(self.point) + 1:]  # none after conv5_x
-        self.dropout = nn.Dropout(dropout)  # Sec. 4.2: 0.5 Market1501, 0.6 DukeMTMC-reID
-        self.classifier = nn.Linear(self.backbone.channels["layer4"], num_classes)  # D
-        # Choice (not in the paper): N(0, 0.001^2) weights, zero bias, as the IDE baseline
-        nn.init.normal_(self.classifier.weight, std=0.001)
-        nn.init.zeros_(self.classifier.bias)
-        # Choice (not in the paper): Sec. 3.2's "several stacked convolutional layers": 1x1 C -> a
-        # (~1% of ResNet-50's FLOPs), 3x3 for the neighbours, 1x1 -> raw M_att (Eq. (2) clamps at 0)
-        C, a = self.backbone.channels[self.point], attention_channels
-        self.attention = nn.Sequential(
-            nn.Conv2d(C, a, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
-            nn.Conv2d(a, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
-            nn.Conv2d(a, 1, 1))
-
-    def middle(self, x):
-        """f_r: "the convolutional modules in the baseline network" up to `point` (Sec. 3.2)."""
-        return self.backbone.run(x, "conv1", self.point)
-
-    def rest(self, f):
-        """The stages after the middle layer, then average pooling: [B, C, h, w] -> [B, D]."""
-        return (self.backbone.run(f, self.after[0]) if self.after else f).mean(dim=(2, 3))
-
-    def logits_from_middle(self, f):
-        """Identity scores of (possibly occluded) middle-layer maps: [B, C, h, w] -> [B, N]."""
-        return self.classifier(self.dropout(self.rest(f)))
-
-    def attention_map(self, f_r):
-        """M_att [B, h, w]: the attention branch on f_r, raw (unbounded), at f_r's resolution."""
-        return self.attention(f_r)[:, 0]  # [B, 1, h, w] -> [B, h, w]
-
-    def forward(self, x):
-        return self.rest(self.middle(x))
-
-    def freeze_for(self, stage):
-        """What each stage trains; returns its parameters for SGD. stage1: the baseline. stage2: the
-        attention branch (Algorithm 1 step 5); the rest ("fixed in the backward stage", Sec. 3.2):
-        no gradient, eval mode (`train`). stage3: "the entire network" (Algorithm 2 step 4)."""
-        self.frozen = stage == "stage2"
-        for part in (self.backbone, self.classifier):
-            part.requires_grad_(not self.frozen)
-        self.train(self.training)
-        return (list(self.backbone.parameters()) + list(self.classifier.parameters())
-                if stage == "stage1" else [p for p in self.parameters() if p.requires_grad])
-
-    def train(self, mode=True):
-        """nn.Module.train, except that what stage 2 freezes stays in eval mode."""
-        super().train(mode)
-        for part in (self.backbone, self.dropout, self.classifier) if self.frozen else ():
-            part.eval()
-        return self
-
-
-# --- Algorithm 1, steps 1-4: the 16 occluded copies and the difficult sample ----------------------
-def grid_masks(H, W, grid=4, device=None):
-    """Algorithm 1's grid*grid masks [G, H, W] bool: mask k is 0 (occluded) on cell k (row
-    k // grid, column k % grid). Choice (not in the paper): row y in cell row floor(grid * y / H),
-    columns alike, so the cells tile any map (7 rows: 2, 2, 2, 1); with H < grid some are empty."""
-    # Algorithm 1 step 1: "divided equally into 16 with a square grid"
-    rows = torch.arange(H, device=device) * grid // H             # [H] cell row of each row
-    cols = torch.arange(W, device=device) * grid // W             # [W] cell column of each column
-    cell = rows[:, None] * grid + cols[None, :]                   # [H, W] cell of each position
-    # Algorithm 1 step 2: "each grid ... is occluded and reproduced in sequence"
-    return cell[None] != torch.arange(grid * grid, device=device)[:, None, None]  # [G, H, W]
-
-
-def grid_occlusions(f, grid=4):
-    """Algorithm 1 step 2: copy k of f [B, C, H, W] is f times mask k -> [B, G, C, H, W]."""
-    mask = grid_masks(*f.shape[-2:], grid, f.device).to(f.dtype)      # [G, H, W]
-    return f[:, None] * mask[None, :, None]                            # [B, G, C, H, W]
-
-
-def true_class_probability(logits, y):
-    """p: the softmax probability of the true class, [B, N] -> [B] (fp32 even under autocast)."""
-    return F.softmax(logits.float(), dim=1).gather(1, y[:, None])[:, 0]
-
-
-@torch.no_grad()
-def hardest_occlusion(logits_of, f_r, y, grid=4, chunk=0):
-    """Algorithm 1 steps 3-4 -> (hardest copy k [B], every copy's true-class probability p [B, G]);
-    logits_of: [n, C, h, w] -> [n, N]. The copies of `chunk` images (0: all) run as ONE batch,
-    without gradient: they only choose a target, so no activations are kept for a backward pass."""
-    B, G, p, chunk = len(f_r), grid * grid, [], chunk or len(f_r)
-    for start in range(0, B, chunk):  # one pass unless --occlusion-chunk asks for several
-        copies = grid_occlusions(f_r[start:start + chunk], grid)  # [b, G, C, H, W]
-        # Algorithm 1 step 3: "entered together into the classification network"
-        logits = logits_of(copies.flatten(0, 1))                  # [b*G, N], an image's adjacent
-        y_copies = y[start:start + chunk].repeat_interleave(G)    # [b*G] each label G times
-        p.append(true_class_probability(logits, y_copies).view(-1, G))  # [b*G] -> [b, G]
-    p = torch.cat(p)                                                   # [B, G]
-    return p.argmin(dim=1), p  # Algorithm 1 step 4: "the lowest classification probability"
-
-
-@torch.no_grad()
-def occlusion_map(f_r, k, grid=4, reading="response"):
-    """M_occ [B, h, w] of Eq. (2) from the difficult sample, copy k [B] of f_r [B, C, h, w].
-    response: channel-mean |f_occ| over its per-image maximum, 0 on the most discriminative cell
-    ("fit the feature response range", Sec. 3.2); binary: the difficult sample's 0-1 mask."""
-    mask = grid_masks(*f_r.shape[-2:], grid, f_r.device)[k].float()   # [B, H, W]
-    if reading == "binary":
-        return mask
-    # Choice (not in the paper): "response", the reading of "fit the feature response range"
-    response = (f_r.float() * mask[:, None]).abs().mean(dim=1)  # f_occ [B, C, H, W] -> [B, H, W]
-    return response / response.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-
-
-def occlusion_target(model, f_r, y, cfg):
-    """(M_occ [B, h, w], p of its copy [B]): the difficult sample (Algorithm 1 steps 1-4) through
-    the current network, without gradient. Choice (not in the paper): in eval mode, also in stage
-    3, so the 16B probe copies neither use nor move the BatchNorm statistics of the batch."""
-    was_training = model.training
-    k, p = hardest_occlusion(model.eval().logits_from_middle, f_r, y, cfg.grid, cfg.occlusion_chunk)
-    model.train(was_training)
-    return occlusion_map(f_r, k, cfg.grid, cfg.m_occ), p.gather(1, k[:, None])[:, 0]
-
-
-# --- Losses: Eq. (1)-(4) --------------------------------------------------------------------------
-def attention_loss(M_att, M_occ):
-    """L_att = || (max(M_att, 0) - M_occ) * M_att ||_1, Eq. (2), per image: [B, h, w] -> [B].
-    Choice (not in the paper): the L1 norm sums over the h*w positions (here and in Eq. (3)),
-    averaged over the batch by the callers. Its gradient moves M_att < 0 up to 0, 0 < M_att <
-    M_occ / 2 down to 0 and M_att > M_occ / 2 to M_occ: high attention follows M_occ."""
-    return ((M_att.float().clamp(min=0) - M_occ) * M_att.float()).abs().sum(dim=(1, 2))
-
-
-def regularization_loss(M_att, norm="sum"):
-    """L_r = log(1 + exp(-||M_att||_1)) = softplus(-x), Eq. (3), per image: [B, h, w] -> [B].
-    Its gradient, -sigmoid(-||M_att||_1) sign(M_att), lifts every |M_att| away from Eq. (2)'s
-    trivial minimum 0, but is < 1e-7 once ||M_att||_1 > ~17: 0 in float32 at the paper's 28x28."""
-    # Choice (not in the paper): norm="mean" (--l-r-norm): per position, an L_r that still acts
-    return F.softplus(-getattr(M_att.float().abs(), norm)(dim=(1, 2)))  # "sum": 0 at 28x28, grad 0
-
-
-def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
-    """Eq. (4), L1 = L_r (Eq. (3)), L2 = L_att (Eq. (2)), batch mean -> (loss, gate [B] 0/1):
-        L_i = lambda1 * L1_i + lambda2 * L2_i   if p_bf_i - p_af_i > omega,   0 otherwise
-
-    The gate is the "switchable gradient update" of Sec. 3.3: only samples whose true-class
-    probability the occlusion lowers by more than omega update the attention through this term."""
-    gate = ((p_bf - p_af).detach() > omega).float()  # [B], compares probabilities: no gradient
-    # Choice (not in the paper): the mean over all B samples, failing ones adding 0; with the gate
-    # shut for the whole batch, only SGD's weight decay and momentum move the attention branch
-    return (gate * (lambda1 * L_r + lambda2 * L_att)).mean(), gate
-
-
-# --- Algorithm 2, step 1: the 0-1 mask (1 = kept, 0 = occluded) -----------------------------------
-def attention_mask(M_att, threshold=0.5):
-    """Algorithm 2 step 1: the 0-1 attention mask, M_att [B, h, w] -> bool [B, h, w].
-    Choice (not in the paper): 0 (occluded) where A = `attention_weights(M_att)` > `threshold`,
-    the attended regions, as Fig. 4's "black mask", Sec. 4.5's "multiple parts of important
-    regions were occluded" and Table 4's "highest response" say; an all-zero map occludes none."""
-    return attention_weights(M_att) <= threshold
-
-
-def attention_weights(M_att):
-    """A [B, h, w] in [0, 1]: relu(M_att) min-max normalised per image, without gradient."""
-    A = M_att.detach().float().clamp(min=0)                            # relu(M_att)
-    lo, hi = A.amin(dim=(1, 2), keepdim=True), A.amax(dim=(1, 2), keepdim=True)
-    return (A - lo) / (hi - lo).clamp_min(1e-12)
-
-
-def occluded_maps(f_r, M_att, mask, occlude="features"):
-    """Algorithm 2 step 2: f_r * mask; "attention-aware": Sec. 3.3's f_r * A * mask, A [B, h, w]."""
-    # "integrated ... by an element-wise multiplication". Choice (not in the paper): A in [0, 1]
-    # (never amplifies f_r), no gradient: the attention learns by Eq. (4)'s switchable gate alone
-    kept = attention_weights(M_att) * mask if occlude == "attention-aware" else mask  # [B, h, w]
-    return f_r * kept[:, None].to(f_r.dtype)                           # [B, C, h, w]
-
-
-def response_mask(f_r):
-    """Table 4, "without fine-tuning": occlude "one-third of the feature map regions with the
-    highest response": bool [B, h, w], 0 on exactly round(h*w / 3) positions, 1 elsewhere.
-    Choice (not in the paper): the response is the channel mean of f_r; ties to the lower index."""
-    response = f_r.detach().float().mean(dim=1).flatten(1)             # [B, h*w]
-    order = response.argsort(dim=1, descending=True, stable=True)      # [B, h*w]
-    mask = torch.ones_like(response, dtype=torch.bool)
-    mask.scatter_(1, order[:, :round(response.shape[1] / 3)], False)
-    return mask.view_as(f_r[:, 0])                                     # [B, h*w] -> [B, h, w]
-
-
-# --- One training step per stage: each loss returns (total loss, {term: value} for the log) -------
-def stage1_loss(model, x, y, cfg):
-    """Sec. 3.1: the baseline, "a softmax classification loss function" on the identities."""
-    L_ce = common.cross_entropy(model.logits_from_middle(model.middle(x)), y)
-    return L_ce, {"L_ce": L_ce}
-
-
-def stage2_loss(model, x, y, cfg):
-    """Algorithm 1: the attention assignment network; only the attention branch learns."""
-    f_r = model.middle(x)  # the frozen baseline's middle-layer maps, no gradient (`freeze_for`)
-    M_occ, p_hard = occlusion_target(model, f_r, y, cfg)  # Algorithm 1 steps 1-4
-    M_att = model.attention_map(f_r)  # the part that learns (Algorithm 1 step 5)
-    L_att = attention_loss(M_att, M_occ).mean()  # the data term, Eq. (2)
-    L_r = regularization_loss(M_att, cfg.l_r_norm).mean()  # the regularisation term, Eq. (3)
-    L_adv = L_att + L_r  # Eq. (1)
-    return L_adv, {"L_adv": L_adv, "L_att": L_att, "L_r": L_r, "p_hard": p_hard.mean()}
-
-
-def stage3_loss(model, x, y, cfg):
-    """Algorithm 2: the attention-aware adversarial network; the entire network learns."""
-    f_r = model.middle(x)  # with gradient, as M_att
-    M_att = model.attention_map(f_r)
-    # Algorithm 2 step 1: the 0-1 attention mask, 0 on the attended positions (Table 4: response)
-    mask = (response_mask(f_r) if cfg.mask_source == "response"
-            else attention_mask(M_att, cfg.threshold))                 # [B, h, w]
-    # Algorithm 2 step 2: "the feature maps of the middle layer multiplied by the 0-1 mask"
-    f_af = occluded_maps(f_r, M_att, mask, cfg.occlude)  # [B, C, h, w] (attention-aware: Sec. 3.3)
-    # Algorithm 2 step 3: f_r and f_af through the classifier; p_bf, p_af: true-class probability
-    # Choice (not in the paper): one batch of 2B (BatchNorm sees both), p from it with dropout on
-    logits_bf, logits_af = model.logits_from_middle(torch.cat([f_r, f_af])).chunk(2)  # [B, N]
-    p_bf, p_af = true_class_probability(logits_bf, y), true_class_probability(logits_af, y)
-    # Algorithm 2 step 4: cross-entropy on both ("computed by the cross-entropy", Sec. 3.3) ...
-    L_ce_bf, L_ce_af = common.cross_entropy(logits_bf, y), common.cross_entropy(logits_af, y)
-    M_occ, _ = occlusion_target(model, f_r, y, cfg)  # ... and Eq. (4); M_occ as in stage 2
-    L_r, L_att = regularization_loss(M_att, cfg.l_r_norm), attention_loss(M_att, M_occ)
-    L_gate, gate = adversarial_loss(L_r, L_att, p_bf, p_af, cfg.lambda1, cfg.lambda2, cfg.omega)
-    L = L_ce_bf + L_ce_af + L_gate
-    return L, {"L": L, "L_ce_bf": L_ce_bf, "L_ce_af": L_ce_af, "L_gate": L_gate,
-               "L_att": L_att.mean(), "L_r": L_r.mean(), "gate_pass": gate.mean(),
-               "p_bf": p_bf.mean(), "p_af": p_af.mean(), "occluded": (~mask).float().mean()}
-
-
-def training_step(model, optimizer, stage, x, y, cfg):
-    """One SGD step of `stage` on a batch; returns the loss terms (tensors) for the log."""
-    stage_loss = {"stage1": stage1_loss, "stage2": stage2_loss, "stage3": stage3_loss}[stage]
-    with common.autocast(x.device, cfg.precision):  # auto: bf16 on CUDA, fp32 on the CPU
-        loss, terms = stage_loss(model, x, y, cfg)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return terms
-
-
-# --- Training a stage: data, the previous stage's weights, SGD, a checkpoint every epoch ----------
-def load_init(model, cfg, stage, num_classes):
-    """Start `stage` from `cfg.init`: the baseline ("fine-tuned by the common layers", Sec. 3.2)
-    and stage 2's attention branch, else random ("the rest ... initialized randomly")."""
-    ckpt, path = common.load_checkpoint(cfg.init), f"--init {cfg.init}"
-    common.check_checkpoint(ckpt, path, "aaanet", num_classes, "classifier.weight")
-    # stage 2 follows stage 1; stage 3 follows stage 2, or stage 1 for Table 4's variant
-    expected = "stage1" if stage == "stage2" or cfg.mask_source == "response" else "stage2"
-    if ckpt.get("stage") != expected:
-        hint = (" (stage 3 from stage 1 is Table 4's variant: add --mask-source response)"
-                if stage == "stage3" and ckpt.get("stage") == "stage1" else "")
-        raise UserError(f"{path} is a {ckpt.get('stage')} checkpoint; {stage} starts from "
-                        f"{expected}{hint}")
-    # what the stage inherits must match --init: the input size; stage 2's branch and target
-    same = ("height", "width", "arch") + (("point", "attention_channels", "grid", "m_occ")
-                                          if expected == "stage2" else ())
-    was = {k: ckpt["config"].get(k, getattr(Config, k)) for k in same}  # missing: the default
-    differ = [f"--{k.replace('_', '-')} {was[k]}" for k in same if was[k] != getattr(cfg, k)]
-    if differ:
-        raise UserError(f"{path} was trained with {', '.join(differ)}; {stage} inherits them: "
-                        "pass the same values")
-    # Choice (not in the paper): Table 4's stage 3 from stage 1 keeps a fresh attention branch
-    state = {k: v for k, v in ckpt["model"].items()
-             if expected == "stage2" or not k.startswith("attention.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("attention.") for k in missing):
-        raise UserError(f"--init {cfg.init} does not fit the network: missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]}")
-
-
-def epoch_batches(images, labels, g, cfg):
-    """One epoch of augmented batches (data.train_batches), ordered by g up front, to replay."""
-    N, B = len(images), cfg.batch_size
-    # Choice (not in the paper): a shuffled pass, the last incomplete batch dropped
-    order = torch.randperm(N, generator=g)[:N // B * B].view(N // B, B)  # [steps, B] indices
-    yield from data.train_batches(images, labels, order.tolist(), g, pad=cfg.pad,
-                                  random_erasing=cfg.random_erasing)
-
-
-# Choice (not in the paper): the flags a resumed run may change; none changes the weights
+# The flags a resumed run may change: none of them changes the weights
 RESUME_MAY_DIFFER = ("resume", "device", "eval_metrics")
-TOTAL_LOSS = {"stage1": "L_ce", "stage2": "L_adv", "stage3": "L"}  # epoch mean chooses best.pt
 
 
-def train_stage(cfg, stage, ds=None, images=None):
-    """Train one stage (Sec. 4.2; checkpoints, --resume, signals: common.TrainingRun) -> (model,
-    {metric: results}, or None if a signal stopped it); ds, images: a dataset, a cache to reuse."""
-    cfg = resolve(cfg, stage)
-    device = common.pick_device(cfg.device)
-    run = common.TrainingRun("aaanet", cfg, os.path.join(cfg.out, stage), RESUME_MAY_DIFFER,
-                             device, loss=TOTAL_LOSS[stage], label=f"{stage} ", stage=stage)
-    common.seed_everything(cfg.seed)  # the same seed draws the same weights and batches
-    ds = ds or data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
-    if stage != "stage2" and cfg.eval_metrics:  # the evaluation's need, before training
-        evaluate.check_true_matches(ds)
-    # the network before the images: missing ImageNet weights or a wrong --init fail at once
-    model = AAANet(ds.num_train_pids, cfg.point, cfg.dropout, cfg.attention_channels,
-                   cfg.weights if stage == "stage1" else "none", cfg.arch)
-    if run.state is None and stage != "stage1":
-        load_init(model, cfg, stage, ds.num_train_pids)  # a resumed run reads last.pt instead
-    model = common.prepare_model(model, device)
-    images = {} if images is None else images
-    if "train" not in images:  # decoded once; on a GPU the cache lives there
-        images["train"] = data.load_images(ds.train.paths, cfg.height, cfg.width, desc="train")
-    train_images, labels = images["train"].to(device), torch.as_tensor(ds.train.pids).to(device)
-    optimizer = common.make_sgd(model.freeze_for(stage), cfg.lr, cfg.momentum, cfg.weight_decay)
-    schedule = common.step_schedule(optimizer, range(cfg.lr_step, cfg.epochs, cfg.lr_step),
-                                    cfg.lr_gamma)  # Sec. 4.2: lr x lr_gamma every lr_step epochs
-    g = torch.Generator().manual_seed(cfg.seed)  # the batch order and the augmentation, on CPU
-    N, B = len(train_images), cfg.batch_size
-    if N < B:  # no complete batch
-        raise UserError(f"--batch-size {B} is larger than the {N} training images")
-    first = run.start(model, optimizer, schedule, g, N, ds.num_train_pids, "classifier.weight")
-    print(f"{stage}: {N} training images of {ds.num_train_pids} identities at {cfg.height}x"
-          f"{cfg.width}, {N // B} batches of {B} per epoch, device {device}, "
-          + (f"weights {cfg.weights}" if stage == "stage1" else f"from {cfg.init}"), flush=True)
-    with run:  # SIGINT / SIGTERM: the step finishes, last.pt is written, the stage stops
-        for epoch in range(first, cfg.epochs):
-            model.train()  # what stage 2 freezes stays in eval mode (`AAANet.freeze_for`)
-            for x, y in run.epoch(epoch, epoch_batches(train_images, labels, g, cfg), N // B):
-                run.log(len(y), training_step(model, optimizer, stage, x, y, cfg))
-            if run.stopped:  # a signal: last.pt holds this epoch's steps so far
-                return model, None
-            schedule.step()
-            if not run.end_epoch():
-                return model, None
-        print(f"{stage}: {run.last} already holds all {cfg.epochs} epochs; nothing left to train"
-              if first == cfg.epochs else f"wrote {run.last}; {run.best} is the epoch of lowest "
-              f"mean {TOTAL_LOSS[stage]}")
-        # Choice (not in the paper): no evaluation after stage 2, whose test feature is stage 1's
-        if stage == "stage2" or not cfg.eval_metrics:
-            return model, {}
-        results = evaluate.evaluate_model(model, ds, (cfg.height, cfg.width), device,
-                                          cfg.eval_metrics, images=images, precision=cfg.precision)
-        if first < cfg.epochs:  # the last epoch's log.csv row (and last.pt) get the scores
-            run.save_results(results)
-    print(evaluate.format_table({f"{stage} {m}": r for m, r in results.items()},
-                                label="stage, metric"))
-    return model, results
+# --- The demo: the three stages on the synthetic data, minutes on 2 CPU cores ---------------------
 
-
-def model_from_checkpoint(ckpt, path="the checkpoint"):
-    """evaluate.py's hook: (model in eval(), (height, width)) from a checkpoint of any stage."""
-    common.check_checkpoint(ckpt, path, "aaanet")
-    try:
-        cfg = Config(**ckpt["config"])
-        N = ckpt["model"]["classifier.weight"].shape[0]  # no "arch" (older): ResNet-50
-        model = AAANet(N, cfg.point, cfg.dropout, cfg.attention_channels, "none", cfg.arch)
-        common.load_weights(model, ckpt["model"], path)
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a complete AAA-Net checkpoint (config and weights of "
-                        f"aaanet.py): {str(e).splitlines()[0]}") from None
-    return model.eval(), (cfg.height, cfg.width)
-
-
-# --- The demo: the three stages on the synthetic data, CPU-sized ----------------------------------
-# Choice (not in the paper): the demo's sizes, minutes on 2 CPU cores: a random ResNet-18 (no
-# ImageNet file offline) at 64x32 (f_r 8x4 after conv3_x, grid cells 2x1), the padding scaled down,
-# lrs for random weights: 10x the paper's (stage 2 at 0.01 diverged after conv2_x: L_att inf).
+# A random ResNet-18 (no ImageNet file offline) at 64x32 (f_r 8x4 after conv3_x, grid cells 2x1),
+# the padding scaled down, lrs for random weights: 10x the paper's (stage 2 at 0.01 diverged after
+# conv2_x: L_att went to inf)
 DEMO = dict(dataset="synthetic", height=64, width=32, pad=3, weights="none", arch="resnet18",
             batch_size=32, dropout=0.5, eval_metrics=())  # the demo evaluates, into one table
 DEMO_METRICS = ("euclidean", "xqda", "kissme")
@@ -509,41 +637,48 @@ DEMO_STAGES = {"stage1": dict(epochs=15, lr=0.01, lr_step=12),
                "stage3": dict(epochs=2, lr=0.001, lr_step=2)}
 
 
-def demo(argv):
+def demo_parser():
+    """The demo's flags: a few of Config's, with the demo's defaults."""
+    parser = argparse.ArgumentParser(prog="aaanet.py demo", description=demo.__doc__)
+    flags = ("out", "seed", "device", "precision", "resume", "arch")
+    defaults = dict(out="runs/aaanet_demo", arch=DEMO["arch"])
+    return common.add_config_args(parser, Config, only=flags, defaults=defaults)
+
+
+def demo(args):
     """python aaanet.py [demo]: the three stages on data/synthetic, then one table of the
     untrained network, stage 1 and stage 3 under Euclidean, XQDA and KISSME, as Tables 3-5.
     --resume: complete stages are loaded, the first incomplete one resumed, the rest run anew."""
-    p = argparse.ArgumentParser(prog="aaanet.py demo", description=demo.__doc__)
-    args = common.add_config_args(p, Config, only=("out", "seed", "device", "precision", "resume",
-                                  "arch"), defaults=dict(out="runs/aaanet_demo", arch=DEMO["arch"]))
-    args = args.parse_args(argv)
-    start, root = time.time(), data.ensure_synthetic()
+    start = time.time()
+    root = data.demo_dataset()
     ds = data.load_dataset(root, "synthetic")
     base = Config(root=root, **{**DEMO, **vars(args)})  # args: the flags above
     resolve(base, "stage1")  # the flags (--seed) checked before any work
-    device, size, images = common.pick_device(args.device), (base.height, base.width), {}
+    device = common.pick_device(args.device)
+    size = (base.height, base.width)
+    images = {}  # the decoded images, shared by the stages and the evaluations
+    stages = ", ".join(f"{s} {v['epochs']} epochs lr {v['lr']}" for s, v in DEMO_STAGES.items())
     print(f"demo: {base.arch}, weights {base.weights} (no ImageNet download), {size[0]}x"
-          f"{size[1]} inputs, "
-          f"batch {base.batch_size}, " + ", ".join(f"{s} {v['epochs']} epochs lr {v['lr']}"
-                                                  for s, v in DEMO_STAGES.items()))
+          f"{size[1]} inputs, batch {base.batch_size}, {stages}")
 
     def score(model):  # one row per metric
         return evaluate.evaluate_model(model.to(device), ds, size, device, DEMO_METRICS,
                                        images=images, precision=args.precision)
     common.seed_everything(args.seed)  # the untrained network: the weights stage 1 starts from
-    results = {"untrained": score(AAANet(ds.num_train_pids, base.point, base.dropout,
-                                         base.attention_channels, "none", base.arch))}
+    untrained = AAANet(ds.num_train_pids, base.point, base.dropout, base.attention_channels,
+                       "none", base.arch)
+    results = {"untrained": score(untrained)}
     resuming = args.resume  # stays True while every stage so far was complete in OUT
     for stage in STAGE_NAMES:
         cfg = dataclasses.replace(base, **DEMO_STAGES[stage])
         last = os.path.join(args.out, stage, "last.pt")
         resume = resuming and os.path.isfile(last)
-        ckpt = common.load_checkpoint(last) if resume else None
         # a complete stage is loaded, not trained; after an incomplete one the rest start anew
-        resuming = resume and isinstance(ckpt, dict) and ckpt.get("epoch") == cfg.epochs
-        model, done = train_stage(dataclasses.replace(cfg, resume=resume), stage, ds, images)
-        if done is None:  # stopped by a signal: last.pt written, resume printed
-            return None
+        if resume:
+            resuming = common.load_checkpoint(last).get("epoch") == cfg.epochs
+        else:
+            resuming = False
+        model, _ = train_stage(dataclasses.replace(cfg, resume=resume), stage, ds, images)
         if stage != "stage2":  # stage 2 leaves the test feature as it was
             results[stage] = score(model)
     rows = {f"{name} {metric}": r for name, by_metric in results.items()
@@ -553,97 +688,92 @@ def demo(argv):
     return results
 
 
-# --- Tables 3-5 in miniature: `python aaanet.py compare [--seeds N]` ------------------------------
+# --- Tables 3-5 in miniature: the rows of `python tools.py compare aaanet` ------------------------
+
 # (row, (its stages, its settings over the demo's), its cost in stage-1 runs). A row that does
-# not train stage 1 starts from the "Stage 1" row's run of its seed, which runs first.
-# Choice (not in the paper): Table 3's conv4_x point with a 2 x 2 grid and no conv5_x row: at the
-# demo's 64x32 inputs f_r is 4x2 after conv4_x and 2x1 after conv5_x, too small for a 4 x 4 grid
-COMPARE = [("Stage 1", (["stage1"], {}), 1), ("Stage 3", (["stage2", "stage3"], {}), 0.8),
+# not train stage 1 starts from the "Stage 1" row's run of its seed, which runs first. Table 3's
+# conv4_x point gets a 2 x 2 grid and conv5_x no row: at the demo's 64x32 inputs f_r is 4x2 after
+# conv4_x and 2x1 after conv5_x, too small for a 4 x 4 grid
+COMPARE = [("Stage 1", (["stage1"], {}), 1),
+           ("Stage 3", (["stage2", "stage3"], {}), 0.8),
            ("without stage 2", (["stage3"], dict(mask_source="response")), 0.6),
            ("random erasing", (["stage1"], dict(random_erasing=0.5)), 1),
            ("conv2_x", (["stage2", "stage3"], dict(point="conv2_x")), 1.1),
            ("conv4_x, 2x2 grid", (["stage2", "stage3"], dict(point="conv4_x", grid=2)), 0.6)]
-CLAIMS = [("Stage 3", "Stage 1", "Tables 3-5"), ("Stage 3", "without stage 2", "Table 4"),
-          ("without stage 2", "Stage 1", "Table 4"), ("Stage 3", "random erasing", "Table 5"),
-          ("random erasing", "Stage 1", "Table 5"), ("Stage 3", "conv2_x", "Table 3"),
-          ("conv2_x", "Stage 1", "Table 3"), ("conv4_x, 2x2 grid", "Stage 1", "Table 3")]
+# (better, worse, where the paper says so)
+CLAIMS = [("Stage 3", "Stage 1", "Tables 3-5"),
+          ("Stage 3", "without stage 2", "Table 4"),
+          ("without stage 2", "Stage 1", "Table 4"),
+          ("Stage 3", "random erasing", "Table 5"),
+          ("random erasing", "Stage 1", "Table 5"),
+          ("Stage 3", "conv2_x", "Table 3"),
+          ("conv2_x", "Stage 1", "Table 3"),
+          ("conv4_x, 2x2 grid", "Stage 1", "Table 3")]
 
 
-def compare(argv):
-    """python aaanet.py compare [--seeds N]: stage 1 (the baseline), stage 3, Table 4's stage 3
-    without stage 2, Table 5's baseline with random erasing and Table 3's occlusion points, each
-    trained as the demo with seeds 0..N-1; mean ± sd of rank-1 and mAP under Euclidean, XQDA and
-    KISSME, and each ordering the paper claims with whether it holds here. Resumable."""
-    loaded = {}  # the dataset and its decoded images, shared by all runs
-
-    def train_row(spec, seed, out, device, resume):  # one row's stages; None if a signal stopped
-        (stages, settings), shared = spec, os.path.join(os.path.dirname(os.path.dirname(out)),
-                                                        "Stage_1", f"seed{seed}", "stage1")
-        if not loaded:
-            loaded.update(root=data.ensure_synthetic(), images={})
-            loaded["ds"] = data.load_dataset(loaded["root"], "synthetic")
-        base = Config(root=loaded["root"], **DEMO, **settings, seed=seed, device=device, out=out)
-        for stage in stages:
-            cfg = dataclasses.replace(
-                base, **DEMO_STAGES[stage], resume=resume and os.path.isfile(
-                    os.path.join(out, stage, "last.pt")),
-                init=os.path.join(shared, "last.pt") if stage == stages[0] != "stage1" else "",
-                eval_metrics=DEMO_METRICS if stage == stages[-1] else ())
-            results = train_stage(cfg, stage, loaded["ds"], loaded["images"])[1]
-            if results is None:
-                return None
-        return results
-    return evaluate.compare_command(argv, "aaanet.py compare", compare.__doc__,
-                                    os.path.join("runs", "aaanet_compare"),
-                                    "AAA-Net, Tables 3-5 in miniature", COMPARE, CLAIMS, train_row,
-                                    DEMO_METRICS)
-
-
-# --- Fig. 4: images, their attention maps, the occluded regions drawn black -----------------------
-def figure(argv):
-    """python aaanet.py figure --checkpoint C --out F.png: like Fig. 4, three rows of N images:
-    the inputs, their attention maps over them, and the inputs with the occluded region black.
-    C: a stage-2 or stage-3 checkpoint (stage 3 of Table 4's variant draws its response mask)."""
-    args, device, ((path, ckpt),), images = evaluate.figure_inputs(
-        argv, "aaanet.py figure", figure.__doc__, "aaanet", "aaanet_fig4.png")
-    (model, (H, W)), cfg = model_from_checkpoint(ckpt, path), Config(**ckpt["config"])
-    if ckpt.get("stage") == "stage1":
-        raise UserError(f"{path} is a stage-1 checkpoint: its attention branch is untrained "
-                        "(draw a stage-2 or stage-3 checkpoint)")
-    with torch.no_grad(), common.autocast(device, evaluate.trained_precision(ckpt)):
-        f_r = model.to(device).middle(data.normalize(data.to_device(images, device)))
-        M_att = model.attention_map(f_r)
-        mask = (response_mask(f_r) if cfg.mask_source == "response"
-                else attention_mask(M_att, cfg.threshold))             # [n, h, w], 0 = occluded
-    # the map that chose the mask, relu(M_att) or Table 4's response; the mask upsampled, nearest
-    shown = f_r.float().mean(dim=1) if cfg.mask_source == "response" else M_att.float().relu()
-    kept = F.interpolate(mask[:, None].float().cpu(), size=(H, W), mode="nearest").bool()
-    rows = [list(images), list(evaluate.heat_overlay(images, shown)), list(images * kept)]
-    evaluate.save_image_grid(args.out, rows)
-    print(f"wrote {args.out}: {len(images)} {args.split} images, their attention and the "
-          f"occluded regions ({100 * (~mask).float().mean():.0f}% of the positions)")
+def compare_run(spec, seed, out, device, resume, loaded):
+    """One run of the compare: a row's stages (spec = (stages, settings)) trained as the demo's in
+    folder `out` (each resumed from its last.pt if `resume` and there is one) -> {metric:
+    rank_metrics} of its last stage. `loaded`: a dict shared by the compare's runs, filled here
+    with the dataset and its decoded images, so they are read once."""
+    stages, settings = spec
+    # the "Stage 1" row's run of this seed: OUT/Stage_1/seed<seed>/stage1, beside OUT/<row>/...
+    row_folders = os.path.dirname(os.path.dirname(out))
+    shared = os.path.join(row_folders, "Stage_1", f"seed{seed}", "stage1", "last.pt")
+    if not loaded:
+        loaded["root"] = data.demo_dataset()
+        loaded["ds"] = data.load_dataset(loaded["root"], "synthetic")
+        loaded["images"] = {}
+    base = Config(root=loaded["root"], **DEMO, **settings, seed=seed, device=device, out=out)
+    results = {}
+    for stage in stages:
+        resume_stage = resume and os.path.isfile(os.path.join(out, stage, "last.pt"))
+        init = ""
+        if stage == stages[0] and stage != "stage1":
+            init = shared
+        metrics = DEMO_METRICS if stage == stages[-1] else ()
+        cfg = dataclasses.replace(base, **DEMO_STAGES[stage], resume=resume_stage, init=init,
+                                  eval_metrics=metrics)
+        _, results = train_stage(cfg, stage, loaded["ds"], loaded["images"])
+    return results
 
 
 # --- Command line ---------------------------------------------------------------------------------
+
 def run(argv):
-    """python aaanet.py [stage1|stage2|stage3|figure|compare|demo] [flags]; no command: the demo."""
-    command, rest = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else ("demo", argv)
-    if command in STAGE_NAMES:
-        p = argparse.ArgumentParser(prog=f"aaanet.py {command}", description=f"Train AAA-Net's "
-                                    f"{command} (defaults: the paper's, Sec. 4.2).")
-        args = common.add_config_args(p, Config).parse_args(rest)
-        return train_stage(common.config_from_args(Config, args), command)
-    if command not in COMMANDS:
+    """python aaanet.py [stage1|stage2|stage3|demo] [flags]; no command: the demo. Returns what
+    the command returns; None if Ctrl-C or SIGTERM stopped it (the resume command is printed)."""
+    command = "demo"
+    rest = argv
+    if argv and not argv[0].startswith("-"):
+        command = argv[0]
+        rest = argv[1:]
+    if command not in (*STAGE_NAMES, "demo"):
         raise UserError(f"unknown command {command!r}; expected one of {', '.join(STAGE_NAMES)}, "
-                        "figure, compare, demo (or nothing: the demo)")
-    return COMMANDS[command](rest)
+                        "demo (or nothing: the demo). Fig. 4 and Tables 3-5 in miniature: "
+                        "python tools.py figure aaanet, python tools.py compare aaanet")
+    if command == "demo":
+        args = demo_parser().parse_args(rest)
+        folder = args.out
+    else:
+        parser = argparse.ArgumentParser(prog=f"aaanet.py {command}", description=f"Train "
+                                         f"AAA-Net's {command} (defaults: the paper's, Sec. 4.2).")
+        args = common.add_config_args(parser, Config).parse_args(rest)
+        folder = os.path.join(args.out, command)
+    common.stop_on_sigterm()
+    try:
+        if command == "demo":
+            return demo(args)
+        return train_stage(common.config_from_args(Config, args), command)
+    except KeyboardInterrupt as stop:
+        common.report_stop(stop, folder)
+        return None
 
 
-COMMANDS = {"demo": demo, "figure": figure, "compare": compare}
-
-
-def main(argv=None):  # a UserError becomes `error: ...` and exit status 2
-    return common.exit_on_user_error(run, list(sys.argv[1:] if argv is None else argv))
+def main(argv=None):
+    """`python aaanet.py ...`; a UserError becomes `error: ...` and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return common.exit_on_user_error(run, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import data  # noqa: E402  (needs the sys.path line above)
+import common  # noqa: E402  (needs the sys.path line above)
+import data  # noqa: E402
+import synthetic  # noqa: E402
 
 
 def pytest_configure(config):
@@ -88,7 +90,7 @@ def synthetic_sizes():
 def synthetic_root(tmp_path_factory):
     """Folder holding bounding_box_train / query / bounding_box_test of SYNTHETIC_SIZES; read it
     with data.load_dataset(synthetic_root, "synthetic")."""
-    return data.make_synthetic(str(tmp_path_factory.mktemp("synthetic")), **SYNTHETIC_SIZES)
+    return synthetic.make_synthetic(str(tmp_path_factory.mktemp("synthetic")), **SYNTHETIC_SIZES)
 
 
 def run_python(*argv, env=None):
@@ -129,3 +131,35 @@ def stopping_step(*args):
 sys.argv[0] = "{module}.py"
 common.exit_on_user_error({module}.main)
 """
+
+
+def pool_model():
+    """A stand-in network: a 4 x 2 average pool, 24-d features from any image size."""
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d((4, 2)), torch.nn.Flatten())
+
+
+@pytest.fixture
+def pool_weights(monkeypatch):
+    """--weights none builds a 4 x 2 average pool (24-d features, any input size): the commands
+    run end to end in a second. Returns the flags that choose it."""
+    pool = pool_model()
+    monkeypatch.setattr(common, "Backbone", lambda weights, last_stride: pool)
+    return ["--weights", "none", "--height", "64", "--width", "32", "--device", "cpu"]
+
+
+def pooled(paths):
+    """The stand-in's features of image files, computed here step by step: decode at 64 x 32,
+    normalise, average each 16 x 16 block of each channel."""
+    x = data.normalize(data.load_images(paths, 64, 32, quiet=True))
+    return torch.nn.functional.adaptive_avg_pool2d(x, (4, 2)).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A plain random ResNet-50 saved as a "backbone" checkpoint of 64x32 inputs."""
+    path = str(tmp_path_factory.mktemp("ckpt") / "backbone.pt")
+    torch.manual_seed(0)
+    model = common.Backbone(weights="none")
+    common.save_checkpoint(path, {"paper": "backbone", "model": model.state_dict(),
+                                  "config": {"height": 64, "width": 32, "last_stride": 2}})
+    return path

@@ -17,7 +17,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import aea
 import common
@@ -192,15 +191,13 @@ def test_resnet18_feature_sizes():
         assert (f.shape, v.shape, M_l.shape) == ((2, 2560), (2, 8), (2, 64, H // 4, W // 4))
         assert model.basic(x, "conv5_x")[2].shape == (2, 512, H // 16, W // 16)  # stride 1
         assert model(x).shape == (2, 5120)
-    # its checkpoint is rebuilt as ResNet-18; one older than --arch (and with the removed
-    # b4_basic_epochs) as the default ResNet-50
+    # its checkpoint is rebuilt as ResNet-18, a Baseline 1 ResNet-50's as ResNet-50
     config = dataclasses.asdict(aea.AEAConfig(arch="resnet18"))
     ckpt = {"paper": "aea", "model": model.state_dict(), "config": config}
     assert aea.model_from_checkpoint(ckpt)[0].basic.backbone.channels["layer4"] == 512
     common.seed_everything(0)
     ckpt["model"] = aea.AEA(8, "b1", "none").state_dict()
-    ckpt["config"] = dict({k: v for k, v in config.items() if k != "arch"}, variant="b1",
-                          b4_basic_epochs=40)
+    ckpt["config"] = dict(config, arch="resnet50", variant="b1")
     assert aea.model_from_checkpoint(ckpt)[0].basic.FC_1[0].in_features == 2048
 
 
@@ -496,10 +493,6 @@ def test_checkpoint_of_another_paper_or_unfitting_weights_is_refused(tmp_path):
     with pytest.raises(UserError,
                        match="is an AAA-Net stage1 checkpoint .*; expected an AEA checkpoint"):
         aea.model_from_checkpoint(common.load_checkpoint(other), other)
-    with pytest.raises(UserError, match=f"{other} is an AAA-Net stage1 checkpoint"):
-        aea.figure(["--checkpoint", other])
-    with pytest.raises(UserError, match="does not exist"):
-        aea.figure(["--checkpoint", str(tmp_path / "missing.pt")])
     # an AEA file whose weights do not fit the network its config and identity count describe
     # (FC_2 with 4 rows, the rest missing): a UserError naming it
     bad = {"paper": "aea", "config": dataclasses.asdict(aea.AEAConfig()),
@@ -530,10 +523,10 @@ def test_config_refuses_an_R_that_erases_nothing_and_a_seed_numpy_refuses():
 
 
 # -----------------------------------------------------------------------------
-# End to end: train -> checkpoint -> evaluate.py reloads it -> the figure
+# End to end: train -> checkpoint -> evaluate.py reloads it
 
 @pytest.mark.slow
-def test_train_checkpoint_reload_evaluate_and_figure(synthetic_root, tmp_path, capsys):
+def test_train_checkpoint_reload_evaluate(synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
     results = aea.main(["--root", synthetic_root, "--dataset", "synthetic",
                         "--height", str(H), "--width", str(W), "--epochs", "2",
@@ -557,8 +550,6 @@ def test_train_checkpoint_reload_evaluate_and_figure(synthetic_root, tmp_path, c
         ("1", True, True), ("2", False, False)]
     assert float(log[1]["rank-1 euclidean"]) == pytest.approx(100 * results["epoch 2"]["cmc"][0])
     assert ckpt["log"][1]["mAP euclidean"] == pytest.approx(100 * results["epoch 2"]["mAP"])
-    with Image.open(out / "curves.png") as im:  # L_I1, L_I2, L_T, L, rank-1, mAP: 3 x 2 panels
-        assert im.size == (3 * 4 * 80, 2 * 3 * 80)
     # evaluate.py dispatches to aea.model_from_checkpoint and scores the 5120-d feature
     again = evaluate.main(["--checkpoint", str(out / "last.pt"), "--root", synthetic_root,
                            "--dataset", "synthetic", "--device", "cpu"])
@@ -568,12 +559,9 @@ def test_train_checkpoint_reload_evaluate_and_figure(synthetic_root, tmp_path, c
     assert size == (H, W) and not model.training
     with torch.no_grad():
         assert model(torch.randn(2, 3, H, W)).shape == (2, 5120)
-    # the figure: 3 images; rows = images + (attention, erased) per checkpoint = 5 rows
-    png = tmp_path / "fig.png"
-    aea.figure(["--checkpoint", str(out / "epoch_1.pt"), str(out / "last.pt"), "--num", "3",
-                "--out", str(png), "--device", "cpu"])
-    with Image.open(png) as im:
-        assert im.size == (3 * (W + 2), 5 * (H + 2))
+    # the folder is free again, and holds the run's files only
+    assert sorted(os.listdir(out)) == ["best.pt", "epoch_1.pt", "epoch_2.pt", "last.pt",
+                                       "log.csv"]
 
 
 def small_run(root, out, *extra):
@@ -586,7 +574,8 @@ def small_run(root, out, *extra):
 
 def signal_at_call(monkeypatch, function_name, call, signum):
     """Wrap aea.<function_name> so that this process sends itself `signum` (a real signal) just
-    before call number `call`: the handler runs at once, the call itself still completes."""
+    before call number `call`: the run stops there (aea.main makes SIGTERM stop it as Ctrl-C
+    does), before that call's work."""
     real, calls = getattr(aea, function_name), [0]
 
     def wrapped(*args, **kwargs):
@@ -600,39 +589,65 @@ def signal_at_call(monkeypatch, function_name, call, signum):
 @pytest.mark.slow
 def test_b4_run_erases_once_saves_the_mask_and_resumes_with_it(synthetic_root, tmp_path,
                                                                monkeypatch, capsys):
-    # B4 with --epochs 1 --warmup-epochs 0: epoch 1 basic alone, then the attention erasing
-    # computed once, then 1 - 0 joint epochs; the checkpoint holds the mask bit-packed, one bit
-    # per pixel: [N, H, W / 8] with exactly k = round(10% of 64*32) = 205 bits set per image
-    b4 = ["--variant", "b4", "--epochs", "1", "--warmup-epochs", "0"]
+    # B4 with --epochs 2 --warmup-epochs 0 (ResNet-18s): epochs 1-2 the basic network alone, then
+    # the attention erasing computed once, then 2 - 0 joint epochs; the checkpoint holds the mask
+    # bit-packed, one bit per pixel: [N, H, W / 8] with exactly k = round(10% of 64*32) = 205
+    # bits set per image
+    b4 = ["--variant", "b4", "--epochs", "2", "--warmup-epochs", "0", "--arch", "resnet18"]
     aea.main(small_run(synthetic_root, tmp_path / "b4", *b4))
     printed = capsys.readouterr().out
-    assert "erasing fixed" in printed and "L_I2" in printed.split("epoch 2/2")[1]
+    assert "erasing fixed" in printed and "L_I2" in printed.split("epoch 3/4")[1]
     reference = common.load_checkpoint(str(tmp_path / "b4" / "last.pt"))
     packed = reference["erase_mask"]
     n_train = len(data.load_dataset(synthetic_root, "synthetic", verbose=False).train)
     assert packed.shape == (n_train, H, W // 8)
     bits = np.unpackbits(packed.numpy(), axis=-1)
     assert (bits.reshape(n_train, -1).sum(axis=1) == 205).all()
-    # The same run stopped by SIGTERM during step 3 = epoch 2, step 1 of 2: last.pt is written
-    # at (epoch 1 done, step 1) with the mask computed at the start of epoch 2 ...
+    # The same run stopped by SIGTERM before step 7 = epoch 4, step 1 of 2: last.pt holds
+    # epoch 3, the first joint epoch, with the mask computed at its start ...
     out = tmp_path / "stopped"
     flags = small_run(synthetic_root, out, *b4)
-    signal_at_call(monkeypatch, "training_step", 3, signal.SIGTERM)
+    signal_at_call(monkeypatch, "training_step", 7, signal.SIGTERM)
     assert aea.main(flags) is None
     printed = capsys.readouterr().out
-    assert f"stopped by SIGTERM at epoch 2/2 step 1/2; wrote {out / 'last.pt'}" in printed
+    assert f"stopped by SIGTERM; {out / 'last.pt'} holds the last epoch that ended" in printed
     stopped = common.load_checkpoint(str(out / "last.pt"))
-    assert (stopped["epoch"], stopped["step"]) == (1, 1)
+    assert stopped["epoch"] == 3
     assert torch.equal(stopped["erase_mask"], packed)
     # ... and --resume takes the mask from the checkpoint (computing it again would fail here),
-    # the twin of the generator replays step 1's flips and crops of the erased copies, and the
-    # run ends bit-identical to the uninterrupted one
+    # redoes epoch 4, and the run ends bit-identical to the uninterrupted one
     monkeypatch.undo()
     monkeypatch.setattr(aea, "fixed_erasing_masks",
                         lambda *a, **k: pytest.fail("the mask was computed again"))
     aea.main(flags + ["--resume"])
-    assert "resuming" in capsys.readouterr().out
+    assert f"resuming {out / 'last.pt'} at epoch 4" in capsys.readouterr().out
     assert_same_weights(common.load_checkpoint(str(out / "last.pt"))["model"], reference["model"])
+
+
+@pytest.mark.slow
+def test_a_run_stopped_in_its_last_evaluation_is_evaluated_on_resume(synthetic_root, tmp_path,
+                                                                     monkeypatch, capsys):
+    # B1, 1 epoch: SIGINT arrives as the final evaluation starts. last.pt holds the trained epoch
+    # without a score; --resume trains nothing, evaluates, and writes the row into log.csv and
+    # last.pt
+    out = tmp_path / "run"
+    flags = small_run(synthetic_root, out, "--variant", "b1", "--epochs", "1", "--arch",
+                      "resnet18")
+    signal_at_call(monkeypatch, "score", 1, signal.SIGINT)
+    assert aea.main(flags) is None
+    assert "stopped by SIGINT; " in capsys.readouterr().out
+    stopped = common.load_checkpoint(str(out / "last.pt"))
+    assert stopped["epoch"] == 1 and stopped["results"] == {}
+    monkeypatch.undo()
+    results = aea.main(flags + ["--resume"])
+    printed = capsys.readouterr().out
+    assert "iter" not in printed and "epoch 1 " in printed and list(results) == ["epoch 1"]
+    final = common.load_checkpoint(str(out / "last.pt"))
+    assert final["results"]["epoch 1"]["mAP"] == pytest.approx(results["epoch 1"]["mAP"])
+    with open(out / "log.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    # (log.csv holds 6 significant digits)
+    assert float(row["mAP euclidean"]) == pytest.approx(100 * results["epoch 1"]["mAP"], rel=1e-5)
 
 
 # -----------------------------------------------------------------------------
@@ -650,9 +665,10 @@ def test_best_checkpoint_is_the_epoch_with_the_lowest_mean_loss(synthetic_root, 
                         lambda *a: dict(real(*a), L=torch.tensor(next(values))))
     out = tmp_path / "best"
     aea.main(small_run(synthetic_root, out, "--variant", "b1", "--epochs", "3"))
-    best, last = (common.load_checkpoint(str(out / name)) for name in ("best.pt", "last.pt"))
-    assert (best["epoch"], best["best_loss"]) == (2, 1.0)
-    assert (last["epoch"], last["best_loss"]) == (3, 1.0)
+    best = common.load_checkpoint(str(out / "best.pt"))
+    last = common.load_checkpoint(str(out / "last.pt"))
+    assert (best["epoch"], last["epoch"]) == (2, 3)
+    assert [row["L"] for row in last["log"]] == [3.0, 1.0, 2.0]
 
 
 @pytest.mark.slow
@@ -745,17 +761,17 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, synthetic
     assert proc.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
     killed = load(last)
     # the kill landed during training: the last checkpoint is epoch 1's end, not the run's end
-    assert (killed["epoch"], killed["step"]) == (1, 0)
+    assert killed["epoch"] == 1
     resumed = run_python("aea.py", *cli_flags(synthetic_root, out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {last} at epoch 2 step 0" in resumed.stdout
+    assert f"resuming {last} at epoch 2" in resumed.stdout
     final = load(last)
     assert final["epoch"] == EPOCHS
     assert_same_weights(final["model"], reference_run[2])
-    # the metrics too, and best.pt is the reference's (epoch and mean loss, restored on resume)
+    # the metrics too, and best.pt is the reference's epoch
     assert final_row(resumed.stdout) == final_row(reference_run[1])
     ref_best = load(os.path.join(reference_run[0], "best.pt"))
-    assert (final["best_loss"], load(best)["epoch"]) == (ref_best["best_loss"], ref_best["epoch"])
+    assert load(best)["epoch"] == ref_best["epoch"]
     # log.csv: each epoch once, with the reference's losses and scores (times differ)
     timeless = [[{k: v for k, v in row.items() if k not in ("img/s", "seconds")} for row in log]
                 for log in (final["log"], load(os.path.join(reference_run[0], "last.pt"))["log"])]
@@ -771,28 +787,29 @@ SIGNAL_AT_STEP = stop_at_step_script("aea", "training_step")
 
 
 @pytest.mark.slow
-def test_sigint_mid_epoch_exits_0_prints_resume_then_is_bit_identical(reference_run,
-                                                                      synthetic_root, tmp_path):
-    out, last = str(tmp_path / "run"), tmp_path / "run" / "last.pt"
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_a_signal_mid_epoch_exits_0_prints_resume_then_is_bit_identical(how, reference_run,
+                                                                        synthetic_root, tmp_path):
+    out = str(tmp_path / "run")
+    last = tmp_path / "run" / "last.pt"
     script = tmp_path / "signal_at_step.py"
     script.write_text(SIGNAL_AT_STEP)
-    # SIGINT arrives just before step 6 = epoch 2, step 2 of 4; that step finishes, then last.pt
-    # is written with epoch 1 (completed) and step 2 (trained in epoch 2), and the run exits 0
+    # the signal arrives just before step 6 = epoch 2, step 2 of 4: the run stops there, last.pt
+    # holds epoch 1 (the epoch in progress is redone on --resume), and the run exits 0
     stopped = run_python(str(script), *cli_flags(synthetic_root, out),
-                         env={**os.environ, "STOP_AT": str(STEPS + 2), "STOP_SIGNAL": "SIGINT"})
+                         env={**os.environ, "STOP_AT": str(STEPS + 2), "STOP_SIGNAL": how})
     assert stopped.returncode == 0, stopped.stderr
-    assert f"stopped by SIGINT at epoch 2/{EPOCHS} step 2/{STEPS}; wrote {last}" in stopped.stdout
-    ckpt = load(last)
-    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
-    # the loss sums of the 2 steps travel with it, for epoch 2's mean (best.pt)
-    assert set(ckpt["epoch_sums"]) == {"L_I1", "L_I2", "L_T", "L"}
+    assert f"stopped by {how}; {last} holds the last epoch that ended" in stopped.stdout
+    assert "Traceback" not in stopped.stderr
+    assert load(last)["epoch"] == 1
+    assert not (tmp_path / "run" / ".lock").exists()  # the folder is free again
     # the printed command, run as printed (python -> this interpreter), finishes the run
     argv = shlex.split(stopped.stdout.split("Resume with:\n")[1].splitlines()[0])
     assert argv[:2] == ["python", "aea.py"] and argv[-1] == "--resume"
     resumed = run_python(*argv[1:])
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {last} at epoch 2 step 2" in resumed.stdout
-    # the two replayed batches left the generator where the stopped run had it: same weights
+    assert f"resuming {last} at epoch 2" in resumed.stdout
+    # epoch 2 redone from the random states saved at epoch 1's end: the same weights, bit for bit
     final = load(last)
     assert final["epoch"] == EPOCHS
     assert_same_weights(final["model"], reference_run[2])
@@ -824,7 +841,7 @@ def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_r
     cfg, _ = aea.parse_config(cli_flags(synthetic_root, str(tmp_path / "five")))
     common.save_checkpoint(str(tmp_path / "five" / "last.pt"),
                            {"paper": "aea", "config": dataclasses.asdict(cfg), "epoch": 1,
-                            "step": 0, "model": {"basic.FC_2.weight": torch.zeros(5, 2560)}})
+                            "model": {"basic.FC_2.weight": torch.zeros(5, 2560)}})
     err = error(cli_flags(synthetic_root, str(tmp_path / "five")) + ["--resume"])
     assert "was trained on 5 identities, but this dataset has 8 training identities" in err
     # the finished reference run, resumed: it says so, returns its stored table and trains
@@ -834,27 +851,3 @@ def test_resume_refuses_changed_flags_and_other_files(reference_run, synthetic_r
     assert f"already holds all {EPOCHS} epochs" in printed and "iter" not in printed
     assert list(results) == [f"epoch {EPOCHS}"]
     assert final_row(printed) == final_row(reference_run[1])
-
-
-@pytest.mark.slow
-def test_compare_trains_every_row_and_reuses_them(synthetic_root, monkeypatch, tmp_path, capsys):
-    # the compare's code path on the tiny fixture set: 7 rows x 1 seed, 2 epochs each (1 warm-up)
-    monkeypatch.setattr(aea, "DEMO", {**aea.DEMO, "root": synthetic_root, "P": 4, "K": 2})
-    monkeypatch.setattr(aea, "COMPARE_EPOCHS", ["--epochs", "2", "--warmup-epochs", "1",
-                                                "--lr-step", "2"])
-    monkeypatch.setattr(data, "ensure_synthetic", lambda root: root)
-    out = str(tmp_path / "cmp")
-    text = aea.main(["compare", "--seeds", "1", "--out", out, "--device", "cpu"])
-    labels = [label for label, _, _ in aea.COMPARE]
-    assert [line.split("  ")[0] for line in text.splitlines()[2:9]] == labels
-    for better, worse, source in aea.CLAIMS:
-        assert f"{better} > {worse} ({source}): euclidean rank-1" in text
-    # each row trained its own run: B4's is B1's 2 epochs then AEA's 1 joint epoch
-    b4 = common.load_checkpoint(os.path.join(out, "Baseline_4", "seed0", "last.pt"))
-    assert b4["epoch"] == 3 and b4["config"]["variant"] == "b4"
-    reda = common.load_checkpoint(os.path.join(out, "REDA", "seed0", "last.pt"))
-    assert reda["config"]["erasing"] == "random" and reda["config"]["seed"] == 0
-    # run again: every row is reused from scores.json, nothing trains
-    monkeypatch.setattr(aea, "train", lambda cfg: pytest.fail("a finished row trained again"))
-    capsys.readouterr()
-    assert aea.main(["compare", "--seeds", "1", "--out", out, "--device", "cpu"]) == text
