@@ -449,7 +449,10 @@ def train_stage(cfg, stage, ds=None, images=None):
         first_epoch = ckpt["epoch"]
         log = ckpt["log"]
         results = ckpt["results"]
-        common.write_log(out, log)  # in case the run was killed before writing it
+        # in case the run was killed between last.pt and log.csv, or best.pt's link
+        common.write_log(out, log)
+        if common.lowest_so_far(log, TOTAL_LOSS[stage]):
+            common.link_best(last)
         if first_epoch < cfg.epochs:
             print(f"{stage} resuming {last} at epoch {first_epoch + 1}", flush=True)
     start_from = f"weights {cfg.weights}" if stage == "stage1" else f"from {cfg.init}"
@@ -484,12 +487,8 @@ def train_stage(cfg, stage, ds=None, images=None):
             "log": log,
             "results": {},
         }
-        common.save_checkpoint(last, checkpoint)
-        common.write_log(out, log)
-        # best.pt: the epoch of lowest mean training loss (the datasets have no validation
-        # split; the paper reports its last epoch, last.pt)
-        if common.lowest_so_far(log, TOTAL_LOSS[stage]):
-            common.link_best(last)
+        # OUT/last.pt, OUT/log.csv, and OUT/best.pt if this epoch's mean loss is the lowest so far
+        common.save_epoch(out, checkpoint, TOTAL_LOSS[stage])
 
     if first_epoch == cfg.epochs:
         print(f"{stage}: {last} already holds all {cfg.epochs} epochs; nothing left to train")
@@ -506,8 +505,7 @@ def train_stage(cfg, stage, ds=None, images=None):
             log[-1][f"rank-1 {metric}"] = 100 * float(r["cmc"][0])
             log[-1][f"mAP {metric}"] = 100 * float(r["mAP"])
         checkpoint["results"] = common.saved_results(results)
-        common.save_checkpoint(last, checkpoint)
-        common.write_log(out, log)
+        common.save_epoch(out, checkpoint, TOTAL_LOSS[stage])
     if evaluates:
         rows = {f"{stage} {metric}": r for metric, r in results.items()}
         print(evaluate.format_table(rows, label="stage, metric"))
@@ -627,8 +625,8 @@ RESUME_MAY_DIFFER = ("resume", "device", "eval_metrics")
 # --- The demo: the three stages on the synthetic data, minutes on 2 CPU cores ---------------------
 
 # A random ResNet-18 (no ImageNet file offline) at 64x32 (f_r 8x4 after conv3_x, grid cells 2x1),
-# the padding scaled down, lrs for random weights: 10x the paper's (stage 2 at 0.01 diverged after
-# conv2_x: L_att went to inf)
+# the padding scaled down, lrs for random weights: 10x the paper's (100x diverged in stage 2 with
+# the occlusion after conv2_x: docs/results.md)
 DEMO = dict(dataset="synthetic", height=64, width=32, pad=3, weights="none", arch="resnet18",
             batch_size=32, dropout=0.5, eval_metrics=())  # the demo evaluates, into one table
 DEMO_METRICS = ("euclidean", "xqda", "kissme")

@@ -32,7 +32,7 @@ Choices where the paper is silent (each at its line, "Choice (not in the paper)"
   - FC_1 and the stripe FCs: Linear -> BatchNorm -> LeakyReLU 0.1 -> Dropout, f after the dropout;
     4 stripes by adaptive pooling (any height); all test features L2-normalised (B1's, B2's too).
   - Top-R%: k = round(R * H * W / 100), ties to the lower pixel index (a stable sort). Erased
-    pixels: the mean colour (0 normalised, rounded in uint8 copies), in the augmented batch.
+    pixels: the mean colour (0 in the normalised image), in the augmented batch.
   - The warm-up only where the erasing reads the basic network (adversarial, fixed, B4); alone, it
     trains with L_I1 + L_T (B2's: L_I1). B4 "until convergence" = B1's whole run, then AEA's joint
     phase, epochs and lrs (`lr_factor`): only the dynamic strategy differs.
@@ -272,7 +272,7 @@ def lr_factor(cfg, epoch):
 
 # --- Erase-once inputs (B3, B4, --erasing fixed) and the batches of one epoch ---------------------
 
-# Choice (not in the paper): the ImageNet mean colour rounded to uint8 for cached erased copies
+# the mean colour of `erase_top` in uint8, for the erased copies kept in the image cache
 MEAN_UINT8 = torch.tensor([round(255 * m) for m in data.MEAN], dtype=torch.uint8)
 # Choice (not in the paper): ITU-R 601 luma as Baseline 3's grey level (PIL's convert("L"))
 LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -378,7 +378,10 @@ def train(cfg):
         log = ckpt["log"]
         results = ckpt["results"]
         erase_mask = ckpt["erase_mask"]
-        common.write_log(cfg.out, log)  # in case the run was killed before writing it
+        # in case the run was killed between last.pt and log.csv, or best.pt's link
+        common.write_log(cfg.out, log)
+        if common.lowest_so_far(log, "L"):
+            common.link_best(last)
         if first_epoch < epochs:
             print(f"resuming {last} at epoch {first_epoch + 1}", flush=True)
 
@@ -399,8 +402,7 @@ def train(cfg):
         log[-1]["rank-1 euclidean"] = 100 * float(r["cmc"][0])
         log[-1]["mAP euclidean"] = 100 * float(r["mAP"])
         checkpoint["results"] = common.saved_results(results)
-        common.save_checkpoint(last, checkpoint)
-        common.write_log(cfg.out, log)
+        common.save_epoch(cfg.out, checkpoint, "L")
 
     for epoch in range(first_epoch, epochs):
         joint = epoch >= basic_alone_epochs(cfg)
@@ -439,12 +441,8 @@ def train(cfg):
             "log": log,
             "results": common.saved_results(results),
         }
-        common.save_checkpoint(last, checkpoint)
-        common.write_log(cfg.out, log)
-        # best.pt: the epoch of lowest mean training loss (the datasets have no validation
-        # split; the papers report their last epoch, last.pt)
-        if common.lowest_so_far(log, "L"):
-            common.link_best(last)
+        # OUT/last.pt, OUT/log.csv, and OUT/best.pt if this epoch's mean L is the lowest so far
+        common.save_epoch(cfg.out, checkpoint, "L")
         if cfg.keep_every and (epoch + 1) % cfg.keep_every == 0:
             common.save_checkpoint(os.path.join(cfg.out, f"epoch_{epoch + 1}.pt"), checkpoint)
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < epochs:
@@ -568,7 +566,7 @@ CLAIMS = [("AEA", "Baseline 1", "Table 2"),
           ("AEA", "REDA", "Table 6"),
           ("AEA", "erase-once", "Table 6")]
 # each compare run is the demo at 2/5 of its length, 20 epochs (4 warm-up, the lr step at 16),
-# so that 3 seeds of the 7 rows take under 45 minutes on 2 CPU cores
+# so that 3 seeds of the 7 rows fit in a session on 2 CPU cores
 COMPARE_EPOCHS = ["--epochs", "20", "--warmup-epochs", "4", "--lr-step", "16"]
 
 

@@ -22,7 +22,7 @@ Around a training loop (each paper's `train` writes its loop and its checkpoint 
   save_checkpoint, load_checkpoint  atomic writes; loads with weights_only=True
   rng_state, set_rng_state       every random generator, saved with each epoch's checkpoint
   resume_state, restore          the checkpoint --resume goes on from, checked; put back
-  write_log, link_best           OUT/log.csv (a row per epoch), OUT/best.pt
+  save_epoch                     OUT/last.pt, OUT/log.csv (a row per epoch), OUT/best.pt
   Progress                       the progress line; a NaN or infinite loss stops the run
   stop_on_sigterm, report_stop   Ctrl-C and SIGTERM stop a run; the command that resumes it
 """
@@ -227,7 +227,7 @@ def pick_device(name="auto"):
 
 @functools.cache
 def keep_freed_memory():
-    """glibc keeps freed memory: a CPU step frees 10-130 MB that glibc would give back to the
+    """glibc keeps freed memory: a CPU step frees tens of MB that glibc would give back to the
     system, so that each next step page-faults on fresh pages (bench.py measures both ways).
     MMAP_THRESHOLD (-3) = 1 GiB, TRIM_THRESHOLD (-1) = 2 GiB - 1; the cost: the process keeps
     its peak memory."""
@@ -616,6 +616,18 @@ def write_log(folder, rows):
         for row in rows:
             writer.writerow({k: f"{v:.6g}" if type(v) is float else v for k, v in row.items()})
     os.replace(tmp, path)
+
+
+def save_epoch(folder, checkpoint, loss):
+    """After an epoch (or its evaluation): OUT/last.pt = `checkpoint` (atomically), OUT/log.csv =
+    its "log", and OUT/best.pt = last.pt when the epoch's mean `loss` is the lowest so far. "Best"
+    by the training loss: the datasets have no validation split, and the test queries choose
+    nothing (the papers report their last epoch, last.pt)."""
+    last = os.path.join(folder, "last.pt")
+    save_checkpoint(last, checkpoint)
+    write_log(folder, checkpoint["log"])
+    if lowest_so_far(checkpoint["log"], loss):
+        link_best(last)
 
 
 def lowest_so_far(log, key):

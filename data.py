@@ -621,7 +621,7 @@ def augment(images, generator, flip=True, pad=10, random_erasing=0.0, index=None
     assignment. The loop over the batch does only slicing (views and small copies, never a read of
     a device value), so on a GPU it queues work without waiting. The result is bit-identical to
     normalising first, then flipping, padding with 0, cropping and erasing (tests/test_data.py),
-    and about 5x faster than doing it that way on the CPU (bench.py).
+    and faster than doing it that way (bench.py measures both).
     """
     B = len(images) if index is None else len(index)
     _, C, H, W = images.shape

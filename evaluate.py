@@ -144,8 +144,8 @@ def rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
     CMC and both mAPs are averaged over the queries not skipped.
 
     Accepts numpy arrays or torch tensors, CPU or CUDA (copied to the CPU). A Python step per
-    ranked item: about a minute at Market-1501's size (3368 x 15913) on a CPU, where
-    `fast_rank_metrics` takes a fraction of a second.
+    ranked item: slow at Market-1501's size (3368 x 15913), where `fast_rank_metrics` is the one
+    to use.
     Returns {"cmc": np.ndarray [max_rank], "mAP", "mAP_official": float, "num_queries",
     "num_skipped": int}.
     """
@@ -616,7 +616,7 @@ class KISSME:
 
 # Elements per chunk of rows of `re_ranking`'s temporaries, the (Q+G) x (Q+G) matrix's above all:
 # 16 MB in float32, so that the few passes over a chunk (square, divide, top-k) stay near the CPU's
-# caches (1 << 24 was 25% slower on the 2-core CPU); the whole matrix is never held.
+# caches; the whole matrix is never held.
 _RERANK_CHUNK_ELEMENTS = 1 << 22
 # (query, column, gallery item) triples per chunk of queries in `re_ranking`'s Jaccard sums
 # (about 70 bytes of temporaries each: under 300 MB).
@@ -646,7 +646,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
       d_J(i, j)  = 1 - s / (2 - s): Eq. (11), whose sum_k max(V[i, k], V[j, k]) is 2 - s
                    as every row of V sums to 1
       d*(i, j)   = (1 - lambda) d_J(i, j) + lambda d(i, j), query i, gallery j         Eq. (13)
-    In bounded memory (about 0.4 GB above the inputs at Market-1501's 3368 x 15913, on the CPU):
+    In bounded memory (chunks of rows, never the whole (Q+G) x (Q+G) matrix at once):
     only the k1 + 1 (and k2) nearest of each row are kept, found by torch.topk over chunks of
     rows; V is sparse, a list of its non-zeros; the sums s run over an inverted index of V's
     columns, a chunk of queries at a time. No N x N matrix is ever allocated. Exactly equal
@@ -1068,7 +1068,7 @@ def parse_args(argv):
     p = add_dataset_args(add_model_args(argparse.ArgumentParser(
         prog="evaluate.py", description="Evaluate a re-ID model: CMC rank-1/5/10, mAP and mAP "
         "(official) per distance metric. The tools around it (extract, search, ranks, plot, "
-        "figure, compare): python tools.py COMMAND -h.")))
+        "figure, compare): python tools.py -h.")))
     p.add_argument("--metric", nargs="+", default=["euclidean"],
                    choices=["euclidean", "cosine", "xqda", "kissme"])
     p.add_argument("--rerank", action="store_true", help="also each metric's distances after "

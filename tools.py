@@ -397,7 +397,7 @@ def ranks(argv):
 
 
 # -----------------------------------------------------------------------------
-# The record of a run: OUT/log.csv (written by common.TrainingRun) drawn as curves
+# The record of a run: OUT/log.csv (written by common.write_log) drawn as curves
 
 
 def read_log(path):

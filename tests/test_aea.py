@@ -672,6 +672,26 @@ def test_best_checkpoint_is_the_epoch_with_the_lowest_mean_loss(synthetic_root, 
 
 
 @pytest.mark.slow
+def test_best_link_cut_by_a_stop_is_made_on_resume(synthetic_root, tmp_path, monkeypatch,
+                                                   capsys):
+    # B1, 1 epoch, stopped between writing last.pt and linking it as best.pt (its epoch is the
+    # lowest so far): --resume makes the link before anything else
+    out = tmp_path / "run"
+    flags = small_run(synthetic_root, out, "--variant", "b1", "--epochs", "1", "--arch",
+                      "resnet18")
+
+    def cut(last):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(common, "link_best", cut)
+    assert aea.main(flags) is None
+    assert "stopped by SIGINT" in capsys.readouterr().out
+    assert (out / "last.pt").exists() and not (out / "best.pt").exists()
+    monkeypatch.undo()
+    aea.main(flags + ["--resume"])
+    assert os.path.samefile(out / "last.pt", out / "best.pt")
+
+
+@pytest.mark.slow
 def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(synthetic_root, tmp_path,
                                                                     monkeypatch, capsys):
     # B1, 2 epochs of 2 steps: L_T is computed once a step, so its 4th call is epoch 2, step 2.
