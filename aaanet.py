@@ -410,6 +410,7 @@ def train_stage(cfg, stage, ds=None, images=None):
     elif os.path.isfile(last):
         print(f"note: {last} will be overwritten by this new run (--resume continues it)")
     common.seed_everything(cfg.seed)  # the same seed draws the same weights and batches
+    # the dataset's names parsed into identity and camera labels (no pixels yet)
     if ds is None:
         ds = data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
     evaluates = stage != "stage2" and cfg.eval_metrics
@@ -426,8 +427,10 @@ def train_stage(cfg, stage, ds=None, images=None):
         images = {}
     if "train" not in images:  # decoded once; on a GPU the cache lives there
         images["train"] = data.load_images(ds.train.paths, cfg.height, cfg.width, desc="train")
-    train_images = images["train"].to(device)
+    train_images = images["train"].to(device)  # uint8 [N, 3, H, W]
+    # their identities, 0..N-1: the classifier's targets
     labels = torch.as_tensor(ds.train.pids).to(device)
+    # SGD over what this stage trains (Algorithm 1 step 5: the attention branch alone in stage 2)
     optimizer = common.make_sgd(model.freeze_for(stage), cfg.lr, cfg.momentum, cfg.weight_decay)
     # Sec. 4.2: lr x lr_gamma every lr_step epochs
     milestones = range(cfg.lr_step, cfg.epochs, cfg.lr_step)
@@ -464,11 +467,13 @@ def train_stage(cfg, stage, ds=None, images=None):
         model.train()  # what stage 2 freezes stays in eval mode (`AAANet.freeze_for`)
         lr = optimizer.param_groups[0]["lr"]
         where = f"{stage} epoch {epoch + 1}/{cfg.epochs}"
+        # a line every 20 steps; a NaN or infinite loss term stops the run there
         progress = common.Progress(N // B, prefix=f"{where}  lr {lr:.0e}  ", where=where)
         for x, y in epoch_batches(train_images, labels, g, cfg):
             terms = training_step(model, optimizer, stage, x, y, cfg)
             progress.update(len(y), terms)
-        schedule.step()
+        schedule.step()  # the next epoch's lr (Sec. 4.2: x0.1 every lr_step epochs)
+        # log.csv's row: each loss term's mean over the epoch, img/s and seconds
         log.append({"epoch": epoch + 1, "lr": lr, **progress.summary()})
 
         # the checkpoint: all that --resume needs to go on as if the run had never stopped
@@ -648,8 +653,8 @@ def demo(args):
     untrained network, stage 1 and stage 3 under Euclidean, XQDA and KISSME, as Tables 3-5.
     --resume: complete stages are loaded, the first incomplete one resumed, the rest run anew."""
     start = time.time()
-    root = data.demo_dataset()
-    ds = data.load_dataset(root, "synthetic")
+    root = data.demo_dataset()  # written by `python synthetic.py`: refused here if it is missing
+    ds = data.load_dataset(root, "synthetic")  # read once, for the three stages
     base = Config(root=root, **{**DEMO, **vars(args)})  # args: the flags above
     resolve(base, "stage1")  # the flags (--seed) checked before any work
     device = common.pick_device(args.device)
@@ -758,7 +763,7 @@ def run(argv):
                                          f"AAA-Net's {command} (defaults: the paper's, Sec. 4.2).")
         args = common.add_config_args(parser, Config).parse_args(rest)
         folder = os.path.join(args.out, command)
-    common.stop_on_sigterm()
+    common.stop_on_sigterm()  # SIGTERM (a cluster's time limit, `kill`) stops it as Ctrl-C does
     try:
         if command == "demo":
             return demo(args)

@@ -347,7 +347,9 @@ def train(cfg):
         ckpt = common.resume_state(last, "aea", cfg, RESUME_MAY_DIFFER, device)
     elif os.path.isfile(last):
         print(f"note: {last} will be overwritten by this new run (--resume continues it)")
+    # the same seed draws the same weights, PK batches and augmentation
     common.seed_everything(cfg.seed)
+    # the dataset's names parsed into identity and camera labels (no pixels yet)
     ds = data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
     evaluate.check_true_matches(ds)  # the evaluation's need, before training
     sampler = data.PKSampler(ds.train.pids, cfg.P, cfg.K, seed=cfg.seed)  # --P checked here
@@ -361,7 +363,9 @@ def train(cfg):
           f"{cfg.height}x{cfg.width}, {cfg.arch}, P={cfg.P} K={cfg.K}, {epochs} epochs "
           f"({basic_alone_epochs(cfg)} basic alone), lr {cfg.lr} (x0.1 at {cfg.lr_step}), "
           f"weights {cfg.weights}, device {device}, precision {cfg.precision}, out {cfg.out}")
+    # every training image decoded once, uint8 [N, 3, H, W], on the training device
     images = data.load_images(ds.train.paths, cfg.height, cfg.width, desc="train").to(device)
+    # their identities, 0..N-1: the targets of FC_2 and the triplet's labels
     labels = torch.as_tensor(ds.train.pids).to(device)
     g = torch.Generator().manual_seed(cfg.seed)  # every augmentation draw (data.augment)
 
@@ -405,6 +409,7 @@ def train(cfg):
         common.save_epoch(cfg.out, checkpoint, "L")
 
     for epoch in range(first_epoch, epochs):
+        # after the basic network's warm-up (Sec. IV-B), both networks train, Eq. (8)
         joint = epoch >= basic_alone_epochs(cfg)
         if joint and erased_images is None and mode in ("grey", "fixed"):
             # B3's grey level, B4's trained basic network: erased once (Sec. IV-C). Choice (not
@@ -414,15 +419,17 @@ def train(cfg):
             erased_images = erase_uint8(images, mask)
             # kept in the checkpoints, bit-packed (Market-1501's mask: 53 MB)
             erase_mask = torch.from_numpy(np.packbits(mask.cpu().numpy(), axis=-1))
-        model.train()
-        sampler.set_epoch(epoch)
+        model.train()  # dropout on, BatchNorm on the batch's statistics
+        sampler.set_epoch(epoch)  # this epoch's P x K batches, drawn from (seed, epoch)
         lr = optimizer.param_groups[0]["lr"]
         where = f"epoch {epoch + 1}/{epochs}"
+        # a line every 20 steps; a NaN or infinite loss term stops the run there
         progress = common.Progress(len(sampler), prefix=f"{where}  lr {lr:.0e}  ", where=where)
         for x, y, x_other in epoch_batches(images, labels, sampler, g, cfg, joint, erased_images):
             terms = training_step(model, optimizer, x, y, cfg, joint, x_other)
             progress.update(len(y), terms)
-        schedule.step()
+        schedule.step()  # the next epoch's lr
+        # log.csv's row: each loss term's mean over the epoch, img/s and seconds
         log.append({"epoch": epoch + 1, "lr": lr, **progress.summary()})
 
         # the checkpoint: all that --resume needs to go on as if the run had never stopped
@@ -594,6 +601,8 @@ def parse_config(argv):
                                      f"{flags}. Figures 3 and 5, Tables 2 and 6 in miniature: "
                                      "python tools.py figure|compare aea -h.")
     common.add_config_args(parser, AEAConfig)
+    # three passes, each default set under the flags: the demo's (no --root), then the margin
+    # and R of the dataset the flags name, then the flags themselves
     demo = not parser.parse_args(argv).root
     if demo:
         parser.set_defaults(**DEMO)
@@ -603,7 +612,7 @@ def parse_config(argv):
                         "without --root `python aea.py` runs the demo on data/synthetic")
     parser.set_defaults(**PER_DATASET[args.dataset])
     cfg = common.config_from_args(AEAConfig, parser.parse_args(argv))
-    if not cfg.out:
+    if not cfg.out:  # runs/aea/<dataset>-<variant>: a folder per table row
         cfg.out = os.path.join("runs", "aea", f"{cfg.dataset}-{cfg.variant}")
     check_config(cfg)
     return cfg, demo
@@ -632,11 +641,11 @@ def main(argv=None):
         raise UserError(f"unknown command {argv[0]!r}: python aea.py takes flags only (figures "
                         "and comparisons: python tools.py figure aea, python tools.py compare aea)")
     cfg, demo = parse_config(argv)
-    if demo:
+    if demo:  # its dataset is written by `python synthetic.py`: refused here if it is missing
         data.demo_dataset(cfg.root)
         print(f"demo: synthetic data at {cfg.root}, weights {cfg.weights} (no ImageNet download "
               "offline; the real-data default is imagenet), CPU-sized schedule")
-    common.stop_on_sigterm()
+    common.stop_on_sigterm()  # SIGTERM (a cluster's time limit, `kill`) stops it as Ctrl-C does
     start = time.time()
     try:
         results = train(cfg)  # its last table holds every row: untrained (demo), evaluations

@@ -105,6 +105,7 @@ class Backbone(nn.Module):
 
     def run(self, x, first="conv1", last="layer4"):
         """Run stages `first`..`last` (inclusive; the papers' conv2_x..conv5_x work too) on x."""
+        # the papers' names (conv3_x) to torchvision's (layer2), then their places in STAGES
         i = STAGES.index(PAPER_STAGE_NAMES.get(first, first))
         j = STAGES.index(PAPER_STAGE_NAMES.get(last, last))
         for name in STAGES[i:j + 1]:
@@ -332,6 +333,7 @@ def check_limits(cfg, limits):
     helps = field_comments(type(cfg)) if dataclasses.is_dataclass(cfg) else {}  # flags' help
     for name, interval in limits.items():
         value = getattr(cfg, name)
+        # a bracket includes its end, a parenthesis leaves it out; NaN fails both comparisons
         left, lo, hi, right = re.fullmatch(r"([\[(])(.+), (.+)([\])])", interval).groups()
         above = value >= float(lo) if left == "[" else value > float(lo)
         below = value <= float(hi) if right == "]" else value < float(hi)
@@ -486,7 +488,7 @@ def resume_state(path, paper, config, may_differ=(), device=None):
     state = load_checkpoint(path)
     check_checkpoint(state, path, paper)
     now = dataclasses.asdict(config)
-    before = {}
+    before = {}  # the checkpoint's config; a tuple flag comes back from the file as a list
     for k, v in state["config"].items():
         before[k] = tuple(v) if isinstance(v, list) else v
     differ = [f"--{k.replace('_', '-')} {before.get(k)!r} in the checkpoint, {now[k]!r} now"
@@ -625,6 +627,7 @@ def save_epoch(folder, checkpoint, loss):
     nothing (the papers report their last epoch, last.pt)."""
     last = os.path.join(folder, "last.pt")
     save_checkpoint(last, checkpoint)
+    # log.csv after last.pt: a run killed between the two writes it again on --resume
     write_log(folder, checkpoint["log"])
     if lowest_so_far(checkpoint["log"], loss):
         link_best(last)
@@ -643,6 +646,7 @@ def link_best(last):
     best = os.path.join(folder, "best.pt")
     tmp = os.path.join(folder, f".best.pt.link{os.getpid()}")
     try:
+        # linked under a temporary name, then renamed over best.pt: never a missing best.pt
         os.link(last, tmp)
         os.replace(tmp, best)
     except OSError:
@@ -687,7 +691,7 @@ class Progress:
         line_sums = {}
         for j, terms in enumerate(self.pending):
             for k, v in terms.items():
-                v = float(v)
+                v = float(v)  # on a GPU, the only syncs of a training loop: once a line
                 if not math.isfinite(v):
                     raise UserError(
                         f"{self.where} step {first + j}/{self.total}: the loss term "
@@ -721,6 +725,7 @@ def stop_on_sigterm():
     run stops the same way on both, wherever it is. Its checkpoints are written atomically, so
     last.pt is always a whole epoch."""
     def stop(signum, frame):
+        # raised wherever the main thread is: in a step, an evaluation, a checkpoint's write
         raise KeyboardInterrupt(signal.Signals(signum).name)
     with contextlib.suppress(ValueError):  # not the main thread (a notebook's worker): no-op
         signal.signal(signal.SIGTERM, stop)
@@ -739,6 +744,7 @@ def report_stop(stop, folder):
         print(f"stopped by {name} before the first epoch ended; nothing to resume (run the same "
               "command again)", flush=True)
         return
+    # the command of this process, as the user typed it, with --resume once
     argv = list(sys.argv)
     if "--resume" not in argv:
         argv.append("--resume")
