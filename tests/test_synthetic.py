@@ -182,7 +182,8 @@ def test_ensure_synthetic_writes_once(tmp_path):
     # there already with the same arguments: used as it is, nothing rewritten
     synthetic.ensure_synthetic(root, **sizes)
     assert sorted(os.listdir(os.path.join(root, "bounding_box_train"))) == first
-    # other arguments, or no synthetic.txt (not written by this synthetic.py): refused, naming what it expects
+    # other arguments, or no synthetic.txt (not written by this synthetic.py): refused, naming
+    # what it expects
     with pytest.raises(UserError, match=r"syn holds a dataset not written .* train_ids=3 .* "
                                         r"delete .*syn and run again"):
         synthetic.ensure_synthetic(root, **dict(sizes, train_ids=3))
