@@ -5,13 +5,17 @@ paper, and check it against the tests that work its numbers by hand.
   python tests/exercises.py make DIR [--only N ...]   # a copy of the repository, exercises blanked
   python tests/exercises.py check N [--dir DIR]       # exercise N's tests; on failure, the hints
 
-`make` copies the repository to DIR and replaces each chosen exercise's function body, or its
-block of lines, by `raise NotImplementedError("Exercise N: ...")`; the docstring stays: it states
-the exercise, with the paper's formula. In DIR the modules still import, and `python -m pytest -q
--m "not slow" tests` passes but for the blanked exercises' own tests: a test that only reaches a
-blanked function on its way is skipped, "needs Exercise N" (tests/conftest.py). `check N` runs
-the tests marked `@pytest.mark.exercise(N)`; when one fails it prints the comment lines at the
-top of that test, the case worked by hand, and never the code.
+`make` copies the files git tracks (never untracked ones) to DIR and replaces each chosen
+exercise's function body, or its block of lines, by `raise NotImplementedError("Exercise N: ...")`;
+the docstring stays: it states the exercise, with the paper's formula. It refuses, writing nothing,
+a DIR inside the repository or holding it (symlinks resolved), a DIR that is not a new or empty
+folder, and a repository that is not a git checkout (a student copy has no .git); a copy that fails
+midway (a full disk, a read-only folder) or is interrupted (Ctrl-C: one line, exit status 130) is
+removed, and only what it wrote. In DIR the modules still import, and `python -m pytest -q -m "not
+slow" tests` passes but for the blanked exercises' own tests: a test that only reaches a blanked
+function on its way is skipped, "needs Exercise N" (tests/conftest.py). `check N` runs the tests
+marked `@pytest.mark.exercise(N)`; when one fails it prints the comment lines at the top of that
+test, the case worked by hand, and never the code.
 
 The table below names each target by its text (a function's name, a block's first and last line),
 never by line numbers or markers in the code: when the code changes so that a target is no longer
@@ -149,29 +153,90 @@ def blank(source, ex):
 # -----------------------------------------------------------------------------
 # make: the copy
 
-def repository_files(root):
-    """The repository's files, relative to root: in a git checkout, git's (tracked, and new ones
-    it does not ignore); elsewhere (a student copy) every file but the environment, the caches,
-    the datasets and the runs."""
-    if os.path.exists(os.path.join(root, ".git")):
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                                 "--exclude-standard"], cwd=root, capture_output=True,
+def refuse_folder(folder, root):
+    """ExerciseError when `folder` cannot take the copy: the repository itself, a folder inside
+    it, a folder that holds it, or anything there already but an empty folder. Paths are compared
+    once symlinks and `..` are resolved, so `.`, `tests/x` and a link to either are all caught."""
+    target = os.path.realpath(folder)
+    repo = os.path.realpath(root)
+    shared = os.path.commonpath([target, repo])
+    # inside: the repository's tests would collect the copy's, and a `git add` would carry it
+    if shared == repo:
+        where = "is the repository" if target == repo else "is inside the repository"
+        raise ExerciseError(f"{folder} {where} ({repo}): the next copy of the repository would "
+                            "carry this copy, solutions and all; expected a folder outside the "
+                            "repository, e.g. ../course")
+    # a parent: the copy would be written into a folder that holds the files being copied
+    if shared == target:
+        raise ExerciseError(f"{folder} holds the repository ({repo}): the copy would be written "
+                            "among the files it copies; expected a new folder outside the "
+                            "repository, e.g. ../course")
+    # lexists: a dangling symlink is something there already, not a new folder
+    if os.path.lexists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        raise ExerciseError(f"{folder} exists and is not an empty folder; give a new one")
+
+
+def tracked_files(root):
+    """The files git tracks in the checkout at root, relative to root. Only tracked ones: a
+    solved copy or a scratch file left untracked in the repository stays out of every copy.
+    ExerciseError when root is not a git checkout or git cannot list it."""
+    # root's own .git: in a folder that is not a checkout, git would list an enclosing one's
+    if not os.path.exists(os.path.join(root, ".git")):
+        raise ExerciseError(f"{root} is not a git checkout (no .git): make copies the files git "
+                            "tracks; expected to run from a clone of the repository")
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.split("\0")
-        # a tracked file deleted from the working tree is listed too; it has nothing to copy
-        return sorted({p for p in listed if p and os.path.isfile(os.path.join(root, p))})
-    skip = {".venv", ".git", "__pycache__", ".pytest_cache", "data", "runs"}
-    files = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if d not in skip)
-        files += [os.path.relpath(os.path.join(folder, n), root) for n in names]
-    return sorted(files)
+    except FileNotFoundError:
+        raise ExerciseError("git is not installed (not found on PATH): make copies the files "
+                            "git tracks; expected git on PATH") from None
+    except subprocess.CalledProcessError as e:
+        said = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else f"status {e.returncode}"
+        raise ExerciseError(f"git ls-files failed in {root} ({said}): make copies the files "
+                            "git tracks; expected a git checkout that git can read") from None
+    # a tracked file deleted from the working tree is listed too; it has nothing to copy
+    return sorted({p for p in listed if p and os.path.isfile(os.path.join(root, p))})
+
+
+def first_missing(folder):
+    """The outermost folder on `folder`'s path that does not exist yet (the first one the copy
+    creates), or None when `folder` exists."""
+    path = os.path.abspath(folder)
+    if os.path.lexists(path):
+        return None
+    while not os.path.lexists(os.path.dirname(path)):
+        path = os.path.dirname(path)
+    return path
+
+
+def remove_partial_copy(folder, created):
+    """Remove what a failed copy wrote, and only that: the folders it created (`created`, the
+    outermost), or, when `folder` was there already (and empty), everything now inside it.
+    -> what is left, in words, for the error line."""
+    try:
+        if created is not None:
+            # a copy that failed on its first folder (a read-only parent) created nothing
+            if os.path.lexists(created):
+                shutil.rmtree(created)
+        else:
+            for name in os.listdir(folder):
+                path = os.path.join(folder, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        return f"the partial copy could not all be removed ({reason}): remove it by hand"
+    return "nothing of the copy is left"
 
 
 def make(folder, numbers, root=REPO):
-    """Copy the repository at root to `folder` with the exercises `numbers` blanked. Every
-    refusal comes before anything is written."""
-    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
-        raise ExerciseError(f"{folder} exists and is not an empty folder; give a new one")
+    """Copy the files git tracks in the repository at root to `folder`, with the exercises
+    `numbers` blanked. Every refusal comes before anything is written. A failed copy (an OSError:
+    a full disk, a read-only folder; or Ctrl-C) is removed before the error goes on: an
+    ExerciseError for an OSError, the KeyboardInterrupt itself, its message saying what is left."""
+    refuse_folder(folder, root)
     chosen = [exercise(n) for n in sorted(set(numbers))]
     # every blanked module in memory first: a target that cannot be found stops it all
     texts = {}
@@ -183,14 +248,30 @@ def make(folder, numbers, root=REPO):
             with open(os.path.join(root, path), encoding="utf-8") as f:
                 texts[path] = f.read()
         texts[path] = blank(texts[path], ex)
-    files = repository_files(root)
-    for rel in files:
-        os.makedirs(os.path.join(folder, os.path.dirname(rel)), exist_ok=True)
-        if rel in texts:
-            with open(os.path.join(folder, rel), "w", encoding="utf-8") as f:
-                f.write(texts[rel])
-        else:
-            shutil.copy2(os.path.join(root, rel), os.path.join(folder, rel))
+    files = tracked_files(root)
+    # what the copy creates, known before it starts: a failed copy removes that and no more
+    created = first_missing(folder)
+    try:
+        for rel in files:  # rel: in the except below, the file being copied when it failed
+            os.makedirs(os.path.join(folder, os.path.dirname(rel)), exist_ok=True)
+            if rel in texts:
+                with open(os.path.join(folder, rel), "w", encoding="utf-8") as f:
+                    f.write(texts[rel])
+            else:
+                shutil.copy2(os.path.join(root, rel), os.path.join(folder, rel))
+    except OSError as e:
+        left = remove_partial_copy(folder, created)
+        reason = e.strerror or str(e)
+        # a repository file that cannot be read is named as such, not as a write failure
+        if e.filename == os.path.join(root, rel):
+            raise ExerciseError(f"cannot read {e.filename} ({reason}); {left}; expected every "
+                                "file git tracks to be readable") from None
+        raise ExerciseError(f"cannot write {folder} ({reason}); {left}; expected a folder you "
+                            f"can write, with room for the {len(files)} files of the "
+                            "repository") from None
+    except KeyboardInterrupt:
+        # the interrupt goes on (a caller or pytest sees it as usual), saying what is left
+        raise KeyboardInterrupt(remove_partial_copy(folder, created)) from None
     print(f"wrote {folder}: {len(files)} files, exercises "
           f"{', '.join(str(ex.number) for ex in chosen)} blanked. Start with the lowest: "
           f"cd {folder} && python tests/exercises.py check {chosen[0].number}")
@@ -253,13 +334,20 @@ def main(argv=None):
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the exercises: number, title, paper, function, minutes")
-    m = sub.add_parser("make", help="copy the repository to DIR with the exercises blanked")
-    m.add_argument("dir", metavar="DIR", help="a new (or empty) folder")
+    m = sub.add_parser("make", help="copy the files git tracks to DIR with the exercises blanked")
+    m.add_argument("dir", metavar="DIR", help="a new (or empty) folder outside the repository")
     m.add_argument("--only", type=int, nargs="+", metavar="N",
                    help="blank only these exercises (default: all)")
     c = sub.add_parser("check", help="run exercise N's tests; on failure, their hand-worked hints")
     c.add_argument("number", type=int, metavar="N")
     c.add_argument("--dir", default=REPO, help="the copy to test (default: this repository)")
+    argv = sys.argv[1:] if argv is None else argv
+    # a mistyped command in one line (argparse would print its usage line above the error)
+    commands = list(sub.choices)
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        print(f"error: unknown command {argv[0]!r}; expected one of {', '.join(commands)} "
+              "(python tests/exercises.py -h)", file=sys.stderr)
+        return 2
     args = p.parse_args(argv)
     try:
         if args.command == "list":
@@ -271,7 +359,14 @@ def main(argv=None):
                       f"{ex.minutes:2d} min")
             return 0
         if args.command == "make":
-            make(args.dir, args.only or [ex.number for ex in EXERCISES])
+            try:
+                make(args.dir, args.only or [ex.number for ex in EXERCISES])
+            except KeyboardInterrupt as e:
+                # Ctrl-C: one line (make has removed its partial copy) and the shell's status
+                # for an interrupt, 128 + SIGINT
+                left = e.args[0] if e.args else "nothing was written"
+                print(f"error: interrupted; {left}", file=sys.stderr)
+                return 130
             return 0
         return check(args.number, os.path.abspath(args.dir))
     except ExerciseError as e:

@@ -3,8 +3,10 @@ real target, the refusals, the copy; and (slow) the exercises kept honest: the r
 every check, a copy with every exercise blanked imports and fails each check on its own
 NotImplementedError."""
 import ast
+import errno
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -171,12 +173,22 @@ def test_make_refuses_and_writes_nothing(tmp_path, capsys, monkeypatch):
     assert not new.exists()
 
 
+def needs_a_checkout():
+    """Skip a test that makes a copy of this repository in a student copy: make copies the files
+    git tracks, and a copy has no .git."""
+    if not os.path.exists(os.path.join(REPO, ".git")):
+        pytest.skip("a student copy (no .git): make copies a git checkout only")
+
+
 def test_make_copies_the_repository_with_one_exercise_blanked(tmp_path, capsys):
+    needs_a_checkout()
     out = tmp_path / "copy"
     assert exercises.main(["make", str(out), "--only", "6"]) == 0
     assert "check 6" in capsys.readouterr().out
-    files = exercises.repository_files(REPO)
-    copied = exercises.repository_files(str(out))  # no .git there: the walk
+    files = exercises.tracked_files(REPO)
+    # the copy holds exactly the tracked files: nothing untracked, no environment, no data
+    copied = sorted(os.path.relpath(os.path.join(folder, name), out)
+                    for folder, _, names in os.walk(out) for name in names)
     assert copied == files and "tests/exercises.py" in files
     assert not any(f.startswith((".venv/", "data/", "runs/")) for f in files)
     for rel in files:
@@ -186,6 +198,229 @@ def test_make_copies_the_repository_with_one_exercise_blanked(tmp_path, capsys):
             assert copy.decode() == exercises.blank(original.decode(), exercises.exercise(6))
         else:
             assert copy == original, rel
+
+
+# -----------------------------------------------------------------------------
+# make: where a copy may go, what it copies, and a copy that fails midway
+
+# Paths under the repository that do not exist: a refusal must leave them so
+PROBE = "_exercises_probe_never_written"
+
+
+@pytest.mark.parametrize("folder", [".", "tests", f"tests/{PROBE}", f"./{PROBE}",
+                                    f"tests/../{PROBE}/copy", REPO, os.path.join(REPO, PROBE)])
+def test_make_refuses_a_folder_inside_the_repository(folder, capsys, monkeypatch):
+    # relative paths are read from the repository's root, the way a student types them there
+    monkeypatch.chdir(REPO)
+    assert exercises.main(["make", folder, "--only", "6"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {folder} is ")
+    assert "inside the repository" in err or f"{folder} is the repository" in err
+    assert "the next copy of the repository would carry this copy" in err
+    assert "expected a folder outside the repository" in err
+    assert not os.path.lexists(os.path.join(REPO, PROBE))
+    assert not os.path.lexists(os.path.join(REPO, "tests", PROBE))
+
+
+def test_make_refuses_a_symlink_outside_that_points_inside(tmp_path, capsys):
+    # a link outside the repository to a folder inside it that does not exist yet, and a link to
+    # the repository itself with a new folder below it: both resolve inside
+    (tmp_path / "link").symlink_to(os.path.join(REPO, PROBE))
+    (tmp_path / "repo").symlink_to(REPO)
+    for folder in [tmp_path / "link", tmp_path / "repo" / PROBE]:
+        assert exercises.main(["make", str(folder), "--only", "6"]) == 2
+        assert "is inside the repository" in capsys.readouterr().err
+    assert not os.path.lexists(os.path.join(REPO, PROBE))
+
+
+def test_make_refuses_a_folder_that_holds_the_repository(tmp_path, capsys):
+    # the repository's parent and the filesystem's root: the copy would land among its sources
+    for folder in [os.path.dirname(REPO), os.path.abspath(os.sep)]:
+        assert exercises.main(["make", folder, "--only", "6"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"error: {folder} holds the repository" in err
+    # a new folder above a repository (a toy one here), and that folder is empty
+    repo = tmp_path / "above" / "repo"
+    repo.mkdir(parents=True)
+    with pytest.raises(exercises.ExerciseError, match="holds the repository"):
+        exercises.make(str(tmp_path / "above"), [6], root=str(repo))
+    assert os.listdir(repo) == []
+
+
+def test_make_refuses_a_dangling_symlink(tmp_path, capsys):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert exercises.main(["make", str(tmp_path / "dangling"), "--only", "6"]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def git(root, *args):
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+
+@pytest.fixture
+def toy_repo(tmp_path, monkeypatch):
+    """A git checkout in tmp_path/repo: toy.py (the module TOY above, its one exercise `total`),
+    three more tracked files, an ignored one and two untracked ones (a scratch file and a solved
+    copy left inside). The ladder is monkeypatched to that one exercise."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    root = tmp_path / "repo"
+    for rel, text in [("toy.py", TOY), ("README.txt", "read me\n"), ("sub/a.txt", "a\n"),
+                      ("sub/b.txt", "b\n"), (".gitignore", "ignored.txt\n"),
+                      ("ignored.txt", "i\n"), ("scratch.py", "s\n"), ("solved/toy.py", TOY)]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    git(root, "init", "-q")
+    git(root, "add", "toy.py", "README.txt", "sub", ".gitignore")
+    monkeypatch.setattr(exercises, "EXERCISES", [exercises.Exercise(1, "Sum", "Eq. (2)",
+                                                                    "toy.total", 5)])
+    return root
+
+
+def files_under(folder):
+    """Every file below `folder`, relative to it, sorted."""
+    return sorted(os.path.relpath(os.path.join(d, n), folder)
+                  for d, _, names in os.walk(folder) for n in names)
+
+
+def test_tracked_files_leave_out_untracked_ignored_and_deleted_ones(toy_repo):
+    tracked = [".gitignore", "README.txt", "sub/a.txt", "sub/b.txt", "toy.py"]
+    assert exercises.tracked_files(str(toy_repo)) == tracked
+    # a tracked file deleted from the working tree has nothing to copy
+    (toy_repo / "sub" / "b.txt").unlink()
+    assert exercises.tracked_files(str(toy_repo)) == tracked[:3] + ["toy.py"]
+
+
+def test_make_copies_only_tracked_files(toy_repo, tmp_path, capsys):
+    out = tmp_path / "copy"
+    exercises.make(str(out), [1], root=str(toy_repo))
+    assert "wrote" in capsys.readouterr().out
+    # no scratch.py, no solved/, no ignored.txt; toy.py blanked
+    assert files_under(out) == [".gitignore", "README.txt", "sub/a.txt", "sub/b.txt", "toy.py"]
+    assert (out / "toy.py").read_text() == exercises.blank(TOY, exercises.exercise(1))
+
+
+def test_tracked_files_refuse_a_folder_that_is_not_a_git_checkout(toy_repo, tmp_path,
+                                                                  monkeypatch):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "toy.py").write_text(TOY)
+    with pytest.raises(exercises.ExerciseError, match="is not a git checkout"):
+        exercises.tracked_files(str(plain))
+    # and make writes nothing then
+    with pytest.raises(exercises.ExerciseError, match="is not a git checkout"):
+        exercises.make(str(tmp_path / "copy"), [1], root=str(plain))
+    assert not (tmp_path / "copy").exists()
+    # git not on PATH
+    monkeypatch.setenv("PATH", str(tmp_path / "no_programs_here"))
+    with pytest.raises(exercises.ExerciseError, match="git is not installed"):
+        exercises.tracked_files(str(toy_repo))
+
+
+def copy2_failing_at(monkeypatch, call, error):
+    """Make shutil.copy2 copy for real `call - 1` times, then raise `error` (an exception, or a
+    function of the source and destination paths returning one)."""
+    real = shutil.copy2
+    calls = []
+
+    def copy2(src, dst):
+        calls.append(dst)
+        if len(calls) == call:
+            raise error(src, dst) if callable(error) else error
+        return real(src, dst)
+    monkeypatch.setattr(exercises.shutil, "copy2", copy2)
+    return calls
+
+
+def no_space(src, dst):
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+
+
+def test_a_failed_copy_removes_the_folders_it_created_and_nothing_else(toy_repo, tmp_path,
+                                                                       monkeypatch):
+    # the copy goes to a/b/copy where only a/ exists (with a file of its own): copy2 fails on
+    # its third file (sub/a.txt) with a full disk, after .gitignore and README.txt and sub/
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "mine.txt").write_text("mine\n")
+    out = tmp_path / "a" / "b" / "copy"
+    calls = copy2_failing_at(monkeypatch, 3, no_space)
+    with pytest.raises(exercises.ExerciseError) as e:
+        exercises.make(str(out), [1], root=str(toy_repo))
+    assert len(calls) == 3
+    assert str(e.value) == (f"cannot write {out} (No space left on device); nothing of the copy "
+                            "is left; expected a folder you can write, with room for the 5 files "
+                            "of the repository")
+    # b/ was created by make: gone with the copy; a/ and its file were there before: kept
+    assert os.listdir(tmp_path / "a") == ["mine.txt"]
+
+
+def test_a_failed_copy_into_an_empty_folder_leaves_it_empty(toy_repo, tmp_path, monkeypatch):
+    out = tmp_path / "empty"
+    out.mkdir()
+    copy2_failing_at(monkeypatch, 4, OSError(errno.EROFS, os.strerror(errno.EROFS)))
+    with pytest.raises(exercises.ExerciseError, match=r"cannot write .*\(Read-only file system\)"):
+        exercises.make(str(out), [1], root=str(toy_repo))
+    assert out.is_dir() and os.listdir(out) == []
+
+
+def test_a_file_that_cannot_be_read_is_named(toy_repo, tmp_path, monkeypatch):
+    # copy2 names the source when it cannot open it: a read failure, not a write one
+    copy2_failing_at(monkeypatch, 2, lambda src, dst: PermissionError(
+        errno.EACCES, os.strerror(errno.EACCES), src))
+    with pytest.raises(exercises.ExerciseError, match=re.escape(
+            f"cannot read {os.path.join(toy_repo, 'README.txt')} (Permission denied); nothing "
+            "of the copy is left")):
+        exercises.make(str(tmp_path / "copy"), [1], root=str(toy_repo))
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_partial_copy_that_cannot_be_removed_is_said_so(toy_repo, tmp_path, monkeypatch):
+    copy2_failing_at(monkeypatch, 2, no_space)
+
+    def rmtree(path):
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+    monkeypatch.setattr(exercises.shutil, "rmtree", rmtree)
+    with pytest.raises(exercises.ExerciseError, match=re.escape(
+            "(No space left on device); the partial copy could not all be removed (Device or "
+            "resource busy): remove it by hand")):
+        exercises.make(str(tmp_path / "copy"), [1], root=str(toy_repo))
+
+
+def test_an_interrupted_copy_is_removed_and_the_interrupt_goes_on(toy_repo, tmp_path,
+                                                                 monkeypatch):
+    out = tmp_path / "copy"
+    copy2_failing_at(monkeypatch, 3, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt, match="nothing of the copy is left"):
+        exercises.make(str(out), [1], root=str(toy_repo))
+    assert not out.exists()
+
+
+def test_the_command_line_ends_a_failed_copy_in_one_line(tmp_path, capsys, monkeypatch):
+    # the real repository, through main: a full disk -> status 2, an interrupt -> 130; one line
+    # each on stderr, and no copy left
+    needs_a_checkout()
+    out = tmp_path / "copy"
+    copy2_failing_at(monkeypatch, 5, no_space)
+    assert exercises.main(["make", str(out), "--only", "6"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot write {out} (No space left on device); nothing of the copy is left; "
+        f"expected a folder you can write, with room for the {len(exercises.tracked_files(REPO))}"
+        " files of the repository\n")
+    assert not out.exists()
+    copy2_failing_at(monkeypatch, 5, KeyboardInterrupt())
+    assert exercises.main(["make", str(out), "--only", "6"]) == 130
+    assert capsys.readouterr().err == "error: interrupted; nothing of the copy is left\n"
+    assert not out.exists()
+
+
+def test_a_mistyped_command_is_named_in_one_line():
+    # the real command line: argparse would print its usage above the error
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tests", "exercises.py"), "chek", "3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == ("error: unknown command 'chek'; expected one of list, make, check "
+                        "(python tests/exercises.py -h)\n")
 
 
 def test_hints_are_the_comments_at_the_top_of_a_test(tmp_path):
