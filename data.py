@@ -87,19 +87,32 @@ _RELEASES = {
 }
 
 
+# The largest identity and camera numbers a file name may carry: the datasets have 4-digit
+# identities and at most 15 cameras; far larger numbers are not labels, and the evaluation's keys
+# (identity x number of cameras + camera) must fit in int64
+MAX_PID = 10**9 - 1
+MAX_CAMERA = 9999
+
+
 def parse_name(filename):
-    """(pid, cam) of a Market-style image name; pid -1 = junk, 0 = distractor; c1 -> cam 0.
+    """(pid, cam) of a Market-style image name; pid -1 = junk, 0 = distractor; c1 -> cam 0. A
+    name that does not parse, a pid above MAX_PID or a camera outside c1..c<MAX_CAMERA> is a
+    UserError naming the file.
 
     The camera matters beyond bookkeeping: the evaluation drops gallery images of the query's own
     pid AND camera, so a wrong camera silently changes every score. 0-based so it can index arrays.
     """
     # only the file name carries the labels; the folder says which split it belongs to
     m = _NAME.match(os.path.basename(filename))
-    if m is None or int(m.group(2)) < 1:
+    if m is None or not 1 <= int(m.group(2)) <= MAX_CAMERA:
         raise UserError(f"{filename}: image name does not parse; expected "
                         "PPPP_cCsS_FFFFFF_BB.jpg (Market-1501), PPPP_cC_fFFFFFFF.jpg (Duke) "
-                        "or PPPP_cC_N.png (CUHK03-NP), camera >= 1")
-    return int(m.group(1)), int(m.group(2)) - 1
+                        f"or PPPP_cC_N.png (CUHK03-NP), camera 1..{MAX_CAMERA}")
+    pid = int(m.group(1))
+    if pid > MAX_PID:
+        raise UserError(f"{filename}: identity {pid} is not an identity number; expected "
+                        f"-1 (junk), 0000 (distractor) or 1..{MAX_PID}")
+    return pid, int(m.group(2)) - 1
 
 
 @dataclass
@@ -304,6 +317,9 @@ def _read_folders(root):
                 stem = os.path.splitext(os.path.basename(f))[0]
                 camera = _CAMERA.search(stem)
                 cam = int(camera.group(1)) if camera else None
+                if cam is not None and not 1 <= cam <= MAX_CAMERA:
+                    raise UserError(f"{os.path.join(sub, f)}: camera c{cam} in its name; "
+                                    f"expected c1..c{MAX_CAMERA}")
                 found[s].append((os.path.join(sub, f), identity, cam))
         if not found[s]:
             raise UserError(f"{folder} holds no images (expected {folder}/<identity>/<image>, "
@@ -332,13 +348,18 @@ def to_folders(ds, out, cameras=True):
     """Copy a parsed dataset (`load_dataset`) into the folder layout at `out`:
     out/<train|query|gallery>/<raw pid>/<file name>; cameras=False renames each file to
     <pid>_<n>.<ext>, without its camera (a folder dataset without camera ids). The training
-    split's raw pids are gone after relabelling: its folders are named by label + 1."""
+    split's raw pids are gone after relabelling: its folders are named train<label + 1>, e.g.
+    train0001, so that no training identity shares a name (and so a pid) with a test one."""
     if os.path.exists(out) and _listdir(out):
         raise UserError(f"{out} is not empty; give a new or empty folder")
     for s, split in zip(_FOLDERS, (ds.train, ds.query, ds.gallery)):
         for n, (path, pid) in enumerate(zip(split.paths, split.pids)):
-            pid = pid + 1 if s == "train" else pid
-            name = "-1" if pid == -1 else f"{pid:04d}"
+            if s == "train":
+                name = f"train{pid + 1:04d}"
+            elif pid == -1:
+                name = "-1"
+            else:
+                name = f"{pid:04d}"
             if cameras:
                 file = os.path.basename(path)
             else:
@@ -438,6 +459,13 @@ def load_dataset(root, name="market1501", verbose=True, skip_bad_files=False):
         # when it meets it (no second read of a clean dataset)
         splits = [_drop_unreadable(s, os.path.join(folder, f)) for s, f in zip(splits, folders)]
     train, query, gallery = splits
+    # a query is a person to find: junk and distractors are gallery images only (Market-1501)
+    not_people = np.flatnonzero(query.pids <= 0)
+    if len(not_people):
+        more = f" (and {len(not_people) - 1} more)" if len(not_people) > 1 else ""
+        raise UserError(f"{query.paths[not_people[0]]}{more}: a query named as junk (-1) or "
+                        "a distractor (0000); these are gallery images only, a query is a "
+                        "person with an identity number from 1 on")
     # junk (-1) and distractors (0000) are no training identity: the Market-1501 protocol puts
     # distractors in the gallery only. Its bounding_box_train holds neither; other copies of a
     # dataset might.
@@ -512,6 +540,19 @@ def normalize(x):
     return x.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)
 
 
+def check_memory(size, what):
+    """Refuse `size` bytes for `what` when they exceed this machine's memory (before allocating:
+    the system would kill the process, or it would swap for hours)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not Linux or macOS: nothing to compare with
+        return
+    if size > memory:
+        raise UserError(f"decoding {what} takes {size / 2**30:.1f} GiB, more than this "
+                        f"machine's {memory / 2**30:.1f} GiB of memory: give a smaller --height "
+                        "and --width")
+
+
 def load_images(paths, height, width, desc="", quiet=False,
                 hint=" (--skip-bad-files drops such images with a warning)"):
     """Decode every image once into one uint8 tensor [N, 3, height, width] on the CPU.
@@ -523,6 +564,8 @@ def load_images(paths, height, width, desc="", quiet=False,
     that does not decode is a UserError naming it, then `hint`.
     """
     N = len(paths)
+    what = f"{N} {desc} images" if desc else f"{N} images"
+    check_memory(N * 3 * height * width, f"{what} at {height}x{width}")
     # allocated once and filled in place: no list of N small tensors, no second copy at the end
     out = torch.empty((N, 3, height, width), dtype=torch.uint8)
 
@@ -686,6 +729,9 @@ class PKSampler:
         if len(ids) < P:
             raise UserError(f"--P {P}: a PK batch needs P distinct identities, but the training "
                             f"split has only {len(ids)}")
+        if P * K > len(pids):
+            raise UserError(f"--P {P} --K {K}: a batch of P x K = {P * K} images is more than the "
+                            f"{len(pids)} training images")
         # the dataset indices of each identity; the sampler never needs the raw pid values again
         self.index = [np.flatnonzero(pids == i) for i in ids]
         if seed < 0:
@@ -772,6 +818,10 @@ def main(argv=None):
     fold.add_argument("--out", required=True, help="new or empty folder")
     fold.add_argument("--no-cameras", action="store_true",
                       help="file names without their camera id")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in sub.choices:
+        raise UserError(f"unknown command {argv[0]!r}; expected one of {', '.join(sub.choices)} "
+                        "(python data.py -h)")
     args = parser.parse_args(argv)
     if args.command == "folders":
         ds = load_dataset(args.root, args.dataset, verbose=False)

@@ -196,6 +196,14 @@ def _render(rng, cam, person=None):
 # -----------------------------------------------------------------------------
 # Writing the dataset
 
+# The range of each size: cameras >= 2, for every identity needs a second camera for a
+# cross-camera match; at most 9999 identities (4-digit pids); the upper ends keep a dataset
+# within hours of drawing and the file names' numbers (c1..c99) within what data.py reads
+SIZE_LIMITS = dict(train_ids=(1, 9998), test_ids=(1, 9998), cameras=(2, 99),
+                   max_per_camera=(1, 99), junk=(0, 99999), distractors=(0, 99999),
+                   lookalikes=(1, 9999))
+
+
 def make_synthetic(root, seed=0, train_ids=150, test_ids=200, cameras=6, max_per_camera=3,
                    junk=50, distractors=50, lookalikes=3):
     """Write a synthetic re-ID dataset in the Market-1501 layout and naming; return root.
@@ -211,15 +219,16 @@ def make_synthetic(root, seed=0, train_ids=150, test_ids=200, cameras=6, max_per
     after a failure (disk full, Ctrl-C) ROOT holds no part of a dataset (and is gone if this
     call created it).
     """
-    # cameras >= 2: every identity needs a second camera for a cross-camera match;
-    # at most 9999 identities: pids are 4 digits
-    if (train_ids < 1 or test_ids < 1 or train_ids + test_ids > 9999 or cameras < 2
-            or max_per_camera < 1 or junk < 0 or distractors < 0 or lookalikes < 1):
-        raise UserError("make_synthetic needs train_ids >= 1, test_ids >= 1, "
-                        "train_ids + test_ids <= 9999, cameras >= 2, max_per_camera >= 1, "
-                        f"junk >= 0, distractors >= 0, lookalikes >= 1; got {train_ids}, "
-                        f"{test_ids}, {cameras}, {max_per_camera}, {junk}, {distractors}, "
-                        f"{lookalikes}")
+    sizes = dict(train_ids=train_ids, test_ids=test_ids, cameras=cameras,
+                 max_per_camera=max_per_camera, junk=junk, distractors=distractors,
+                 lookalikes=lookalikes)
+    for name, value in sizes.items():
+        low, high = SIZE_LIMITS[name]
+        if not low <= value <= high:
+            raise UserError(f"--{name.replace('_', '-')} must lie in [{low}, {high}], got {value}")
+    if train_ids + test_ids > 9999:  # pids are 4 digits
+        raise UserError(f"--train-ids {train_ids} + --test-ids {test_ids}: expected at most 9999 "
+                        "identities in all (the file names' 4-digit pids)")
     # numpy's generators take seeds >= 0; checked here, before anything is written
     if not 0 <= seed <= 2**32 - 1:
         raise UserError(f"--seed must lie in [0, 2**32 - 1], got {seed}")

@@ -56,7 +56,13 @@ def test_parse_name(name, expected):
 @pytest.mark.parametrize("name", ["0002_c1s1.jpg",            # Market name cut short
                                   "0002_c0s1_000451_03.jpg",  # no camera 0: c1 is the first
                                   "abcd_c1s1_000451_03.jpg",  # pid not a number
-                                  "0002_c1s1_000451_03.bmp"])  # not .jpg/.png
+                                  "0002_c1s1_000451_03.bmp",  # not .jpg/.png
+                                  # numbers no dataset has: an identity of 10 digits (beyond
+                                  # MAX_PID = 999999999), a camera c10000 (MAX_CAMERA = 9999), and
+                                  # one of 20 digits, beyond int64
+                                  "1000000000_c1s1_000451_03.jpg",
+                                  "0002_c10000s1_000451_03.jpg",
+                                  "0002_c99999999999999999999s1_000451_03.jpg"])
 @pytest.mark.exercise(1)
 def test_parse_name_rejects(name):
     with pytest.raises(UserError, match=re.escape(name)):
@@ -101,6 +107,17 @@ def test_load_dataset_by_hand(tmp_path, capsys):
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:5]}
     assert rows == {"train": ["3", "4", "4", "0", "0"], "query": ["2", "2", "2", "0", "0"],
                     "gallery": ["2", "4", "4", "1", "1"]}
+
+
+def test_a_query_named_as_junk_or_distractor_is_refused(tmp_path):
+    # the hand layout with its first query copied as 0000_... (a distractor's name) and as -1_...
+    # (junk's): either query would count the gallery's distractors (junk) as its true matches
+    for name in ("0000_c1s1_000100_01.jpg", "-1_c1s1_000100_01.jpg"):
+        root = hand_layout(tmp_path / name[:2])
+        touch(os.path.join(root, "query"), name)
+        with pytest.raises(UserError, match=re.escape(name) + ": a query named as junk .-1. or a "
+                           "distractor .0000.; these are gallery images only"):
+            data.load_dataset(root, "market1501", verbose=False)
 
 
 def test_load_dataset_finds_release_folders(tmp_path):
@@ -206,6 +223,11 @@ def test_folder_layout_errors(tmp_path):
     touch(tmp_path / "query" / "1", "q_c2.jpg")
     with pytest.raises(UserError, match=r"gallery holds no images"):
         data.load_dataset(str(tmp_path), "folder")
+    # a camera number no dataset has (MAX_CAMERA = 9999), here beyond int64 too
+    touch(tmp_path / "gallery" / "1", "g_c99999999999999999999.jpg")
+    with pytest.raises(UserError, match=r"g_c99999999999999999999.jpg: camera "
+                       r"c99999999999999999999 in its name; expected c1..c9999"):
+        data.load_dataset(str(tmp_path), "folder")
 
 
 def test_to_folders_round_trip(synthetic_root, tmp_path):
@@ -228,6 +250,11 @@ def test_to_folders_round_trip(synthetic_root, tmp_path):
                 assert (b.cams == a.cams + 1).all()
     with pytest.raises(UserError, match="not empty"):
         data.to_folders(ds, out)
+    # the training identities are relabelled, so their folders are named train0001, ...: never
+    # the name of a test identity (another person), which would give both one pid
+    names = {s: set(os.listdir(os.path.join(out, s))) for s in ("train", "query", "gallery")}
+    assert all(n.startswith("train") for n in names["train"])
+    assert not names["train"] & (names["query"] | names["gallery"])
 
 
 def deny(monkeypatch, name, inside):
@@ -370,6 +397,11 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         exit_on_user_error(data.main, ["summary", "--root", str(tmp_path / "nowhere")])
     assert e.value.code == 2 and capsys.readouterr().err.startswith("error: dataset root")
+    # a mistyped command: named as unknown, with the known ones, in one line
+    with pytest.raises(SystemExit) as e:
+        exit_on_user_error(data.main, ["sumary", "--root", root])
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "error: unknown command 'sumary'; expected one of summary, folders (python data.py -h)\n")
 
 
 # -----------------------------------------------------------------------------
@@ -461,6 +493,24 @@ def test_pk_sampler_too_few_identities():
     with pytest.raises(UserError, match=r"--P 6: a PK batch needs P distinct identities, but the "
                        r"training split has only 5"):
         data.PKSampler(PIDS, P=6, K=4)
+
+
+def test_pk_sampler_batch_must_not_exceed_the_training_images():
+    # PIDS: 5 identities, 16 images; P x K = 5 x 4 = 20 > 16 (K as large as int64 cannot hold,
+    # too): refused; 5 x 3 = 15 is fine
+    data.PKSampler(PIDS, P=5, K=3)
+    for K in (4, 10**20):
+        with pytest.raises(UserError, match=f"--P 5 --K {K}: a batch of P x K = {5 * K} images "
+                           "is more than the 16 training images"):
+            data.PKSampler(PIDS, P=5, K=K)
+
+
+def test_decoding_more_than_the_memory_is_refused_before_allocating():
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    data.check_memory(memory, "all of it")
+    with pytest.raises(UserError, match=r"decoding 9 train images at 100000x50000 takes .* GiB, "
+                       r"more than this machine's .* GiB of memory: give a smaller --height"):
+        data.load_images(["a.jpg"] * 9, 100000, 50000, desc="train")
 
 
 def test_pk_sampler_refuses_a_negative_seed():

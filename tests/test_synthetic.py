@@ -103,10 +103,18 @@ def test_synthetic_families_stay_inside_a_split(tmp_path, monkeypatch):
 # Refusals and failures
 
 def test_synthetic_refuses_bad_input(tmp_path):
-    with pytest.raises(UserError, match="cameras >= 2"):
-        synthetic.make_synthetic(str(tmp_path / "x"), cameras=1)
-    with pytest.raises(UserError, match="lookalikes >= 1"):
-        synthetic.make_synthetic(str(tmp_path / "x"), lookalikes=0)
+    # each size named with its range; 10**20: an integer argparse takes, beyond int64
+    for size, value, interval in (("cameras", 1, "[2, 99]"), ("lookalikes", 0, "[1, 9999]"),
+                                  ("max_per_camera", 10**20, "[1, 99]"),
+                                  ("junk", 10**20, "[0, 99999]"), ("cameras", 100, "[2, 99]")):
+        flag = "--" + size.replace("_", "-")
+        with pytest.raises(UserError, match=re.escape(f"{flag} must lie in {interval}, got "
+                                                      f"{value}")):
+            synthetic.make_synthetic(str(tmp_path / "x"), **{size: value})
+    with pytest.raises(UserError, match="--train-ids 5000 [+] --test-ids 5000: expected at most "
+                       "9999 identities"):
+        synthetic.make_synthetic(str(tmp_path / "x"), train_ids=5000, test_ids=5000)
+    assert not (tmp_path / "x").exists()
     (tmp_path / "y" / "query").mkdir(parents=True)  # never mix with what is there
     (tmp_path / "y" / "query" / "0001_c1s1_000001_01.jpg").write_bytes(b"")
     with pytest.raises(UserError, match="not empty"):
