@@ -358,6 +358,10 @@ def load_init(model, cfg, stage, num_classes):
         expected = "stage1"
     else:
         expected = "stage2"
+    if ckpt.get("stage") == expected and ckpt["epoch"] < ckpt["config"]["epochs"]:
+        raise UserError(f"{path}: that {expected} run stopped after epoch {ckpt['epoch']} of its "
+                        f"{ckpt['config']['epochs']}; finish it first (its command with "
+                        f"--resume), then start {stage}")
     if ckpt.get("stage") != expected:
         hint = ""
         if stage == "stage3" and ckpt.get("stage") == "stage1":
@@ -407,15 +411,26 @@ def train_stage(cfg, stage, ds=None, images=None):
     ckpt = None
     if cfg.resume:
         ckpt = common.resume_state(last, "aaanet", cfg, RESUME_MAY_DIFFER, device)
-    elif os.path.isfile(last):
-        print(f"note: {last} will be overwritten by this new run (--resume continues it)")
+    elif common.earlier_run(out):
+        earlier = ", ".join(common.earlier_run(out))
+        print(f"note: {out} holds an earlier run; its files ({earlier}) are replaced when this "
+              "run starts training (--resume continues it instead)")
     common.seed_everything(cfg.seed)  # the same seed draws the same weights and batches
     # the dataset's names parsed into identity and camera labels (no pixels yet)
     if ds is None:
         ds = data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
     evaluates = stage != "stage2" and cfg.eval_metrics
-    if evaluates:  # the evaluation's need, before training
+    if evaluates:  # the evaluation's needs, before training
         evaluate.check_true_matches(ds)
+        evaluate.check_training_pairs(ds, cfg.eval_metrics)
+    if len(ds.train) < cfg.batch_size:  # no complete batch
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(ds.train)} "
+                        "training images")
+    # the training files and labels, in a digest: --resume refuses a run's split changed since
+    train_digest = common.split_digest(ds.train.paths, ds.train.pids, cfg.root)
+    if ckpt is not None:
+        common.check_checkpoint(ckpt, last, "aaanet", ds.num_train_pids, "classifier.weight")
+        common.check_same_images(ckpt, last, cfg.root, len(ds.train), train_digest)
     # the network before the images: missing ImageNet weights or a wrong --init fail at once
     weights = cfg.weights if stage == "stage1" else "none"
     model = AAANet(ds.num_train_pids, cfg.point, cfg.dropout, cfg.attention_channels, weights,
@@ -433,21 +448,16 @@ def train_stage(cfg, stage, ds=None, images=None):
     # SGD over what this stage trains (Algorithm 1 step 5: the attention branch alone in stage 2)
     optimizer = common.make_sgd(model.freeze_for(stage), cfg.lr, cfg.momentum, cfg.weight_decay)
     # Sec. 4.2: lr x lr_gamma every lr_step epochs
-    milestones = range(cfg.lr_step, cfg.epochs, cfg.lr_step)
-    schedule = common.step_schedule(optimizer, milestones, cfg.lr_gamma)
+    schedule = common.step_schedule(optimizer, cfg.lr_step, cfg.lr_gamma)
     g = torch.Generator().manual_seed(cfg.seed)  # the batch order and the augmentation, on CPU
     N = len(train_images)
     B = cfg.batch_size
-    if N < B:  # no complete batch
-        raise UserError(f"--batch-size {B} is larger than the {N} training images")
 
     first_epoch = 0
     log = []  # OUT/<stage>/log.csv: a row per epoch
     results = {}  # {metric: rank_metrics} after the last epoch
     checkpoint = ckpt  # the last one written (or read)
     if ckpt is not None:  # --resume: put back all that the checkpoint below holds
-        common.check_checkpoint(ckpt, last, "aaanet", ds.num_train_pids, "classifier.weight")
-        common.check_same_images(ckpt, last, cfg.root, N)
         common.restore(ckpt, last, model, optimizer, schedule, g)
         first_epoch = ckpt["epoch"]
         log = ckpt["log"]
@@ -458,6 +468,8 @@ def train_stage(cfg, stage, ds=None, images=None):
             common.link_best(last)
         if first_epoch < cfg.epochs:
             print(f"{stage} resuming {last} at epoch {first_epoch + 1}", flush=True)
+    else:  # a new run: every check has passed, an earlier run's files in --out go now
+        common.clear_earlier_run(out)
     start_from = f"weights {cfg.weights}" if stage == "stage1" else f"from {cfg.init}"
     print(f"{stage}: {N} training images of {ds.num_train_pids} identities at {cfg.height}x"
           f"{cfg.width}, {N // B} batches of {B} per epoch, device {device}, {start_from}",
@@ -488,6 +500,7 @@ def train_stage(cfg, stage, ds=None, images=None):
             "rng": common.rng_state(),  # Python, numpy, torch (dropout) and CUDA
             "aug_generator": g.get_state(),  # the batch order and data.augment's draws
             "num_images": N,
+            "train_digest": train_digest,  # --resume refuses other training files
             "device_type": device.type,  # what --precision auto meant for this run
             "log": log,
             "results": {},
@@ -603,6 +616,10 @@ def resolve(cfg, stage):
     if not cfg.root:
         raise UserError("--root is required (python aaanet.py without arguments: the demo)")
     common.check_limits(cfg, LIMITS)
+    common.check_padding(cfg.pad, cfg.height, cfg.width)
+    if cfg.occlusion_chunk > cfg.batch_size:
+        raise UserError(f"--occlusion-chunk {cfg.occlusion_chunk}: expected at most --batch-size "
+                        f"{cfg.batch_size} images per pass (0: the whole batch)")
     # f_r's size: each stride-2 layer before the point halves the input, rounding up
     halvings = 2 ** (POINTS.index(cfg.point) + 2)
     h = -(-cfg.height // halvings)
@@ -616,12 +633,15 @@ def resolve(cfg, stage):
     return cfg
 
 
-# The valid range of each numeric flag (`common.check_limits` names the first one outside it)
-LIMITS = dict(height="[32, inf)", width="[32, inf)", lr_step="[1, inf)", threshold="[0, 1)",
+# The valid range of each numeric flag (`common.check_limits` names the first one outside it);
+# height and width: person crops (224x224 in the paper); at 1024 px a training batch of 32 no
+# longer fits a GPU. 2048 attention channels: ResNet-50's widest layer. `resolve` adds the ranges
+# that join two flags.
+LIMITS = dict(height="[32, 1024]", width="[32, 1024]", lr_step="[1, inf)", threshold="[0, 1)",
               lambda1="[0, inf)", lambda2="[0, inf)", epochs="[1, inf)", lr_gamma="(0, 1]",
               random_erasing="[0, 1]", seed="[0, 4294967295]", batch_size="[2, inf)", lr="(0, inf)",
               momentum="[0, 1)", dropout="[0, 1)", grid="[1, inf)", pad="[0, inf)", omega="[0, 1)",
-              attention_channels="[1, inf)", occlusion_chunk="[0, inf)", weight_decay="[0, inf)")
+              attention_channels="[1, 2048]", occlusion_chunk="[0, inf)", weight_decay="[0, inf)")
 
 # The flags a resumed run may change: none of them changes the weights
 RESUME_MAY_DIFFER = ("resume", "device", "eval_metrics")

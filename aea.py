@@ -345,13 +345,20 @@ def train(cfg):
     ckpt = None
     if cfg.resume:
         ckpt = common.resume_state(last, "aea", cfg, RESUME_MAY_DIFFER, device)
-    elif os.path.isfile(last):
-        print(f"note: {last} will be overwritten by this new run (--resume continues it)")
+    elif common.earlier_run(cfg.out):
+        earlier = ", ".join(common.earlier_run(cfg.out))
+        print(f"note: {cfg.out} holds an earlier run; its files ({earlier}) are replaced when "
+              "this run starts training (--resume continues it instead)")
     # the same seed draws the same weights, PK batches and augmentation
     common.seed_everything(cfg.seed)
     # the dataset's names parsed into identity and camera labels (no pixels yet)
     ds = data.load_dataset(cfg.root, cfg.dataset, skip_bad_files=cfg.skip_bad_files)
     evaluate.check_true_matches(ds)  # the evaluation's need, before training
+    # the training files and labels, in a digest: --resume refuses a run's split changed since
+    train_digest = common.split_digest(ds.train.paths, ds.train.pids, cfg.root)
+    if ckpt is not None:
+        common.check_checkpoint(ckpt, last, "aea", ds.num_train_pids, "basic.FC_2.weight")
+        common.check_same_images(ckpt, last, cfg.root, len(ds.train), train_digest)
     sampler = data.PKSampler(ds.train.pids, cfg.P, cfg.K, seed=cfg.seed)  # --P checked here
     # the model before the images: a missing ImageNet file fails in seconds, not after decoding
     model = AEA(ds.num_train_pids, cfg.variant, cfg.weights, cfg.dropout, cfg.arch)
@@ -375,8 +382,6 @@ def train(cfg):
     erase_mask = None  # B3, B4, --erasing fixed: the erase-once pixels, bit-packed
     checkpoint = ckpt  # the last one written (or read)
     if ckpt is not None:  # --resume: put back all that the checkpoint below holds
-        common.check_checkpoint(ckpt, last, "aea", ds.num_train_pids, "basic.FC_2.weight")
-        common.check_same_images(ckpt, last, cfg.root, len(images))
         common.restore(ckpt, last, model, optimizer, schedule, g)
         first_epoch = ckpt["epoch"]
         log = ckpt["log"]
@@ -388,6 +393,8 @@ def train(cfg):
             common.link_best(last)
         if first_epoch < epochs:
             print(f"resuming {last} at epoch {first_epoch + 1}", flush=True)
+    else:  # a new run: every check has passed, an earlier run's files in --out go now
+        common.clear_earlier_run(cfg.out)
 
     mode = erasing_mode(cfg)
     erased_images = None  # the erased copies of the training images (erase-once modes)
@@ -444,6 +451,7 @@ def train(cfg):
             "aug_generator": g.get_state(),  # data.augment's draws
             "erase_mask": erase_mask,
             "num_images": len(images),
+            "train_digest": train_digest,  # --resume refuses other training files
             "device_type": device.type,  # what --precision auto meant for this run
             "log": log,
             "results": common.saved_results(results),
@@ -536,10 +544,12 @@ PER_DATASET = {
 # The flags a resumed run may change: none of them changes what is trained
 RESUME_MAY_DIFFER = ("resume", "device", "out", "eval_every", "eval_untrained", "keep_every")
 
-# The valid range of each numeric flag (`common.check_limits` names the first one outside it)
+# The valid range of each numeric flag (`common.check_limits` names the first one outside it);
+# height and width: person crops, 128x64 in Market-1501, 256x128 in the paper; at 1024 px a
+# training batch of 32 no longer fits a GPU. check_config adds the ranges that join two flags.
 LIMITS = dict(R="(0, 100)", reda_p="[0, 1]", dropout="[0, 1)", margin="[0, inf)",
               alpha1="[0, inf)", alpha2="[0, inf)", lr="(0, inf)", momentum="[0, 1)",
-              weight_decay="[0, inf)", height="[32, inf)", width="[16, inf)", P="[2, inf)",
+              weight_decay="[0, inf)", height="[32, 1024]", width="[16, 1024]", P="[2, inf)",
               K="[1, inf)", pad="[0, inf)", epochs="[1, inf)", lr_step="[1, inf)",
               warmup_epochs="[0, inf)", eval_every="[0, inf)", keep_every="[0, inf)",
               seed="[0, 4294967295]")
@@ -621,6 +631,7 @@ def parse_config(argv):
 def check_config(cfg):
     """One clear UserError for the first bad value, naming the flag."""
     common.check_limits(cfg, LIMITS)
+    common.check_padding(cfg.pad, cfg.height, cfg.width)
     if cfg.variant not in ("aea", "b2") and cfg.erasing != "adversarial":
         raise UserError(f"--erasing {cfg.erasing} applies to --variant aea and b2; {cfg.variant} "
                         "fixes its own input to the complementary network (Sec. IV-C)")

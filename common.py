@@ -22,6 +22,8 @@ Around a training loop (each paper's `train` writes its loop and its checkpoint 
   save_checkpoint, load_checkpoint  atomic writes; loads with weights_only=True
   rng_state, set_rng_state       every random generator, saved with each epoch's checkpoint
   resume_state, restore          the checkpoint --resume goes on from, checked; put back
+  split_digest, check_same_images  --resume refuses another training split, even of equal size
+  earlier_run, clear_earlier_run   a new run in an earlier run's --out replaces all its files
   save_epoch                     OUT/last.pt, OUT/log.csv (a row per epoch), OUT/best.pt
   Progress                       the progress line; a NaN or infinite loss stops the run
   stop_on_sigterm, report_stop   Ctrl-C and SIGTERM stop a run; the command that resumes it
@@ -34,6 +36,7 @@ import csv
 import ctypes
 import dataclasses
 import functools
+import hashlib
 import inspect
 import io
 import math
@@ -127,6 +130,10 @@ def load_backbone_weights(resnet, weights, arch):
         state = imagenet_state_dict(arch)
     else:
         state = load_checkpoint(weights)
+    if isinstance(state, dict) and "paper" in state:  # a run's checkpoint: weights, config, log
+        raise UserError(f"weights {weights} is {describe_checkpoint(state)}, not a {name} state "
+                        "dict: to evaluate it, search or draw figures with it, give it to "
+                        "--checkpoint")
     if isinstance(state, dict):
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     load_weights(resnet, state, f"weights {weights}", f"a torchvision {name}")
@@ -201,10 +208,10 @@ def make_sgd(params, lr, momentum=0.9, weight_decay=5e-4):
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def step_schedule(optimizer, milestones, gamma=0.1):
-    """Every lr x gamma at each epoch in `milestones` (stepped per epoch): AAA-Net Sec. 4.2's
-    x0.1 every 2 (or 3) epochs -> milestones=range(2, epochs, 2)."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(milestones), gamma=gamma)
+def step_schedule(optimizer, every, gamma=0.1):
+    """Every lr x gamma once per `every` epochs (stepped per epoch): AAA-Net Sec. 4.2's x0.1 every
+    2 (or 3) epochs -> every=2. The lr of 0-based epoch e is lr x gamma^(e // every)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** (e // every))
 
 
 # --- Device, seeding, mixed precision -------------------------------------------------------------
@@ -343,6 +350,15 @@ def check_limits(cfg, limits):
                             f"{value}{meaning}")
 
 
+def check_padding(pad, height, width):
+    """Refuse a --pad of the input's height or width or more: its random crop could then hold
+    nothing but the zeros of the padding."""
+    if pad >= min(height, width):
+        raise UserError(f"--pad {pad} must be below the input's smaller side ({height}x{width} "
+                        f"inputs: below {min(height, width)}); a larger padding can crop nothing "
+                        "but zeros")
+
+
 # --- Errors: one line naming the cause, exit status 2 ---------------------------------------------
 
 class UserError(Exception):
@@ -351,12 +367,18 @@ class UserError(Exception):
 
 def exit_on_user_error(main, argv=None):
     """main(argv); a UserError (or an OSError no check foresaw, named by the system) becomes
-    `error: <message>` on stderr and exit status 2."""
+    `error: <message>` on stderr and exit status 2. Ctrl-C or SIGTERM (`stop_on_sigterm`) that
+    reach here, in a command that is not a training run, print `stopped by SIGINT` (SIGTERM) and
+    exit with the shell's status for the signal, 128 + its number: no traceback."""
     try:
         return main(argv)
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as stop:
+        name = str(stop) or "SIGINT"
+        print(f"stopped by {name}", file=sys.stderr)
+        sys.exit(128 + signal.Signals[name].value)
 
 
 # --- Checkpoints: atomic writes, safe loads, random states ----------------------------------------
@@ -437,6 +459,8 @@ def describe_checkpoint(ckpt):
     if kind == "aaanet":
         stage = f" {ckpt['stage']}" if ckpt.get("stage") else ""
         return f"an AAA-Net{stage} checkpoint (aaanet.py)"
+    if kind == "backbone":
+        return "a backbone checkpoint (a plain ResNet with its input size)"
     return f"not a checkpoint of this project (paper={kind!r})"
 
 
@@ -517,12 +541,27 @@ def restore(ckpt, path, model, optimizer, schedule, generator):
     generator.set_state(ckpt["aug_generator"])
 
 
-def check_same_images(state, path, root, num_images):
-    """Refuse to resume a run on a training split with another number of images than it had."""
+def split_digest(paths, labels, root):
+    """A short digest of a training split: each image's path under `root` and its label, in
+    order. A checkpoint keeps it, so that --resume sees any change of the training files, even
+    one that keeps their number."""
+    digest = hashlib.sha256()
+    for path, label in zip(paths, labels):
+        digest.update(f"{os.path.relpath(path, root)}\t{int(label)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def check_same_images(state, path, root, num_images, digest):
+    """Refuse to resume a run on a training split other than its own: another number of images,
+    or other files or labels (`split_digest`)."""
     if state["num_images"] != num_images:
         raise UserError(f"--resume {path}: the run trained on {state['num_images']} training "
                         f"images, the training split of {root} now has {num_images}; resume "
                         "on the run's own data")
+    if state["train_digest"] != digest:
+        raise UserError(f"--resume {path}: the training split of {root} holds {num_images} "
+                        "images as the run's did, but other files or identities (renamed, "
+                        "replaced or moved images); resume on the run's own data")
 
 
 def saved_results(results):
@@ -570,8 +609,9 @@ def claim_lock(lock, folder):
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # one run wins
     except FileExistsError:
-        with open(lock) as f:
-            holder = f.read().strip()
+        # a pid, as this function writes it; anything else (bytes, a huge number) is no running run
+        with open(lock, errors="replace") as f:
+            holder = f.read(64).strip()
         if holder != str(os.getpid()) and pid_running(holder):
             raise UserError(f"--out {folder} is in use by another run (pid {holder}); wait "
                             f"for it to end, or give another --out (no such run: delete {lock})"
@@ -603,6 +643,22 @@ def pid_running(pid):
     except PermissionError:  # another user's process
         return True
     return True
+
+
+# the files a training run writes in its --out (tools.py plot adds curves.png)
+RUN_FILES = re.compile(r"last\.pt|best\.pt|log\.csv|epoch_\d+\.pt|curves\.png")
+
+
+def earlier_run(folder):
+    """The names of the files an earlier run left in `folder` (RUN_FILES), sorted."""
+    return sorted(name for name in listdir(folder) if RUN_FILES.fullmatch(name))
+
+
+def clear_earlier_run(folder):
+    """Remove an earlier run's files from `folder` before a new run writes its first epoch there,
+    so that no old epoch_N.pt, best.pt or curves.png lies beside the new run's files."""
+    for name in earlier_run(folder):
+        os.remove(os.path.join(folder, name))
 
 
 def write_log(folder, rows):

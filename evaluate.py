@@ -218,6 +218,29 @@ def check_true_matches(ds):
         raise UserError(f"{ds.root}: {no_true_match(len(ds.query.pids))}")
 
 
+def check_training_pairs(ds, metrics):
+    """Refuse, before any training or feature extraction, a training split that XQDA or KISSME
+    (if in `metrics`) cannot be fitted on: `pair_covariances` needs a pair of images of one
+    identity in two cameras and one of two identities in two cameras. The pairs are counted from
+    the group sizes: ordered pairs in two cameras = N^2 - sum_c N_c^2, the same identity's =
+    sum_y (N_y^2 - sum_c N_yc^2)."""
+    if not {"xqda", "kissme"} & set(metrics):
+        return
+    pids = np.asarray(ds.train.pids)
+    cams = np.asarray(ds.train.cams)
+
+    def squared_sizes(*keys):  # sum over the groups of equal keys of (group size)^2
+        _, sizes = np.unique(np.stack(keys), axis=1, return_counts=True)
+        return int((sizes.astype(np.int64) ** 2).sum())
+    all_pairs = len(pids) ** 2 - squared_sizes(cams)
+    same_id = squared_sizes(pids) - squared_sizes(pids, cams)
+    if same_id == 0 or all_pairs - same_id == 0:
+        raise UserError(f"{ds.root}: XQDA and KISSME need training images of one identity in two "
+                        "cameras and of two identities in two cameras; the training split has "
+                        f"{same_id} and {all_pairs - same_id} such pairs (evaluate with "
+                        "euclidean only)")
+
+
 def valid_ranking(d, q_pid, q_cam, g_pids, g_cams):
     """Steps 1-2 of `rank_metrics` for one query, numpy: d [G] -> (order, is_match), the gallery
     indices of the valid ranking and whether each is a true match."""
@@ -1019,9 +1042,11 @@ def model_on_device(args):
 
 
 # The valid range of each numeric flag (`common.check_limits` names the first one outside it).
-# height and width: at least the paper configs' minimum (aea.py's LIMITS); seed: what numpy takes.
-LIMITS = dict(seed="[0, 4294967295]", batch_size="[1, inf)", height="[32, inf)",
-              width="[16, inf)", xqda_lambda="[0, inf)", xqda_dims="[0, inf)",
+# height and width: the paper configs' range (aea.py's LIMITS); seed: what numpy takes; a batch
+# of 4096 images at 256x128 is 1.5 GiB of float32 input alone; XQDA's regulariser must be above
+# 0 for Sigma_I + lambda I to have the Cholesky factor XQDA.fit takes.
+LIMITS = dict(seed="[0, 4294967295]", batch_size="[1, 4096]", height="[32, 1024]",
+              width="[16, 1024]", xqda_lambda="(0, inf)", xqda_dims="[0, inf)",
               kissme_dims="[1, inf)")
 
 
@@ -1109,6 +1134,7 @@ def run(argv=None):
     # the dataset first: a wrong --root fails before any model is built
     ds = data.load_dataset(args.root, args.dataset, skip_bad_files=args.skip_bad_files)
     check_true_matches(ds)
+    check_training_pairs(ds, args.metric)
     # the input size and precision come with the model: a checkpoint's config, or --height/--width
     # and "auto" for --weights
     model, device, size, precision = model_on_device(args)
@@ -1124,6 +1150,7 @@ def run(argv=None):
 
 def main(argv=None):
     """`python evaluate.py [flags]`: a UserError printed as one line `error: ...`, exit status 2."""
+    common.stop_on_sigterm()  # SIGTERM ends it as Ctrl-C does: one line, no traceback
     argv = list(sys.argv[1:] if argv is None else argv)
     return common.exit_on_user_error(run, argv)
 

@@ -472,7 +472,8 @@ def test_init_must_have_what_the_stage_inherits(tmp_path):
     for stage, previous in (("stage2", "stage1"), ("stage3", "stage2")):
         path = str(tmp_path / f"{previous}.pt")
         common.save_checkpoint(path, {"paper": "aaanet", "stage": previous, "model": {
-            "classifier.weight": torch.zeros(3, 2048)}, "config": dataclasses.asdict(trained)})
+            "classifier.weight": torch.zeros(3, 2048)}, "config": dataclasses.asdict(trained),
+            "epoch": trained.epochs})
         changes = [(dict(height=96), "--height 128"), (dict(width=48), "--width 64"),
                    (dict(arch="resnet18"), "--arch resnet50")]
         if stage == "stage3":
@@ -484,6 +485,19 @@ def test_init_must_have_what_the_stage_inherits(tmp_path):
             with pytest.raises(common.UserError, match=re.escape(
                     f"--init {path} was trained with {named}; {stage} inherits them")):
                 aaanet.load_init(None, cfg, stage, 3)
+
+
+def test_init_must_be_a_finished_stage(tmp_path):
+    # a stage 1 stopped after 3 of its 10 epochs (Ctrl-C, a cluster's time limit) is not the
+    # baseline stage 2 fine-tunes: refused, with the way to finish it, before any weight is read
+    cfg = aaanet.Config(root="x", height=128, width=64)
+    path = str(tmp_path / "stage1.pt")
+    common.save_checkpoint(path, {"paper": "aaanet", "stage": "stage1", "model": {
+        "classifier.weight": torch.zeros(3, 2048)}, "config": dataclasses.asdict(cfg), "epoch": 3})
+    stage2 = aaanet.resolve(dataclasses.replace(cfg, init=path), "stage2")
+    with pytest.raises(common.UserError, match=re.escape(
+            f"--init {path}: that stage1 run stopped after epoch 3 of its 10; finish it first")):
+        aaanet.load_init(None, stage2, "stage2", 3)
 
 
 # -----------------------------------------------------------------------------
@@ -876,6 +890,15 @@ def test_bad_flags_exit_2_naming_the_flag(synthetic_root, tmp_path, capsys):
              (["stage3", *flags, "--lambda2", "-0.1"], "--lambda2 must lie in [0, inf)"),
              (["stage1", *flags, "--lr", "0"], "--lr must lie in (0, inf), got 0.0"),
              (["stage1", *flags, "--lr", "-0.01"], "--lr must lie in (0, inf), got -0.01"),
+             # numbers beyond any real run: a padding of the whole 32 px wide input, more images
+             # per occlusion pass than a batch holds, an input or a branch no GPU holds
+             (["stage1", *flags, "--pad", "32"], "--pad 32 must be below the input's smaller "
+              f"side ({H}x{W} inputs: below 32)"),
+             (["stage1", *flags, "--occlusion-chunk", str(10**20)],
+              f"--occlusion-chunk {10**20}: expected at most --batch-size 8 images per pass"),
+             (["stage1", *flags, "--height", "100000"], "--height must lie in [32, 1024]"),
+             (["stage2", *flags, "--attention-channels", "100000"],
+              "--attention-channels must lie in [1, 2048], got 100000"),
              (["stage1", *flags, "--out", str(blocker / "run")],
               f"--out {blocker}/run/stage1: cannot write there")]  # the stage's own folder
     assert_exit_2(cases, capsys)  # --dataset and --device: test_errors.py, for both papers

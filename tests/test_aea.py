@@ -478,7 +478,13 @@ def test_b4_erases_once_after_the_basic_schedule(synthetic_root, tmp_path, monke
     # B4's basic phase is Baseline 1's schedule: no flag of its own
     (["--b4-basic-epochs", "40"], "unrecognized arguments: --b4-basic-epochs"),
     (["--arch", "resnet101"], "--arch: invalid choice: 'resnet101'"),
-    (["--P", "1"], "--P must lie in [2, inf), got 1 (identities per batch")])
+    (["--P", "1"], "--P must lie in [2, inf), got 1 (identities per batch"),
+    # the demo's 64x32 inputs: a padding of 32 or more can crop nothing but zeros; an input no GPU
+    # holds; an integer argparse takes that int64 cannot hold
+    (["--pad", "32"], "--pad 32 must be below the input's smaller side (64x32 inputs: below 32)"),
+    (["--pad", str(10**20)], f"--pad {10**20} must be below the input's smaller side"),
+    (["--height", "100000"], "--height must lie in [32, 1024], got 100000"),
+    (["--width", str(10**20)], f"--width must lie in [16, 1024], got {10**20}")])
 def test_bad_flags_are_one_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         common.exit_on_user_error(aea.main, argv)
@@ -689,6 +695,37 @@ def test_best_link_cut_by_a_stop_is_made_on_resume(synthetic_root, tmp_path, mon
     monkeypatch.undo()
     aea.main(flags + ["--resume"])
     assert os.path.samefile(out / "last.pt", out / "best.pt")
+
+
+@pytest.mark.slow
+def test_a_signal_while_last_pt_is_written_keeps_the_previous_epoch_whole(synthetic_root,
+                                                                         tmp_path, monkeypatch,
+                                                                         capsys):
+    # B1, 2 epochs: a real SIGTERM arrives when epoch 2's checkpoint is half written (the bytes
+    # are in the temporary file, not yet renamed over last.pt). last.pt stays epoch 1's, whole;
+    # the temporary is gone; the resume command is printed; --resume redoes epoch 2
+    out = tmp_path / "run"
+    flags = small_run(synthetic_root, out, "--variant", "b1", "--epochs", "2", "--arch",
+                      "resnet18")
+    real_save = torch.save
+    saves = [0]
+
+    def save_then_signal(state, f):
+        real_save(state, f)
+        saves[0] += 1
+        if saves[0] == 2:  # epoch 1's last.pt, then epoch 2's
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(torch, "save", save_then_signal)
+    assert aea.main(flags) is None
+    assert (f"stopped by SIGTERM; {out / 'last.pt'} holds the last epoch that ended"
+            in capsys.readouterr().out)
+    assert common.load_checkpoint(str(out / "last.pt"))["epoch"] == 1
+    # no temporary .last.pt.tmpPID (OUT/.lock: this process's, released when it exits)
+    assert sorted(os.listdir(out)) == [".lock", "best.pt", "last.pt", "log.csv"]
+    monkeypatch.undo()
+    aea.main(flags + ["--resume"])
+    assert f"resuming {out / 'last.pt'} at epoch 2" in capsys.readouterr().out
+    assert common.load_checkpoint(str(out / "last.pt"))["epoch"] == 2
 
 
 @pytest.mark.slow

@@ -224,6 +224,15 @@ def test_backbone_refuses_other_weights_clearly(backbone, tmp_path):
     assert net.run(torch.zeros(1, 64, 8, 8), "conv2_x", "conv2_x").shape == (1, 256, 8, 8)
 
 
+def test_a_training_checkpoint_given_as_weights_says_to_use_checkpoint(tmp_path):
+    # last.pt of a run holds a model, its config, the optimizer...: not a ResNet state dict
+    path = str(tmp_path / "last.pt")
+    common.save_checkpoint(path, {"paper": "aea", "config": {}, "model": {}, "epoch": 1})
+    with pytest.raises(common.UserError, match=f"weights {path} is an AEA checkpoint .aea.py., "
+                       "not a ResNet-50 state dict: .* give it to --checkpoint"):
+        common.Backbone(path)
+
+
 def test_imagenet_weights_offline_says_where_to_put_the_file():
     with mock.patch("torch.hub.load_state_dict_from_url", side_effect=OSError("no network")):
         with pytest.raises(common.UserError, match=r"resnet50-0676ba61\.pth.*checkpoints"):
@@ -281,7 +290,7 @@ def test_seed_everything_repeats_every_generator():
 def test_step_schedule_and_sgd():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = common.make_sgd([p], lr=0.1)
-    sched = common.step_schedule(opt, milestones=range(2, 6, 2))  # AAA-Net: x0.1 every 2 epochs
+    sched = common.step_schedule(opt, every=2)  # AAA-Net: x0.1 every 2 epochs
     lrs = []
     for _ in range(5):
         lrs.append(opt.param_groups[0]["lr"])
@@ -520,11 +529,60 @@ def test_saved_results_load_with_weights_only(tmp_path):
     assert isinstance(results["epoch 1"]["cmc"], np.ndarray)  # the caller's rows unchanged
 
 
+def test_a_new_run_replaces_every_file_of_an_earlier_run(tmp_path):
+    # what a run writes (last.pt, best.pt, log.csv, epoch_N.pt, tools.py plot's curves.png) is an
+    # earlier run's; the lock, temporaries and the user's own files are not, and stay
+    names = ["last.pt", "best.pt", "log.csv", "epoch_5.pt", "curves.png", ".lock", "notes.txt",
+             "epoch_x.pt", "last.pt.bak"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    earlier = ["best.pt", "curves.png", "epoch_5.pt", "last.pt", "log.csv"]
+    assert common.earlier_run(str(tmp_path)) == earlier
+    common.clear_earlier_run(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [".lock", "epoch_x.pt", "last.pt.bak", "notes.txt"]
+    assert common.earlier_run(str(tmp_path / "none")) == []
+
+
+def test_a_stop_outside_a_training_run_is_one_line_with_the_signals_status(capsys):
+    # Ctrl-C, or SIGTERM made a KeyboardInterrupt by stop_on_sigterm, in a command that is not a
+    # training run (evaluate.py, tools.py): "stopped by ..." and 128 + the signal's number
+    def stopped(argv):
+        raise KeyboardInterrupt(*argv)
+    for argv, status in (([], 130), (["SIGTERM"], 143)):
+        with pytest.raises(SystemExit) as e:
+            common.exit_on_user_error(stopped, argv)
+        assert e.value.code == status
+        name = argv[0] if argv else "SIGINT"
+        assert capsys.readouterr().err == f"stopped by {name}\n"
+
+
+def test_padding_must_be_below_the_input_side():
+    common.check_padding(31, 64, 32)
+    for pad in (32, 10**20):  # 32: a crop of the 32 px wide input could be all padding
+        with pytest.raises(common.UserError, match=f"--pad {pad} must be below the input's "
+                           "smaller side .64x32 inputs: below 32."):
+            common.check_padding(pad, 64, 32)
+
+
 def test_a_resumed_run_must_have_its_training_images(tmp_path):
-    common.check_same_images({"num_images": 46}, "last.pt", "data", 46)
-    with pytest.raises(common.UserError, match="trained on 46 training images, the training "
-                                               "split of data now has 45"):
-        common.check_same_images({"num_images": 46}, "last.pt", "data", 45)
+    paths = ["data/train/0001_c1.jpg", "data/train/0002_c2.jpg"]
+    digest = common.split_digest(paths, [0, 1], "data")
+    state = {"num_images": 2, "train_digest": digest}
+    common.check_same_images(state, "last.pt", "data", 2, digest)
+    with pytest.raises(common.UserError, match="trained on 2 training images, the training "
+                                               "split of data now has 3"):
+        common.check_same_images(state, "last.pt", "data", 3, digest)
+    # as many images, but one renamed, or two labels swapped: other digests, each refused
+    renamed = common.split_digest([paths[0], "data/train/0003_c2.jpg"], [0, 1], "data")
+    swapped = common.split_digest(paths, [1, 0], "data")
+    assert len({digest, renamed, swapped}) == 3
+    for other in (renamed, swapped):
+        with pytest.raises(common.UserError, match="holds 2 images as the run's did, but other "
+                                                   "files or identities"):
+            common.check_same_images(state, "last.pt", "data", 2, other)
+    # the digest is of the paths under the root: the same split elsewhere is the same split
+    moved = ["/elsewhere/data/train/0001_c1.jpg", "/elsewhere/data/train/0002_c2.jpg"]
+    assert common.split_digest(moved, [0, 1], "/elsewhere/data") == digest
 
 
 def test_sigterm_raises_keyboard_interrupt_and_the_stop_says_how_to_resume(tmp_path, capsys,
@@ -646,11 +704,13 @@ def test_out_folder_is_held_by_one_run(tmp_path):
     assert sorted(os.listdir(out)) == [".last.pt.tmp" + str(os.getppid()), ".lock", "last.pt"]
     release()
     assert sorted(os.listdir(out)) == [".last.pt.tmp" + str(os.getppid()), "last.pt"]  # kept
-    # a lock holding no pid any process can have (too large for the system) is stale too
-    (out / ".lock").write_text("9" * 30)
-    release = common.hold_folder(str(out))
-    assert (out / ".lock").read_text() == str(os.getpid())
-    release()
+    # a lock holding no pid any process can have (too large for the system) is stale too, and
+    # so is one of bytes that are no text (a disk error, a hand edit)
+    for junk in (b"9" * 30, bytes(range(256)) * 4):
+        (out / ".lock").write_bytes(junk)
+        release = common.hold_folder(str(out))
+        assert (out / ".lock").read_text() == str(os.getpid())
+        release()
     (tmp_path / "file").write_text("x")
     with pytest.raises(common.UserError, match="--out .*file/run: cannot write there"):
         common.hold_folder(str(tmp_path / "file" / "run"))

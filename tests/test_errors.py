@@ -189,6 +189,50 @@ def test_aea_keeps_its_last_epoch_when_the_evaluation_fails(tiny, tmp_path, caps
     assert "epoch 2 " in printed and "queries evaluated" in printed
 
 
+def test_a_new_run_replaces_an_earlier_run_only_once_it_starts(tiny, tmp_path, capsys):
+    # --out holds an earlier run: its last.pt, best.pt, log.csv, an epoch_5.pt (--keep-every) and
+    # tools.py plot's curves.png. A new run that fails its checks (P=7 > the 6 identities)
+    # leaves them all; one that starts replaces them, and no old file lies beside its own
+    out = tmp_path / "out"
+    run_aea(str(tiny), str(out), "--variant", "b1", "--arch", "resnet18", "--keep-every", "1")
+    (out / "epoch_5.pt").write_bytes((out / "epoch_1.pt").read_bytes())
+    (out / "curves.png").write_text("a figure")
+    (out / "notes.txt").write_text("the user's own file")
+    earlier = sorted(os.listdir(out))
+    line = expect_error(capsys, run_aea, str(tiny), str(out), "--P", "7")
+    # (in this process the failed run's OUT/.lock is released at exit; a command's, at its end)
+    assert "--P 7" in line and sorted(os.listdir(out)) == [".lock"] + earlier
+    run_aea(str(tiny), str(out), "--variant", "b1", "--arch", "resnet18")
+    printed = capsys.readouterr().out
+    assert (f"note: {out} holds an earlier run; its files (best.pt, curves.png, epoch_1.pt, "
+            "epoch_5.pt, last.pt, log.csv) are replaced when this run starts") in printed
+    assert sorted(os.listdir(out)) == ["best.pt", "last.pt", "log.csv", "notes.txt"]
+
+
+@pytest.mark.parametrize("command", ["aea", "aaanet"])
+def test_resume_refuses_a_changed_training_split_of_the_same_size(command, tiny, tmp_path,
+                                                                  capsys):
+    # one epoch of 2 trained, then a training image replaced by another file under another name:
+    # as many images, the same identities, other files. --resume refuses before any pixel is read
+    root = spoilt(tiny, tmp_path)
+    out = str(tmp_path / "out")
+    flags = ["--epochs", "2", "--arch", "resnet18"]
+    stop_after_one = ["--epochs", "1", "--arch", "resnet18"]
+    COMMANDS[command](str(root), out, *stop_after_one)
+    last = os.path.join(out, "last.pt") if command == "aea" else os.path.join(out, "stage1",
+                                                                              "last.pt")
+    ckpt = common.load_checkpoint(last)
+    ckpt["config"]["epochs"] = 2  # as if stopped after epoch 1 of 2
+    common.save_checkpoint(last, ckpt)
+    train = root / "bounding_box_train"
+    first = sorted(os.listdir(train))[0]
+    os.rename(train / first, train / first.replace(first[-6:-4], "99"))
+    line = expect_error(capsys, COMMANDS[command], str(root), out, *flags, "--resume")
+    assert line == (f"error: --resume {last}: the training split of {root} holds "
+                    f"{ckpt['num_images']} images as the run's did, but other files or "
+                    "identities (renamed, replaced or moved images); resume on the run's own data")
+
+
 @pytest.mark.parametrize("command", ["aea.py", "aaanet.py stage1"])
 def test_a_failed_run_leaves_no_empty_out_folder(command, tiny, tmp_path):
     # a run that fails before writing anything (too few identities for its batch) removes the

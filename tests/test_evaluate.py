@@ -178,6 +178,26 @@ def test_check_true_matches_refuses_exactly_what_rank_metrics_refuses():
     assert 20 < refused < 180  # both outcomes are tested
 
 
+def test_check_training_pairs_counts_what_pair_covariances_needs():
+    # ids [0, 0, 1, 1] in cameras [0, 1, 0, 0]. Ordered pairs in two cameras: N^2 - sum_c N_c^2
+    # = 16 - (3^2 + 1^2) = 6; of one id: sum_y N_y^2 - sum_yc N_yc^2 = (4 + 4) - (1 + 1 + 4) = 2
+    # (image 0 with 1, both ways); of two ids: 6 - 2 = 4. Both > 0: accepted, as pair_covariances
+    # accepts them. Id 0 in one camera: 0 same-id pairs, refused by both
+    def split(pids, cams):
+        train = types.SimpleNamespace(pids=np.array(pids), cams=np.array(cams))
+        return types.SimpleNamespace(root="ROOT", train=train)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    evaluate.check_training_pairs(split([0, 0, 1, 1], [0, 1, 0, 0]), ["xqda"])
+    evaluate.pair_covariances(x, [0, 0, 1, 1], [0, 1, 0, 0])
+    one_camera = split([0, 0, 1, 1], [0, 0, 1, 1])
+    with pytest.raises(UserError, match="ROOT: XQDA and KISSME need training images of one "
+                       "identity in two cameras .* the training split has 0 and 8 such pairs"):
+        evaluate.check_training_pairs(one_camera, ["euclidean", "kissme"])
+    with pytest.raises(UserError, match="this training set has 0 and 8 such pairs"):
+        evaluate.pair_covariances(x, [0, 0, 1, 1], [0, 0, 1, 1])
+    evaluate.check_training_pairs(one_camera, ["euclidean"])  # no metric that needs pairs
+
+
 # -----------------------------------------------------------------------------
 # Distances and features
 
@@ -468,11 +488,15 @@ def test_evaluate_model_decodes_each_split_once(synthetic_root, monkeypatch):
 
 @pytest.mark.parametrize("flag,value,interval", [
     ("--seed", "-1", "[0, 4294967295]"), ("--seed", str(2**32), "[0, 4294967295]"),
-    ("--xqda-lambda", "nan", "[0, inf)"), ("--xqda-lambda", "inf", "[0, inf)"),
-    ("--xqda-lambda", "-1", "[0, inf)"),
+    ("--xqda-lambda", "nan", "(0, inf)"), ("--xqda-lambda", "inf", "(0, inf)"),
+    ("--xqda-lambda", "-1", "(0, inf)"),
+    # 0: Sigma_I + 0 I can be singular, and Cholesky has no factor of it
+    ("--xqda-lambda", "0", "(0, inf)"),
     ("--kissme-dims", "0", "[1, inf)"), ("--xqda-dims", "-1", "[0, inf)"),
-    ("--height", "0", "[32, inf)"), ("--width", "8", "[16, inf)"),
-    ("--batch-size", "0", "[1, inf)")])
+    ("--height", "0", "[32, 1024]"), ("--width", "8", "[16, 1024]"),
+    # an input no GPU holds, and an integer beyond int64 (argparse takes any int)
+    ("--height", "100000", "[32, 1024]"), ("--width", "1025", "[16, 1024]"),
+    ("--batch-size", "0", "[1, 4096]"), ("--batch-size", str(10**20), "[1, 4096]")])
 def test_numbers_out_of_range_name_the_flag(flag, value, interval):
     with pytest.raises(UserError) as e:
         evaluate.parse_args(["--weights", "none", "--root", "data", flag, value])
