@@ -54,10 +54,12 @@ from common import UserError
 
 
 def evenly_spaced(n, num):
-    """Up to `num` indices of 0..n-1, evenly spaced, first and last included."""
+    """Up to `num` indices of 0..n-1, evenly spaced, first and last included; all n when num is
+    n or more."""
     # figures draw evenly spaced queries / images, so that they do not show only the first
-    # identity
-    return np.unique(np.linspace(0, n - 1, num).round().astype(int))
+    # identity. At most n points are spaced: --num may be any size, and more points than items
+    # would round to every index anyway
+    return np.unique(np.linspace(0, n - 1, min(num, n)).round().astype(int))
 
 
 def check_image_path(path):
@@ -101,9 +103,11 @@ def save_image(image, path):
         os.makedirs(folder, exist_ok=True)
         image.save(partial)
         os.replace(partial, path)
-    except (OSError, ValueError) as e:  # ValueError: a format that cannot hold the image
+    except BaseException as e:  # a full disk, a format that cannot hold the image, Ctrl-C...
         with contextlib.suppress(OSError):
             os.remove(partial)
+        if not isinstance(e, (OSError, ValueError)):  # a stop goes on, the partial file gone
+            raise
         raise UserError(f"cannot write {path} ({getattr(e, 'strerror', None) or e})") from None
 
 
@@ -210,6 +214,9 @@ def extract(argv):
     evaluate.check_args(args)
     if not args.out.endswith(".npz"):
         raise UserError(f"--out {args.out}: expected a file name ending in .npz")
+    if os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a folder; expected the .npz file to write, e.g. "
+                        f"{os.path.join(args.out, 'features.npz')}")
     check_out_folder(os.path.dirname(os.path.abspath(args.out)), args.out)
     paths = data.image_files(args.images)
     model, device, size, precision = evaluate.model_on_device(args)
@@ -234,20 +241,68 @@ def extract(argv):
     return features, paths
 
 
+# the arrays of `extract`'s .npz: name -> (their kind, as numpy's dtype.kind: f float, U string,
+# i or u whole number, b bool; their number of dimensions; what they hold)
+FEATURE_ARRAYS = {"features": ("f", 2, "float numbers [N, D], a row of D > 0 per image"),
+                  "paths": ("U", 1, "N image paths (strings), one per row of features"),
+                  "root": ("U", 0, "one string, the folder of the images"),
+                  "model": ("U", 0, "one string, the model that extracted them"),
+                  "size": ("iu", 1, "2 positive whole numbers, the images' height and width"),
+                  "flip": ("b", 0, "one bool")}
+
+
 def load_features(path):
     """What `extract` wrote: (features [N, D] float32 tensor, absolute image paths,
-    {size, flip, model}). Plain arrays only (allow_pickle=False): no code is loaded."""
+    {size, flip, model}). Plain arrays only (allow_pickle=False): no code is loaded. Each array is
+    checked for its type and shape, the features for NaN and infinity, before any model is
+    built: a file that is not what `extract` writes is one UserError naming what is wrong."""
+    def not_ours(found):
+        return UserError(f"--gallery {path}: not a features file of `tools.py extract` ({found})")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            feats = f["features"]
-            rel = f["paths"]
-            root = str(f["root"])
-            info = dict(size=tuple(int(s) for s in f["size"]), flip=bool(f["flip"]),
-                        model=str(f["model"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise UserError(f"--gallery {path}: not a features file of `tools.py extract` "
-                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return torch.from_numpy(feats), [os.path.join(root, p) for p in rel], info
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # a lone .npy array renamed .npz
+            raise not_ours(f"one array of shape {f.shape}, not named arrays")
+        with f:
+            arrays = {name: f[name] for name in FEATURE_ARRAYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise not_ours(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    for name, (kinds, ndim, expected) in FEATURE_ARRAYS.items():
+        a = arrays[name]
+        if a.dtype.kind not in kinds or a.ndim != ndim:
+            raise not_ours(f"{name}: {a.dtype} array of shape {a.shape}; expected {expected}")
+    feats = arrays["features"]
+    rel = arrays["paths"]
+    size = arrays["size"]
+    if feats.shape[1] == 0:
+        raise not_ours(f"features of shape {feats.shape}; expected {FEATURE_ARRAYS['features'][2]}")
+    if len(rel) != len(feats):
+        raise not_ours(f"{len(feats)} rows of features, {len(rel)} paths; expected one path per "
+                       "row")
+    if size.shape != (2,) or (size < 1).any():
+        raise not_ours(f"size {size.tolist()}; expected {FEATURE_ARRAYS['size'][2]}")
+    if len(feats) == 0:
+        raise UserError(f"--gallery {path} holds no features (0 images); expected the features "
+                        "of at least one image: extract a folder that holds images")
+    paths = [os.path.join(str(arrays["root"]), p) for p in rel]
+    # as float32, the features the query's are compared with (a float64 beyond float32's range
+    # becomes infinite here, quietly, and is refused with the NaNs below)
+    with np.errstate(over="ignore"):
+        feats = torch.from_numpy(feats.astype(np.float32))
+    bad = first_not_finite(feats)
+    if bad is not None:
+        raise UserError(f"--gallery {path}: the features of {paths[bad]} (row {bad}) hold NaN or "
+                        "infinite values; expected finite numbers (distances to them mean "
+                        "nothing): extract again with a model whose features are finite")
+    info = dict(size=tuple(int(s) for s in size), flip=bool(arrays["flip"]),
+                model=str(arrays["model"]))
+    return feats, paths, info
+
+
+def first_not_finite(features):
+    """The index of the first row of `features` [N, D] with a NaN or infinite value; None if
+    there is none."""
+    bad = torch.nonzero(~torch.isfinite(features).all(dim=1)).flatten()
+    return int(bad[0]) if len(bad) else None
 
 
 def search(argv):
@@ -283,18 +338,27 @@ def search(argv):
     model, device, size, precision = evaluate.model_on_device(args)
     qf = file_features(model, [args.query], size, device, flip=args.flip, precision=precision,
                        desc="query")
+    what = args.checkpoint or f"weights {args.weights}"
+    if first_not_finite(qf) is not None:
+        raise UserError(f"the model ({what}) gives NaN or infinite features for --query "
+                        f"{args.query}; expected finite numbers (distances to them mean nothing): "
+                        "search with a model whose features are finite")
     if stored and (gf.shape[1] != qf.shape[1] or info["size"] != tuple(size)):
         raise UserError(f"--gallery {args.gallery} holds {gf.shape[1]}-d features of "
                         f"{info['size'][0]}x{info['size'][1]} images ({info['model']}); this model "
                         f"gives {qf.shape[1]}-d features of {size[0]}x{size[1]} images: extract "
                         "the gallery with the same model")
-    what = args.checkpoint or f"weights {args.weights}"
     if stored and info["model"] != what:
         print(f"note: the gallery features are of {info['model']}, the query's of {what}: "
               "distances mean something only if both are one model")
     if not stored:
         gf = file_features(model, paths, size, device, args.batch_size, args.flip, precision,
                            desc="gallery")
+        bad = first_not_finite(gf)
+        if bad is not None:
+            raise UserError(f"the model ({what}) gives NaN or infinite features for {paths[bad]} "
+                            f"of --gallery {args.gallery}; expected finite numbers (distances to "
+                            "them mean nothing): search with a model whose features are finite")
     dist = evaluate.pairwise_distances(qf, gf, args.metric)[0]
     # the evaluation's order: by distance, equal distances by gallery index (a stable sort)
     order = torch.sort(dist, stable=True).indices[:args.top].tolist()
@@ -400,23 +464,67 @@ def ranks(argv):
 # The record of a run: OUT/log.csv (written by common.write_log) drawn as curves
 
 
+# the columns every run writes to its log.csv (aea.py and aaanet.py: the epoch and its learning
+# rate, then common.Progress's speed and time); the loss terms and scores vary with the run
+LOG_COLUMNS = ("epoch", "lr", "img/s", "seconds")
+
+
 def read_log(path):
     """(label, {column: float array}) of a run's log.csv: `path` is the file, or a folder that
-    holds it. Empty cells (an epoch without evaluation) become NaN, which matplotlib skips."""
+    holds it. Empty cells (an epoch without evaluation) become NaN, which matplotlib skips.
+    A file that is not such a log (not text, a header without a run's columns, a row of more or
+    fewer cells than the header, a cell not a number) is one UserError naming it."""
     file = os.path.join(path, "log.csv") if os.path.isdir(path) else path
     try:
-        with open(file, newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(file, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise UserError(f"cannot read {file} ({e.strerror}); expected the --out folder of a "
                         "training run, which holds log.csv") from None
-    if not rows or "epoch" not in rows[0]:
-        raise UserError(f"{file} holds no epoch yet (a run writes a row at the end of each epoch)")
+    not_a_log = f"{file} is not a log.csv of this project"
     try:
-        columns = {k: np.array([float(r[k]) if r[k] else np.nan for r in rows]) for k in rows[0]}
-    except (ValueError, TypeError):
+        # common.write_log's names and numbers are ASCII; -sig: a byte-order mark that a
+        # spreadsheet program adds is skipped
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{not_a_log} (not text)") from None
+    if "\x00" in text:  # valid UTF-8 but binary
+        raise UserError(f"{not_a_log} (not text)")
+    try:
+        lines = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise UserError(f"{not_a_log} ({e})") from None
+    if not lines:
+        raise UserError(f"{file} is empty; expected a log.csv of this project (a header, then a "
+                        "row per epoch)")
+    header = lines[0]
+    rows = [row for row in lines[1:] if row]  # blank lines skipped, as csv.DictReader does
+    missing = [c for c in LOG_COLUMNS if c not in header]
+    if missing:
+        raise UserError(f"{not_a_log} (no column {', '.join(missing)} in its header "
+                        f"{','.join(header)}; a run writes {', '.join(LOG_COLUMNS)} and its loss "
+                        "terms)")
+    twice = [c for c in dict.fromkeys(header) if header.count(c) > 1]
+    if twice:
+        raise UserError(f"{not_a_log} (column {twice[0]} twice in its header; a run writes each "
+                        "once)")
+    if not rows:
+        raise UserError(f"{file} holds no epoch yet (a run writes a row at the end of each epoch)")
+    for i, row in enumerate(lines[1:], 2):  # i: the row's number in the file, the header 1
+        if row and len(row) != len(header):
+            raise UserError(f"{not_a_log} (row {i} has {len(row)} cells, its header "
+                            f"{len(header)})")
+    try:
+        columns = {k: np.array([float(r[j]) if r[j] else np.nan for r in rows])
+                   for j, k in enumerate(header)}
+    except ValueError:
         raise UserError(f"{file} is not a log.csv of this project (a cell is not a number)"
                         ) from None
+    epochs = columns["epoch"]
+    whole = np.isfinite(epochs) & (epochs >= 1) & (epochs % 1 == 0)  # NaN: an empty cell too
+    if not whole.all():
+        raise UserError(f"{not_a_log} (epoch {epochs[~whole][0]:g}; expected whole numbers 1, 2, "
+                        "...)")
     return os.path.dirname(file) or ".", columns
 
 
@@ -520,6 +628,7 @@ def figure_inputs(argv, prog, description, paper, default_out, several=False):
     if args.num < 1:
         raise UserError(f"--num must be at least 1, got {args.num}")
     check_image_path(args.out)
+    device = common.pick_device(args.device)  # a wrong --device fails before any file is read
     paths = args.checkpoint if several else [args.checkpoint]
     ckpts = [common.load_checkpoint(path) for path in paths]
     for path, ckpt in zip(paths, ckpts):
@@ -532,7 +641,7 @@ def figure_inputs(argv, prog, description, paper, default_out, several=False):
     split = getattr(ds, args.split)
     shown = [split.paths[i] for i in evenly_spaced(len(split), args.num)]
     images = data.load_images(shown, cfg["height"], cfg["width"], desc="figure")
-    return args, common.pick_device(args.device), list(zip(paths, ckpts)), images
+    return args, device, list(zip(paths, ckpts)), images
 
 
 def aea_figure(argv):
@@ -604,6 +713,11 @@ def figure(argv):
 # A paper's rows over several seeds: `python tools.py compare aea|aaanet`
 
 
+# the most seeds `compare` takes: each one trains every row (minutes each), and the list of runs
+# is made up front, so a larger number is a typing mistake, not a plan
+MAX_SEEDS = 1000
+
+
 def compare_command(argv, prog, description, out, title, rows, claims, train_row,
                     metrics=("euclidean",), root="data/synthetic"):
     """A paper's `compare` command: flags --seeds (3), --out, --device, --resume (the default),
@@ -619,6 +733,14 @@ def compare_command(argv, prog, description, out, title, rows, claims, train_row
     args = p.parse_args(argv)
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: expected 1 or more")
+    if args.seeds > MAX_SEEDS:
+        raise UserError(f"--seeds {args.seeds}: expected at most {MAX_SEEDS} (each seed trains "
+                        "every row once)")
+    # checked before the dataset is written (minutes) and any run trains: the device, the folder
+    # (created here), and the scores compare reuses (it reads them again)
+    common.pick_device(args.device)
+    check_out_folder(args.out)
+    read_scores(os.path.join(args.out, "scores.json"), args.resume)
     spec = {label: that for label, that, _ in rows}
 
     def train(label, seed):  # OUT/<label>/seed<seed>, e.g. runs/aea/compare/Baseline_1/seed0
@@ -643,15 +765,13 @@ def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",), reus
     same command goes on from there; returns None then.
     Writes the table, the claims and every seed's scores to OUT/compare.txt; returns the text."""
     path = os.path.join(out, "scores.json")
-    scores = {}  # {"label/seed": {metric: {"rank-1": %, "mAP": %}}}
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot create it ({e.strerror})") from None
-    with contextlib.suppress(OSError, ValueError), open(path) as f:
-        scores = json.load(f) if reuse else {}
+    check_out_folder(out)
+    scores = read_scores(path, reuse)  # {"label/seed": {metric: {"rank-1": %, "mAP": %}}}
+    # a run is reused when scores.json holds every metric of it; one without a metric asked for
+    # (a row now scored under more metrics) is trained again, resumed from its folder, rather
+    # than refused: its entry is then rewritten whole
     todo = [(label, cost, s) for label, cost in rows for s in range(seeds)
-            if f"{label}/{s}" not in scores]
+            if not set(metrics) <= set(scores.get(f"{label}/{s}", {}))]
     # the time left, from this invocation's runs so far, weighted by each run's cost
     left_cost = sum(cost for _, cost, _ in todo)
     spent = 0.0
@@ -680,6 +800,50 @@ def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",), reus
     _write_text(os.path.join(out, "compare.txt"), text + "\n")
     print(text + f"\n(also in {os.path.join(out, 'compare.txt')})", flush=True)
     return text
+
+
+def read_scores(path, reuse=True):
+    """The scores `compare` wrote to `path` (OUT/scores.json), each entry checked:
+    {"<label>/<seed>": {metric: {"rank-1": %, "mAP": %}}}, every score a number in [0, 100];
+    {} when there is no such file, or with reuse=False (not read: every run is trained again and
+    the file rewritten). A file that is not that is one UserError naming the first bad entry:
+    taken for no runs, it would have every run trained again and its scores written over."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder; expected the scores file `compare` writes there: "
+                        "move it away")
+    if not reuse or not os.path.exists(path):
+        return {}
+    anew = "to start anew, delete it or pass --no-resume"
+    try:
+        with open(path, "rb") as f:
+            scores = json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); {anew}") from None
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, or nested beyond reason
+        found = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path} is not valid JSON ({found}): it was not written by this command, "
+                        f"or was edited or cut short; {anew}") from None
+    expected = 'expected {"<label>/<seed>": {metric: {"rank-1": %, "mAP": %}}}'
+    if not isinstance(scores, dict):
+        raise UserError(f"{path} holds a JSON {type(scores).__name__}; {expected}; {anew}")
+    for key, entry in scores.items():
+        label, _, seed = key.rpartition("/")
+        if not (label and re.fullmatch(r"[0-9]+", seed) and isinstance(entry, dict) and entry):
+            raise UserError(f"{path}: entry {key!r}: {json.dumps(entry)[:80]}; {expected}; "
+                            f"{anew}")
+        for metric, r in entry.items():
+            if not (isinstance(r, dict) and set(r) == {"rank-1", "mAP"}
+                    and all(is_percent(v) for v in r.values())):
+                raise UserError(f"{path}: entry {key!r}, metric {metric!r}: "
+                                f"{json.dumps(r)[:80]}; expected {{\"rank-1\": %, \"mAP\": %}}, "
+                                f"numbers in [0, 100]; {anew}")
+    return scores
+
+
+def is_percent(value):
+    """A JSON number in [0, 100] (bool is not one; a mean of fractions may pass 100 by a rounding
+    error, up to 1e-6 is taken)."""
+    return type(value) in (int, float) and -1e-6 <= value <= 100 + 1e-6
 
 
 def _write_text(path, text):  # written to a temporary file, then renamed: never half a file

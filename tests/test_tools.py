@@ -1,10 +1,12 @@
 """Tests of tools.py, `python tools.py COMMAND`: extract and search on your own images, the
 ranking figure (ranks), the curves of runs (plot), the papers' figures (figure aea|aaanet) and a
-paper's rows over seeds (compare aea|aaanet), the image helpers, the checks of flags and output
-paths before any work, and the direction of the imports. The figures and compares of trained
+paper's rows over seeds (compare aea|aaanet), the image helpers, the checks of flags, output
+paths and the files read back (features, log.csv, scores.json) before any work, and the direction
+of the imports. The figures and compares of trained
 tiny runs are marked slow."""
 import ast
 import errno
+import json
 import os
 import re
 
@@ -16,7 +18,7 @@ from PIL import Image
 import aaanet
 import aea
 import common
-from conftest import pool_model, pooled
+from conftest import REPO, pool_model, pooled, run_python
 import data
 import evaluate
 import synthetic
@@ -157,6 +159,147 @@ def test_search_and_extract_refuse_bad_input_clearly(synthetic_root, tmp_path, p
         "search", *pool_weights, "--query", query, "--gallery", str(tmp_path / "moved.npz"))
 
 
+def features_file(path, **changed):
+    """An .npz as `extract` writes it, of a.jpg and b.jpg in path's folder (24-d features of
+    64 x 32 images: the pool_weights model's), with the arrays `changed`; returns its path."""
+    arrays = dict(features=np.ones((2, 24), np.float32), paths=np.array(["a.jpg", "b.jpg"]),
+                  root=str(path.parent), model="weights none", size=np.array([64, 32]),
+                  flip=False)
+    np.savez(path, **{**arrays, **changed})
+    return str(path)
+
+
+def nan_row(row):  # 2 x 24 features, a NaN in row `row`
+    features = np.ones((2, 24), np.float32)
+    features[row, 3] = np.nan
+    return features
+
+
+NOT_EXTRACTS = "not a features file of `tools.py extract` ("
+
+
+@pytest.mark.parametrize("changed, message", [
+    (dict(features=np.ones(24, np.float32)), NOT_EXTRACTS + "features: float32 array of shape "
+     "(24,); expected float numbers [N, D], a row of D > 0 per image)"),
+    (dict(features=np.ones((2, 24), np.int64)), NOT_EXTRACTS + "features: int64 array of shape "
+     "(2, 24); expected float numbers [N, D], a row of D > 0 per image)"),
+    (dict(features=np.ones((2, 0), np.float32)), NOT_EXTRACTS + "features of shape (2, 0); "
+     "expected float numbers [N, D], a row of D > 0 per image)"),
+    (dict(paths=np.array([["a.jpg", "b.jpg"]])), NOT_EXTRACTS + "paths: <U5 array of shape "
+     "(1, 2); expected N image paths (strings), one per row of features)"),
+    (dict(paths=np.array([1, 2])), NOT_EXTRACTS + "paths: int64 array of shape (2,); expected "
+     "N image paths (strings), one per row of features)"),
+    (dict(paths=np.array(["a.jpg"])), NOT_EXTRACTS + "2 rows of features, 1 paths; expected "
+     "one path per row)"),
+    (dict(paths=np.array(["a.jpg", "b.jpg", "c.jpg"])), NOT_EXTRACTS + "2 rows of features, 3 "
+     "paths; expected one path per row)"),
+    (dict(size=np.array([64, 32, 3])), NOT_EXTRACTS + "size [64, 32, 3]; expected 2 positive "
+     "whole numbers, the images' height and width)"),
+    (dict(size=np.array([0, 32])), NOT_EXTRACTS + "size [0, 32]; expected 2 positive whole "
+     "numbers, the images' height and width)"),
+    (dict(size=np.array([64.0, 32.0])), NOT_EXTRACTS + "size: float64 array of shape (2,); "
+     "expected 2 positive whole numbers, the images' height and width)"),
+    (dict(root=np.array(["/a", "/b"])), NOT_EXTRACTS + "root: <U2 array of shape (2,); "
+     "expected one string, the folder of the images)"),
+    (dict(flip="yes"), NOT_EXTRACTS + "flip: <U3 array of shape (); expected one bool)"),
+    (dict(features=np.zeros((0, 24), np.float32), paths=np.array([], str)),
+     "holds no features (0 images); expected the features of at least one image: extract a "
+     "folder that holds images"),
+    (dict(features=nan_row(1)), "the features of {b} (row 1) hold NaN or infinite values; "
+     "expected finite numbers (distances to them mean nothing): extract again with a model "
+     "whose features are finite"),
+    (dict(features=np.full((2, 24), np.inf, np.float32)), "the features of {a} (row 0) hold "
+     "NaN or infinite values; expected finite numbers (distances to them mean nothing): extract "
+     "again with a model whose features are finite"),
+], ids=["1-d features", "int features", "0-d features", "2-d paths", "int paths", "fewer paths",
+        "more paths", "3 sizes", "size 0", "float size", "2 roots", "flip a string", "empty",
+        "NaN", "infinite"])
+def test_search_refuses_a_bad_features_file_before_the_model(synthetic_root, tmp_path,
+                                                             pool_weights, monkeypatch, capsys,
+                                                             changed, message):
+    # each array of the .npz checked for its type, shape and values, before any model is built
+    monkeypatch.setattr(evaluate, "model_on_device", lambda args: pytest.fail("model built"))
+    query = os.path.join(synthetic_root, "query", os.listdir(synthetic_root + "/query")[0])
+    path = features_file(tmp_path / "g.npz", **changed)
+    line, out = expect_exit_2(capsys, "search", *pool_weights, "--query", query, "--gallery",
+                              path)
+    message = message.format(a=tmp_path / "a.jpg", b=tmp_path / "b.jpg")
+    assert line == f"--gallery {path}{'' if message.startswith('holds') else ':'} {message}"
+    assert out == ""
+
+
+def test_search_refuses_other_files_as_features(tmp_path):
+    # a lone array (.npy) named .npz, pickled objects, a missing array: the file is named
+    with open(tmp_path / "one.npz", "wb") as f:
+        np.save(f, np.ones((2, 24), np.float32))
+    with pytest.raises(UserError) as e:
+        tools.load_features(str(tmp_path / "one.npz"))
+    assert str(e.value) == (f"--gallery {tmp_path / 'one.npz'}: {NOT_EXTRACTS}one array of "
+                            "shape (2, 24), not named arrays)")
+    path = features_file(tmp_path / "objects.npz", model=np.array([{"code": 1}], dtype=object))
+    with pytest.raises(UserError, match=re.escape(NOT_EXTRACTS + "Object arrays cannot be "
+                                                  "loaded when allow_pickle=False")):
+        tools.load_features(path)
+    np.savez(tmp_path / "part.npz", features=np.ones((2, 24), np.float32))
+    with pytest.raises(UserError, match=re.escape(NOT_EXTRACTS + "'paths is not a file")):
+        tools.load_features(str(tmp_path / "part.npz"))
+    # float64 features are taken, as the query's float32; a float64 beyond float32 is infinite
+    features, paths, info = tools.load_features(
+        features_file(tmp_path / "f64.npz", features=np.full((2, 24), 0.5)))
+    assert features.dtype == torch.float32 and paths == [str(tmp_path / "a.jpg"),
+                                                        str(tmp_path / "b.jpg")]
+    assert info == dict(size=(64, 32), flip=False, model="weights none")
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'a.jpg'} (row 0) hold NaN or "
+                                                  "infinite")):
+        tools.load_features(features_file(tmp_path / "big.npz", features=np.full((2, 24), 1e300)))
+
+
+def test_search_refuses_nan_features_of_the_model(synthetic_root, tmp_path, pool_weights,
+                                                  monkeypatch, capsys):
+    # a model whose features are NaN (a run that diverged): the query is refused before the
+    # gallery is extracted; NaN features of a gallery image name that image
+    gallery = os.path.join(synthetic_root, "bounding_box_test")
+    names = data.image_files(gallery)
+    query = os.path.join(gallery, names[0])
+    file_features = tools.file_features
+    nan_at = {}  # desc ("query", "gallery") -> the row made NaN
+
+    def nan_features(model, paths, *args, desc="features", **kwargs):
+        feats = file_features(model, paths, *args, desc=desc, **kwargs)
+        if desc in nan_at:
+            feats[nan_at[desc]] = float("nan")
+        return feats
+    monkeypatch.setattr(tools, "file_features", nan_features)
+    nan_at["query"] = 0
+    line, out = expect_exit_2(capsys, "search", *pool_weights, "--query", query, "--gallery",
+                              gallery)
+    assert line == (f"the model (weights none) gives NaN or infinite features for --query "
+                    f"{query}; expected finite numbers (distances to them mean nothing): search "
+                    "with a model whose features are finite")
+    assert "nearest" not in out
+    nan_at.clear()
+    nan_at["gallery"] = 2
+    line, out = expect_exit_2(capsys, "search", *pool_weights, "--query", query, "--gallery",
+                              gallery)
+    assert line == (f"the model (weights none) gives NaN or infinite features for "
+                    f"{os.path.join(gallery, names[2])} of --gallery {gallery}; expected finite "
+                    "numbers (distances to them mean nothing): search with a model whose "
+                    "features are finite")
+    assert "nearest" not in out
+
+
+def test_extract_refuses_an_out_folder_before_decoding(synthetic_root, tmp_path, pool_weights,
+                                                       monkeypatch, capsys):
+    decoded = record_decoding(monkeypatch)
+    folder = tmp_path / "feats.npz"
+    folder.mkdir()
+    line, _ = expect_exit_2(capsys, "extract", *pool_weights, "--images", synthetic_root,
+                            "--out", str(folder))
+    assert line == (f"--out {folder} is a folder; expected the .npz file to write, e.g. "
+                    f"{folder / 'features.npz'}")
+    assert decoded == [] and os.listdir(folder) == []
+
+
 def test_file_features_chunk_by_chunk_equal_all_at_once(synthetic_root):
     # chunks of 4 images (the next one decoded while the model runs) give the same rows, in order
     paths = data.load_dataset(synthetic_root, "synthetic", verbose=False).gallery.paths
@@ -246,6 +389,17 @@ def test_ranks_refuses_before_decoding(synthetic_root, tmp_path, pool_weights, m
     assert decoded == []
 
 
+def test_ranks_of_more_queries_than_the_split_draws_each_once(synthetic_root, tmp_path,
+                                                              pool_weights, monkeypatch):
+    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
+    drawn = []
+    monkeypatch.setattr(tools, "rank_figure", lambda dist, ds, queries: drawn.append(
+        list(queries)) or Image.new("RGB", (1, 1)))
+    tools.main(["ranks", *pool_weights, "--root", synthetic_root, "--dataset", "synthetic",
+                "--num", str(10 ** 20), "--out", str(tmp_path)])
+    assert drawn == [list(range(len(ds.query)))]
+
+
 def test_ranks_writes_a_whole_figure_or_none(synthetic_root, tmp_path, pool_weights, monkeypatch,
                                              capsys):
     # the disk fills up while the PNG is written: one error line, no partial file
@@ -322,6 +476,48 @@ def test_plot_of_one_run_writes_its_curves_beside_its_log(tmp_path, monkeypatch,
     assert f"wrote {os.path.join(a, 'curves.png')}" in capsys.readouterr().out
 
 
+NOT_A_LOG = " is not a log.csv of this project ("
+HEADER = b"epoch,lr,L,img/s,seconds\n"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", NOT_A_LOG + "not text)"),
+    ("epoch,lr,L,img/s,seconds\n1,0.01,5.0,10,3 \u00e9t\u00e9\n".encode("latin-1"),
+     NOT_A_LOG + "not text)"),
+    (HEADER + b"1,0.01,5.0\x00,10,3\n", NOT_A_LOG + "not text)"),
+    (b"", " is empty; expected a log.csv of this project (a header, then a row per epoch)"),
+    (HEADER + b"1,0.01,5.0,10,3\n2,0.01,4.0,10,3,7\n", NOT_A_LOG + "row 3 has 6 cells, its "
+     "header 5)"),
+    (HEADER + b"1,0.01,5.0,10\n", NOT_A_LOG + "row 2 has 4 cells, its header 5)"),
+    (b"a,b\n1,2\n", NOT_A_LOG + "no column epoch, lr, img/s, seconds in its header a,b; a run "
+     "writes epoch, lr, img/s, seconds and its loss terms)"),
+    (b"epoch,lr,L\n1,0.01,5.0\n", NOT_A_LOG + "no column img/s, seconds in its header "
+     "epoch,lr,L; a run writes epoch, lr, img/s, seconds and its loss terms)"),
+    (b"epoch,lr,L,L,img/s,seconds\n1,0.01,5.0,6.0,10,3\n", NOT_A_LOG + "column L twice in its "
+     "header; a run writes each once)"),
+    (HEADER + b"1.5,0.01,5.0,10,3\n", NOT_A_LOG + "epoch 1.5; expected whole numbers 1, 2, ...)"),
+    (HEADER + b",0.01,5.0,10,3\n", NOT_A_LOG + "epoch nan; expected whole numbers 1, 2, ...)"),
+    # the messages of the cases that were refused before
+    (HEADER, " holds no epoch yet (a run writes a row at the end of each epoch)"),
+    (HEADER + b"1,0.01,five,10,3\n", NOT_A_LOG + "a cell is not a number)"),
+], ids=["binary", "latin-1", "NUL", "empty", "a longer row", "a shorter row", "another csv",
+        "no img/s", "a column twice", "epoch 1.5", "no epoch", "no row", "not a number"])
+def test_plot_refuses_a_file_that_is_not_a_log(tmp_path, capsys, content, message):
+    (tmp_path / "log.csv").write_bytes(content)
+    line, _ = expect_exit_2(capsys, "plot", str(tmp_path))
+    assert line == str(tmp_path / "log.csv") + message
+    assert os.listdir(tmp_path) == ["log.csv"]  # no curves.png
+
+
+def test_plot_reads_a_log_a_spreadsheet_saved(tmp_path):
+    # saved again by a spreadsheet program: a byte-order mark, CRLF line ends, a blank line
+    (tmp_path / "log.csv").write_bytes("\ufeff".encode() + HEADER.replace(b"\n", b"\r\n")
+                                       + b"1,0.01,5.0,10,3\r\n\r\n2,0.01,4.0,10,3\r\n")
+    _, log = tools.read_log(str(tmp_path))
+    assert list(log) == ["epoch", "lr", "L", "img/s", "seconds"]
+    assert log["epoch"].tolist() == [1, 2] and log["L"].tolist() == [5, 4]
+
+
 # -----------------------------------------------------------------------------
 # The image helpers of the figures
 
@@ -344,9 +540,15 @@ def test_heat_overlay_colours_and_grid(tmp_path):
 
 
 def test_evenly_spaced_includes_both_ends():
-    # 10 items, 4 wanted: linspace(0, 9, 4) = 0, 3, 6, 9; more wanted than there are: each once
+    # 10 items, 4 wanted: linspace(0, 9, 4) = 0, 3, 6, 9; more wanted than there are: each once,
+    # for any number asked (--num 100000000000000000000 too)
     assert tools.evenly_spaced(10, 4).tolist() == [0, 3, 6, 9]
     assert tools.evenly_spaced(3, 8).tolist() == [0, 1, 2]
+    assert tools.evenly_spaced(3, 10 ** 20).tolist() == [0, 1, 2]
+    # n points or more: every index, as linspace's rounding gives them
+    for n in range(1, 20):
+        for num in range(n, 3 * n):
+            assert tools.evenly_spaced(n, num).tolist() == list(range(n))
 
 
 def test_figure_out_is_checked_before_the_checkpoint_is_read(tmp_path):
@@ -364,6 +566,13 @@ def test_figure_out_is_checked_before_the_checkpoint_is_read(tmp_path):
         with pytest.raises(UserError, match=re.escape(message)):
             tools.figure_inputs(["--checkpoint", str(tmp_path / "missing.pt"), "--out",
                                  str(out)], "tools.py figure aea", "", "aea", "attention.png")
+
+
+def test_figure_device_is_checked_before_the_checkpoint_is_read(tmp_path):
+    with pytest.raises(UserError, match=re.escape("--device 'gpu' is not a device name")):
+        tools.figure_inputs(["--checkpoint", str(tmp_path / "missing.pt"), "--device", "gpu",
+                             "--out", str(tmp_path / "f.png")], "tools.py figure aea", "", "aea",
+                            "attention.png")
 
 
 def test_figures_refuse_another_papers_checkpoint(tmp_path, capsys):
@@ -387,6 +596,15 @@ def test_save_image_writes_the_whole_file_or_nothing(tmp_path, monkeypatch):
     before = path.read_bytes()
     full_disk(monkeypatch)
     with pytest.raises(UserError, match=re.escape(f"cannot write {path} (No space left")):
+        tools.save_image(Image.new("RGB", (4, 2)), str(path))
+    assert os.listdir(tmp_path) == ["a.png"] and path.read_bytes() == before
+    # Ctrl-C (or SIGTERM) half way through: the stop goes on, and no partial file is left either
+    def save_then_stop(image, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"half a PNG")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Image.Image, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
         tools.save_image(Image.new("RGB", (4, 2)), str(path))
     assert os.listdir(tmp_path) == ["a.png"] and path.read_bytes() == before
 
@@ -414,6 +632,37 @@ def test_figure_aea_draws_attention_and_erased_images_per_checkpoint(aea_run, tm
     with Image.open(png) as im:
         assert im.size == (3 * (W + 2), 5 * (H + 2))
     assert f"wrote {png}: 3 query images" in capsys.readouterr().out
+
+
+# `python tools.py ...` whose figure gets a real SIGTERM once PIL has written its bytes (into the
+# partial file save_image renames when it is whole)
+SIGTERM_IN_SAVE = f"""
+import os, signal, sys
+sys.path.insert(0, {REPO!r})
+from PIL import Image
+import tools
+real_save = Image.Image.save
+def save_then_sigterm(image, fp, *args, **kwargs):
+    real_save(image, fp, *args, **kwargs)
+    if isinstance(fp, str):  # the figure's file (--out's format is tried in memory first)
+        os.kill(os.getpid(), signal.SIGTERM)
+Image.Image.save = save_then_sigterm
+tools.main()
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_while_a_figure_is_written_ends_in_one_line_and_no_file(aea_run, tmp_path):
+    script = tmp_path / "sigterm_in_save.py"
+    script.write_text(SIGTERM_IN_SAVE)
+    png = tmp_path / "figs" / "fig.png"
+    stopped = run_python(str(script), "figure", "aea", "--checkpoint", str(aea_run / "last.pt"),
+                         "--num", "2", "--out", str(png), "--device", "cpu")
+    # 128 + SIGTERM's 15, one line, no traceback; neither the figure nor its partial file
+    assert stopped.returncode == 143, stopped.stderr
+    assert stopped.stderr.splitlines()[-1] == "stopped by SIGTERM"
+    assert "Traceback" not in stopped.stderr
+    assert os.listdir(tmp_path / "figs") == []
 
 
 TINY = ["--dataset", "synthetic", "--height", str(H), "--width", str(W), "--pad", "3",
@@ -530,6 +779,124 @@ def test_compare_command_flags_folders_and_no_resume(tmp_path, synthetic_written
     with pytest.raises(common.UserError, match="--seeds 0: expected 1 or more"):
         tools.compare_command(["--seeds", "0"], "x compare", "", out, "toy", rows, claims,
                               train_row)
+
+
+def never_trains(*args):
+    pytest.fail("a run trained")
+
+
+SCORES = b'{"A/0": {"euclidean": {"rank-1": 50.0, "mAP": 40.0}}}'
+NOT_JSON = (": it was not written by this command, or was edited or cut short; to start anew, "
+            "delete it or pass --no-resume")
+EXPECTED_RUN = ('; expected {"rank-1": %, "mAP": %}, numbers in [0, 100]; to start anew, delete '
+                'it or pass --no-resume')
+EXPECTED_FILE = ('; expected {"<label>/<seed>": {metric: {"rank-1": %, "mAP": %}}}; to start '
+                 'anew, delete it or pass --no-resume')
+
+
+@pytest.mark.parametrize("content, message", [
+    (SCORES[:-9], " is not valid JSON (Expecting ':' delimiter: line 1 column 45 (char 44))"
+     + NOT_JSON),
+    (b"", " is not valid JSON (Expecting value: line 1 column 1 (char 0))" + NOT_JSON),
+    (b"\x89PNG\r\n\x1a\n\xff", " is not valid JSON ('utf-8' codec can't decode byte 0x89 in "
+     "position 0: invalid start byte)" + NOT_JSON),
+    (b"[" * 100000, " is not valid JSON (maximum recursion depth exceeded...)" + NOT_JSON),
+    (b"[1, 2]", " holds a JSON list" + EXPECTED_FILE),
+    (SCORES.replace(b"50.0", b'"x"'), """: entry 'A/0', metric 'euclidean': {"rank-1": "x", """
+     '"mAP": 40.0}' + EXPECTED_RUN),
+    (SCORES.replace(b"50.0", b"150"), """: entry 'A/0', metric 'euclidean': {"rank-1": 150, """
+     '"mAP": 40.0}' + EXPECTED_RUN),
+    (SCORES.replace(b"50.0", b"NaN"), """: entry 'A/0', metric 'euclidean': {"rank-1": NaN, """
+     '"mAP": 40.0}' + EXPECTED_RUN),
+    (SCORES.replace(b"50.0", b"true"), """: entry 'A/0', metric 'euclidean': {"rank-1": true, """
+     '"mAP": 40.0}' + EXPECTED_RUN),
+    (SCORES.replace(b', "mAP": 40.0', b""), """: entry 'A/0', metric 'euclidean': """
+     '{"rank-1": 50.0}' + EXPECTED_RUN),
+    (SCORES.replace(b"A/0", b"A"), """: entry 'A': {"euclidean": {"rank-1": 50.0, "mAP": 40.0}}"""
+     + EXPECTED_FILE),
+    (b'{"A/0": [50, 40]}', ": entry 'A/0': [50, 40]" + EXPECTED_FILE),
+    # a row that the command does not run now is checked too: compare wrote it as the others
+    (SCORES[:-1] + b', "B/7": {"euclidean": {"rank-1": -1, "mAP": 40}}}', """: entry 'B/7', """
+     """metric 'euclidean': {"rank-1": -1, "mAP": 40}""" + EXPECTED_RUN),
+], ids=["cut short", "empty", "binary", "nested", "a list", "a string", "above 100", "NaN",
+        "a bool", "no mAP", "no seed", "a run not a dict", "an unused row"])
+def test_compare_refuses_a_bad_scores_json_before_any_work(tmp_path, synthetic_written, content,
+                                                            message):
+    # before the dataset is written and any run trains; the file is left as it was. "..." in a
+    # message: any text (Python's own words)
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "scores.json").write_bytes(content)
+    with pytest.raises(UserError) as e:
+        tools.compare_command(["--seeds", "1", "--out", str(out)], "x compare", "", "unused",
+                              "toy", [("A", "a", 1)], [], never_trains)
+    expected = str(out / "scores.json") + message
+    assert re.fullmatch(".*".join(map(re.escape, expected.split("..."))), str(e.value))
+    assert synthetic_written == [] and (out / "scores.json").read_bytes() == content
+    assert os.listdir(out) == ["scores.json"]
+
+
+def test_compare_refuses_bad_flags_before_any_work(tmp_path, synthetic_written, monkeypatch,
+                                                   capsys):
+    monkeypatch.setattr(aea, "compare_run", never_trains)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "cmp" / "scores.json").mkdir(parents=True)
+    cases = [(["--seeds", str(10 ** 20)], "--seeds 100000000000000000000: expected at most 1000 "
+              "(each seed trains every row once)"),
+             (["--out", str(tmp_path / "a_file")], f"--out {tmp_path / 'a_file'}: cannot write "
+              "there (a file, not a folder); give a folder you can write to"),
+             (["--device", "gpu"], "--device 'gpu' is not a device name; expected auto, cpu, "
+              "cuda or cuda:N"),
+             (["--out", str(tmp_path / "cmp")], f"{tmp_path / 'cmp' / 'scores.json'} is a "
+              "folder; expected the scores file `compare` writes there: move it away")]
+    for flags, message in cases:
+        line, out = expect_exit_2(capsys, "compare", "aea", "--seeds", "1", "--out",
+                                  str(tmp_path / "new"), *flags)
+        assert line == message and out == ""
+    assert synthetic_written == [] and not os.path.exists(tmp_path / "new")
+    # the CLI on a cut-short scores.json: one line, no run
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "scores.json").write_bytes(SCORES[:-9])
+    line, _ = expect_exit_2(capsys, "compare", "aea", "--out", str(tmp_path / "new"))
+    assert line.endswith(NOT_JSON) and synthetic_written == []
+
+
+def test_compare_reuses_checked_scores_and_redoes_a_run_without_a_metric(tmp_path, capsys):
+    # A/0: reused (its mAP a mean that passed 100 by a rounding error); A/1 lacks euclidean (a
+    # row now scored under another metric): trained again; Old/0, a row no longer run: kept
+    out = tmp_path / "cmp"
+    out.mkdir()
+    kept = {"A/0": {"euclidean": {"rank-1": 50, "mAP": 100 * np.mean([1.0000000000000002] * 3)}},
+            "A/1": {"xqda": {"rank-1": 60.0, "mAP": 50.0}},
+            "Old/0": {"euclidean": {"rank-1": 10.0, "mAP": 5.0}}}
+    (out / "scores.json").write_text(json.dumps(kept))
+    calls = []
+
+    def train(label, seed):
+        calls.append((label, seed))
+        return fake_scores(52, 42)
+    text = tools.compare("toy", [("A", 1)], [], train, 2, str(out))
+    assert calls == [("A", 1)]
+    assert "run 1/1 (1 reused): A, seed 1" in capsys.readouterr().out
+    assert "A, seed 0: 50.00 / 100.00" in text and "A, seed 1: 52.00 / 42.00" in text
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores == {**kept, "A/1": {"euclidean": {"rank-1": 52.0, "mAP": 42.0}}}
+
+
+def test_compare_no_resume_does_not_read_scores_json(tmp_path, synthetic_written, capsys):
+    # --no-resume: every run trains again and scores.json is written anew, whatever it held
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "scores.json").write_bytes(SCORES[:-9])
+    calls = []
+
+    def train_row(spec, seed, folder, device, resume):
+        calls.append((spec, seed, resume))
+        return fake_scores(50, 40)
+    tools.compare_command(["--seeds", "1", "--out", str(out), "--no-resume"], "x compare", "",
+                          "unused", "toy", [("A", "a", 1)], [], train_row)
+    assert calls == [("a", 0, False)]
+    assert json.loads((out / "scores.json").read_text()) == json.loads(SCORES)
 
 
 def test_compare_aea_runs_every_row_and_stops_with_exit_0(tmp_path, synthetic_written,
