@@ -409,12 +409,12 @@ def train_stage(cfg, stage, ds=None, images=None):
     release = common.hold_folder(out)  # OUT/<stage>/.lock, before any data is read
     last = os.path.join(out, "last.pt")
     ckpt = None
+    earlier = common.earlier_run(out)  # the files of a run in --out before this one
     if cfg.resume:
         ckpt = common.resume_state(last, "aaanet", cfg, RESUME_MAY_DIFFER, device)
-    elif common.earlier_run(out):
-        earlier = ", ".join(common.earlier_run(out))
-        print(f"note: {out} holds an earlier run; its files ({earlier}) are replaced when this "
-              "run starts training (--resume continues it instead)")
+    elif earlier:
+        print(f"note: {out} holds an earlier run; its files ({', '.join(earlier)}) are "
+              "replaced when this run starts training (--resume continues it instead)")
     common.seed_everything(cfg.seed)  # the same seed draws the same weights and batches
     # the dataset's names parsed into identity and camera labels (no pixels yet)
     if ds is None:

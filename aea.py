@@ -343,12 +343,12 @@ def train(cfg):
     last = os.path.join(cfg.out, "last.pt")
     epochs = total_epochs(cfg)
     ckpt = None
+    earlier = common.earlier_run(cfg.out)  # the files of a run in --out before this one
     if cfg.resume:
         ckpt = common.resume_state(last, "aea", cfg, RESUME_MAY_DIFFER, device)
-    elif common.earlier_run(cfg.out):
-        earlier = ", ".join(common.earlier_run(cfg.out))
-        print(f"note: {cfg.out} holds an earlier run; its files ({earlier}) are replaced when "
-              "this run starts training (--resume continues it instead)")
+    elif earlier:
+        print(f"note: {cfg.out} holds an earlier run; its files ({', '.join(earlier)}) are "
+              "replaced when this run starts training (--resume continues it instead)")
     # the same seed draws the same weights, PK batches and augmentation
     common.seed_everything(cfg.seed)
     # the dataset's names parsed into identity and camera labels (no pixels yet)

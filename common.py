@@ -558,6 +558,9 @@ def check_same_images(state, path, root, num_images, digest):
         raise UserError(f"--resume {path}: the run trained on {state['num_images']} training "
                         f"images, the training split of {root} now has {num_images}; resume "
                         "on the run's own data")
+    if "train_digest" not in state:
+        raise UserError(f"--resume {path}: the checkpoint holds no digest of its training files, "
+                        "so its split cannot be checked; start the run anew (without --resume)")
     if state["train_digest"] != digest:
         raise UserError(f"--resume {path}: the training split of {root} holds {num_images} "
                         "images as the run's did, but other files or identities (renamed, "

@@ -237,8 +237,8 @@ def check_training_pairs(ds, metrics):
     if same_id == 0 or all_pairs - same_id == 0:
         raise UserError(f"{ds.root}: XQDA and KISSME need training images of one identity in two "
                         "cameras and of two identities in two cameras; the training split has "
-                        f"{same_id} and {all_pairs - same_id} such pairs (evaluate with "
-                        "euclidean only)")
+                        f"{same_id} and {all_pairs - same_id} such pairs (use the euclidean "
+                        "metric only)")
 
 
 def valid_ranking(d, q_pid, q_cam, g_pids, g_cams):

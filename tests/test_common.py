@@ -580,6 +580,9 @@ def test_a_resumed_run_must_have_its_training_images(tmp_path):
         with pytest.raises(common.UserError, match="holds 2 images as the run's did, but other "
                                                    "files or identities"):
             common.check_same_images(state, "last.pt", "data", 2, other)
+    # a checkpoint without a digest cannot be checked: refused, not resumed on any split
+    with pytest.raises(common.UserError, match="holds no digest of its training files"):
+        common.check_same_images({"num_images": 2}, "last.pt", "data", 2, digest)
     # the digest is of the paths under the root: the same split elsewhere is the same split
     moved = ["/elsewhere/data/train/0001_c1.jpg", "/elsewhere/data/train/0002_c2.jpg"]
     assert common.split_digest(moved, [0, 1], "/elsewhere/data") == digest
