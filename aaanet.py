@@ -33,7 +33,7 @@ Choices where the paper is silent (each at its line, "Choice (not in the paper)"
   - M_occ: the hardest copy's channel-mean |f| / its max (--m-occ binary: its mask), in eval mode.
   - Eq. (2), (3): L1 norms summed over an image (--l-r-norm mean: per position); Eq. (4) averaged.
   - Stage 3's mask is 0 where A = normalised relu(M_att) is above 0.5 (--occlude attention-aware:
-    f_r * A * mask, A without gradient); f_r and the occluded maps as one batch of 2B.
+    f_r * A * kept, A without gradient); f_r and the occluded maps as one batch of 2B.
   - Table 4: stage 3 from stage 1 with a fresh attention branch, the top third of f_r occluded.
   - Stage 2 is not evaluated: its test feature is stage 1's.
 """
@@ -136,9 +136,12 @@ class AAANet(nn.Module):
 # --- Algorithm 1, steps 1-4: the 16 occluded copies and the difficult sample ----------------------
 
 def grid_masks(H, W, grid=4, device=None):
-    """Algorithm 1's grid*grid masks [G, H, W] bool: mask k is 0 (occluded) on cell k (row
-    k // grid, column k % grid). Choice (not in the paper): row y in cell row floor(grid * y / H),
-    columns alike, so the cells tile any map (7 rows: 2, 2, 2, 1); with H < grid some are empty."""
+    """Algorithm 1's grid*grid masks [G, H, W] bool, G = grid*grid, for any `grid`: mask k is 1
+    (True, kept) everywhere but on cell k, where it is 0 (False, occluded); cell k lies at cell
+    row k // grid, cell column k % grid. Choice (not in the paper): row y lies in cell row
+    floor(grid * y / H), column x in cell column floor(grid * x / W), so the cells tile any map
+    (H = 7: cell rows of 2, 2, 2, 1 rows), and with H < grid some cells are empty (their
+    copy occludes nothing). On `device` (None: the CPU)."""
     # Algorithm 1 step 1: "divided equally into 16 with a square grid"
     rows = torch.arange(H, device=device) * grid // H             # [H] cell row of each row
     cols = torch.arange(W, device=device) * grid // W             # [W] cell column of each column
@@ -150,8 +153,8 @@ def grid_masks(H, W, grid=4, device=None):
 
 def grid_occlusions(f, grid=4):
     """Algorithm 1 step 2: copy k of f [B, C, H, W] is f times mask k -> [B, G, C, H, W]."""
-    mask = grid_masks(*f.shape[-2:], grid, f.device).to(f.dtype)      # [G, H, W]
-    return f[:, None] * mask[None, :, None]                            # [B, G, C, H, W]
+    kept = grid_masks(*f.shape[-2:], grid, f.device).to(f.dtype)      # [G, H, W]
+    return f[:, None] * kept[None, :, None]                            # [B, G, C, H, W]
 
 
 def true_class_probability(logits, y):
@@ -163,7 +166,12 @@ def true_class_probability(logits, y):
 def hardest_occlusion(logits_of, f_r, y, grid=4, chunk=0):
     """Algorithm 1 steps 3-4 -> (hardest copy k [B], every copy's true-class probability p [B, G]);
     logits_of: [n, C, h, w] -> [n, N]. The copies of `chunk` images (0: all) run as ONE batch,
-    without gradient: they only choose a target, so no activations are kept for a backward pass."""
+    without gradient: they only choose a target, so no activations are kept for a backward pass.
+    Step 3: the G = grid*grid copies of each image (`grid_occlusions`, any `grid`), flattened
+    image by image (image 0's G copies, then image 1's, ...), through logits_of in one call per
+    chunk of images (B = 3, chunk = 2: a call of 2G copies, then one of G); each copy's label is
+    its image's; p by `true_class_probability`. Step 4: k is the copy of the lowest p, the first
+    copy (lowest k) where several tie."""
     B = len(f_r)
     G = grid * grid
     chunk = chunk or B
@@ -180,14 +188,19 @@ def hardest_occlusion(logits_of, f_r, y, grid=4, chunk=0):
 
 @torch.no_grad()
 def occlusion_map(f_r, k, grid=4, reading="response"):
-    """M_occ [B, h, w] of Eq. (2) from the difficult sample, copy k [B] of f_r [B, C, h, w].
-    response: channel-mean |f_occ| over its per-image maximum, 0 on the most discriminative cell
-    ("fit the feature response range", Sec. 3.2); binary: the difficult sample's 0-1 mask."""
-    mask = grid_masks(*f_r.shape[-2:], grid, f_r.device)[k].float()   # [B, H, W]
+    """M_occ [B, h, w] of Eq. (2) from the difficult sample, copy k [B] of f_r [B, C, h, w], in
+    fp32; the copy's 0-1 mask is grid_masks' mask k[b] of the `grid` (1 kept, 0 occluded).
+    binary: that mask itself, 1.0 kept and 0.0 on the occluded cell.
+    response (Choice, not in the paper: the reading of "fit the feature response range",
+    Sec. 3.2): f_occ = f_r times the mask; the channel mean of |f_occ|, divided by its maximum over
+    the h*w positions of the same image (each image on its own scale, never the batch's). So M_occ
+    is 0 on the occluded (most discriminative) cell and 1 at the strongest remaining position; an
+    all-zero f_r gives M_occ = 0, not NaN (the maximum is clamped to 1e-12 before dividing)."""
+    kept = grid_masks(*f_r.shape[-2:], grid, f_r.device)[k].float()   # [B, H, W]
     if reading == "binary":
-        return mask
+        return kept
     # Choice (not in the paper): "response", the reading of "fit the feature response range"
-    f_occ = f_r.float() * mask[:, None]                                # [B, C, H, W]
+    f_occ = f_r.float() * kept[:, None]                                # [B, C, H, W]
     response = f_occ.abs().mean(dim=1)                                 # [B, H, W]
     return response / response.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
@@ -207,16 +220,20 @@ def occlusion_target(model, f_r, y, cfg):
 # --- Losses: Eq. (1)-(4) --------------------------------------------------------------------------
 
 def attention_loss(M_att, M_occ):
-    """L_att = || (max(M_att, 0) - M_occ) * M_att ||_1, Eq. (2), per image: [B, h, w] -> [B].
-    Choice (not in the paper): the L1 norm sums over the h*w positions (here and in Eq. (3)),
-    averaged over the batch by the callers. Its gradient moves M_att < 0 up to 0, 0 < M_att <
+    """Eq. (2), the data term, as printed: L_att = || [max(M_att, 0) - M_occ] * M_att ||_1, the
+    product element-wise, per image: [B, h, w] -> [B], in fp32. The L1 norm is the sum over the
+    h*w positions of the absolute values (a term with 0 < M_att < M_occ is negative before it).
+    Choice (not in the paper): a sum, not a mean, over the positions (here and in Eq. (3)), and no
+    mean over the batch here: the callers average. Its gradient moves M_att < 0 up to 0, 0 < M_att <
     M_occ / 2 down to 0 and M_att > M_occ / 2 to M_occ: high attention follows M_occ."""
     M_att = M_att.float()
     return ((M_att.clamp(min=0) - M_occ) * M_att).abs().sum(dim=(1, 2))
 
 
 def regularization_loss(M_att, norm="sum"):
-    """L_r = log(1 + exp(-||M_att||_1)) = softplus(-x), Eq. (3), per image: [B, h, w] -> [B].
+    """Eq. (3), the regularisation term: L_r = log(1 + e^(-||M_att||_1)), per image: [B, h, w] ->
+    [B], in fp32. norm="sum": ||M_att||_1 is the sum of |M_att| over the h*w positions, the
+    formula as printed; norm="mean" (--l-r-norm): the mean of |M_att| over the positions instead.
     Its gradient, -sigmoid(-||M_att||_1) sign(M_att), lifts every |M_att| away from Eq. (2)'s
     trivial minimum 0, but is < 1e-7 once ||M_att||_1 > ~17: 0 in float32 at the paper's 28x28."""
     absolute = M_att.float().abs()
@@ -233,7 +250,10 @@ def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
         L_i = lambda1 * L1_i + lambda2 * L2_i   if p_bf_i - p_af_i > omega,   0 otherwise
 
     The gate is the "switchable gradient update" of Sec. 3.3: only samples whose true-class
-    probability the occlusion lowers by more than omega update the attention through this term."""
+    probability the occlusion lowers by more than omega update the attention through this term.
+    A drop of exactly omega shuts it (strictly more). The gate is returned as a float tensor of
+    0.0 and 1.0 (the training step logs its mean), computed without gradient. Choice (not in the
+    paper): the loss is the mean over all B samples, those the gate shuts adding 0."""
     gate = ((p_bf - p_af).detach() > omega).float()  # [B], compares probabilities: no gradient
     # Choice (not in the paper): the mean over all B samples, failing ones adding 0; with the gate
     # shut for the whole batch, only SGD's weight decay and momentum move the attention branch
@@ -243,7 +263,7 @@ def adversarial_loss(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
 # --- Algorithm 2, step 1: the 0-1 mask (1 = kept, 0 = occluded) -----------------------------------
 
 def attention_mask(M_att, threshold=0.5):
-    """Algorithm 2 step 1: the 0-1 attention mask, M_att [B, h, w] -> bool [B, h, w].
+    """Algorithm 2 step 1: the 0-1 attention mask, M_att [B, h, w] -> bool [B, h, w], True (1) kept.
     Choice (not in the paper): 0 (occluded) where A = `attention_weights(M_att)` > `threshold`,
     the attended regions, as Fig. 4's "black mask", Sec. 4.5's "multiple parts of important
     regions were occluded" and Table 4's "highest response" say; an all-zero map occludes none."""
@@ -258,14 +278,15 @@ def attention_weights(M_att):
     return (A - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def occluded_maps(f_r, M_att, mask, occlude="features"):
-    """Algorithm 2 step 2: f_r * mask; "attention-aware": Sec. 3.3's f_r * A * mask, A [B, h, w]."""
-    kept = mask                                                        # [B, h, w]
+def occluded_maps(f_r, M_att, kept, occlude="features"):
+    """Algorithm 2 step 2: f_r * kept, the 0-1 mask (1 kept, 0 occluded); "attention-aware":
+    Sec. 3.3's f_r * A * kept, A [B, h, w]."""
+    weights = kept                                                     # [B, h, w]
     if occlude == "attention-aware":
         # "integrated ... by an element-wise multiplication". Choice (not in the paper): A in
         # [0, 1] (never amplifies f_r), no gradient: the attention learns by Eq. (4)'s gate alone
-        kept = attention_weights(M_att) * mask
-    return f_r * kept[:, None].to(f_r.dtype)                           # [B, C, h, w]
+        weights = attention_weights(M_att) * kept
+    return f_r * weights[:, None].to(f_r.dtype)                        # [B, C, h, w]
 
 
 def response_mask(f_r):
@@ -275,9 +296,9 @@ def response_mask(f_r):
     response = f_r.detach().float().mean(dim=1).flatten(1)             # [B, h*w]
     order = response.argsort(dim=1, descending=True, stable=True)      # [B, h*w]
     third = round(response.shape[1] / 3)
-    mask = torch.ones_like(response, dtype=torch.bool)
-    mask.scatter_(1, order[:, :third], False)
-    return mask.view_as(f_r[:, 0])                                     # [B, h*w] -> [B, h, w]
+    kept = torch.ones_like(response, dtype=torch.bool)
+    kept.scatter_(1, order[:, :third], False)
+    return kept.view_as(f_r[:, 0])                                     # [B, h*w] -> [B, h, w]
 
 
 # --- One training step per stage: each loss returns (total loss, {term: value} for the log) -------
@@ -305,11 +326,11 @@ def stage3_loss(model, x, y, cfg):
     M_att = model.attention_map(f_r)
     # Algorithm 2 step 1: the 0-1 attention mask, 0 on the attended positions (Table 4: response)
     if cfg.mask_source == "response":
-        mask = response_mask(f_r)                                      # [B, h, w]
+        kept = response_mask(f_r)                                      # [B, h, w]
     else:
-        mask = attention_mask(M_att, cfg.threshold)                    # [B, h, w]
+        kept = attention_mask(M_att, cfg.threshold)                    # [B, h, w]
     # Algorithm 2 step 2: "the feature maps of the middle layer multiplied by the 0-1 mask"
-    f_af = occluded_maps(f_r, M_att, mask, cfg.occlude)  # [B, C, h, w] (attention-aware: Sec. 3.3)
+    f_af = occluded_maps(f_r, M_att, kept, cfg.occlude)  # [B, C, h, w] (attention-aware: Sec. 3.3)
     # Algorithm 2 step 3: f_r and f_af through the classifier; p_bf, p_af: true-class probability
     # Choice (not in the paper): one batch of 2B (BatchNorm sees both), p from it with dropout on
     logits = model.logits_from_middle(torch.cat([f_r, f_af]))          # [2B, N]
@@ -327,7 +348,7 @@ def stage3_loss(model, x, y, cfg):
     L = L_ce_bf + L_ce_af + L_gate
     return L, {"L": L, "L_ce_bf": L_ce_bf, "L_ce_af": L_ce_af, "L_gate": L_gate,
                "L_att": L_att.mean(), "L_r": L_r.mean(), "gate_pass": gate.mean(),
-               "p_bf": p_bf.mean(), "p_af": p_af.mean(), "occluded": (~mask).float().mean()}
+               "p_bf": p_bf.mean(), "p_af": p_af.mean(), "occluded": (~kept).float().mean()}
 
 
 # the term whose epoch mean chooses best.pt

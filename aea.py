@@ -140,12 +140,24 @@ class AEA(nn.Module):
 # --- Eq. (1), the attention map, and the adversarial erasing operation (Sec. III-B, Fig. 4) -------
 
 def attention_map(M):
-    """Eq. (1): A_l = sum_c |M_l,c|^2: [B, C, h, w] -> [B, h, w], fp32 (bf16 loses the ranking)."""
+    """Eq. (1), the attention map of layer l: A_l = sum over the C channels c of |M_l,c|^2,
+    position by position. M [B, C, h, w] -> A [B, h, w], computed in fp32 whatever M's precision:
+    under autocast M arrives in bf16, whose 8 significant bits would round the sums (16^2 + 1^2 =
+    257 becomes 256) and so reorder the pixels that `salient_pixels` ranks."""
     return M.float().pow(2).sum(dim=1)
 
 
 def salient_pixels(A, R, size):
-    """The top R% of maps A [B, h, w] resized to size = (H, W) (Sec. III-B): bool [B, H, W]."""
+    """The top R% of maps A [B, h, w] resized to size = (H, W) (Sec. III-B): bool [B, H, W], True
+    on the pixels to be erased.
+      1. Resize A to (H, W) in fp32 by bilinear interpolation with half-pixel centres (output
+         pixel i reads source coordinate (i + 0.5) * h / H - 0.5, clamped to the map: PyTorch's
+         bilinear interpolate without aligned corners); a map already at (H, W) is unchanged.
+      2. Choice (not in the paper): k = R% of H*W rounded to the nearest integer, a half to the
+         even one as Python's round does (2.5 -> 2, 3.5 -> 4, 3.2 -> 3).
+      3. In each image, the k pixels of largest value. Choice (not in the paper): ties go to the
+         lower row-major pixel index (y * W + x), so the pixels are the same on every run and
+         device."""
     B = A.shape[0]
     H, W = size
     # "we resize the attention map into the same size with the original pedestrian image ...
@@ -153,11 +165,11 @@ def salient_pixels(A, R, size):
     A = F.interpolate(A[:, None].float(), size=(H, W), mode="bilinear", align_corners=False)
     k = round(R * H * W / 100)  # Choice (not in the paper): half to even (Python's round)
     # "select the top R% largest values". Choice (not in the paper): ties to the lower pixel
-    # index (a stable sort), so that the mask is the same on every run and device
+    # index (a stable sort), so that the erased pixels are the same on every run and device
     order = torch.sort(A.view(B, H * W), dim=1, descending=True, stable=True).indices  # [B, H*W]
-    mask = torch.zeros(B, H * W, dtype=torch.bool, device=A.device)
-    mask.scatter_(1, order[:, :k], True)
-    return mask.view(B, H, W)                                              # [B, H*W] -> [B, H, W]
+    erased = torch.zeros(B, H * W, dtype=torch.bool, device=A.device)
+    erased.scatter_(1, order[:, :k], True)
+    return erased.view(B, H, W)                                            # [B, H*W] -> [B, H, W]
 
 
 def erase_top(images, A, R):
@@ -181,7 +193,10 @@ def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
     joint=True, AEA (Fig. 2): steps 1-4 below, Eq. (8); joint=False: the basic network alone
     (warm-up, Baseline 1, B4's first phase). Each baseline differs from AEA in one place: B1 never
     joins (`basic_alone_epochs`); B2's L_T and basic loss (below); B3, B4, --erasing fixed | random
-    feed the complementary network x_other (`epoch_batches`) instead of the dynamic erasing of x."""
+    feed the complementary network x_other (`epoch_batches`) instead of the dynamic erasing of x.
+    Step 4, Eq. (8): the total loss L adds the basic network's cross-entropy L_I1 as it is, the
+    complementary network's L_I2 weighed by alpha1 and the triplet loss L_T weighed by alpha2
+    (cfg.alpha1, cfg.alpha2: AEAConfig, Sec. IV-B)."""
     dynamic = joint and erasing_mode(cfg) == "adversarial"
     attention_layer = cfg.attention_layer if dynamic else None
     with common.autocast(x.device, cfg.precision):  # auto: bf16 on CUDA, fp32 on the CPU
@@ -280,11 +295,12 @@ LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 @torch.no_grad()
 def fixed_erasing_masks(images, R, basic=None, attention_layer="conv2_x", precision="auto"):
-    """Erase-once pixels: unaugmented uint8 images [N, 3, H, W] -> bool [N, H, W], the top R% of the
-    grey image (basic=None: B3, Sec. IV-C) or `basic`'s attention (Eq. (1): B4, --erasing fixed)."""
+    """Erase-once pixels: unaugmented uint8 images [N, 3, H, W] -> bool [N, H, W], True where
+    erased: the top R% of the grey image (basic=None: B3, Sec. IV-C) or `basic`'s attention
+    (Eq. (1): B4, --erasing fixed)."""
     # Choice (not in the paper): eval mode, so each image's map does not depend on its batch
     was_training = basic is not None and basic.training
-    masks = []
+    erased = []
     for u8 in images.split(128):  # 128 images at a time
         if basic is None:
             luma = LUMA.to(u8.device).view(1, 3, 1, 1)
@@ -293,16 +309,17 @@ def fixed_erasing_masks(images, R, basic=None, attention_layer="conv2_x", precis
             with common.autocast(u8.device, precision):
                 M_l = basic.eval().backbone.run(data.normalize(u8), "conv1", attention_layer)
             A = attention_map(M_l)                                         # [b, h, w]
-        masks.append(salient_pixels(A, R, u8.shape[-2:]))
+        erased.append(salient_pixels(A, R, u8.shape[-2:]))
     if basic is not None:
         basic.train(was_training)
-    return torch.cat(masks)                                                # [N, H, W]
+    return torch.cat(erased)                                               # [N, H, W]
 
 
-def erase_uint8(images, mask):
-    """uint8 images [N, 3, H, W] with the mask's pixels [N, H, W] set to the mean colour."""
+def erase_uint8(images, erased):
+    """uint8 images [N, 3, H, W] with the erased pixels (True in `erased` [N, H, W]) set to the
+    mean colour."""
     mean = MEAN_UINT8.to(images.device).view(1, 3, 1, 1)
-    return torch.where(mask[:, None], mean, images)
+    return torch.where(erased[:, None], mean, images)
 
 
 def epoch_batches(images, labels, sampler, g, cfg, joint, erased_images=None):
@@ -379,14 +396,14 @@ def train(cfg):
     first_epoch = 0
     log = []  # OUT/log.csv: a row per epoch
     results = {}  # {row: rank_metrics}, the table
-    erase_mask = None  # B3, B4, --erasing fixed: the erase-once pixels, bit-packed
+    erased_packed = None  # B3, B4, --erasing fixed: the erase-once pixels, bit-packed
     checkpoint = ckpt  # the last one written (or read)
     if ckpt is not None:  # --resume: put back all that the checkpoint below holds
         common.restore(ckpt, last, model, optimizer, schedule, g)
         first_epoch = ckpt["epoch"]
         log = ckpt["log"]
         results = ckpt["results"]
-        erase_mask = ckpt["erase_mask"]
+        erased_packed = ckpt["erased"]
         # in case the run was killed between last.pt and log.csv, or best.pt's link
         common.write_log(cfg.out, log)
         if common.lowest_so_far(log, "L"):
@@ -398,9 +415,9 @@ def train(cfg):
 
     mode = erasing_mode(cfg)
     erased_images = None  # the erased copies of the training images (erase-once modes)
-    if erase_mask is not None:
-        mask = np.unpackbits(erase_mask.numpy(), axis=-1, count=cfg.width).astype(bool)
-        erased_images = erase_uint8(images, torch.from_numpy(mask).to(device))
+    if erased_packed is not None:
+        erased = np.unpackbits(erased_packed.numpy(), axis=-1, count=cfg.width).astype(bool)
+        erased_images = erase_uint8(images, torch.from_numpy(erased).to(device))
     cache = {}  # the decoded query and gallery images, for every evaluation
     if ckpt is None and cfg.eval_untrained:
         results["untrained"] = score(model, ds, cfg, device, cache)
@@ -422,10 +439,10 @@ def train(cfg):
             # B3's grey level, B4's trained basic network: erased once (Sec. IV-C). Choice (not
             # in the paper): AOS-style (Table 6) too, after the warm-up, not a separate network
             basic = None if mode == "grey" else model.basic
-            mask = fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer, cfg.precision)
-            erased_images = erase_uint8(images, mask)
-            # kept in the checkpoints, bit-packed (Market-1501's mask: 53 MB)
-            erase_mask = torch.from_numpy(np.packbits(mask.cpu().numpy(), axis=-1))
+            erased = fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer, cfg.precision)
+            erased_images = erase_uint8(images, erased)
+            # saved in the checkpoints, bit-packed (Market-1501's erased pixels: 53 MB)
+            erased_packed = torch.from_numpy(np.packbits(erased.cpu().numpy(), axis=-1))
         model.train()  # dropout on, BatchNorm on the batch's statistics
         sampler.set_epoch(epoch)  # this epoch's P x K batches, drawn from (seed, epoch)
         lr = optimizer.param_groups[0]["lr"]
@@ -449,7 +466,7 @@ def train(cfg):
             "schedule": schedule.state_dict(),
             "rng": common.rng_state(),  # Python, numpy, torch (dropout) and CUDA
             "aug_generator": g.get_state(),  # data.augment's draws
-            "erase_mask": erase_mask,
+            "erased": erased_packed,
             "num_images": len(images),
             "train_digest": train_digest,  # --resume refuses other training files
             "device_type": device.type,  # what --precision auto meant for this run

@@ -159,7 +159,13 @@ def cross_entropy(logits, labels):
 
         p(t) = exp(v_t) / sum_{i=1..N} exp(v_i)                 Eq. (4)
         q(t) = 1 if t == y else 0                               Eq. (3)
-        L_I  = - sum_t q(t) log p(t), averaged over the batch   Eq. (2)"""
+        L_I  = - sum_t q(t) log p(t), averaged over the batch   Eq. (2)
+
+    logits [B, N], labels [B] (class indices) -> a scalar. Written from the equations, not with
+    PyTorch's F.cross_entropy or F.nll_loss. In fp32 (under autocast the logits arrive in bf16).
+    log p(t) must stay finite for logits in the thousands: exp(1000) overflows and a probability
+    below 1e-45 rounds to 0, so log p(t) is the logit minus the log of the sum of exponentials,
+    the largest logit taken out of that sum first (F.log_softmax computes exactly this)."""
     # log p(t), Eq. (4); in fp32 under autocast: a softmax over hundreds of classes
     log_p = F.log_softmax(logits.float(), dim=1)                           # [B, N]
     # q(t), Eq. (3): one-hot of the label
@@ -184,7 +190,12 @@ def batch_hard_triplet_loss(features, labels, margin, normalize=True):
     Every sample is an anchor, its hardest positive and negative searched inside the batch: hence
     batches of P identities x K images (data.PKSampler). normalize=True L2-normalises the features
     first ("these features are all normalized by L2 norm", AEA Sec. III-C): distances lie in
-    [0, 2], the margin m on that scale. features [n, d], labels [n] -> scalar loss."""
+    [0, 2], the margin m on that scale. features [n, d], labels [n] -> scalar loss.
+    The distances come from `pairwise_euclidean`, in fp32 with autocast turned off (bf16 would
+    move small distances by ~20% and change which pair is the hardest). Choices (not in the
+    paper): an anchor whose identity has no other sample in the batch has d_ap = 0, so its term is
+    [m - d_an]_+, still positive when a negative lies within the margin; an anchor with no
+    negative in the batch adds 0 (not NaN); the mean is over all n anchors, zeros included."""
     # fp32 under bf16 autocast: with unit-length features d^2 = 2 - 2 cos, and bf16's 8-bit
     # mantissa would move small distances by ~20%, changing which pair is the hardest
     with torch.autocast(features.device.type, enabled=False):

@@ -95,9 +95,12 @@ MAX_CAMERA = 9999
 
 
 def parse_name(filename):
-    """(pid, cam) of a Market-style image name; pid -1 = junk, 0 = distractor; c1 -> cam 0. A
-    name that does not parse, a pid above MAX_PID or a camera outside c1..c<MAX_CAMERA> is a
-    UserError naming the file.
+    """(pid, cam) of a Market-style image name, both ints: the identity as written (-1 = junk,
+    0 = distractor) and the camera counted from 0 (c1 -> 0). Only the file name is read, never the
+    folders of a path; `_NAME` matches the names of the three datasets (its groups: the identity,
+    the camera number). A name `_NAME` does not match, an identity above MAX_PID or a camera
+    outside c1..c<MAX_CAMERA> (both limits are names) is a UserError whose message holds the file
+    name as given.
 
     The camera matters beyond bookkeeping: the evaluation drops gallery images of the query's own
     pid AND camera, so a wrong camera silently changes every score. 0-based so it can index arrays.
@@ -715,10 +718,16 @@ def augment(images, generator, flip=True, pad=10, random_erasing=0.0, index=None
 class PKSampler:
     """Batches of P identities x K images each (Hermans et al. 2017; AEA Sec. IV-B: P=8, K=4).
 
-    One epoch = ceil(#ids / P) batches: the identities in a random order, cut into groups of P.
-    The order and the images drawn depend only on (seed, epoch), so a resumed run can replay an
-    epoch: call set_epoch(e) before iterating. Each batch is a list of P*K dataset indices, the K
-    images of one identity next to each other.
+    One epoch = ceil(#ids / P) batches: the identities in a random order, cut into consecutive
+    groups of P. The order and the images drawn depend only on (seed, epoch), so a resumed run can
+    replay an epoch: call set_epoch(e) before iterating (one numpy generator made from the pair
+    [seed, epoch] draws everything of the epoch). Each batch is a list of P*K dataset indices, the
+    K images of one identity next to each other; `self.index[i]` holds identity i's indices.
+    Choices (not in the paper), what __iter__ does where the identities or images run short:
+      - a last group with fewer than P identities is filled with distinct identities drawn without
+        replacement from the other groups, so every batch holds exactly P distinct identities;
+      - an identity with n >= K images gives K of them drawn without replacement; one with n < K
+        gives all n once, in a random order, then K - n more drawn with replacement.
     """
 
     def __init__(self, pids, P, K, seed=0):

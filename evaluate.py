@@ -598,6 +598,17 @@ class KISSME:
         self.pca_dims = pca_dims
 
     def fit(self, feats, pids, cams):
+        """Steps 0-4 of the class docstring on training features [N, D] (numpy or torch), their
+        pids and cams, in float64 -> self. Sets what `distance` reads: self.mean [D], the mean of
+        the L2-normalised features; self.P [D, dims], the principal directions of their
+        covariance with the `dims` largest eigenvalues, largest first; self.M [dims, dims],
+        Sigma_S^-1 - Sigma_D^-1 (`pair_covariances` of the PCA coordinates) made symmetric,
+        (M + M^T) / 2, then repaired (`psd_repair`). With N < D the PCA runs on the coordinates
+        y = x Q in the span of the features (`_reduce_to_span`) and P is mapped back by Q: the
+        same P, faster.
+        Choice (not in the paper): dims = min(pca_dims, D, N - #ids): N - #ids is the rank of
+        the same-id differences, so more would leave Sigma_S singular. dims < 1, or a Sigma_S
+        whose Cholesky factorisation fails, is a UserError saying so."""
         x = F.normalize(torch.as_tensor(feats).double(), dim=1)
         # y = x Q: the span's coordinates when N < D (the centred data and its PCA lie in that span)
         y, Q = _reduce_to_span(x)

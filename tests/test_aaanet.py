@@ -60,9 +60,9 @@ def tiny_batch(B=4, num_classes=4, seed=0):
 @pytest.mark.exercise(9)
 def test_grid_masks_partition_the_map(size):
     Hf, Wf = size
-    keep = aaanet.grid_masks(Hf, Wf)
-    assert keep.shape == (16, Hf, Wf) and keep.dtype == torch.bool
-    occluded = ~keep
+    kept = aaanet.grid_masks(Hf, Wf)
+    assert kept.shape == (16, Hf, Wf) and kept.dtype == torch.bool
+    occluded = ~kept
     # every position is zeroed in exactly one of the 16 copies
     assert (occluded.sum(dim=0) == 1).all()
     for k in range(16):
@@ -101,13 +101,35 @@ def test_grid_smaller_than_4_leaves_empty_cells():
 
 
 @pytest.mark.exercise(9)
+def test_grid_cells_at_6_and_14_and_other_grids():
+    # The floor rule, row y in cell row floor(4y / H):
+    #   H = 6:  y = 0..5 -> 0, 0, 1, 2, 2, 3: cell rows of 2, 1, 2, 1 rows
+    #   H = 14: y = 0..13 -> 0 0 0 0, 1 1 1, 2 2 2 2, 3 3 3: cell rows of 4, 3, 4, 3 rows
+    # (cutting 6 into 2, 2, 1, 1 or 14 into 4, 4, 3, 3, the larger pieces first, is another rule)
+    for size, expected in [(6, [[0, 1], [2], [3, 4], [5]]),
+                           (14, [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9, 10], [11, 12, 13]])]:
+        occluded = ~aaanet.grid_masks(size, size)
+        for k in range(16):
+            ys, xs = occluded[k].nonzero(as_tuple=True)
+            assert sorted(set(ys.tolist())) == expected[k // 4]
+            assert sorted(set(xs.tolist())) == expected[k % 4]
+    # grid = 2 on a 4 x 3 map: rows floor(2y / 4) = 0, 0, 1, 1; columns floor(2x / 3) = 0, 0, 1.
+    # 4 masks, 1 = kept, 0 = the occluded cell (row k // 2, column k % 2):
+    kept = aaanet.grid_masks(4, 3, grid=2).int().tolist()
+    assert kept == [[[0, 0, 1], [0, 0, 1], [1, 1, 1], [1, 1, 1]],
+                    [[1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]],
+                    [[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]],
+                    [[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 0]]]
+
+
+@pytest.mark.exercise(9)
 def test_grid_occlusions_are_the_masked_copies():
     f = torch.randn(2, 3, 7, 5)
     copies = aaanet.grid_occlusions(f)
     assert copies.shape == (2, 16, 3, 7, 5)
-    keep = aaanet.grid_masks(7, 5).float()
+    kept = aaanet.grid_masks(7, 5).float()
     for k in range(16):
-        torch.testing.assert_close(copies[:, k], f * keep[k])
+        torch.testing.assert_close(copies[:, k], f * kept[k])
     # each position is zero in exactly one copy, so the 16 copies add up to 15 f
     torch.testing.assert_close(copies.sum(dim=1), 15 * f)
 
@@ -147,6 +169,28 @@ def test_hardest_copy_is_the_argmin_of_the_true_class_probability():
 
 
 @pytest.mark.exercise(10)
+def test_hardest_occlusion_on_a_2x2_grid_in_uneven_chunks():
+    # grid = 2 on a 2x2 map: 4 copies, copy k removes position k. Three images holding 0, 1, 2, 3
+    # (image b: b times that), logits = [s / 100, 0] as above, s = the copy's sum:
+    #   label 0 (images 0, 2): p_k = sigmoid(s_k / 100), lowest for the largest removed value:
+    #     k = 3 (image 0 is all 0: every copy ties at p = 1/2, the first, k = 0, is taken)
+    #   label 1 (image 1): p_k = 1 - sigmoid((6 - k) / 100), lowest at k = 0
+    # chunk = 2: passes of 2 and then 1 image, 8 and 4 copies.
+    f_r = torch.arange(4.0).view(1, 1, 2, 2) * torch.arange(3.0).view(3, 1, 1, 1)
+    calls = []
+
+    def logits_of(f):
+        calls.append(f.shape[0])
+        s = f.sum(dim=(1, 2, 3))
+        return torch.stack([s / 100, torch.zeros_like(s)], dim=1)
+
+    k, p = aaanet.hardest_occlusion(logits_of, f_r, torch.tensor([0, 1, 0]), grid=2, chunk=2)
+    assert k.tolist() == [0, 0, 3] and p.shape == (3, 4) and calls == [8, 4]
+    assert p[1].tolist() == pytest.approx([1 - 1 / (1 + math.exp(-(6 - j) / 100))
+                                           for j in range(4)])
+
+
+@pytest.mark.exercise(10)
 def test_hardest_occlusion_takes_no_gradient():
     f_r = torch.randn(2, 3, 4, 4, requires_grad=True)
     conv = torch.nn.Conv2d(3, 5, 1)
@@ -175,6 +219,23 @@ def test_occlusion_map_by_hand():
     torch.testing.assert_close(binary, expected)
 
 
+@pytest.mark.exercise(11)
+def test_occlusion_map_per_image_and_other_grids():
+    # Each image over its own maximum: images v and 10 v (v = 1..16 on 4x4, copy 15) give the
+    # same M_occ, v / 15 with 0 at (3, 3). An all-zero map gives M_occ = 0, not NaN (0 / 0).
+    v = torch.arange(1.0, 17.0).view(1, 1, 4, 4)
+    M_occ = aaanet.occlusion_map(torch.cat([v, 10 * v]), torch.tensor([15, 15]))
+    torch.testing.assert_close(M_occ[1], M_occ[0])
+    assert M_occ[1, 3, 2].item() == pytest.approx(1.0)
+    assert torch.equal(aaanet.occlusion_map(torch.zeros(1, 2, 4, 4), torch.tensor([3])),
+                       torch.zeros(1, 4, 4))
+    # grid = 2: copy 1 occludes cell row 0, cell column 1: rows 0-1, columns 2-3 of the 4x4 map
+    binary = aaanet.occlusion_map(v, torch.tensor([1]), grid=2, reading="binary")
+    expected = torch.ones(1, 4, 4)
+    expected[0, :2, 2:] = 0.0
+    torch.testing.assert_close(binary, expected)
+
+
 # -----------------------------------------------------------------------------
 # Eq. (2), (3), (4)
 
@@ -195,6 +256,15 @@ def test_attention_loss_eq2_by_hand():
     #   1 -> 2 - 0.5 = 1.5;  -2 -> d(-1 * M)/dM = -1;  0.5 -> 2 * 0.5 = 1;  3 -> 6 - 1 = 5
     L_att.sum().backward()
     torch.testing.assert_close(M_att.grad[0], torch.tensor([[1.5, -1.0], [1.0, 5.0]]))
+
+
+@pytest.mark.exercise(12)
+def test_attention_loss_below_the_target_counts_positive():
+    # 0 < M_att < M_occ makes the product negative: M = 0.5, M_occ = 1 -> (0.5 - 1) * 0.5 = -0.25;
+    # the L1 norm counts its absolute value: L_att = 0.25 (+ 2 for M = -2, M_occ = 1 as above)
+    M_att = torch.tensor([[[0.5, -2.0]]])
+    M_occ = torch.tensor([[[1.0, 1.0]]])
+    assert aaanet.attention_loss(M_att, M_occ).tolist() == pytest.approx([2.25])
 
 
 @pytest.mark.exercise(13)
@@ -251,6 +321,20 @@ def test_adversarial_gate_eq4_some_pass_some_do_not():
     assert L_r.grad.tolist() == pytest.approx([0.075, 0.0, 0.0, 0.075])
 
 
+@pytest.mark.exercise(14)
+def test_adversarial_gate_at_omega_is_shut():
+    # the drop must exceed omega: p_bf - p_af = 0.25 (exact in binary) = omega -> shut; 0.5 ->
+    # open. The gate is a float 0/1 tensor (the training step logs its mean):
+    #   L = (0 + 0.5 * 2 + 1 * 20) / 2 = 10.5
+    p_bf = torch.tensor([0.75, 0.75])
+    p_af = torch.tensor([0.5, 0.25])
+    L_r = torch.tensor([1.0, 2.0])
+    L_att = torch.tensor([10.0, 20.0])
+    loss, gate = aaanet.adversarial_loss(L_r, L_att, p_bf, p_af, 0.5, 1.0, 0.25)
+    assert gate.dtype == torch.float32 and gate.tolist() == [0.0, 1.0]
+    assert loss.item() == pytest.approx(10.5)
+
+
 # -----------------------------------------------------------------------------
 # Algorithm 2 step 1: the masks
 
@@ -268,14 +352,14 @@ def test_attention_mask_by_hand():
 
 def test_attention_aware_occlusion_by_hand():
     # f_r one channel [[2, 4], [6, 8]], M_att [[-1, 1], [2, 3]]: relu [[0, 1], [2, 3]], min-max
-    # -> A = [[0, 1/3], [2/3, 1]]; above 0.5 occluded: mask [[1, 1], [0, 0]].
-    # features: f_r * mask = [[2, 4], [0, 0]]; attention-aware: f_r * A * mask = [[0, 4/3], [0, 0]]
+    # -> A = [[0, 1/3], [2/3, 1]]; above 0.5 occluded: kept [[1, 1], [0, 0]].
+    # features: f_r * kept = [[2, 4], [0, 0]]; attention-aware: f_r * A * kept = [[0, 4/3], [0, 0]]
     f_r = torch.tensor([[[[2.0, 4.0], [6.0, 8.0]]]])
     M_att = torch.tensor([[[-1.0, 1.0], [2.0, 3.0]]], requires_grad=True)
-    mask = aaanet.attention_mask(M_att, 0.5)
-    assert mask.tolist() == [[[True, True], [False, False]]]
-    assert aaanet.occluded_maps(f_r, M_att, mask).tolist() == [[[[2.0, 4.0], [0.0, 0.0]]]]
-    f_af = aaanet.occluded_maps(f_r, M_att, mask, "attention-aware")
+    kept = aaanet.attention_mask(M_att, 0.5)
+    assert kept.tolist() == [[[True, True], [False, False]]]
+    assert aaanet.occluded_maps(f_r, M_att, kept).tolist() == [[[[2.0, 4.0], [0.0, 0.0]]]]
+    f_af = aaanet.occluded_maps(f_r, M_att, kept, "attention-aware")
     torch.testing.assert_close(f_af, torch.tensor([[[[0.0, 4 / 3], [0.0, 0.0]]]]))
     assert not f_af.requires_grad  # A carries no gradient to the attention branch
 
@@ -286,8 +370,8 @@ def test_response_mask_top_third_with_ties():
     means = torch.tensor([[5.0, 1.0, 5.0], [2.0, 9.0, 0.0], [5.0, 3.0, 4.0]])
     # [1, 2, 3, 3], channel mean = means
     f_r = torch.stack([means + 1, means - 1])[None]
-    mask = aaanet.response_mask(f_r)
-    assert mask.tolist() == [[[False, True, False], [True, False, True], [True, True, True]]]
+    kept = aaanet.response_mask(f_r)
+    assert kept.tolist() == [[[False, True, False], [True, False, True], [True, True, True]]]
     # exactly round(h * w / 3) positions per image: 7 x 5 -> round(11.67) = 12
     assert ((~aaanet.response_mask(torch.rand(3, 4, 7, 5))).sum(dim=(1, 2)) == 12).all()
 

@@ -44,6 +44,15 @@ def test_attention_map_eq1_by_hand():
     assert torch.equal(A[1], torch.tensor([[20.0, 20.0], [4.0, 36.0]]))
 
 
+@pytest.mark.exercise(6)
+def test_attention_map_is_fp32_for_bf16_features():
+    # Under autocast the features arrive in bf16 (8 significant bits): two channels 16 and 1 give
+    # A = 256 + 1 = 257, which bf16 cannot hold (it rounds to 256). A is computed in fp32.
+    M = torch.tensor([16.0, 1.0], dtype=torch.bfloat16).view(1, 2, 1, 1)
+    A = aea.attention_map(M)
+    assert A.dtype == torch.float32 and A.item() == 257.0
+
+
 # -----------------------------------------------------------------------------
 # The adversarial erasing operation: exactly the top round(R% of H*W) pixels
 
@@ -87,6 +96,28 @@ def test_salient_pixels_resizes_bilinearly():
     top = {R: aea.salient_pixels(A, R, (4, 4)).view(-1).nonzero().flatten().tolist()
            for R in (18.75, 25, 31.25)}
     assert top == {18.75: [11, 14, 15], 25: [10, 11, 14, 15], 31.25: [7, 10, 11, 14, 15]}
+
+
+@pytest.mark.exercise(7)
+def test_salient_pixels_half_pixel_centres_not_aligned_corners():
+    # A 1x3 map [1, 0, 0.22] resized to 1x6. Half-pixel centres: output x reads source coordinate
+    # (x + 0.5) * 3 / 6 - 0.5 = -0.25, 0.25, 0.75, 1.25, 1.75, 2.25, clamped to [0, 2]:
+    #   [1, 0.75, 0.25, 0.055, 0.165, 0.22]  -> top 3 (R = 50): x = 0, 1, 2
+    # Aligned corners would read x * 2 / 5 = 0, 0.4, 0.8, 1.2, 1.6, 2:
+    #   [1, 0.6, 0.2, 0.044, 0.132, 0.22]    -> top 3: x = 0, 1, 5
+    A = torch.tensor([[[1.0, 0.0, 0.22]]])
+    top = aea.salient_pixels(A, 50, (1, 6)).view(-1).nonzero().flatten().tolist()
+    assert top == [0, 1, 2]
+
+
+@pytest.mark.exercise(7)
+def test_salient_pixels_count_is_rounded_half_to_even():
+    # k = R% of H*W rounded to the nearest integer, a half to the even one (Python's round):
+    # on a 4x4 map of distinct values, R = 20 -> 3.2 -> k = 3 (not 4: no rounding up);
+    # R = 15.625 -> 2.5 -> k = 2 (not 3: no rounding half up); R = 21.875 -> 3.5 -> k = 4.
+    A = torch.arange(16.0).view(1, 4, 4)
+    counts = {R: aea.salient_pixels(A, R, (4, 4)).sum().item() for R in (20, 15.625, 21.875)}
+    assert counts == {20: 3, 15.625: 2, 21.875: 4}
 
 
 def test_grey_level_mask_baseline3():
@@ -309,8 +340,8 @@ def test_every_variant_trains_one_step(tiny, reference, variant, erasing, joint,
     erased = None
     if mode in ("grey", "fixed"):
         basic = None if mode == "grey" else model.basic
-        mask = aea.fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer)
-        erased = aea.erase_uint8(images, mask)
+        erased_pixels = aea.fixed_erasing_masks(images, cfg.R, basic, cfg.attention_layer)
+        erased = aea.erase_uint8(images, erased_pixels)
     g = torch.Generator().manual_seed(0)
     x, y, x_other = next(aea.epoch_batches(images, labels, sampler, g, cfg, joint, erased))
     assert x.shape == (4, 3, H, W) and (x_other is None) == (not joint or mode == "adversarial")
@@ -353,8 +384,8 @@ def test_fixed_erasing_keeps_originals_and_erased_copies_aligned(tiny):
     # not erased the two augmented batches are equal, where it was erased the copy is ~0.
     ds, images, labels, sampler = tiny
     cfg = aea.AEAConfig(variant="b3", P=2, K=2)
-    mask = aea.fixed_erasing_masks(images, 30)
-    erased = aea.erase_uint8(images, mask)
+    erased_pixels = aea.fixed_erasing_masks(images, 30)
+    erased = aea.erase_uint8(images, erased_pixels)
     g = torch.Generator().manual_seed(3)
     batches = list(aea.epoch_batches(images, labels, sampler, g, cfg, True, erased))
     assert len(batches) == len(sampler)
@@ -604,7 +635,7 @@ def test_b4_run_erases_once_saves_the_mask_and_resumes_with_it(synthetic_root, t
     printed = capsys.readouterr().out
     assert "erasing fixed" in printed and "L_I2" in printed.split("epoch 3/4")[1]
     reference = common.load_checkpoint(str(tmp_path / "b4" / "last.pt"))
-    packed = reference["erase_mask"]
+    packed = reference["erased"]
     n_train = len(data.load_dataset(synthetic_root, "synthetic", verbose=False).train)
     assert packed.shape == (n_train, H, W // 8)
     bits = np.unpackbits(packed.numpy(), axis=-1)
@@ -619,7 +650,7 @@ def test_b4_run_erases_once_saves_the_mask_and_resumes_with_it(synthetic_root, t
     assert f"stopped by SIGTERM; {out / 'last.pt'} holds the last epoch that ended" in printed
     stopped = common.load_checkpoint(str(out / "last.pt"))
     assert stopped["epoch"] == 3
-    assert torch.equal(stopped["erase_mask"], packed)
+    assert torch.equal(stopped["erased"], packed)
     # ... and --resume takes the mask from the checkpoint (computing it again would fail here),
     # redoes epoch 4, and the run ends bit-identical to the uninterrupted one
     monkeypatch.undo()

@@ -89,6 +89,19 @@ def test_triplet_edge_cases():
 
 
 @pytest.mark.exercise(5)
+def test_triplet_no_positive_and_a_negative_inside_the_margin():
+    # An anchor alone of its identity still has a loss when its nearest negative is closer than
+    # the margin: x = [0, 0.2, 3], labels [0, 1, 1], m = 0.5.
+    #   anchor 0 (alone): d_ap = 0, d_an = 0.2 (x=0.2)  -> [0 + .5 - .2]_+   = 0.3
+    #   anchor 1:         d_ap = 2.8, d_an = 0.2 (x=0) -> [2.8 + .5 - .2]_+ = 3.1
+    #   anchor 2:         d_ap = 2.8, d_an = 3 (x=0)   -> [2.8 + .5 - 3]_+  = 0.3
+    # L_T = (0.3 + 3.1 + 0.3) / 3 = 3.7 / 3 = 1.23333 (anchor 0 dropped would give 3.4 / 3)
+    x = torch.tensor([[0.0], [0.2], [3.0]])
+    loss = common.batch_hard_triplet_loss(x, torch.tensor([0, 1, 1]), 0.5, normalize=False)
+    assert loss.item() == pytest.approx(3.7 / 3, abs=1e-5)
+
+
+@pytest.mark.exercise(5)
 def test_triplet_is_fp32_under_bf16_autocast():
     # CPU autocast casts matmuls to bf16 as CUDA autocast does; the loss must not follow it.
     torch.manual_seed(0)
@@ -126,6 +139,24 @@ def test_cross_entropy_by_hand():
     # and PyTorch's own implementation agrees on a random batch
     z, y = torch.randn(5, 7), torch.randint(0, 7, (5,))
     assert torch.allclose(common.cross_entropy(z, y), F.cross_entropy(z, y), atol=1e-6)
+
+
+@pytest.mark.exercise(4)
+def test_cross_entropy_from_scratch_with_large_logits(monkeypatch):
+    # From scratch: Eq. (2)-(4) written out, PyTorch's own loss made to raise here.
+    # logits [1000, 0]: log p(t) = v_t - log(e^1000 + e^0) = v_t - 1000 (e^-1000 is nothing next
+    # to 1), so label 1 gives L = 1000 and label 0 gives L = 0. Computed as exp and a division
+    # e^1000 overflows (inf / inf = NaN); as log(softmax) p(1) = e^-1000 rounds to 0 and
+    # log 0 = -inf: log p(t) must be v_t - log sum_i e^v_i with the largest v_i taken out first.
+    def refused(*args, **kwargs):
+        raise AssertionError("Exercise 4 is written from scratch: no F.cross_entropy/F.nll_loss")
+    monkeypatch.setattr(F, "cross_entropy", refused)
+    monkeypatch.setattr(F, "nll_loss", refused)
+    logits = torch.tensor([[1000.0, 0.0], [1000.0, 0.0]])
+    assert common.cross_entropy(logits, torch.tensor([1, 1])).item() == pytest.approx(1000.0)
+    assert common.cross_entropy(logits, torch.tensor([0, 0])).item() == pytest.approx(0.0)
+    assert common.cross_entropy(torch.tensor([[0.0, math.log(3.0)]]),
+                                torch.tensor([1])).item() == pytest.approx(-math.log(0.75))
 
 
 # -----------------------------------------------------------------------------

@@ -70,6 +70,14 @@ def test_parse_name_rejects(name):
 
 
 @pytest.mark.exercise(1)
+def test_parse_name_at_the_limits():
+    # The largest numbers a name may carry are names, not errors: identity MAX_PID = 999999999
+    # and camera c9999 (MAX_CAMERA) -> camera 9998. One more of either is refused (above).
+    assert data.parse_name("999999999_c1s1_000451_03.jpg") == (999999999, 0)
+    assert data.parse_name("0002_c9999s1_000451_03.jpg") == (2, 9998)
+
+
+@pytest.mark.exercise(1)
 def test_parse_name_by_hand():
     # A Market-1501 name is PPPP_cCsS_FFFFFF_BB.jpg: identity PPPP, camera C, sequence S, frame
     # FFFFFF, box BB; only PPPP and C are labels, and the folder around the name is not read:
@@ -473,6 +481,24 @@ def test_pk_sampler_by_hand():
     # the same (seed, epoch), the same batches
     s.set_epoch(0)
     assert list(s) == batches
+
+
+@pytest.mark.exercise(2)
+def test_pk_sampler_fill_is_distinct_and_few_images_all_come():
+    # PIDS with P = 4, K = 4: ceil(5 / 4) = 2 batches. The last group holds one identity and is
+    # short by 3: it takes 3 distinct identities of the 4 others, so both batches hold exactly 4
+    # distinct identities. Identity 2 has 2 images (9, 10) < K: each time it is drawn both come
+    # (each once, then 2 drawn again), never only one of them; identity 3 has one image: [11] * 4.
+    s = data.PKSampler(PIDS, P=4, K=4, seed=0)
+    for epoch in range(20):
+        s.set_epoch(epoch)
+        for b in s:
+            ids = PIDS[b]
+            assert len(b) == 16 and len(set(ids.tolist())) == 4
+            if 2 in ids:
+                assert set(np.array(b)[ids == 2].tolist()) == {9, 10}
+            if 3 in ids:
+                assert np.array(b)[ids == 3].tolist() == [11] * 4
 
 
 @pytest.mark.exercise(2)

@@ -102,6 +102,24 @@ def test_toy_ties_are_broken_by_gallery_index(rank_metrics):
     np.testing.assert_allclose(out["cmc"], [0, 0, 0, 1, 1])
 
 
+@TOY
+def test_toy_first_match_at_the_top(rank_metrics):
+    # One query (pid 1, camera 0); gallery g0: pid 1, c1, distance .1; g1: pid 2, c1, .2;
+    # g2: pid 1, c2, .3. Valid ranking g0, g1, g2; true matches at positions 0 and 2, n = 2.
+    #   AP = (1/1 + 2/3) / 2 = 5/6
+    #   official: position 0: recall 1/2, precision 1, old values 0 and 1.0:
+    #               (1/2 - 0) * (1 + 1) / 2 = 1/2
+    #             position 1: recall stays, nothing added
+    #             position 2: recall 1, precision 2/3, old precision 1/2 (position 1's):
+    #               (1 - 1/2) * (1/2 + 2/3) / 2 = 7/24
+    #   AP (official) = 1/2 + 7/24 = 19/24; CMC [1, 1, 1]
+    out = rank_metrics(np.array([[0.1, 0.2, 0.3]]), np.array([1]), np.array([1, 2, 1]),
+                       np.array([0]), np.array([1, 1, 2]), max_rank=3)
+    assert out["mAP"] == pytest.approx(5 / 6)
+    assert out["mAP_official"] == pytest.approx(19 / 24)
+    np.testing.assert_allclose(out["cmc"], [1, 1, 1])
+
+
 @pytest.mark.parametrize("buckets,chunk", [(4096, 1 << 22), (2, 40), (3, 1), (17, 7)])
 @pytest.mark.parametrize("kind", ["float32", "ties64", "int"])
 def test_fast_rank_metrics_equals_rank_metrics(monkeypatch, buckets, chunk, kind):
@@ -334,6 +352,19 @@ def test_kissme_algebra(toy):
     Sigma_S, Sigma_D = evaluate.pair_covariances(z, tp, tc)
     M = torch.linalg.inv(Sigma_S) - torch.linalg.inv(Sigma_D)
     torch.testing.assert_close(kissme.M, evaluate.psd_repair((M + M.T) / 2))
+
+
+@pytest.mark.exercise(15)
+def test_kissme_pca_keeps_the_largest_directions(toy):
+    # Step 1's P: the eigenvectors of the training covariance (of the L2-normalised features)
+    # with the 10 largest eigenvalues, so the variance P keeps, trace(P^T C P), is the sum of
+    # those 10 eigenvalues (eigh lists them smallest first)
+    (tx, tp, tc), _, _ = toy
+    kissme = evaluate.KISSME(pca_dims=10).fit(tx, tp, tc)
+    x = torch.nn.functional.normalize(tx.double(), dim=1)
+    C = torch.cov(x.T)
+    largest = torch.linalg.eigvalsh(C)[-10:].sum()
+    assert torch.trace(kissme.P.T @ C @ kissme.P).item() == pytest.approx(largest.item())
 
 
 def test_span_shortcut_is_exact(monkeypatch):
