@@ -184,20 +184,29 @@ def test_make_copies_the_repository_with_one_exercise_blanked(tmp_path, capsys):
     needs_a_checkout()
     out = tmp_path / "copy"
     assert exercises.main(["make", str(out), "--only", "6"]) == 0
-    assert "check 6" in capsys.readouterr().out
-    files = exercises.tracked_files(REPO)
-    # the copy holds exactly the tracked files: nothing untracked, no environment, no data
+    printed = capsys.readouterr().out
+    assert "check 6" in printed
+    tracked = exercises.tracked_files(REPO)
+    # the copy holds the tracked files but the lecturer's: nothing untracked, no environment, no
+    # data, no wrong solutions
+    files = [rel for rel in tracked if rel not in exercises.LEFT_OUT]
     copied = sorted(os.path.relpath(os.path.join(folder, name), out)
                     for folder, _, names in os.walk(out) for name in names)
     assert copied == files and "tests/exercises.py" in files
     assert not any(f.startswith((".venv/", "data/", "runs/")) for f in files)
     for rel in files:
         with open(os.path.join(REPO, rel), "rb") as a, open(os.path.join(out, rel), "rb") as b:
-            original, copy = a.read(), b.read()
+            original = a.read()
+            copy = b.read()
         if rel == "aea.py":
             assert copy.decode() == exercises.blank(original.decode(), exercises.exercise(6))
+        elif rel == exercises.ANSWERS:
+            assert copy.decode() == exercises.ANSWERS_PLACEHOLDER
         else:
             assert copy == original, rel
+    # the summary says what stayed with the lecturer
+    left_out = f"without the answers (--with-answers keeps them): {exercises.ANSWERS} (a page"
+    assert left_out in printed
 
 
 # -----------------------------------------------------------------------------
@@ -299,6 +308,46 @@ def test_make_copies_only_tracked_files(toy_repo, tmp_path, capsys):
     # no scratch.py, no solved/, no ignored.txt; toy.py blanked
     assert files_under(out) == [".gitignore", "README.txt", "sub/a.txt", "sub/b.txt", "toy.py"]
     assert (out / "toy.py").read_text() == exercises.blank(TOY, exercises.exercise(1))
+
+
+def test_make_keeps_the_answers_with_the_lecturer(toy_repo, tmp_path, capsys):
+    # the answers page and the wrong solutions, tracked: a student copy gets a page saying where
+    # the answers are and no wrong solutions; --with-answers (a lecturer's copy) gets them as
+    # they are
+    for rel in [exercises.ANSWERS, *exercises.LEFT_OUT]:
+        (toy_repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (toy_repo / rel).write_text(f"{rel}: the solutions\n")
+    git(toy_repo, "add", "docs", "tests")
+    student = tmp_path / "student"
+    exercises.make(str(student), [1], root=str(toy_repo))
+    assert files_under(student) == [".gitignore", "README.txt", exercises.ANSWERS, "sub/a.txt",
+                                    "sub/b.txt", "toy.py"]
+    assert (student / exercises.ANSWERS).read_text() == exercises.ANSWERS_PLACEHOLDER
+    # the placeholder: a title and two lines; it links back to the questions beside it
+    assert len(exercises.ANSWERS_PLACEHOLDER.splitlines()) == 4
+    assert "(exercises_questions.md) are with your lecturer" in exercises.ANSWERS_PLACEHOLDER
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"wrote {student}: 6 files, exercises 1 blanked.")
+    assert printed[1] == ("without the answers (--with-answers keeps them): "
+                          f"{exercises.ANSWERS} (a page saying the answers are with the "
+                          "lecturer), tests/test_wrong_solutions.py, tests/wrong_solutions.py")
+    lecturer = tmp_path / "lecturer"
+    exercises.make(str(lecturer), [1], root=str(toy_repo), with_answers=True)
+    for rel in [exercises.ANSWERS, *exercises.LEFT_OUT]:
+        assert (lecturer / rel).read_text() == f"{rel}: the solutions\n"
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "with the answers (a lecturer's copy, not for students): "
+        f"{exercises.ANSWERS}, tests/test_wrong_solutions.py, tests/wrong_solutions.py")
+
+
+def test_make_with_answers_from_the_command_line(tmp_path, capsys):
+    needs_a_checkout()
+    out = tmp_path / "lecturer"
+    assert exercises.main(["make", str(out), "--only", "6", "--with-answers"]) == 0
+    assert f"with the answers (a lecturer's copy, not for students): {exercises.ANSWERS}" in (
+        capsys.readouterr().out)
+    with open(os.path.join(REPO, exercises.ANSWERS), encoding="utf-8") as f:
+        assert (out / exercises.ANSWERS).read_text() == f.read()
 
 
 def test_tracked_files_refuse_a_folder_that_is_not_a_git_checkout(toy_repo, tmp_path,
@@ -403,10 +452,11 @@ def test_the_command_line_ends_a_failed_copy_in_one_line(tmp_path, capsys, monke
     out = tmp_path / "copy"
     copy2_failing_at(monkeypatch, 5, no_space)
     assert exercises.main(["make", str(out), "--only", "6"]) == 2
+    written = [f for f in exercises.tracked_files(REPO) if f not in exercises.LEFT_OUT]
     assert capsys.readouterr().err == (
         f"error: cannot write {out} (No space left on device); nothing of the copy is left; "
-        f"expected a folder you can write, with room for the {len(exercises.tracked_files(REPO))}"
-        " files of the repository\n")
+        f"expected a folder you can write, with room for the {len(written)} files of the "
+        "repository\n")
     assert not out.exists()
     copy2_failing_at(monkeypatch, 5, KeyboardInterrupt())
     assert exercises.main(["make", str(out), "--only", "6"]) == 130
@@ -419,8 +469,8 @@ def test_a_mistyped_command_is_named_in_one_line():
     r = subprocess.run([sys.executable, os.path.join(REPO, "tests", "exercises.py"), "chek", "3"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == ("error: unknown command 'chek'; expected one of list, make, check "
-                        "(python tests/exercises.py -h)\n")
+    assert r.stderr == ("error: unknown command 'chek'; expected one of list, make, check, "
+                        "reveal (python tests/exercises.py -h)\n")
 
 
 def test_hints_are_the_comments_at_the_top_of_a_test(tmp_path):
@@ -447,14 +497,281 @@ def test_comments_later():
 
 
 # -----------------------------------------------------------------------------
+# reveal: the repository's code back into a student copy
+
+# Two exercises on TOY: a block of total, and Box.area's body
+TOY_LADDER = [exercises.Exercise(1, "Sum", "Eq. (2)", "toy.total", 5, ("for x in xs:", "s += x")),
+              exercises.Exercise(2, "Area", "Eq. (1)", "toy.Box.area", 5)]
+
+
+@pytest.fixture
+def toy_copy(toy_repo, tmp_path, monkeypatch, capsys):
+    """A student copy of toy_repo in tmp_path/course, the two exercises of TOY_LADDER blanked."""
+    monkeypatch.setattr(exercises, "EXERCISES", TOY_LADDER)
+    out = tmp_path / "course"
+    exercises.make(str(out), [1, 2], root=str(toy_repo))
+    capsys.readouterr()
+    return out
+
+
+def test_reveal_puts_the_code_back_in_place_of_the_raise(toy_repo, toy_copy, capsys):
+    exercises.reveal(1, str(toy_copy), root=str(toy_repo))
+    # the loop's two lines are back where they were; Exercise 2 is still blanked
+    assert (toy_copy / "toy.py").read_text() == exercises.blank(TOY, TOY_LADDER[1])
+    assert capsys.readouterr().out == (
+        f"revealed Exercise 1, Sum, in {toy_copy}/toy.py: total, its lines 'for x in xs:' .. "
+        f"'s += x' (2 lines) in place of its raise. Its check: cd {toy_copy} && python "
+        "tests/exercises.py check 1\n")
+    exercises.reveal(2, str(toy_copy), root=str(toy_repo))
+    assert (toy_copy / "toy.py").read_text() == TOY
+    assert "toy.py: Box.area, its body (2 lines) in place" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("student, message", [
+    # solved the same way as the repository, or revealed already
+    (lambda text: text.replace(exercises.raise_line(TOY_LADDER[0]),
+                               "for x in xs:\n        s += x"),
+     "Exercise 1 is not blanked in {copy}/toy.py: total already holds the code of the repository "
+     "(revealed, or solved the same way); nothing was changed; expected its raise "
+     'NotImplementedError("Exercise 1: ...") there, as make writes it'),
+    # the student's own code in place of the raise
+    (lambda text: text.replace(exercises.raise_line(TOY_LADDER[0]), "s = sum(xs)"),
+     "Exercise 1 is not blanked in {copy}/toy.py: total holds code of its own (the student's, "
+     "solved or in progress) or is not a student copy; nothing was changed"),
+    # the raise twice (pasted again by hand)
+    (lambda text: text.replace(exercises.raise_line(TOY_LADDER[1]),
+                               exercises.raise_line(TOY_LADDER[1]) + "\n        " +
+                               exercises.raise_line(TOY_LADDER[1])),
+     "{copy}/toy.py holds the raise of Exercise 2 2 times; nothing was changed"),
+    # the raise indented otherwise than the repository's code: another version of toy.py
+    (lambda text: text.replace("    " + exercises.raise_line(TOY_LADDER[0]),
+                               "    if xs:\n        " + exercises.raise_line(TOY_LADDER[0])),
+     "{copy}/toy.py: the raise of Exercise 1 is indented by 8 spaces, the code in toy.py by 4: "
+     "the copy comes from another version of toy.py; nothing was changed"),
+])
+def test_reveal_refuses_a_copy_where_the_exercise_is_not_blanked(toy_repo, toy_copy, student,
+                                                                 message):
+    path = toy_copy / "toy.py"
+    path.write_text(student(path.read_text()))
+    before = path.read_text()
+    number = int(re.search(r"Exercise (\d)", message).group(1))
+    with pytest.raises(exercises.ExerciseError, match=re.escape(message.format(copy=toy_copy))):
+        exercises.reveal(number, str(toy_copy), root=str(toy_repo))
+    assert path.read_text() == before
+
+
+def test_reveal_refuses_unknown_numbers_the_repository_and_other_folders(toy_repo, toy_copy,
+                                                                         tmp_path):
+    before = (toy_copy / "toy.py").read_text()
+    cases = [
+        (3, toy_copy, toy_repo, "no exercise 3; the exercises are 1-2"),
+        # the repository and a folder inside it: the reference itself, never a student copy
+        (1, toy_repo, toy_repo, f"{toy_repo} is the repository ("),
+        (1, toy_repo / "sub", toy_repo, f"{toy_repo / 'sub'} is inside the repository ("),
+        # a folder without the exercise's module
+        (1, tmp_path, toy_repo, f"{tmp_path} holds no toy.py: expected a student copy"),
+        # the code taken from a student copy: there is none to take
+        (1, toy_repo, toy_copy, f"{toy_copy}/toy.py has Exercise 1 blanked too"),
+    ]
+    for number, folder, root, message in cases:
+        with pytest.raises(exercises.ExerciseError, match=re.escape(message)):
+            exercises.reveal(number, str(folder), root=str(root))
+    assert (toy_copy / "toy.py").read_text() == before
+    assert (toy_repo / "toy.py").read_text() == TOY
+
+
+def test_reveal_notes_a_function_that_differs_beyond_the_exercise(toy_repo, toy_copy, capsys):
+    # the copy's docstring of Box.area is not the repository's: the code goes back all the same,
+    # with a note that it may not fit its place
+    path = toy_copy / "toy.py"
+    path.write_text(path.read_text().replace('"""w * h, Eq. (1)."""', '"""w times h."""'))
+    exercises.reveal(2, str(toy_copy), root=str(toy_repo))
+    assert "        # the product\n        return w * h\n" in path.read_text()
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"note: Box.area in {toy_copy}/toy.py differs from toy.py of {toy_repo} beyond the "
+        "exercise's lines (the copy comes from another version, or the student changed it): "
+        "run its check")
+
+
+def test_reveal_from_the_command_line(tmp_path, capsys, monkeypatch):
+    # the real repository: a folder inside it is refused in one line; --dir is required
+    monkeypatch.chdir(REPO)
+    assert exercises.main(["reveal", "6", "--dir", "tests"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: tests is inside the repository (")
+    with pytest.raises(SystemExit) as e:
+        exercises.main(["reveal", "6"])
+    assert e.value.code == 2 and "--dir" in capsys.readouterr().err
+
+
+def test_revealing_every_exercise_gives_back_the_repository_modules(tmp_path, capsys):
+    # a copy with all exercises blanked, then every one revealed: each module is the repository's
+    # again, byte for byte
+    needs_the_reference()
+    out = tmp_path / "course"
+    assert exercises.main(["make", str(out)]) == 0
+    for ex in exercises.EXERCISES:
+        assert exercises.main(["reveal", str(ex.number), "--dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("revealed Exercise ") == len(exercises.EXERCISES)
+    assert "note:" not in printed
+    # a block of one line is named by its line
+    line = exercises.exercise(8).block[0]
+    assert f"aea.py: training_step, its line {line!r} (1 line) in place of its raise" in printed
+    for module in sorted({ex.target.split(".")[0] + ".py" for ex in exercises.EXERCISES}):
+        with open(os.path.join(REPO, module), encoding="utf-8") as f:
+            assert (out / module).read_text() == f.read(), module
+
+
+# -----------------------------------------------------------------------------
+# check all: one pytest run, one line per exercise
+
+def test_result_of_an_exercise_from_its_tests():
+    ex = exercises.Exercise(5, "T", "A", "toy.f", 1)
+
+    def test(numbers, outcome, reason=""):
+        return {"exercises": numbers, "outcome": outcome, "reason": reason, "seconds": 0.1}
+    passed = test([5], "passed")
+    # a test of exercise 4 that failed is not exercise 5's
+    other = test([4], "failed")
+    assert exercises.result(ex, [passed, other], blanked=False) == "pass"
+    # blanked in the folder: to do, whatever its tests say
+    assert exercises.result(ex, [passed], blanked=True) == "to do"
+    # one failed test of it (one marked 4 and 5 counts for both) -> fail
+    assert exercises.result(ex, [passed, test([4, 5], "failed")], blanked=False) == "fail"
+    # skipped by conftest on the way to blanked exercises: the lowest is named
+    needs = [test([5], "skipped", "needs Exercise 9"), test([5], "skipped", "needs Exercise 2")]
+    assert exercises.result(ex, [passed, *needs], blanked=False) == "needs 2"
+    # a skip for another reason holds nothing back, as in `check 5`
+    assert exercises.result(ex, [test([5], "skipped", "Skipped: no GPU")], False) == "pass"
+    # none of its tests ran
+    assert exercises.result(ex, [other], blanked=False) == "no test"
+
+
+# A folder as check all sees it: toy.py with exercise 4 blanked, and tests of exercises 1-4
+LAB_TESTS = '''\
+import pytest
+
+
+@pytest.mark.exercise(1)
+def test_one():
+    assert 2 + 2 == 4
+
+
+@pytest.mark.exercise(1)
+def test_one_without_a_gpu():
+    pytest.skip("no GPU")
+
+
+# only the second parameter is marked: the first is not an exercise's test, and not run
+@pytest.mark.parametrize("x", [1, pytest.param(2, marks=pytest.mark.exercise(2))])
+def test_two(x):
+    assert x == 1
+
+
+@pytest.mark.exercise(3)
+def test_three():
+    pytest.skip("needs Exercise 4")
+
+
+@pytest.mark.exercise(4)
+def test_four():
+    raise NotImplementedError("Exercise 4: ...")
+
+
+def test_not_an_exercise():
+    assert False
+'''
+
+
+def lab(folder, ladder):
+    """`folder` with toy.py (ladder's Exercise 4 blanked), tests/conftest.py declaring the
+    exercise marker, and LAB_TESTS as tests/test_lab.py."""
+    (folder / "tests").mkdir(parents=True)
+    (folder / "toy.py").write_text(f"def four():\n    {exercises.raise_line(ladder[3])}\n")
+    (folder / "tests" / "conftest.py").write_text(
+        "def pytest_configure(config):\n"
+        "    config.addinivalue_line('markers', 'exercise(n): checks exercise n')\n")
+    (folder / "tests" / "test_lab.py").write_text(LAB_TESTS)
+    return folder
+
+
+def test_check_all_prints_one_line_per_exercise(tmp_path, capsys, monkeypatch):
+    ladder = [exercises.Exercise(n, title, "Eq. (1)", "toy.f", 5)
+              for n, title in enumerate(["One", "Two", "Three", "Four", "Five"], 1)]
+    monkeypatch.setattr(exercises, "EXERCISES", ladder)
+    folder = lab(tmp_path / "lab", ladder)
+    assert exercises.main(["check", "all", "--dir", str(folder)]) == 1
+    out = capsys.readouterr().out
+    # Five has no test: pytest's own lines come first, then the table
+    assert "FAILED tests/test_lab.py::test_two[2]" in out
+    table = out[out.index(" #  exercise"):].splitlines()
+    # the title column as wide as its heading, the longest here
+    assert table[0] == " #  exercise  result   seconds"
+    words = ["pass", "fail", "needs 4", "to do", "no test"]
+    for n, (line, word) in enumerate(zip(table[1:6], words), 1):
+        title = ladder[n - 1].title
+        assert re.fullmatch(rf" {n}  {title:<8}  {word:<8} +\d+\.\d\d", line), line
+    assert table[6].startswith("5 exercises: 1 pass, 1 to do, 1 fail, 1 need another exercise "
+                               "first, 1 with no test run; ")
+    assert table[6].endswith(f" s in all (one pytest run in {folder})")
+    assert table[7] == ("the failing tests and their hints: python tests/exercises.py check 2 "
+                        f"--dir {folder}")
+    assert len(table) == 8
+    # all pass: exit status 0, no pytest lines, no pointer to a check
+    monkeypatch.setattr(exercises, "EXERCISES", ladder[:1])
+    assert exercises.check_all(str(folder)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == " #  exercise  result   seconds"
+    assert out[1].startswith(" 1  One       pass    ")
+    assert out[2].startswith("1 exercises: 1 pass; ") and len(out) == 3
+
+
+def test_check_all_refusals(tmp_path, capsys):
+    # a folder without the tests, and an argument that is neither a number nor all
+    assert exercises.main(["check", "all", "--dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path} holds no tests/conftest.py: not a copy "
+                                       "of this repository\n")
+    with pytest.raises(SystemExit) as e:
+        exercises.main(["check", "alll"])
+    assert e.value.code == 2
+    assert "expected an exercise number or all, got 'alll'" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
 # The exercises kept honest (slow: two pytest runs per exercise)
 
 @pytest.mark.slow
 def test_reference_passes_every_check(capsys):
     needs_the_reference()
     for ex in exercises.EXERCISES:
-        status, out = exercises.check(ex.number), capsys.readouterr().out
+        status = exercises.check(ex.number)
+        out = capsys.readouterr().out
         assert status == 0 and "its tests pass" in out, out
+
+
+@pytest.mark.slow
+def test_check_all_passes_here_and_waits_for_a_blanked_exercise_in_a_copy(tmp_path, capsys):
+    # the reference: every line "pass", exit status 0
+    needs_the_reference()
+
+    def words(printed):
+        """Each exercise's word in the table printed by check all."""
+        found = {}
+        for ex in exercises.EXERCISES:
+            line = rf"{ex.number:2d}  {re.escape(ex.title)} +(pass|fail|to do|needs \d+|no test) "
+            found[ex.number] = re.search(line, printed).group(1)
+        return found
+    assert exercises.main(["check", "all"]) == 0
+    assert set(words(capsys.readouterr().out).values()) == {"pass"}
+    # a copy with Exercise 9 (the grid masks) blanked: 9 is to do; the others pass, or wait for
+    # 9 when their tests reach it (conftest skips them, "needs Exercise 9")
+    out = tmp_path / "course"
+    assert exercises.main(["make", str(out), "--only", "9"]) == 0
+    assert exercises.main(["check", "all", "--dir", str(out)]) == 1
+    found = words(capsys.readouterr().out)
+    assert found.pop(9) == "to do"
+    assert set(found.values()) <= {"pass", "needs 9"}
 
 
 @pytest.mark.slow
@@ -473,3 +790,8 @@ def test_blanked_copy_imports_and_fails_every_check_on_its_own_exercise(tmp_path
         # at least one of its tests reaches its own raise first, and the hints follow
         assert f"NotImplementedError: Exercise {ex.number}: {ex.title}" in r.stdout, r.stdout
         assert "The cases the failing tests work by hand" in r.stdout
+    # and check all says: every exercise to do
+    r = subprocess.run([sys.executable, "tests/exercises.py", "check", "all"], cwd=out,
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert f"{len(exercises.EXERCISES)} exercises: {len(exercises.EXERCISES)} to do; " in r.stdout
