@@ -1,7 +1,10 @@
 """The exercises' checks reject the plausible wrong solutions of tests/wrong_solutions.py: each is
-planted into a student copy (tests/exercises.py make) in place of its exercise's raise line and the
-exercise's tests must fail; the repository's own code, planted the same way, must pass, so that the
-planting cannot make the check fail by itself."""
+made by its edits from the repository's own code of its exercise, planted into a student copy
+(tests/exercises.py make) in place of the exercise's raise line, and the exercise's tests must fail;
+the repository's own code, planted the same way, must pass, so that the planting cannot make the
+check fail by itself. A fast test applies every entry's edits alone: an edit whose text is no
+longer in the code fails it, so the list cannot drift from the code."""
+import ast
 import os
 import subprocess
 import sys
@@ -54,6 +57,41 @@ def plant(blanked, ex, body):
     return "".join(lines)
 
 
+def edited(answer, wrong):
+    """`answer` (an exercise's code, as blanked_and_answer returns it) with the edits of `wrong`
+    applied in order; an assertion names the entry and the text when an edit's old text is not in
+    the code exactly once, or changes nothing."""
+    where = f"wrong solution {wrong.exercise}/{wrong.name}"
+    text = answer
+    for old, new in wrong.edits:
+        count = text.count(old)
+        assert count != 0, (f"{where}: {old!r} not found in the reference of exercise "
+                            f"{wrong.exercise}: update it")
+        assert count == 1, (f"{where}: {old!r} found {count} times in the reference of exercise "
+                            f"{wrong.exercise}: give it more of its line, so that it is found once")
+        assert old != new, f"{where}: the edit of {old!r} changes nothing"
+        text = text.replace(old, new)
+    return text
+
+
+def test_wrong_solutions_are_edits_of_the_code():
+    # every entry, its edits applied to the repository's code (no copy, no training): each old
+    # text found once, the result a different program, and one that parses where it is planted
+    # (a wrong solution that failed its check by a SyntaxError would test nothing)
+    for ex in exercises.EXERCISES:
+        blanked, answer = blanked_and_answer(ex)
+        for wrong in [w for w in WRONG if w.exercise == ex.number]:
+            body = edited(answer, wrong)
+            assert wrong.edits, f"wrong solution {ex.number}/{wrong.name}: no edit"
+            assert body != answer, f"wrong solution {ex.number}/{wrong.name}: edits that cancel"
+            try:
+                ast.parse(plant(blanked, ex, body))
+            except SyntaxError as e:
+                raise AssertionError(f"wrong solution {ex.number}/{wrong.name}: planted, "
+                                     f"{module_of(ex)} does not parse ({e.msg}, line "
+                                     f"{e.lineno})") from None
+
+
 def check(copy, ex):
     """Exercise ex's tests of its module's test file, run in the copy: True when they pass."""
     test_file = os.path.join("tests", "test_" + module_of(ex))
@@ -97,8 +135,8 @@ def test_wrong_solutions_fail_their_check(copy, number):
     assert plant(blanked, ex, answer) == original  # the answer planted back is the code itself
     passed = {}
     try:
-        for name, body in [("answer", answer)] + [(w.name, w.body) for w in WRONG
-                                                   if w.exercise == number]:
+        wrong = [(w.name, edited(answer, w)) for w in WRONG if w.exercise == number]
+        for name, body in [("answer", answer)] + wrong:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(plant(blanked, ex, body))
             passed[name] = check(folder, ex)
