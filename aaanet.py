@@ -235,7 +235,9 @@ def regularization_loss(M_att, norm="sum"):
     [B], in fp32. norm="sum": ||M_att||_1 is the sum of |M_att| over the h*w positions, the
     formula as printed; norm="mean" (--l-r-norm): the mean of |M_att| over the positions instead.
     Its gradient, -sigmoid(-||M_att||_1) sign(M_att), lifts every |M_att| away from Eq. (2)'s
-    trivial minimum 0, but is < 1e-7 once ||M_att||_1 > ~17: 0 in float32 at the paper's 28x28."""
+    trivial minimum 0 (this code's reading: Sec. 3.2 says only that L_r prevents over-fitting and
+    keeps the feature maps' structure), but is < 1e-7 once ||M_att||_1 > ~17: 0 in float32 at the
+    paper's 28x28."""
     absolute = M_att.float().abs()
     if norm == "sum":
         l1 = absolute.sum(dim=(1, 2))  # the formula as printed: 0 at 28x28, and so its gradient
