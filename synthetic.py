@@ -14,7 +14,10 @@ find the dataset with `data.demo_dataset`: the core modules never import this fi
 What is drawn (`_render`): a 128x64 image, Market-1501's size, of one camera's scene (wall,
 floor) with a person over it: clothing colours from a shared palette, a pattern, sleeves,
 trousers / shorts / skirt, shoes, hat, backpack, handbag, hair and build (`_identity`), with
-jitter of position, scale, stride, front or back view and mirroring. Each camera (`_camera`)
+jitter of position, scale, stride, front or back view and mirroring. The person fills the frame
+as in a detector's crop (`FRAMINGS`: a median 49% of the pixels, `person_shares`), so that the
+papers' "erase R% of the image" erases about 2R% of the person, as on Market-1501;
+`--framing loose` draws the earlier, smaller figure (a median 26%). Each camera (`_camera`)
 multiplies every pixel by its gain and tint, the person's too, and about half the cameras are
 blurry: the same shirt reads as another colour in another camera, the change re-ID must see
 through.
@@ -114,26 +117,45 @@ def _camera(rng):
                 blurry=rng.random() < 0.5)
 
 
-def _render(rng, cam, person=None):
-    """One 128x64 RGB uint8 image: the camera's background, the person (if any), maybe an occluder.
+# How the person sits in the frame. detector: as in a detector's crop (Market-1501's boxes are
+# fitted to the person, then resized to 128x64): the figure spans about 0.94 of the height
+# whatever the camera's distance or the person's size, centred within 2 px, and is drawn 1.3
+# times wider than its proportions in figure heights, as a clothed body seen in a 1:2 box is;
+# the person then covers about half the frame. loose: the earlier framing, a thinner figure
+# 0.86 of the height scaled by camera and person, placed within 5 px: about a fifth of the frame.
+FRAMINGS = {"detector": dict(height=0.94, sized=False, shift_x=2, shift_y=2, widen=1.3),
+            "loose": dict(height=0.86, sized=True, shift_x=5, shift_y=4, widen=1.0)}
+
+
+def _render(rng, cam, person=None, framing="detector"):
+    """One 128x64 RGB uint8 image: the camera's background, the person (if any), maybe an
+    occluder -> (image [H, W, 3] uint8, person [H, W] bool: the pixels the person covers, under
+    any occluder; all False without a person).
 
     Parts are painted back to front, each a boolean mask over the pixel grid: a later part covers
     an earlier one. Sizes are in figure heights with roughly a real body's proportions: head
-    0-0.16, torso 0.16-0.52, arms to 0.54, legs 0.5-1 with shoes from 0.94.
+    0-0.16, torso 0.16-0.52, arms to 0.54, legs 0.5-1 with shoes from 0.94. `framing`: a key of
+    FRAMINGS.
     """
+    frame = FRAMINGS[framing]
     # background: wall above a horizon that wanders a little per image, floor below
     horizon = (cam["horizon"] + rng.uniform(-0.04, 0.04)) * _H
     panels = np.floor((_XX + rng.uniform(0, cam["panel"])) / cam["panel"]) % 2     # wall texture
     wall = cam["wall"] * (1 - 0.12 * panels[..., None])                            # [H, W, 3]
     img = np.where((_YY < horizon)[..., None], wall, cam["floor"])
+    covered = np.zeros((_H, _W), dtype=bool)  # the person's pixels, part by part
     if person is not None:
         p = person
         # viewpoint jitter: figure height s (px), centre cx, top edge; mirrored half of the time
-        s = _H * 0.86 * cam["scale"] * p["height"] * rng.uniform(0.93, 1.07)
-        cx = _W / 2 + rng.uniform(-5, 5)
-        top = (_H - s) / 2 + rng.uniform(-4, 4)
+        size_jitter = rng.uniform(0.93, 1.07)
+        s = _H * frame["height"] * size_jitter
+        if frame["sized"]:  # a loose frame shows the camera's distance and the person's size
+            s = _H * frame["height"] * cam["scale"] * p["height"] * size_jitter
+        cx = _W / 2 + rng.uniform(-frame["shift_x"], frame["shift_x"])
+        top = (_H - s) / 2 + rng.uniform(-frame["shift_y"], frame["shift_y"])
         side = rng.choice([-1.0, 1.0])
-        uh = side * (_XX - cx) / s            # horizontal, in figure heights (head: no build)
+        # horizontal, in figure heights (head: no build); widened as FRAMINGS says
+        uh = side * (_XX - cx) / (s * frame["widen"])
         u = uh / p["build"]                   # body parts scale with the build
         v = (_YY - top) / s                   # 0 at the top of the head, 1 at the soles
         back = rng.random() < 0.5             # seen from behind: hair over the head, backpack shows
@@ -144,16 +166,21 @@ def _render(rng, cam, person=None):
         # skin shows below v = bare: trousers never (2 > 1), shorts from the knee, skirt's legs
         bare = {0: 2.0, 1: 0.68, 2: 0.5}[int(p["lower_kind"])]
         img[legs] = np.where((v[legs] > bare)[:, None], p["skin"], p["lower"])
+        covered |= legs
         if p["lower_kind"] == 2:
-            img[(v > 0.48) & (v < 0.72) & (np.abs(u) < 0.11 + 0.12 * (v - 0.48))] = p["lower"]
+            skirt = (v > 0.48) & (v < 0.72) & (np.abs(u) < 0.11 + 0.12 * (v - 0.48))
+            img[skirt] = p["lower"]
+            covered |= skirt
         img[legs & (v > 0.94)] = p["shoes"]
         # arms at the sides of the torso; short sleeves end at v = 0.28, hands below v = 0.5
         arms = (np.abs(u) > 0.115) & (np.abs(u) < 0.16) & (v > 0.17) & (v < 0.54)
         img[arms] = p["skin"]
+        covered |= arms
         img[arms & (v < (0.5 if p["long_sleeves"] else 0.28))] = p["upper"]
         # torso, tapering to the waist, with the identity's pattern in the second colour
         torso = (np.abs(u) < 0.125 - 0.03 * (v - 0.16) / 0.36) & (v > 0.16) & (v < 0.52)
         img[torso] = p["upper"]
+        covered |= torso
         hstripe = np.floor(v / p["period"]) % 2 == 1
         vstripe = np.floor(u / p["period"]) % 2 == 1
         pattern = [np.zeros_like(torso), hstripe, vstripe, hstripe ^ vstripe][int(p["pattern"])]
@@ -164,14 +191,20 @@ def _render(rng, cam, person=None):
             else:
                 pack = (np.abs(np.abs(u) - 0.06) < 0.012) & (v > 0.16) & (v < 0.34)
             img[pack] = p["backpack"]
+            covered |= pack
         # head: an ellipse of skin, hair on top (the whole head from behind), maybe a hat
         head = (uh / 0.06) ** 2 + ((v - 0.085) / 0.075) ** 2 < 1
         img[head] = p["skin"]
+        covered |= head
         img[head & ((v < 0.05) | back)] = p["hair"]
         if p["hat"] is not None:
-            img[(v > -0.005) & (v < 0.04) & (np.abs(uh) < 0.07)] = p["hat"]
+            hat = (v > -0.005) & (v < 0.04) & (np.abs(uh) < 0.07)
+            img[hat] = p["hat"]
+            covered |= hat
         if p["handbag"] is not None:     # on one side; that side flips with the mirroring
-            img[(u > 0.16) & (u < 0.26) & (v > 0.44) & (v < 0.58)] = p["handbag"]
+            handbag = (u > 0.16) & (u < 0.26) & (v > 0.44) & (v < 0.58)
+            img[handbag] = p["handbag"]
+            covered |= handbag
     if rng.random() < 0.5:
         # an occluder on every other image, hiding one body region: a pole (a vertical band), a
         # low object (car, bench) over the legs and shoes, or a sign / passer-by over the torso
@@ -190,7 +223,20 @@ def _render(rng, cam, person=None):
     flicker = rng.uniform(0.9, 1.1)
     noise = rng.normal(0, 4, img.shape)
     img = img * cam["gain"] * cam["tint"] * flicker + noise
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return np.clip(img, 0, 255).astype(np.uint8), covered
+
+
+def person_shares(framing="detector", n=300, seed=0):
+    """The share of the frame (0..1) the person covers in each of n renders of n people drawn
+    as the dataset draws them (`_identity`, `_camera`), in `framing`: the erasing papers' R% of
+    the image is R / share % of the person."""
+    rng = np.random.default_rng(seed)
+    shares = []
+    for _ in range(n):
+        cam = _camera(rng)
+        _, covered = _render(rng, cam, _identity(rng), framing)
+        shares.append(covered.mean())
+    return np.array(shares)
 
 
 # -----------------------------------------------------------------------------
@@ -205,7 +251,7 @@ SIZE_LIMITS = dict(train_ids=(1, 9998), test_ids=(1, 9998), cameras=(2, 99),
 
 
 def make_synthetic(root, seed=0, train_ids=150, test_ids=200, cameras=6, max_per_camera=3,
-                   junk=50, distractors=50, lookalikes=3):
+                   junk=50, distractors=50, lookalikes=3, framing="detector"):
     """Write a synthetic re-ID dataset in the Market-1501 layout and naming; return root.
 
     Each identity (train_ids for training, test_ids others for query/gallery, as in Market-1501)
@@ -222,6 +268,8 @@ def make_synthetic(root, seed=0, train_ids=150, test_ids=200, cameras=6, max_per
     sizes = dict(train_ids=train_ids, test_ids=test_ids, cameras=cameras,
                  max_per_camera=max_per_camera, junk=junk, distractors=distractors,
                  lookalikes=lookalikes)
+    if framing not in FRAMINGS:
+        raise UserError(f"--framing {framing!r}: expected one of {', '.join(FRAMINGS)}")
     for name, value in sizes.items():
         low, high = SIZE_LIMITS[name]
         if not low <= value <= high:
@@ -254,10 +302,10 @@ def make_synthetic(root, seed=0, train_ids=150, test_ids=200, cameras=6, max_per
     tmp = os.path.join(root, f".tmp{os.getpid()}")
     try:
         _draw_synthetic(tmp, seed, train_ids, test_ids, cameras, max_per_camera, junk,
-                        distractors, lookalikes)
+                        distractors, lookalikes, framing)
         args = dict(seed=seed, train_ids=train_ids, test_ids=test_ids, cameras=cameras,
                     max_per_camera=max_per_camera, junk=junk, distractors=distractors,
-                    lookalikes=lookalikes)
+                    lookalikes=lookalikes, framing=framing)
         with open(os.path.join(tmp, SYNTHETIC_ARGS), "w") as f:
             f.write(_synthetic_line(args))
         # synthetic.txt moves last: its presence in ROOT means a complete dataset
@@ -280,7 +328,7 @@ def make_synthetic(root, seed=0, train_ids=150, test_ids=200, cameras=6, max_per
 def _synthetic_line(args):
     """The line of ROOT/synthetic.txt: the generator's version and its arguments."""
     words = " ".join(f"{k}={v}" for k, v in args.items())
-    return "make_synthetic version 2: " + words + "\n"
+    return "make_synthetic version 3: " + words + "\n"
 
 
 def _remove_dead_temporaries(root):
@@ -294,7 +342,7 @@ def _remove_dead_temporaries(root):
 
 
 def _draw_synthetic(folder, seed, train_ids, test_ids, cameras, max_per_camera, junk,
-                    distractors, lookalikes):
+                    distractors, lookalikes, framing):
     """The dataset make_synthetic describes, drawn and written into the new folder `folder`."""
     for split in _SPLITS.values():
         try:
@@ -322,7 +370,7 @@ def _draw_synthetic(folder, seed, train_ids, test_ids, cameras, max_per_camera, 
         # Market naming: 4-digit pid (junk "-1" unpadded), 1-based camera, sequence 1, frame, box 01
         label = "-1" if pid == -1 else f"{pid:04d}"
         name = f"{label}_c{c + 1}s1_{frame[c]:06d}_01.jpg"
-        img = _render(rng, cams[c], person)
+        img, _ = _render(rng, cams[c], person, framing)
         if pid == -1 and person is not None:     # junk fragment: a top or bottom third, stretched
             third = img[:_H // 3] if rng.random() < 0.5 else img[-_H // 3:]
             img = np.asarray(Image.fromarray(third).resize((_W, _H), Image.BILINEAR))
@@ -419,8 +467,11 @@ def main(argv=None):
     for k, text in SIZES.items():
         parser.add_argument("--" + k.replace("_", "-"), type=int, default=defaults[k].default,
                             help=text)
+    parser.add_argument("--framing", choices=FRAMINGS, default=defaults["framing"].default,
+                        help="how the person fills the frame: detector (a detector's crop) or "
+                             "loose (the earlier, thinner and smaller figure)")
     args = parser.parse_args(argv)
-    sizes = {k: getattr(args, k) for k in SIZES}
+    sizes = {k: getattr(args, k) for k in [*SIZES, "framing"]}
     args_file = os.path.join(args.root, SYNTHETIC_ARGS)
     # ensure_synthetic returns on a ROOT that holds synthetic.txt only when the file records
     # these arguments: it refuses other arguments, and make_synthetic refuses a ROOT that holds
@@ -434,6 +485,9 @@ def main(argv=None):
     else:
         print(f"wrote a synthetic dataset in {time.time() - start:.1f} s")
     load_dataset(args.root, "synthetic")
+    median = np.median(person_shares(args.framing))
+    print(f"{args.framing} framing: the person covers a median {100 * median:.1f}% of the frame "
+          "(300 renders)")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,36 @@ def test_synthetic_deterministic(tmp_path):
     assert a != c
 
 
+def test_detector_framing_fills_half_the_frame():
+    # the person's share of the 128x64 frame over 100 renders: a median of about half in a
+    # detector's crop (the figure 0.94 of the height, 1.3 times wider), about a quarter in the
+    # loose framing (0.86 of the height, scaled by the camera's 0.85-1 and the person's 0.9-1.05)
+    detector = synthetic.person_shares("detector", n=100)
+    loose = synthetic.person_shares("loose", n=100)
+    assert 0.45 < np.median(detector) < 0.53
+    assert 0.22 < np.median(loose) < 0.30
+    # the same people in the same cameras: the detector's crop is the larger in every render
+    assert (detector > loose).all()
+    # the mask is the person's: none without a person, and the background stays where it is
+    rng = np.random.default_rng(0)
+    cam = synthetic._camera(rng)
+    image, covered = synthetic._render(rng, cam)
+    assert image.shape == (128, 64, 3) and covered.shape == (128, 64) and not covered.any()
+    # R = 10% of the image is about 20% of a detector-framed person, 40% of a loose one
+    assert 0.18 < 0.10 / np.median(detector) < 0.22 and 0.10 / np.median(loose) > 0.33
+
+
+def test_framing_is_recorded_and_checked(tmp_path):
+    small = dict(train_ids=2, test_ids=2, cameras=2, max_per_camera=1, junk=0, distractors=0)
+    root = synthetic.make_synthetic(str(tmp_path / "loose"), framing="loose", **small)
+    assert open(os.path.join(root, "synthetic.txt")).read().endswith(" framing=loose\n")
+    # the default framing asked of a loose dataset: refused, naming both
+    with pytest.raises(UserError, match="framing=detector"):
+        synthetic.ensure_synthetic(root, **small)
+    with pytest.raises(UserError, match="--framing 'tight': expected one of detector, loose"):
+        synthetic.make_synthetic(str(tmp_path / "x"), framing="tight", **small)
+
+
 def test_lookalikes_share_the_upper_garment_only():
     # a family member copies the first one's upper garment (colours, pattern, period, sleeves)
     # and draws the rest itself: with a fixed seed its lower garment and shoes differ
@@ -185,8 +215,8 @@ def test_ensure_synthetic_writes_once(tmp_path):
     assert first
     # ROOT/synthetic.txt: the version and every argument, defaults included
     assert open(os.path.join(root, "synthetic.txt")).read() == (
-        "make_synthetic version 2: seed=0 train_ids=2 test_ids=2 cameras=2 max_per_camera=1 "
-        "junk=0 distractors=0 lookalikes=3\n")
+        "make_synthetic version 3: seed=0 train_ids=2 test_ids=2 cameras=2 max_per_camera=1 "
+        "junk=0 distractors=0 lookalikes=3 framing=detector\n")
     # there already with the same arguments: used as it is, nothing rewritten
     synthetic.ensure_synthetic(root, **sizes)
     assert sorted(os.listdir(os.path.join(root, "bounding_box_train"))) == first
