@@ -80,7 +80,8 @@ class Backbone(nn.Module):
 
     `run(x, first, last)` runs a range of stages, so a paper module can stop at a middle layer,
     change the features and go on (AAA-Net's occlusion; AEA's attention). weights: 'imagenet'
-    (IMAGENET1K_V1), 'none' (random init), or the path of a state dict of `arch` in torchvision's
+    (IMAGENET1K_V1), 'synthetic' (the stand-in for ImageNet that `python pretrain.py` builds:
+    PRETRAINED), 'none' (random init), or the path of a state dict of `arch` in torchvision's
     key names (the classifier `fc.*` is ignored). last_stride=1: layer4 is H/16, W/16."""
 
     def __init__(self, weights="imagenet", last_stride=2, arch="resnet50"):
@@ -120,12 +121,25 @@ class Backbone(nn.Module):
         return self.run(x).mean(dim=(2, 3))
 
 
+# `--weights synthetic`: where `python pretrain.py --arch ARCH` writes the backbone it pretrains
+# on the synthetic pretraining set (other identities than the demos' benchmark), the offline
+# stand-in for ImageNet weights; the demos start from it
+PRETRAINED = os.path.join("data", "pretrained", "{arch}-synthetic.pt")
+
+
 def load_backbone_weights(resnet, weights, arch):
-    """Load 'imagenet' or the state dict file `weights` into a torchvision ResNet `resnet`."""
+    """Load 'imagenet', 'synthetic' or the state dict file `weights` into a torchvision ResNet."""
     name = f"ResNet-{arch[6:]}"
+    if weights == "synthetic":
+        path = PRETRAINED.format(arch=arch)
+        if not os.path.isfile(path):
+            raise UserError(f"weights 'synthetic': {path} is not built yet; `python pretrain.py"
+                            f" --arch {arch}` builds it (a {name} pretrained on a synthetic set "
+                            "of other identities, the offline stand-in for ImageNet)")
+        weights = path
     if weights != "imagenet" and not os.path.isfile(weights):
-        raise UserError(f"weights {weights!r}: expected 'imagenet', 'none' or the path of a "
-                        f"{name} state dict file")
+        raise UserError(f"weights {weights!r}: expected 'imagenet', 'synthetic', 'none' or the "
+                        f"path of a {name} state dict file")
     if weights == "imagenet":
         state = imagenet_state_dict(arch)
     else:

@@ -248,7 +248,8 @@ def test_backbone_refuses_other_weights_clearly(backbone, tmp_path):
                        "torchvision ResNet-50 .missing: layer1.0.bn3.bias, .*; of another shape: "
                        "layer1.0.conv1.weight, "):
         common.Backbone(str(tmp_path / "r18.pth"))
-    with pytest.raises(common.UserError, match="expected 'imagenet', 'none' or the path"):
+    with pytest.raises(common.UserError, match="expected 'imagenet', 'synthetic', 'none' or the "
+                       "path"):
         common.Backbone("imagenett")
     net = backbone
     # the papers' names map onto torchvision's: conv2_x = layer1
