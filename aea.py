@@ -26,7 +26,7 @@ Commands:
   python aea.py <the same flags> --resume                   # continue a stopped run (OUT/last.pt)
   python evaluate.py --checkpoint runs/aea/market1501-aea/last.pt --root DIR --dataset market1501
   python tools.py figure aea --checkpoint C [C2 ...]         # Figs. 3 and 5
-  python tools.py compare aea [--seeds 3]                   # Tables 2 and 6 in miniature
+  python tools.py compare aea [--start random]              # Tables 2 and 6 in miniature
 
 Choices where the paper is silent (each at its line, "Choice (not in the paper)", with its reason):
   - FC_1 and the stripe FCs: Linear -> BatchNorm -> LeakyReLU 0.1 -> Dropout, f after the dropout;
@@ -121,7 +121,11 @@ class AEA(nn.Module):
         self.basic = Subnetwork(num_classes, weights, dropout, arch)
         self.complementary = None  # B1: the basic network alone
         if variant != "b1":
-            self.complementary = Subnetwork(num_classes, weights, dropout, arch)
+            # "We initialize the basic network and complementary network of AEA using ResNet-50"
+            # (Sec. IV-B): one starting backbone for both, whatever `weights` is (random weights
+            # too), copied; the heads (FC_1, the stripe FCs, FC_2) are new layers in each
+            self.complementary = Subnetwork(num_classes, "none", dropout, arch)
+            self.complementary.backbone.load_state_dict(self.basic.backbone.state_dict())
 
     def forward(self, x):
         if self.variant == "b1":
@@ -135,6 +139,28 @@ class AEA(nn.Module):
         # "We then normalize features using L2 norm" (Sec. IV-B): the concatenation, not each
         # half. Choice (not in the paper): B1's and B2's 2560-d features are L2-normalised too
         return F.normalize(f.float(), dim=1)
+
+
+class View(nn.Module):
+    """A diagnostic test feature of an AEA network (not the paper's, which is AEA.forward's):
+    part 'basic' or 'complementary', one subnetwork's 2560-d f, or 'both', their 5120-d
+    concatenation; L2-normalised as the test feature is. Which half carries the score?"""
+
+    def __init__(self, model, part):
+        super().__init__()
+        self.model = model
+        self.part = part
+
+    def forward(self, x):
+        if self.part == "both":
+            f = torch.cat([self.model.basic(x)[0], self.model.complementary(x)[0]], dim=1)
+        else:
+            f = getattr(self.model, self.part)(x)[0]
+        return F.normalize(f.float(), dim=1)
+
+
+# the rows `train` adds after its last epoch for a network with both halves: {row: View part}
+VIEWS = {"basic half": "basic", "complementary half": "complementary", "concatenation": "both"}
 
 
 # --- Eq. (1), the attention map, and the adversarial erasing operation (Sec. III-B, Fig. 4) -------
@@ -220,6 +246,13 @@ def training_step(model, optimizer, x, y, cfg, joint, x_other=None):
             # Baseline 2 (Sec. IV-C): the erased images alone
             if cfg.variant == "b2":
                 L_T = common.batch_hard_triplet_loss(f_c, y, cfg.margin)
+            elif cfg.triplet == "separate":
+                # --triplet separate, a diagnostic, not the paper's: each network its own
+                # batch-hard triplet over its own PK features, so that the basic network's
+                # triplet is Baseline 1's; does the shared 2PK triplet pull the basic one down?
+                L_T_basic = common.batch_hard_triplet_loss(f_b, y, cfg.margin)
+                L_T_complementary = common.batch_hard_triplet_loss(f_c, y, cfg.margin)
+                L_T = L_T_basic + L_T_complementary
             else:
                 f_both = torch.cat([f_b, f_c])                             # [2B, 2560]
                 y_both = torch.cat([y, y])                                 # [2B]
@@ -349,6 +382,17 @@ def score(model, ds, cfg, device, cache):
     return results["euclidean"]
 
 
+def score_views(model, ds, cfg, device, cache):
+    """The diagnostics of a network with both halves -> {VIEWS row: rank_metrics}: each half
+    alone and their concatenation, except the view that is the test feature itself (AEA, B3, B4:
+    the concatenation; B2: the complementary half); {} for Baseline 1."""
+    if model.complementary is None:
+        return {}
+    test_part = "complementary" if cfg.variant == "b2" else "both"
+    return {row: score(View(model, part), ds, cfg, device, cache)
+            for row, part in VIEWS.items() if part != test_part}
+
+
 def train(cfg):
     """The paper's training (Sec. IV-B) -> {row: rank_metrics}: "untrained" (--eval-untrained),
     "epoch N" every --eval-every epochs and after the last. At each epoch's end OUT/last.pt holds
@@ -420,12 +464,25 @@ def train(cfg):
         erased_images = erase_uint8(images, torch.from_numpy(erased).to(device))
     cache = {}  # the decoded query and gallery images, for every evaluation
     if ckpt is None and cfg.eval_untrained:
-        results["untrained"] = score(model, ds, cfg, device, cache)
+        if cfg.weights == "none":
+            results["untrained"] = score(model, ds, cfg, device, cache)
+        else:
+            # the start's two rows: the same network with random weights (drawn apart, so that
+            # the run's own draws stay as they are), then the network this run starts from
+            with torch.random.fork_rng(devices=[]):
+                random_model = AEA(ds.num_train_pids, cfg.variant, "none", cfg.dropout, cfg.arch)
+            random_model = common.prepare_model(random_model, device)
+            results["random weights"] = score(random_model, ds, cfg, device, cache)
+            results[f"start: weights {cfg.weights}"] = score(model, ds, cfg, device, cache)
 
     def evaluate_epoch(epoch):
-        """Score epoch `epoch`, print the table, add the scores to log.csv and last.pt."""
+        """Score epoch `epoch`, print the table, add the scores to log.csv and last.pt; after
+        the last epoch, each half of the test feature too (`score_views`)."""
         r = score(model, ds, cfg, device, cache)
         results[f"epoch {epoch}"] = r
+        if epoch == epochs:
+            for row, view in score_views(model, ds, cfg, device, cache).items():
+                results[f"epoch {epoch}, {row}"] = view
         print(evaluate.format_table(results, label=f"AEA {cfg.variant}"), flush=True)
         log[-1]["rank-1 euclidean"] = 100 * float(r["cmc"][0])
         log[-1]["mAP euclidean"] = 100 * float(r["mAP"])
@@ -528,6 +585,9 @@ class AEAConfig:
     margin: float = 0.3  # m in Eq. (5), Sec. IV-B, Fig. 7 (0.3 Market/Duke, 0.35 CUHK03)
     alpha1: float = 1.0  # alpha1 in Eq. (8), Tables 7-8
     alpha2: float = 1.0  # alpha2 in Eq. (8), Tables 7-8
+    # L_T, Eq. (5): shared, over both networks' 2PK features; separate: each network its own PK
+    # triplet, a diagnostic that is not the paper's (AEA, B3, B4)
+    triplet: typing.Literal["shared", "separate"] = "shared"
     P: int = 8  # identities per batch, Sec. IV-B
     K: int = 4  # images per identity, Sec. IV-B
     epochs: int = 100  # Sec. IV-B
@@ -571,13 +631,18 @@ LIMITS = dict(R="(0, 100)", reda_p="[0, 1]", dropout="[0, 1)", margin="[0, inf)"
               warmup_epochs="[0, inf)", eval_every="[0, inf)", keep_every="[0, inf)",
               seed="[0, 4294967295]")
 
+# The settings of each start, shared by every row of a compare (`python tools.py compare aea
+# --start pretrained|random`); the demo uses the pretrained start's. Chosen on the validation
+# benchmark data/synthetic_val, never on the test queries: docs/results.md lists the runs
+STARTS = {"pretrained": dict(weights="synthetic", lr=0.01, pad=2, dropout=0.0),
+          "random": dict(weights="none", lr=0.04, pad=2, dropout=0.0)}
+
 # `python aea.py` without --root: the demo on data/synthetic, minutes on 2 CPU cores, with the
-# paper's shape (a warm-up, one lr step at 4/5) on 50 epochs of 10 PK batches at 64x32: a random
-# ResNet-18 (no ImageNet file offline), P=16, a larger lr for random weights, the crop's padding
-# scaled to the input (10 px shift a 32 px wide image by a third), no dropout in the heads.
-DEMO = dict(root="data/synthetic", dataset="synthetic", height=64, width=32, weights="none",
-            arch="resnet18", dropout=0.0, P=16, epochs=50, lr_step=40, warmup_epochs=10, lr=0.04,
-            pad=2, eval_untrained=True, out=os.path.join("runs", "aea", "demo"))
+# paper's shape (a warm-up, one lr step at 4/5) on 30 epochs of 10 PK batches at 64x32: a
+# ResNet-18 from the pretrained start (`python pretrain.py`: the stand-in for ImageNet), P=16
+DEMO = dict(root="data/synthetic", dataset="synthetic", height=64, width=32, arch="resnet18",
+            P=16, epochs=30, lr_step=24, warmup_epochs=6, eval_untrained=True,
+            out=os.path.join("runs", "aea", "demo"), **STARTS["pretrained"])
 
 
 # --- Tables 2 and 6 in miniature: the rows of `python tools.py compare aea` -----------------------
@@ -589,7 +654,9 @@ COMPARE = [("AEA", [], 1),
            ("Baseline 3", ["--variant", "b3"], 1),
            ("Baseline 4", ["--variant", "b4"], 1.5),
            ("REDA", ["--erasing", "random"], 1),
-           ("erase-once", ["--erasing", "fixed"], 1)]
+           ("erase-once", ["--erasing", "fixed"], 1),
+           # a diagnostic row, not the paper's: AEA with each network's own PK triplet
+           ("own triplets", ["--triplet", "separate"], 1)]
 # (better, worse, where the paper says so)
 CLAIMS = [("AEA", "Baseline 1", "Table 2"),
           ("AEA", "Baseline 2", "Table 2"),
@@ -599,30 +666,57 @@ CLAIMS = [("AEA", "Baseline 1", "Table 2"),
           ("Baseline 4", "Baseline 3", "Table 2"),
           ("AEA", "REDA", "Table 6"),
           ("AEA", "erase-once", "Table 6")]
-# each compare run is the demo at 2/5 of its length, 20 epochs (4 warm-up, the lr step at 16),
-# so that 3 seeds of the 7 rows fit in a session on 2 CPU cores
-COMPARE_EPOCHS = ["--epochs", "20", "--warmup-epochs", "4", "--lr-step", "16"]
+# (better, worse, the question): where AEA's score comes from, on the halves of its test
+# feature (VIEWS) and the "own triplets" row; not the paper's orderings
+DIAGNOSTIC_CLAIMS = [
+    ("Baseline 1", "AEA, basic half", "does the joint phase pull the basic network down?"),
+    ("own triplets, basic half", "AEA, basic half", "is it the shared 2PK triplet of Eq. (5)?"),
+    ("Baseline 1", "own triplets, basic half", "with its own triplet, is it Baseline 1?"),
+    ("AEA, basic half", "AEA, complementary half", "is the complementary half the weaker?"),
+    ("AEA", "AEA, basic half", "does the concatenation add to the basic half?")]
+# each compare run: 12 epochs (2 warm-up, the lr step at 10), so that 5 seeds of the 8 rows fit
+# in an hour on 2 CPU cores
+COMPARE_EPOCHS = ["--epochs", "12", "--warmup-epochs", "2", "--lr-step", "10"]
 
 
-def compare_run(flags, seed, out, device, resume):
-    """One run of the compare: the demo in COMPARE_EPOCHS with a row's `flags`, in folder `out`
-    (resumed from its last.pt if `resume` and there is one) -> {"euclidean": its last epoch's
-    rank_metrics}."""
-    data.demo_dataset(DEMO["root"])
-    argv = [*COMPARE_EPOCHS, *flags, "--seed", str(seed), "--out", out, "--device", device,
-            "--no-eval-untrained"]
+def as_flags(values):
+    """{AEAConfig field: value} -> the command line that sets them: ["--lr", "0.01", ...];
+    a bool as --flag / --no-flag."""
+    argv = []
+    for key, value in values.items():
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            argv += [f"--{flag}", str(value)]
+    return argv
+
+
+def compare_run(flags, seed, out, device, resume, root=DEMO["root"], start="pretrained",
+                settings=None):
+    """One run of the compare: the demo's settings with `start`'s (STARTS), COMPARE_EPOCHS and
+    `settings` ({AEAConfig field: value}, e.g. {"lr": "0.02"}) over them, then a row's
+    `flags`, on the synthetic benchmark at `root`, in folder `out` (resumed from its last.pt if
+    `resume` and there is one) -> {"euclidean": its last epoch's rank_metrics, and each of its
+    VIEWS}."""
+    data.demo_dataset(root)
+    values = {**DEMO, **STARTS[start], "root": root, "seed": seed, "out": out,
+              "device": device, "eval_untrained": False}
+    argv = [*as_flags(values), *COMPARE_EPOCHS, *as_flags(settings or {}), *flags]
     if resume and os.path.isfile(os.path.join(out, "last.pt")):
         argv.append("--resume")
     cfg, _ = parse_config(argv)
     results = train(cfg)
-    return {"euclidean": results[f"epoch {total_epochs(cfg)}"]}
+    last = f"epoch {total_epochs(cfg)}"
+    views = {view: results[f"{last}, {view}"] for view in VIEWS if f"{last}, {view}" in results}
+    return {"euclidean": results[last], **views}
 
 
 # --- Command line ---------------------------------------------------------------------------------
 
 def parse_config(argv):
     """Flags -> (AEAConfig, is_demo): the paper's, DEMO's, PER_DATASET's defaults; flags win."""
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO.items())  # the demo's
+    flags = " ".join(as_flags(DEMO))  # the demo's
     parser = argparse.ArgumentParser(prog="aea.py", description="Train AEA (or a baseline); the "
                                      f"defaults are the paper's. Without --root: the demo, with "
                                      f"{flags}. Figures 3 and 5, Tables 2 and 6 in miniature: "
@@ -649,6 +743,9 @@ def check_config(cfg):
     """One clear UserError for the first bad value, naming the flag."""
     common.check_limits(cfg, LIMITS)
     common.check_padding(cfg.pad, cfg.height, cfg.width)
+    if cfg.triplet == "separate" and cfg.variant in ("b1", "b2"):
+        raise UserError(f"--triplet separate applies to the variants with Eq. (5)'s shared "
+                        f"triplet (aea, b3, b4); {cfg.variant} has one network's triplet only")
     if cfg.variant not in ("aea", "b2") and cfg.erasing != "adversarial":
         raise UserError(f"--erasing {cfg.erasing} applies to --variant aea and b2; {cfg.variant} "
                         "fixes its own input to the complementary network (Sec. IV-C)")
@@ -671,8 +768,9 @@ def main(argv=None):
     cfg, demo = parse_config(argv)
     if demo:  # its dataset is written by `python synthetic.py`: refused here if it is missing
         data.demo_dataset(cfg.root)
-        print(f"demo: synthetic data at {cfg.root}, weights {cfg.weights} (no ImageNet download "
-              "offline; the real-data default is imagenet), CPU-sized schedule")
+        print(f"demo: synthetic data at {cfg.root}, weights {cfg.weights} (the stand-in for "
+              "ImageNet that `python pretrain.py` builds; the real-data default is imagenet), "
+              "CPU-sized schedule")
     common.stop_on_sigterm()  # SIGTERM (a cluster's time limit, `kill`) stops it as Ctrl-C does
     start = time.time()
     try:

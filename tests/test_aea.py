@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import aea
 import common
@@ -210,6 +211,34 @@ def test_feature_sizes(model, reference):
         assert torch.allclose(b2(x), torch.nn.functional.normalize(f_c, dim=1), atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["aea", "b2", "b3", "b4"])
+def test_both_networks_start_from_one_backbone(variant, tmp_path):
+    # Sec. IV-B: both networks are initialised from the same ResNet-50. From random weights the
+    # complementary backbone is a copy of the basic one's draw (not a second draw); from a
+    # weights file both hold the file's weights. The heads are new layers: drawn apart.
+    torch.manual_seed(0)
+    model = aea.AEA(8, variant, "none", arch="resnet18")
+    basic = model.basic.backbone.state_dict()
+    complementary = model.complementary.backbone.state_dict()
+    assert basic.keys() == complementary.keys()
+    assert all(torch.equal(basic[k], complementary[k]) for k in basic)
+    assert not torch.equal(model.basic.FC_1[0].weight, model.complementary.FC_1[0].weight)
+    assert not torch.equal(model.basic.FC_2.weight, model.complementary.FC_2.weight)
+    # a copy, not shared tensors: training one leaves the other where it started
+    with torch.no_grad():
+        model.basic.backbone.conv1[0].weight.add_(1.0)
+    assert not torch.equal(model.basic.backbone.conv1[0].weight,
+                           model.complementary.backbone.conv1[0].weight)
+    # a state dict file (here a random ResNet-18 in torchvision's key names): both networks
+    # start from its weights
+    resnet = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "start.pt"
+    torch.save(resnet.state_dict(), path)
+    loaded = aea.AEA(8, variant, str(path), arch="resnet18")
+    for net in (loaded.basic, loaded.complementary):
+        assert torch.equal(net.backbone.layer3[0].conv1.weight, resnet.layer3[0].conv1.weight)
+
+
 def test_resnet18_feature_sizes():
     # --arch resnet18: conv5_x has 512 channels (FC_1 and the stripe FCs take 512), but f is
     # 5 x 512 = 2560 whatever the backbone, as FC_1 and each stripe FC give 512
@@ -379,6 +408,69 @@ def test_every_variant_trains_one_step(tiny, reference, variant, erasing, joint,
         assert seen == [((8, 2560), y.tolist() * 2)]
 
 
+def test_separate_triplets_give_the_basic_network_baseline_1s_gradient(reference):
+    # --triplet separate (a diagnostic, not the paper's): L_T = L_T(basic f, PK) +
+    # L_T(complementary f, PK). The erasing is detached and the complementary network's loss
+    # terms do not reach the basic one, so the basic network's gradient is Baseline 1's on the
+    # same batch (L_I1 + its own PK triplet); with the shared 2PK triplet of Eq. (5) it is not:
+    # there the erased images' features are positives and negatives of the originals
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, H, W)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+
+    def basic_grads(variant, joint, triplet="shared"):
+        model = fresh(reference)
+        model.train()
+        # dropout off and BatchNorm in eval: the same forward pass in every call
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Dropout, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.eval()
+        cfg = aea.AEAConfig(variant=variant, triplet=triplet, R=25.0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the step changes nothing
+        aea.training_step(model, optimizer, x, y, cfg, joint)
+        return [p.grad.clone() for p in model.basic.parameters()]
+    b1 = basic_grads("b1", False)
+    separate = basic_grads("aea", True, "separate")
+    shared = basic_grads("aea", True)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(b1, separate))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(b1, shared))
+    # the flag applies where Eq. (5)'s triplet is shared: refused for B1 and B2
+    for variant in ("b1", "b2"):
+        with pytest.raises(UserError, match=f"--triplet separate applies to .*; {variant} has"):
+            aea.parse_config(["--variant", variant, "--triplet", "separate"])
+
+
+def test_views_score_each_half_and_the_concatenation(reference, monkeypatch):
+    # the diagnostics' views: one subnetwork's f, or both concatenated, L2-normalised as the
+    # test feature; "both" is AEA's test feature itself
+    model = fresh(reference).eval()
+    x = torch.randn(3, 3, H, W)
+    with torch.no_grad():
+        f_basic = model.basic(x)[0]
+        f_complementary = model.complementary(x)[0]
+        normalize = torch.nn.functional.normalize
+        assert torch.allclose(aea.View(model, "basic")(x), normalize(f_basic, dim=1), atol=1e-6)
+        assert torch.allclose(aea.View(model, "complementary")(x),
+                              normalize(f_complementary, dim=1), atol=1e-6)
+        assert torch.allclose(aea.View(model, "both")(x), model(x), atol=1e-6)
+    # the rows a run adds: every view but its own test feature; none for Baseline 1
+    scored = []
+    fake = {"cmc": np.array([0.5]), "mAP": 0.4}
+
+    def score(view, ds, cfg, device, cache):
+        scored.append(view.part)
+        return fake
+    monkeypatch.setattr(aea, "score", score)
+    rows = aea.score_views(model, None, aea.AEAConfig(), "cpu", {})
+    assert list(rows) == ["basic half", "complementary half"]
+    assert scored == ["basic", "complementary"]
+    model.variant = "b2"
+    rows = aea.score_views(model, None, aea.AEAConfig(variant="b2"), "cpu", {})
+    assert list(rows) == ["basic half", "concatenation"]
+    b1 = fresh(reference, "b1")
+    assert aea.score_views(b1, None, aea.AEAConfig(variant="b1"), "cpu", {}) == {}
+
+
 def test_fixed_erasing_keeps_originals_and_erased_copies_aligned(tiny):
     # The erased copy goes through the same flip and crop as its original: wherever the copy was
     # not erased the two augmented batches are equal, where it was erased the copy is ~0.
@@ -430,7 +522,9 @@ def test_defaults_demo_and_per_dataset():
     cfg, demo = aea.parse_config([])
     assert demo and cfg.eval_untrained and cfg.out == os.path.join("runs", "aea", "demo")
     assert (cfg.root, cfg.dataset, cfg.weights, cfg.height, cfg.width, cfg.pad) == (
-        "data/synthetic", "synthetic", "none", 64, 32, 2)
+        "data/synthetic", "synthetic", "synthetic", 64, 32, aea.STARTS["pretrained"]["pad"])
+    # the demo trains from the pretrained start, with that start's settings
+    assert all(getattr(cfg, k) == v for k, v in aea.STARTS["pretrained"].items())
     cfg, demo = aea.parse_config(["--root", "somewhere", "--dataset", "cuhk03-labeled"])
     assert not demo
     assert (cfg.margin, cfg.R, cfg.weights, cfg.epochs, cfg.lr, cfg.lr_step) == (
