@@ -16,11 +16,13 @@ Paper map (paper -> code):
   Algorithm 1 step 5 / Algorithm 2 step 4: what each stage trains -> `AAANet.freeze_for`
   Algorithm 2 steps 1-4 and Eq. (4), the omega-gated loss -> `stage3_loss`, `adversarial_loss`
   Sec. 4.2, SGD, lr and its decay, 10 epochs per stage            -> `train_stage`, `resolve`
+  Sec. 4.2's stages weighed by their lr summed over the SGD steps -> `lr_steps`, `stage_budget`
   Tables 1-5: Euclidean, XQDA, KISSME on the pooled 2048-d feature -> `AAANet.forward`
   Sec. 3.3, the "attention-aware feature maps" occluded (else f_r) -> `occluded_maps`, `--occlude`
 
 Commands: `python aaanet.py stage1|stage2|stage3 --root DATA --out OUT`, each from the previous
-stage's last.pt; no command: the CPU demo (`python synthetic.py` writes its data first). Fig. 4:
+stage's last.pt; no command: the CPU demo (`python synthetic.py` writes its data first, `python
+pretrain.py` the backbone it starts from). Fig. 4:
 `python tools.py figure aaanet --checkpoint C`; Tables 3-5 in miniature: `python tools.py compare
 aaanet`. Ablations by table: --lambda1/2 (1), --omega (2), --point (3), stage3 --mask-source
 response (4), --random-erasing (5).
@@ -39,11 +41,12 @@ Choices where the paper is silent (each at its line, "Choice (not in the paper)"
 """
 
 import argparse
+import csv
 import dataclasses
 import os
 import sys
 import time
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args, get_type_hints
 
 import torch
 import torch.nn as nn
@@ -348,9 +351,12 @@ def stage3_loss(model, x, y, cfg):
     L_att = attention_loss(M_att, M_occ)
     L_gate, gate = adversarial_loss(L_r, L_att, p_bf, p_af, cfg.lambda1, cfg.lambda2, cfg.omega)
     L = L_ce_bf + L_ce_af + L_gate
+    # the gate in the log: gate_pass, the share of samples it opens for; gate_batches, 1 when it
+    # opens for at least one sample of the batch (its epoch mean: the share of such batches)
     return L, {"L": L, "L_ce_bf": L_ce_bf, "L_ce_af": L_ce_af, "L_gate": L_gate,
                "L_att": L_att.mean(), "L_r": L_r.mean(), "gate_pass": gate.mean(),
-               "p_bf": p_bf.mean(), "p_af": p_af.mean(), "occluded": (~kept).float().mean()}
+               "gate_batches": gate.max(), "p_bf": p_bf.mean(), "p_af": p_af.mean(),
+               "occluded": (~kept).float().mean()}
 
 
 # the term whose epoch mean chooses best.pt
@@ -372,12 +378,13 @@ def training_step(model, optimizer, stage, x, y, cfg):
 
 def load_init(model, cfg, stage, num_classes):
     """Start `stage` from `cfg.init`: the baseline ("fine-tuned by the common layers", Sec. 3.2)
-    and stage 2's attention branch, else random ("the rest ... initialized randomly")."""
+    and stage 2's attention branch, else random ("the rest ... initialized randomly"). Stage 1
+    with --init goes on training a finished stage 1 (the compare's control row)."""
     ckpt = common.load_checkpoint(cfg.init)
     path = f"--init {cfg.init}"
     common.check_checkpoint(ckpt, path, "aaanet", num_classes, "classifier.weight")
-    # stage 2 follows stage 1; stage 3 follows stage 2, or stage 1 for Table 4's variant
-    if stage == "stage2" or cfg.mask_source == "response":
+    # stage 1 and stage 2 follow stage 1; stage 3 follows stage 2, or stage 1 for Table 4's variant
+    if stage in ("stage1", "stage2") or cfg.mask_source == "response":
         expected = "stage1"
     else:
         expected = "stage2"
@@ -454,11 +461,12 @@ def train_stage(cfg, stage, ds=None, images=None):
     if ckpt is not None:
         common.check_checkpoint(ckpt, last, "aaanet", ds.num_train_pids, "classifier.weight")
         common.check_same_images(ckpt, last, cfg.root, len(ds.train), train_digest)
-    # the network before the images: missing ImageNet weights or a wrong --init fail at once
-    weights = cfg.weights if stage == "stage1" else "none"
+    # the network before the images: missing ImageNet weights or a wrong --init fail at once;
+    # --weights is the start of stage 1 without --init (stages 2 and 3 always have one)
+    weights = "none" if cfg.init else cfg.weights
     model = AAANet(ds.num_train_pids, cfg.point, cfg.dropout, cfg.attention_channels, weights,
                    cfg.arch)
-    if ckpt is None and stage != "stage1":
+    if ckpt is None and cfg.init:
         load_init(model, cfg, stage, ds.num_train_pids)  # a resumed run reads last.pt instead
     model = common.prepare_model(model, device)
     if images is None:
@@ -493,7 +501,7 @@ def train_stage(cfg, stage, ds=None, images=None):
             print(f"{stage} resuming {last} at epoch {first_epoch + 1}", flush=True)
     else:  # a new run: every check has passed, an earlier run's files in --out go now
         common.clear_earlier_run(out)
-    start_from = f"weights {cfg.weights}" if stage == "stage1" else f"from {cfg.init}"
+    start_from = f"from {cfg.init}" if cfg.init else f"weights {cfg.weights}"
     print(f"{stage}: {N} training images of {ds.num_train_pids} identities at {cfg.height}x"
           f"{cfg.width}, {N // B} batches of {B} per epoch, device {device}, {start_from}",
           flush=True)
@@ -581,7 +589,7 @@ class Config:
     dataset: str = "market1501"  # market1501, duke, cuhk03-labeled/-detected, synthetic, folder
     height: int = 224  # input height, Sec. 4.2 ("resized to 224 x 224")
     width: int = 224  # input width, Sec. 4.2
-    weights: str = "imagenet"  # stage 1's ResNet-50 start: imagenet, none or a state-dict path
+    weights: str = "imagenet"  # stage 1's ResNet-50 start: imagenet, synthetic, none or a path
     arch: Literal[tuple(common.ARCHS)] = "resnet50"  # the paper's ResNet-50; 18, 34 for CPU runs
     dropout: Optional[float] = None  # before the classifier, Sec. 4.2 (None: 0.6 Duke, else 0.5)
     point: Literal["conv2_x", "conv3_x", "conv4_x", "conv5_x"] = "conv3_x"  # f_r's layer, Table 3
@@ -607,7 +615,7 @@ class Config:
     momentum: float = 0.9  # SGD momentum (the paper names SGD only)
     weight_decay: float = 5e-4  # SGD weight decay (the paper names SGD only)
     out: str = "runs/aaanet"  # checkpoints: OUT/stage1/last.pt, OUT/stage2/..., OUT/stage3/...
-    init: str = ""  # the previous stage's checkpoint (empty: OUT/stage1 or OUT/stage2 last.pt)
+    init: str = ""  # the start (empty: the previous stage's last.pt in OUT; stage 1: --weights)
     eval_metrics: tuple[str, ...] = ("euclidean", "xqda", "kissme")  # after the stage; Tables 1-5
     seed: int = 0  # seeds the weights, the batch order and the augmentation
     device: str = "auto"  # auto (CUDA if present), cpu, cuda or cuda:N
@@ -672,15 +680,51 @@ RESUME_MAY_DIFFER = ("resume", "device", "eval_metrics")
 
 # --- The demo: the three stages on the synthetic data, minutes on 2 CPU cores ---------------------
 
-# A random ResNet-18 (no ImageNet file offline) at 64x32 (f_r 8x4 after conv3_x, grid cells 2x1),
-# the padding scaled down, lrs for random weights: 10x the paper's (100x diverged in stage 2 with
-# the occlusion after conv2_x: docs/results.md)
-DEMO = dict(dataset="synthetic", height=64, width=32, pad=3, weights="none", arch="resnet18",
+# A ResNet-18 from the synthetic pretrained backbone (`python pretrain.py`, the offline stand-in
+# for ImageNet; the classifier is a new layer) at 64x32 (f_r 8x4 after conv3_x, grid cells 2x1),
+# the padding scaled down, lrs 10x the paper's (why: docs/results.md)
+DEMO = dict(dataset="synthetic", height=64, width=32, pad=3, weights="synthetic", arch="resnet18",
             batch_size=32, dropout=0.5, eval_metrics=())  # the demo evaluates, into one table
 DEMO_METRICS = ("euclidean", "xqda", "kissme")
+# each stage's epochs, lr and lr step; the compare's control row (`continued_schedule`) and the
+# demo's budget lines (`stage_budget`) follow them
 DEMO_STAGES = {"stage1": dict(epochs=15, lr=0.01, lr_step=12),
                "stage2": dict(epochs=1, lr=0.001, lr_step=1),
                "stage3": dict(epochs=2, lr=0.001, lr_step=2)}
+
+
+def lr_steps(epochs, lr, lr_step, steps_per_epoch, gamma=0.1):
+    """lr x steps: the lr of each SGD step of a stage, summed over its steps. The lr of 0-based
+    epoch e is lr * gamma^(e // lr_step) (Sec. 4.2, `common.step_schedule`), so
+        lr_steps = sum over e = 0..epochs-1 of steps_per_epoch * lr * gamma^(e // lr_step)
+    A stage's budget: how far its SGD steps may move the weights, in units of the lr."""
+    return sum(steps_per_epoch * lr * gamma ** (e // lr_step) for e in range(epochs))
+
+
+def stage_budget(steps_per_epoch):
+    """The text lines that weigh DEMO_STAGES' stages 2 and 3 against stage 1 by `lr_steps`, as a
+    share of stage 1's, beside the paper's (Sec. 4.2: stage 1 lr 0.001 x0.1 every 2 epochs,
+    stages 2 and 3 lr 0.0001 x0.1 every 3, 10 epochs each; with equal steps per epoch, which
+    cancel in the share, (0.0001 x 3.331) / (0.001 x 2.2222): about 15%). steps_per_epoch: the
+    demo's batches per epoch, the same in its three stages."""
+    demo_cfgs = {s: Config(**DEMO_STAGES[s]) for s in STAGE_NAMES}
+    # Config's defaults are the paper's, `resolve` fills in each stage's lr and lr step
+    paper_cfgs = {s: resolve(Config(root="."), s) for s in STAGE_NAMES}
+
+    def share(cfgs, stage):  # % of stage 1's lr x steps
+        budget = {s: lr_steps(c.epochs, c.lr, c.lr_step, steps_per_epoch, c.lr_gamma)
+                  for s, c in cfgs.items()}
+        return 100 * budget[stage] / budget["stage1"]
+
+    def schedule(cfg):
+        return f"{cfg.epochs} epochs, lr {cfg.lr:g} x{cfg.lr_gamma:g} every {cfg.lr_step}"
+    lines = [f"lr x steps (each SGD step's lr, summed over a stage; {steps_per_epoch} steps per "
+             "epoch here, equal steps per epoch in the paper) as a share of stage 1's:"]
+    for stage in ("stage2", "stage3"):
+        lines.append(f"  {stage}: demo {share(demo_cfgs, stage):.1f}% ("
+                     f"{schedule(demo_cfgs[stage])}), paper {share(paper_cfgs, stage):.1f}% "
+                     f"({schedule(paper_cfgs[stage])}, Sec. 4.2)")
+    return lines
 
 
 def demo_parser():
@@ -692,9 +736,11 @@ def demo_parser():
 
 
 def demo(args):
-    """python aaanet.py [demo]: the three stages on data/synthetic, then one table of the
-    untrained network, stage 1 and stage 3 under Euclidean, XQDA and KISSME, as Tables 3-5.
-    --resume: complete stages are loaded, the first incomplete one resumed, the rest run anew."""
+    """python aaanet.py [demo]: the three stages on data/synthetic, stage 1 from the synthetic
+    pretrained backbone (`python pretrain.py` builds it), then one table under Euclidean, XQDA and
+    KISSME, as Tables 3-5, of: the network with random weights, the network stage 1 starts from
+    (before any step), stage 1 and stage 3. --resume: complete stages are loaded, the first
+    incomplete one resumed, the rest run anew."""
     start = time.time()
     root = data.demo_dataset()  # written by `python synthetic.py`: refused here if it is missing
     ds = data.load_dataset(root, "synthetic")  # read once, for the three stages
@@ -704,16 +750,27 @@ def demo(args):
     size = (base.height, base.width)
     images = {}  # the decoded images, shared by the stages and the evaluations
     stages = ", ".join(f"{s} {v['epochs']} epochs lr {v['lr']}" for s, v in DEMO_STAGES.items())
-    print(f"demo: {base.arch}, weights {base.weights} (no ImageNet download), {size[0]}x"
-          f"{size[1]} inputs, batch {base.batch_size}, {stages}")
+    print(f"demo: {base.arch}, weights {base.weights} (the stand-in for ImageNet that `python "
+          f"pretrain.py` builds), {size[0]}x{size[1]} inputs, batch {base.batch_size}, {stages}")
+    # the stages' lr x steps beside the paper's; an epoch: the training set's complete batches
+    for line in stage_budget(len(ds.train) // base.batch_size):
+        print(line)
 
     def score(model):  # one row per metric
         return evaluate.evaluate_model(model.to(device), ds, size, device, DEMO_METRICS,
                                        images=images, precision=args.precision)
-    common.seed_everything(args.seed)  # the untrained network: the weights stage 1 starts from
-    untrained = AAANet(ds.num_train_pids, base.point, base.dropout, base.attention_channels,
-                       "none", base.arch)
-    results = {"untrained": score(untrained)}
+    # the network stage 1 starts from: train_stage draws it from the same seed, the backbone of
+    # DEMO's weights and a new classifier. Before it, the same network with random weights, drawn
+    # apart so that the seeded draws stay as they are (its classifier and attention branch are
+    # the start's)
+    common.seed_everything(args.seed)
+    with torch.random.fork_rng(devices=[]):
+        random_network = AAANet(ds.num_train_pids, base.point, base.dropout,
+                                base.attention_channels, "none", base.arch)
+    start_network = AAANet(ds.num_train_pids, base.point, base.dropout, base.attention_channels,
+                           base.weights, base.arch)
+    results = {"random weights": score(random_network),
+               f"start: weights {base.weights}": score(start_network)}
     resuming = args.resume  # stays True while every stage so far was complete in OUT
     for stage in STAGE_NAMES:
         cfg = dataclasses.replace(base, **DEMO_STAGES[stage])
@@ -736,18 +793,24 @@ def demo(args):
 
 # --- Tables 3-5 in miniature: the rows of `python tools.py compare aaanet` ------------------------
 
+# a compare row's stage beside the demo's three: stage 1 again, from the "Stage 1" row's network
+CONTINUED = "stage1, continued"
 # (row, (its stages, its settings over the demo's), its cost in stage-1 runs). A row that does
-# not train stage 1 starts from the "Stage 1" row's run of its seed, which runs first. Table 3's
-# conv4_x point gets a 2 x 2 grid and conv5_x no row: at the demo's 64x32 inputs f_r is 4x2 after
-# conv4_x and 2x1 after conv5_x, too small for a 4 x 4 grid
+# not begin with stage 1 (CONTINUED included) starts from the "Stage 1" row's run of its seed,
+# which runs first. Table 3's conv4_x point gets a 2 x 2 grid and conv5_x no row: at the demo's
+# 64x32 inputs f_r is 4x2 after conv4_x and 2x1 after conv5_x, too small for a 4 x 4 grid
 COMPARE = [("Stage 1", (["stage1"], {}), 1),
            ("Stage 3", (["stage2", "stage3"], {}), 0.8),
+           # a control, not a paper row: stage 1's training goes on for the epochs that stages 2
+           # and 3 add (`continued_schedule`), so that Stage 3 meets as much extra training
+           ("Stage 1, continued", ([CONTINUED], {}), 0.25),
            ("without stage 2", (["stage3"], dict(mask_source="response")), 0.6),
            ("random erasing", (["stage1"], dict(random_erasing=0.5)), 1),
            ("conv2_x", (["stage2", "stage3"], dict(point="conv2_x")), 1.1),
            ("conv4_x, 2x2 grid", (["stage2", "stage3"], dict(point="conv4_x", grid=2)), 0.6)]
 # (better, worse, where the paper says so)
 CLAIMS = [("Stage 3", "Stage 1", "Tables 3-5"),
+          ("Stage 3", "Stage 1, continued", "control: the same extra epochs"),
           ("Stage 3", "without stage 2", "Table 4"),
           ("without stage 2", "Stage 1", "Table 4"),
           ("Stage 3", "random erasing", "Table 5"),
@@ -757,31 +820,103 @@ CLAIMS = [("Stage 3", "Stage 1", "Tables 3-5"),
           ("conv4_x, 2x2 grid", "Stage 1", "Table 3")]
 
 
-def compare_run(spec, seed, out, device, resume, loaded):
+def continued_schedule(stages=None):
+    """CONTINUED's epochs, lr and lr step: as many epochs as the stages 2 and 3 of `stages`
+    (None: DEMO_STAGES) add together, at stage 3's lr and lr step. The stage is stage 1's
+    (cross-entropy, all of stage 1's parameters, its dropout) from the "Stage 1" row's network,
+    so that "Stage 3 > Stage 1, continued" weighs the method against the same amount of extra
+    training."""
+    stages = DEMO_STAGES if stages is None else stages
+    epochs = stages["stage2"]["epochs"] + stages["stage3"]["epochs"]
+    stage3 = stages["stage3"]
+    return dict(epochs=epochs, lr=stage3["lr"], lr_step=stage3["lr_step"])
+
+
+# the weights stage 1 starts from under each start of `python tools.py compare aaanet --start`
+STARTS = {"pretrained": dict(weights="synthetic"), "random": dict(weights="none")}
+
+
+def compare_run(spec, seed, out, device, resume, loaded, root="data/synthetic",
+                start="pretrained", settings=None):
     """One run of the compare: a row's stages (spec = (stages, settings)) trained as the demo's in
-    folder `out` (each resumed from its last.pt if `resume` and there is one) -> {metric:
-    rank_metrics} of its last stage. `loaded`: a dict shared by the compare's runs, filled here
-    with the dataset and its decoded images, so they are read once."""
-    stages, settings = spec
+    folder `out` on the synthetic benchmark at `root` (each stage resumed from its last.pt if
+    `resume` and there is one) -> {metric: rank_metrics} of its last stage. `loaded`: a dict
+    shared by the compare's runs, filled here with the dataset and its decoded images, so they
+    are read once. start: a key of STARTS, stage 1's start in the rows that begin with stage 1;
+    the other rows start from the "Stage 1" row's network, whatever it started from.
+    settings: {"stageN.field" or Config field: value} over the demo's, in every row (e.g.
+    {"stage1.lr": "0.003"}), how the demo's settings are chosen on the validation benchmark."""
+    stages, row_settings = spec
     # the "Stage 1" row's run of this seed: OUT/Stage_1/seed<seed>/stage1, beside OUT/<row>/...
     row_folders = os.path.dirname(os.path.dirname(out))
     shared = os.path.join(row_folders, "Stage_1", f"seed{seed}", "stage1", "last.pt")
-    if not loaded:
-        loaded["root"] = data.demo_dataset()
+    if loaded.get("asked") != root:  # the first run, or another benchmark than the last run's
+        loaded["asked"] = root
+        loaded["root"] = data.demo_dataset(root)
         loaded["ds"] = data.load_dataset(loaded["root"], "synthetic")
         loaded["images"] = {}
-    base = Config(root=loaded["root"], **DEMO, **settings, seed=seed, device=device, out=out)
+    # the epochs, lr and lr step of each stage a row names
+    schedules = {name: dict(values) for name, values in DEMO_STAGES.items()}
+    overrides = {}  # Config fields over the demo's
+    types = get_type_hints(Config)  # {field: int, float, str, a Literal, ...}
+    for key, value in (settings or {}).items():
+        stage, _, field = key.rpartition(".")
+        if field not in types or (stage and stage not in schedules):
+            raise UserError(f"--set {key}={value}: expected a field of aaanet.py's Config, "
+                            "or stageN.epochs, stageN.lr, stageN.lr_step")
+        # a number field (Optional[float] too) gets its number; a choice stays a string
+        numeric = [t for t in (types[field], *get_args(types[field])) if t in (int, float)]
+        typed = value
+        if numeric:
+            try:
+                typed = numeric[0](value)
+            except ValueError:
+                raise UserError(f"--set {key}={value}: expected a number") from None
+        if stage:
+            schedules[stage][field] = typed
+        else:
+            overrides[field] = typed
+    # the control's epochs follow the stages 2 and 3 trained here
+    schedules[CONTINUED] = continued_schedule(schedules)
+    # the demo's settings, stage 1 from the start's weights, the settings and the row's over them
+    row = {**DEMO, **STARTS[start], **overrides, **row_settings}
+    base = Config(root=loaded["root"], **row, seed=seed, device=device, out=out)
     results = {}
-    for stage in stages:
+    for name in stages:
+        stage = "stage1" if name == CONTINUED else name  # the control trains stage 1 again
         resume_stage = resume and os.path.isfile(os.path.join(out, stage, "last.pt"))
         init = ""
-        if stage == stages[0] and stage != "stage1":
+        if name == stages[0] and name != "stage1":  # from the "Stage 1" row's network
             init = shared
-        metrics = DEMO_METRICS if stage == stages[-1] else ()
-        cfg = dataclasses.replace(base, **DEMO_STAGES[stage], resume=resume_stage, init=init,
+        metrics = DEMO_METRICS if name == stages[-1] else ()
+        cfg = dataclasses.replace(base, **schedules[name], resume=resume_stage, init=init,
                                   eval_metrics=metrics)
         _, results = train_stage(cfg, stage, loaded["ds"], loaded["images"])
     return results
+
+
+# what `run_diagnostics` reads per stage-3 epoch: {its name: stage 3's log.csv column}
+DIAGNOSTICS = {"gate open": "gate_pass", "gate batches": "gate_batches", "L_r": "L_r"}
+
+
+def run_diagnostics(folder):
+    """Stage 3's diagnostics of a compare run in `folder` (compare_run's `out`), from its
+    stage3/log.csv -> {name: float}; for each epoch e (1, 2, ...): "gate open, epoch e", the share
+    of samples whose omega gate of Eq. (4) opens; "gate batches, epoch e", the share of batches
+    in which it opens for at least one sample; "L_r, epoch e", Eq. (3)'s mean. Does Eq. (4) act
+    at all? {} for a row without stage 3, or a log without one of these columns."""
+    path = os.path.join(folder, "stage3", "log.csv")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        log = list(csv.DictReader(f))
+    diagnostics = {}
+    for row in log:
+        for name, column in DIAGNOSTICS.items():
+            if not row.get(column):  # a log without this column (or an empty cell): none
+                return {}
+            diagnostics[f"{name}, epoch {int(row['epoch'])}"] = float(row[column])
+    return diagnostics
 
 
 # --- Command line ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ files and flags."""
 
 import copy
 import dataclasses
+import io
 import math
 import os
 import re
@@ -17,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import aaanet
 import common
@@ -436,7 +438,7 @@ def test_stage3_step_moves_everything(tiny_model, point):
     # every parameter and every BatchNorm statistic, backbone, classifier and attention branch
     # (the pooled stages after conv5_x do not exist when f_r is conv5_x itself, nothing is left out)
     assert moved == set(before)
-    assert terms["gate_pass"].item() == 1.0
+    assert terms["gate_pass"].item() == 1.0 and terms["gate_batches"].item() == 1.0
     # the grid probe ran in eval mode and gave the training mode back
     assert model.backbone.training
     expected = terms["L_ce_bf"] + terms["L_ce_af"] + terms["L_gate"]
@@ -452,8 +454,36 @@ def test_stage3_gate_closed_leaves_the_attention_branch_alone(tiny_model):
     before = snapshot(model.attention)
     terms = aaanet.training_step(model, optimizer, "stage3", x, y, aaanet.Config(omega=0.99))
     assert terms["gate_pass"].item() == 0.0 and terms["L_gate"].item() == 0.0
+    assert terms["gate_batches"].item() == 0.0
     statistics = {k for k in before if "running" in k or "num_batches" in k}
     assert changed(model.attention, before) == statistics
+
+
+def test_stage3_logs_the_share_of_samples_and_of_batches_the_gate_opens_for(tiny_model,
+                                                                              monkeypatch):
+    # Eq. (4)'s gate set by hand: open for sample 1 of 4 -> gate_pass = 1/4 (the share of
+    # samples), gate_batches = 1 (it opened for at least one sample of the batch); shut for all
+    # -> 0 and 0. Over an epoch of these two batches the log's means are gate_pass
+    # (0.25 + 0) / 2 = 0.125 and gate_batches (1 + 0) / 2 = 0.5: half the batches
+    gates = [torch.tensor([0.0, 1.0, 0.0, 0.0]), torch.zeros(4)]
+
+    def gate_by_hand(L_r, L_att, p_bf, p_af, lambda1, lambda2, omega):
+        gate = gates.pop(0)
+        return (gate * (lambda1 * L_r + lambda2 * L_att)).mean(), gate
+    monkeypatch.setattr(aaanet, "adversarial_loss", gate_by_hand)
+    model, (x, y) = tiny_model(), tiny_batch()
+    model.freeze_for("stage3")
+    progress = common.Progress(2, file=io.StringIO())
+    logged = []
+    with torch.no_grad():
+        for _ in range(2):
+            _, terms = aaanet.stage3_loss(model, x, y, aaanet.Config())
+            logged.append((terms["gate_pass"].item(), terms["gate_batches"].item()))
+            progress.update(len(y), terms)
+    assert logged == [(0.25, 1.0), (0.0, 0.0)]
+    summary = progress.summary()
+    assert summary["gate_pass"] == pytest.approx(0.125)
+    assert summary["gate_batches"] == pytest.approx(0.5)
 
 
 def test_stage3_attention_aware_stream_trains_and_passes_no_gradient_to_m_att(tiny_model):
@@ -550,10 +580,11 @@ def test_resolve_refuses_a_grid_finer_than_f_r_and_a_negative_seed(tiny_model):
 
 def test_init_must_have_what_the_stage_inherits(tmp_path):
     # stage 3 inherits stage 2's input size and attention branch (point, width, the grid and the
-    # M_occ reading it learned from); stage 2 inherits stage 1's input size. Each difference is
-    # named with the --init's value, before any weight is loaded (model=None is never touched).
+    # M_occ reading it learned from); stage 2, and stage 1 going on from a stage 1, inherit stage
+    # 1's input size. Each difference is named with the --init's value, before any weight is
+    # loaded (model=None is never touched).
     trained = aaanet.Config(root="x", height=128, width=64)  # f_r 16x8: every grid here fits
-    for stage, previous in (("stage2", "stage1"), ("stage3", "stage2")):
+    for stage, previous in (("stage1", "stage1"), ("stage2", "stage1"), ("stage3", "stage2")):
         path = str(tmp_path / f"{previous}.pt")
         common.save_checkpoint(path, {"paper": "aaanet", "stage": previous, "model": {
             "classifier.weight": torch.zeros(3, 2048)}, "config": dataclasses.asdict(trained),
@@ -578,10 +609,163 @@ def test_init_must_be_a_finished_stage(tmp_path):
     path = str(tmp_path / "stage1.pt")
     common.save_checkpoint(path, {"paper": "aaanet", "stage": "stage1", "model": {
         "classifier.weight": torch.zeros(3, 2048)}, "config": dataclasses.asdict(cfg), "epoch": 3})
-    stage2 = aaanet.resolve(dataclasses.replace(cfg, init=path), "stage2")
+    for stage in ("stage2", "stage1"):  # stage 1 going on from it too (the compare's control)
+        resolved = aaanet.resolve(dataclasses.replace(cfg, init=path), stage)
+        with pytest.raises(common.UserError, match=re.escape(f"--init {path}: that stage1 run "
+                                                             "stopped after epoch 3 of its 10")):
+            aaanet.load_init(None, resolved, stage, 3)
+
+
+def test_stage1_goes_on_from_a_finished_stage1_only(tmp_path):
+    # stage 1 with --init: the baseline (backbone and classifier) of a finished stage 1, the
+    # attention branch left as drawn (stage 1 does not use it); a stage 2 checkpoint is refused
+    torch.manual_seed(0)
+    trained = aaanet.AAANet(4, attention_channels=8, weights="none", arch="resnet18")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)  # unlike any fresh draw
+    cfg = aaanet.Config(root="x", height=64, width=32, arch="resnet18", attention_channels=8)
+    path = str(tmp_path / "stage1.pt")
+    common.save_checkpoint(path, {"paper": "aaanet", "stage": "stage1", "epoch": cfg.epochs,
+                                  "config": dataclasses.asdict(cfg),
+                                  "model": trained.state_dict()})
+    resolved = aaanet.resolve(dataclasses.replace(cfg, init=path), "stage1")
+    assert resolved.init == path  # as given: stage 1 has no previous stage to default to
+    fresh = aaanet.AAANet(4, attention_channels=8, weights="none", arch="resnet18")
+    drawn = snapshot(fresh.attention)
+    aaanet.load_init(fresh, resolved, "stage1", 4)
+    loaded = fresh.state_dict()
+    for k, v in trained.state_dict().items():
+        if k.startswith("attention."):
+            assert torch.equal(loaded[k], drawn[k[len("attention."):]]), k
+        else:
+            assert torch.equal(loaded[k], v), k
+    common.save_checkpoint(path, {"paper": "aaanet", "stage": "stage2", "epoch": cfg.epochs,
+                                  "config": dataclasses.asdict(cfg),
+                                  "model": trained.state_dict()})
     with pytest.raises(common.UserError, match=re.escape(
-            f"--init {path}: that stage1 run stopped after epoch 3 of its 10; finish it first")):
-        aaanet.load_init(None, stage2, "stage2", 3)
+            f"--init {path} is a stage2 checkpoint; stage1 starts from stage1")):
+        aaanet.load_init(fresh, resolved, "stage1", 4)
+
+
+# -----------------------------------------------------------------------------
+# The stages' budgets, the compare's rows and their diagnostics
+
+def test_lr_steps_by_hand_and_as_the_schedule_steps():
+    # 3 epochs of 5 steps, lr 0.1 x0.1 every 2 epochs: epochs 0 and 1 at 0.1, epoch 2 at 0.01
+    #   0.1 * 5 + 0.1 * 5 + 0.01 * 5 = 0.5 + 0.5 + 0.05 = 1.05
+    assert aaanet.lr_steps(3, 0.1, 2, 5) == pytest.approx(1.05)
+    # gamma 0.5, 1 step per epoch, lr 1 every epoch: 1 + 0.5 + 0.25 = 1.75
+    assert aaanet.lr_steps(3, 1.0, 1, 1, gamma=0.5) == pytest.approx(1.75)
+    # the lr the training loop's SGD holds at each step (common.step_schedule, stepped per
+    # epoch), summed over the steps: the same
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = common.make_sgd([weight], lr=0.01)
+    schedule = common.step_schedule(optimizer, 3, 0.1)
+    total = 0.0
+    for epoch in range(7):
+        total += 4 * optimizer.param_groups[0]["lr"]  # 4 steps per epoch
+        optimizer.step()
+        schedule.step()
+    assert total == pytest.approx(aaanet.lr_steps(7, 0.01, 3, 4))
+
+
+def test_stage_budget_beside_the_papers_share(monkeypatch):
+    # The paper (Sec. 4.2), per step per epoch (they cancel in the share), 10 epochs each:
+    #   stage 1, lr 0.001 x0.1 every 2: 0.001 * 2 * (1 + 0.1 + 0.01 + 0.001 + 0.0001) = 0.0022222
+    #   stages 2 and 3, lr 0.0001 x0.1 every 3: 0.0001 * (3 * (1 + 0.1 + 0.01) + 1 * 0.001)
+    #     = 0.0001 * 3.331 = 0.0003331
+    #   share: 0.0003331 / 0.0022222 = 0.1499, "15.0%"
+    # DEMO_STAGES set here, 5 steps per epoch:
+    #   stage 1, 2 epochs lr 0.1 x0.1 every 1: 5 * (0.1 + 0.01) = 0.55
+    #   stage 2, 1 epoch lr 0.1: 5 * 0.1 = 0.5 -> 0.5 / 0.55 = 90.9%
+    #   stage 3, 4 epochs lr 0.01 x0.1 every 2: 5 * (0.01 + 0.01 + 0.001 + 0.001) = 0.11 -> 20.0%
+    monkeypatch.setattr(aaanet, "DEMO_STAGES", {"stage1": dict(epochs=2, lr=0.1, lr_step=1),
+                                                "stage2": dict(epochs=1, lr=0.1, lr_step=1),
+                                                "stage3": dict(epochs=4, lr=0.01, lr_step=2)})
+    paper = "paper 15.0% (10 epochs, lr 0.0001 x0.1 every 3, Sec. 4.2)"
+    assert aaanet.stage_budget(5) == [
+        "lr x steps (each SGD step's lr, summed over a stage; 5 steps per epoch here, equal steps "
+        "per epoch in the paper) as a share of stage 1's:",
+        f"  stage2: demo 90.9% (1 epochs, lr 0.1 x0.1 every 1), {paper}",
+        f"  stage3: demo 20.0% (4 epochs, lr 0.01 x0.1 every 2), {paper}"]
+    # the control row follows DEMO_STAGES too: stage 2's 1 + stage 3's 4 epochs, stage 3's lr
+    assert aaanet.continued_schedule() == dict(epochs=5, lr=0.01, lr_step=2)
+
+
+def test_continued_row_is_stage1_again_for_the_epochs_of_stages_2_and_3(monkeypatch, tmp_path):
+    # compare_run with train_stage recorded, not run: which stage each row trains, from where,
+    # on which schedule. Row folders as tools.py names them: OUT/<row>/seed<seed>
+    stages = {"stage1": dict(epochs=7, lr=0.05, lr_step=5),
+              "stage2": dict(epochs=2, lr=0.002, lr_step=1),
+              "stage3": dict(epochs=3, lr=0.003, lr_step=2)}
+    monkeypatch.setattr(aaanet, "DEMO_STAGES", stages)
+    calls = []
+
+    def record(cfg, stage, ds, images):
+        calls.append((stage, cfg))
+        return None, {"euclidean": f"{stage} scores"}
+    monkeypatch.setattr(aaanet, "train_stage", record)
+    # as the first run of the compare on data/synthetic read it
+    loaded = {"asked": "data/synthetic", "root": "data", "ds": "the dataset", "images": {}}
+    spec = {label: that for label, that, _ in aaanet.COMPARE}
+    out = tmp_path / "cmp"
+    shared = str(out / "Stage_1" / "seed3" / "stage1" / "last.pt")
+
+    def run(label, start="random", settings=None):
+        calls.clear()
+        folder = str(out / label.replace(", ", "_").replace(" ", "_") / "seed3")
+        results = aaanet.compare_run(spec[label], 3, folder, "cpu", False, loaded,
+                                     "data/synthetic", start, settings)
+        return results, [(stage, cfg.init, cfg.epochs, cfg.lr, cfg.lr_step, cfg.weights,
+                          cfg.eval_metrics) for stage, cfg in calls]
+
+    # the control: stage 1's training from the Stage 1 row's network of seed 3, for stage 2's 2
+    # + stage 3's 3 epochs at stage 3's lr and lr step, scored under the demo's metrics
+    results, trained = run("Stage 1, continued", "pretrained")
+    assert trained == [("stage1", shared, 2 + 3, 0.003, 2, "synthetic", aaanet.DEMO_METRICS)]
+    assert results == {"euclidean": "stage1 scores"} and calls[0][1].seed == 3
+    assert calls[0][1].dropout == aaanet.DEMO["dropout"] and calls[0][1].point == "conv3_x"
+    # the Stage 1 row: from the start's weights, on stage 1's schedule
+    assert run("Stage 1", "pretrained")[1] == [("stage1", "", 7, 0.05, 5, "synthetic",
+                                                 aaanet.DEMO_METRICS)]
+    assert run("Stage 1")[1] == [("stage1", "", 7, 0.05, 5, "none", aaanet.DEMO_METRICS)]
+    # --set: a stage's schedule or a Config field over the demo's, in every row; the control
+    # follows the stages trained: 2 + 4 epochs when stage 3 trains 4
+    settings = {"stage3.epochs": "4", "stage1.lr": "0.02", "dropout": "0.3"}
+    assert run("Stage 1, continued", settings=settings)[1][0][2] == 2 + 4
+    assert calls[0][1].dropout == 0.3
+    assert run("Stage 1", settings=settings)[1][0][3] == 0.02
+    for key in ("stage4.lr", "stage1.speed", "speed"):
+        with pytest.raises(common.UserError, match=f"--set {re.escape(key)}=1: expected a field"):
+            run("Stage 1", settings={key: "1"})
+    with pytest.raises(common.UserError, match="--set stage1.lr=fast: expected a number"):
+        run("Stage 1", settings={"stage1.lr": "fast"})
+    # the Stage 3 row: stage 2 from the Stage 1 row, then stage 3 from its own stage 2 ("":
+    # resolve fills in OUT/stage2/last.pt), scored after stage 3 only
+    assert run("Stage 3")[1] == [("stage2", shared, 2, 0.002, 1, "none", ()),
+                                 ("stage3", "", 3, 0.003, 2, "none", aaanet.DEMO_METRICS)]
+    assert ("Stage 3", "Stage 1, continued", "control: the same extra epochs") in aaanet.CLAIMS
+
+
+def test_run_diagnostics_reads_stage3s_log_epoch_by_epoch(tmp_path):
+    # a stage 3 log.csv as train_stage writes it (common.write_log): a row per epoch, the
+    # scores only on the last one
+    folder = tmp_path / "Stage_3" / "seed0"
+    (folder / "stage3").mkdir(parents=True)
+    (folder / "stage3" / "log.csv").write_text(
+        "epoch,lr,L,gate_pass,gate_batches,L_r,img/s,seconds,rank-1 euclidean\n"
+        "1,0.001,4.1,0.0625,0.5,0.693147,30.1,12.5,\n"
+        "2,0.001,3.9,0,0,0.25,31.0,12.1,41.5\n")
+    assert aaanet.run_diagnostics(str(folder)) == {
+        "gate open, epoch 1": 0.0625, "gate batches, epoch 1": 0.5, "L_r, epoch 1": 0.693147,
+        "gate open, epoch 2": 0.0, "gate batches, epoch 2": 0.0, "L_r, epoch 2": 0.25}
+    # a row without stage 3 (Stage 1, its control): nothing
+    (tmp_path / "Stage_1" / "seed0" / "stage1").mkdir(parents=True)
+    assert aaanet.run_diagnostics(str(tmp_path / "Stage_1" / "seed0")) == {}
+    # a log without the gate_batches column: nothing, rather than a part
+    (folder / "stage3" / "log.csv").write_text("epoch,lr,L,gate_pass,L_r\n1,0.001,4.1,0.5,0.7\n")
+    assert aaanet.run_diagnostics(str(folder)) == {}
 
 
 # -----------------------------------------------------------------------------
@@ -885,24 +1069,85 @@ def test_same_seed_twice_gives_identical_metrics_and_weights(three_stages, synth
 
 
 @pytest.fixture
-def tiny_demo(synthetic_root, monkeypatch):
-    """The demo's settings on the tiny fixture set: batches of 8, one epoch per stage."""
+def tiny_demo(synthetic_root, monkeypatch, tmp_path_factory):
+    """The demo's settings on the tiny fixture set: batches of 8, one epoch per stage; its
+    weights synthetic: a random ResNet-18 state dict (seed 1) in torchvision's key names where
+    common.PRETRAINED points, the stand-in for `python pretrain.py`'s file. Returns its path."""
     monkeypatch.setattr(data, "demo_dataset", lambda root="data/synthetic": synthetic_root)
     monkeypatch.setattr(aaanet, "DEMO", {**aaanet.DEMO, "batch_size": 8})
     monkeypatch.setattr(aaanet, "DEMO_STAGES",
                         {s: {**v, "epochs": 1} for s, v in aaanet.DEMO_STAGES.items()})
+    folder = tmp_path_factory.mktemp("pretrained")
+    monkeypatch.setattr(common, "PRETRAINED", str(folder / "{arch}-synthetic.pt"))
+    with torch.random.fork_rng(devices=[]):  # the tests' own draws stay as they are
+        torch.manual_seed(1)
+        state = torchvision.models.resnet18().state_dict()
+    path = str(folder / "resnet18-synthetic.pt")
+    common.save_checkpoint(path, state)
+    return path
+
+
+# the demo's table: its networks, in order, each under its metrics
+DEMO_ROWS = ("random weights", "start: weights synthetic", "stage1", "stage3")
+
+
+def table_rows(printed):
+    """The row names of the demo's table in its printed output (5 numbers follow each name)."""
+    table = printed[printed.index("network, metric"):].splitlines()[1:]
+    return [line.rsplit(None, 5)[0] for line in table[:len(DEMO_ROWS) * 3]]
+
+
+def test_demo_scores_random_weights_then_the_start_of_stage1(tiny_demo, monkeypatch, tmp_path,
+                                                             capsys):
+    # the demo with every training step a no-op and the evaluation recorded, not run: its rows
+    # are the networks it means. Stage 1 changes nothing here, so its last.pt is the network
+    # stage 1 started from, which the "start" row must have scored
+    def no_step(model, optimizer, stage, x, y, cfg):
+        optimizer.step()  # no gradient: nothing moves (the lr schedule sees a step)
+        return {aaanet.TOTAL_LOSS[stage]: torch.tensor(1.0)}
+    scored = []
+
+    def record(model, ds, size, device, metrics, images=None, precision="auto"):
+        scored.append(snapshot(model))
+        return {m: {"cmc": np.full(10, 0.5), "mAP": 0.25, "mAP_official": 0.25,
+                    "num_queries": 5, "num_skipped": 0} for m in metrics}
+    monkeypatch.setattr(aaanet, "training_step", no_step)
+    monkeypatch.setattr(evaluate, "evaluate_model", record)
+    results = aaanet.main(["demo", "--out", str(tmp_path), "--device", "cpu"])
+    assert list(results) == list(DEMO_ROWS)
+    printed = capsys.readouterr().out
+    lines = printed[printed.index("demo: "):].splitlines()  # after the dataset's summary
+    assert lines[0].startswith("demo: resnet18, weights synthetic (the stand-in for ImageNet that "
+                               "`python pretrain.py` builds), 64x32 inputs, batch 8, stage1 1 "
+                               "epochs lr 0.01")
+    # the budget lines once, after it: the fixture set's 44 training images, 44 // 8 = 5 steps
+    assert lines[1:4] == aaanet.stage_budget(5)
+    assert printed.count(lines[1]) == 1
+    assert table_rows(printed) == [f"{n} {m}" for n in DEMO_ROWS for m in aaanet.DEMO_METRICS]
+    random_weights, start, stage1, _ = scored  # stage 3's: the fourth
+    # the start: the pretrained backbone (torchvision's names: Backbone's conv1.0 is conv1) and
+    # exactly the network stage 1 trained from
+    pretrained = common.load_checkpoint(tiny_demo)
+    assert torch.equal(start["backbone.conv1.0.weight"], pretrained["conv1.weight"])
+    assert torch.equal(start["backbone.layer3.1.conv2.weight"],
+                       pretrained["layer3.1.conv2.weight"])
+    assert_same_weights(start, weights(f"{tmp_path}/stage1/last.pt"))
+    assert_same_weights(stage1, start)
+    # random weights: another backbone, drawn apart from the run's draws, so that the seeded draws
+    # after it (the start's new classifier and attention branch) are what they would be without it
+    assert not torch.equal(random_weights["backbone.conv1.0.weight"], pretrained["conv1.weight"])
+    for k in start:
+        if not k.startswith("backbone."):
+            assert torch.equal(random_weights[k], start[k]), k
 
 
 @pytest.mark.slow
 def test_demo_prints_one_table_and_resumes(tiny_demo, monkeypatch, tmp_path, capsys):
     # the demo's code path on the tiny fixture set, one epoch per stage
     results = aaanet.main(["demo", "--out", str(tmp_path), "--device", "cpu"])
-    assert list(results) == ["untrained", "stage1", "stage3"]
-    printed = capsys.readouterr().out
-    table = printed[printed.index("network, metric"):].splitlines()[1:10]
-    rows = [line.split()[:2] for line in table]
-    assert rows == [[n, m] for n in ("untrained", "stage1", "stage3")
-                    for m in ("euclidean", "xqda", "kissme")]
+    assert list(results) == list(DEMO_ROWS)
+    assert table_rows(capsys.readouterr().out) == [f"{n} {m}" for n in DEMO_ROWS
+                                                   for m in ("euclidean", "xqda", "kissme")]
     # Ctrl-C before stage 2's 2nd step (stage 1 has 5 steps): stage 2 has no epoch to save, and
     # stage 3 does not run
     calls = [0]
