@@ -12,8 +12,9 @@ the core files: common.py, data.py, evaluate.py, aea.py, aaanet.py.
   python tools.py plot OUT [OUT ...] [--out curves.png]        # log.csv of runs -> `plot_runs`
   python tools.py figure aea --checkpoint C [C2 ...] [--out F.png]   # AEA Figs. 3 and 5
   python tools.py figure aaanet --checkpoint C [--out F.png]         # AAA-Net Fig. 4
-  python tools.py compare aea [--seeds 3]       # AEA Tables 2 and 6 in miniature, over seeds
-  python tools.py compare aaanet [--seeds 3]    # AAA-Net Tables 3-5 in miniature, over seeds
+  python tools.py compare aea [--seeds 5]       # AEA Tables 2 and 6 in miniature, over seeds
+  python tools.py compare aaanet [--seeds 5]    # AAA-Net Tables 3-5 in miniature, over seeds
+                 [--start pretrained|random] [--on test|validation] [--rows ...] [--set K=V]
 
 The model flags (--checkpoint or --weights, --device, --batch-size, --flip) are evaluate.py's;
 so are the features, the distances and the ranking: `ranks` draws the ranking that
@@ -46,6 +47,7 @@ import aea
 import common
 import data
 import evaluate
+import pretrain
 import synthetic
 from common import UserError
 
@@ -718,19 +720,64 @@ def figure(argv):
 MAX_SEEDS = 1000
 
 
+# The benchmarks a compare runs on, synthetic.py's sets of other seeds (other people): every
+# setting of the demos and compares is chosen on "validation"; "test" is looked at to report
+BENCHMARKS = {"test": dict(root=os.path.join("data", "synthetic"), seed=0),
+              "validation": dict(root=os.path.join("data", "synthetic_val"), seed=1)}
+# the starts a compare trains from: the pretrained stand-in for ImageNet, or random weights
+STARTS = ("pretrained", "random")
+
+
 def compare_command(argv, prog, description, out, title, rows, claims, train_row,
-                    metrics=("euclidean",), root="data/synthetic"):
-    """A paper's `compare` command: flags --seeds (3), --out, --device, --resume (the default),
-    then `compare`. rows: [(label, what train_row needs, cost)]; train_row(that, seed, folder,
-    device, resume) trains one run in `folder` -> {metric: rank_metrics}. root: the synthetic
-    dataset the runs train on, written first if it is not there."""
+                    metrics=("euclidean",), arch="resnet18", diagnose=None,
+                    diagnostic_claims=(), notes=()):
+    """A paper's `compare` command: flags --seeds (5), --start, --on, --out, --device, --resume
+    (the default), then `compare`. rows: [(label, what train_row needs, cost)];
+    train_row(that, seed, folder, device, resume, root, start) trains one run in `folder` on the
+    benchmark at `root` from `start` -> {metric or diagnostic view: rank_metrics}. The benchmark
+    and, for --start pretrained, the pretrained start of `arch` are built first if they are not
+    there. diagnose(label, folder) -> {name: number}, diagnostic_claims and notes: `compare`'s."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per row (default: 3)")
-    p.add_argument("--out", default=out, help=f"a run per row and seed in it (default: {out})")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per row (default: 5)")
+    p.add_argument("--start", choices=STARTS, default="pretrained",
+                   help="pretrained: every run starts from the backbone `python pretrain.py` "
+                        "builds (built on first use), the stand-in for the papers' ImageNet "
+                        "start; random: from random weights (default: pretrained)")
+    p.add_argument("--on", choices=BENCHMARKS, default="test",
+                   help="the benchmark: test (data/synthetic, to report) or validation "
+                        "(data/synthetic_val, where settings are chosen) (default: test)")
+    p.add_argument("--rows", nargs="+", metavar="ROW", default=None,
+                   help="train these rows only (their labels, e.g. AEA \"Baseline 1\"); the "
+                        "orderings between them are printed (default: every row)")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", default=[],
+                   help="a setting over the start's for every row, e.g. lr=0.02 (a training "
+                        "flag's name); how settings are chosen on --on validation")
+    p.add_argument("--out", default=None,
+                   help=f"a run per row and seed in it (default: {out}/START-ON[-KEYVALUE...])")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse the finished runs in --out, resume a stopped one (default: yes)")
     args = p.parse_args(argv)
+    settings = {}
+    for item in args.set:
+        key, equals, value = item.partition("=")
+        if not (equals and re.fullmatch(r"[a-z][a-z0-9_.]*", key) and value):
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. lr=0.02")
+        settings[key] = value
+    labels = [label for label, _, _ in rows]
+    unknown = [label for label in args.rows or [] if label not in labels]
+    if unknown:
+        raise UserError(f"--rows {unknown[0]!r}: expected row labels among {', '.join(labels)}")
+    if args.rows:
+        rows = [row for row in rows if row[0] in args.rows]
+        # the orderings whose rows (and views of them) are all trained
+        def trained(label):
+            return label in args.rows or label.rpartition(", ")[0] in args.rows
+        claims = [c for c in claims if trained(c[0]) and trained(c[1])]
+        diagnostic_claims = [c for c in diagnostic_claims if trained(c[0]) and trained(c[1])]
+    if args.out is None:
+        suffix = "".join(f"-{key}{value}" for key, value in settings.items())
+        args.out = os.path.join(out, f"{args.start}-{args.on}{suffix}")
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: expected 1 or more")
     if args.seeds > MAX_SEEDS:
@@ -743,22 +790,42 @@ def compare_command(argv, prog, description, out, title, rows, claims, train_row
     read_scores(os.path.join(args.out, "scores.json"), args.resume)
     spec = {label: that for label, that, _ in rows}
 
-    def train(label, seed):  # OUT/<label>/seed<seed>, e.g. runs/aea/compare/Baseline_1/seed0
-        folder = os.path.join(args.out, re.sub(r"\W+", "_", label).strip("_"), f"seed{seed}")
-        return train_row(spec[label], seed, folder, args.device, args.resume)
-    # the runs train on the demo's synthetic set: written now if it is not there yet (the paper
-    # modules only read it)
-    synthetic.ensure_synthetic(root)
+    def folder_of(label, seed):  # OUT/<label>/seed<seed>, e.g. OUT/Baseline_1/seed0
+        return os.path.join(args.out, re.sub(r"\W+", "_", label).strip("_"), f"seed{seed}")
+    # the benchmark, and the pretrained start: written now if they are not there yet (the paper
+    # modules only read them)
+    root = synthetic.ensure_synthetic(**BENCHMARKS[args.on])
+    if args.start == "pretrained":
+        pretrain.ensure_pretrained(arch, args.device)
+
+    def train(label, seed):
+        return train_row(spec[label], seed, folder_of(label, seed), args.device, args.resume,
+                         root, args.start, settings)
+    run_diagnostics = None
+    if diagnose is not None:
+        def run_diagnostics(label, seed):
+            return diagnose(label, folder_of(label, seed))
     costs = [(label, cost) for label, _, cost in rows]
-    return compare(title, costs, claims, train, args.seeds, args.out, metrics, reuse=args.resume)
+    heading = f"{title}, start: {args.start}, benchmark: {args.on} ({root})"
+    if settings:
+        heading += ", settings: " + " ".join(args.set)
+    return compare(heading, costs, claims, train, args.seeds, args.out, metrics,
+                   reuse=args.resume, diagnose=run_diagnostics,
+                   diagnostic_claims=diagnostic_claims, notes=notes)
 
 
-def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",), reuse=True):
+def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",), reuse=True,
+            diagnose=None, diagnostic_claims=(), notes=()):
     """Train every row with seeds 0..seeds-1, then print rank-1 and mAP as mean ± sd per row and
-    metric, and each ordering the paper claims with whether it holds here, by how many sd.
+    metric, and each ordering the paper claims: the mean of its per-seed differences with their
+    95% t-interval, and whether the interval says it holds here (`compare_table`).
 
     rows: [(label, cost)], cost any unit of work (epochs x networks) that weighs the time left;
-    train(label, seed) -> {metric: rank_metrics}. claims: [(better, worse, paper source)].
+    train(label, seed) -> {metric: rank_metrics}, and a diagnostic view of the run's network
+    (e.g. "basic half") beside the metrics. claims: [(better, worse, paper source)].
+    diagnostic_claims: [(better, worse, question)], where a label may be "<row>, <view>";
+    diagnose(label, seed) -> {name: number} read from the run's folder; notes: lines of text.
+    Each is printed after the paper's claims, marked as not the paper's.
     Each run's scores go to OUT/scores.json (in %) when it ends: a run found there is reused
     (reuse=False: none). Ctrl-C or SIGTERM stops the compare (KeyboardInterrupt out of `train`):
     the finished runs stay in scores.json and the run it was on resumes from its last.pt, so the
@@ -794,9 +861,17 @@ def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",), reus
         left_cost -= cost
         scores[f"{label}/{seed}"] = {m: {"rank-1": 100 * float(r["cmc"][0]),
                                          "mAP": 100 * float(r["mAP"])}
-                                     for m, r in results.items() if m in metrics}
+                                     for m, r in results.items()}
         _write_text(path, json.dumps(scores, indent=1))
-    text = compare_table(title, [label for label, _ in rows], claims, scores, seeds, metrics)
+    labels = [label for label, _ in rows]
+    diagnostics = {}  # {label: {name: [a number per seed]}}, from the runs' folders
+    if diagnose is not None:
+        for label in labels:
+            found = [diagnose(label, s) for s in range(seeds)]
+            names = [name for name in found[0] if all(name in f for f in found)]
+            diagnostics[label] = {name: [f[name] for f in found] for name in names}
+    text = compare_table(title, labels, claims, scores, seeds, metrics, diagnostic_claims,
+                         diagnostics, notes)
     _write_text(os.path.join(out, "compare.txt"), text + "\n")
     print(text + f"\n(also in {os.path.join(out, 'compare.txt')})", flush=True)
     return text
@@ -853,12 +928,83 @@ def _write_text(path, text):  # written to a temporary file, then renamed: never
     os.replace(tmp, path)
 
 
-def compare_table(title, labels, claims, scores, seeds, metrics):
-    """The text of `compare`: mean ± sd (sample sd, n - 1) per row and metric; per claim "A > B"
-    the difference of the means and that difference over the pooled sd sqrt((sd_A² + sd_B²) / 2)
-    (n/a with one seed); then every run's scores."""
+# t_{0.975, df}, the 97.5% quantile of Student's t with df degrees of freedom, for df 1..30, to 3
+# decimals as printed in the usual tables of t critical values (two-sided 95%)
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df):
+    """t_{0.975, df}: the table above for df 1..30; beyond it the Cornish-Fisher expansion of
+    Student's t around the normal quantile z = 1.959964 (Abramowitz and Stegun 26.7.5), to the
+    term in 1/df^3:
+        t = z + g1(z) / df + g2(z) / df^2 + g3(z) / df^3
+        g1 = (z^3 + z) / 4
+        g2 = (5z^5 + 16z^3 + 3z) / 96
+        g3 = (3z^7 + 19z^5 + 17z^3 - 15z) / 384
+    From df 31 on it is within 2e-6 of the exact quantile (t_{0.975, 31} = 2.039513), closer than
+    the table's 3 decimals; as df grows it tends to z."""
+    if df < 1:
+        raise ValueError(f"df {df}: expected 1 or more")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = 1.959964  # the standard normal's 97.5% quantile
+    g1 = (z ** 3 + z) / 4
+    g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
+    g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
+    return z + g1 / df + g2 / df ** 2 + g3 / df ** 3
+
+
+def paired_interval(diffs):
+    """The mean of the paired differences d_s = A_s - B_s (one per seed) and its 95% Student-t
+    interval: mean ± t_{0.975, n-1} * sd(d) / sqrt(n), sd the sample sd (n - 1) -> (mean, low,
+    high). One difference has no sd, so no interval: low and high are nan."""
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    mean = d.mean()
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = t_quantile_975(n - 1) * d.std(ddof=1) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def claim_cell(diffs):
+    """One claim "A > B" under one metric and key, from its per-seed differences A - B:
+    "+4.0 [1.5, 6.5] holds" (the interval above 0), "reversed" (below 0), "not resolved" (0 inside
+    it); with one seed "+3.0 (one seed: no interval)", no verdict."""
+    mean, low, high = paired_interval(diffs)
+    if len(diffs) < 2:
+        return f"{mean:+.1f} (one seed: no interval)"
+    if low > 0:
+        verdict = "holds"
+    elif high < 0:
+        verdict = "reversed"
+    else:
+        verdict = "not resolved"
+    return f"{mean:+.1f} [{low:.1f}, {high:.1f}] {verdict}"
+
+
+def compare_table(title, labels, claims, scores, seeds, metrics, diagnostic_claims=(),
+                  diagnostics=None, notes=()):
+    """The text of `compare`: mean ± sd (sample sd, n - 1) per row and metric; per claim "A > B",
+    metric and key, the differences A - B seed by seed (the seeds 0..seeds-1, which every row
+    has: a seed gives every row the same initial weights, PK batches and augmentation draws),
+    their mean and its 95% t-interval (`paired_interval`), "holds" or "reversed" only when the
+    interval excludes 0 (`claim_cell`); then what is not the paper's: the diagnostic views of
+    the runs' networks (a label "<row>, <view>", e.g. "AEA, basic half"), the orderings asked
+    of them, `diagnostics` {label: {name: [a number per seed]}} and `notes`; then every run's
+    scores."""
     def values(label, m, key):
+        if label not in labels:  # "<row>, <view>": the view's scores in the row's runs
+            row, _, view = label.rpartition(", ")
+            return np.array([scores[f"{row}/{s}"][view][key] for s in range(seeds)])
         return np.array([scores[f"{label}/{s}"][m][key] for s in range(seeds)])
+
+    # the views of each row's runs beside its metrics, in every seed: "AEA, basic half"
+    views = [f"{label}, {view}" for label in labels
+             for view in scores[f"{label}/0"] if view not in metrics
+             and all(view in scores[f"{label}/{s}"] for s in range(seeds))]
 
     def mean_sd(v):
         return v.mean(), (v.std(ddof=1) if len(v) > 1 else float("nan"))
@@ -869,51 +1015,86 @@ def compare_table(title, labels, claims, scores, seeds, metrics):
         cells = [mean_sd(values(label, m, k)) for m in metrics for k in ("rank-1", "mAP")]
         lines.append(f"{label:<{w}}" + "".join(f"{f'{a:.1f} ± {b:.1f}'.replace('nan', '-'):>18}"
                                                 for a, b in cells))
-    lines.append("\nThe paper's orderings, here: difference of the means (in pooled sd)")
+    lines.append(f"\nThe paper's orderings A > B, here: the mean of the per-seed differences "
+                 f"A - B (paired by seed) with its 95% t-interval over {seeds} seed(s), in % "
+                 f"points; holds / reversed only when the interval excludes 0")
     for better, worse, source in claims:
         cells = []
         for m in metrics:
             for key in ("rank-1", "mAP"):
-                a, sa = mean_sd(values(better, m, key))
-                b, sb = mean_sd(values(worse, m, key))
-                pooled = math.sqrt((sa ** 2 + sb ** 2) / 2)
-                size = f"{(a - b) / pooled:+.1f} sd" if pooled > 0 else "n/a"
-                cells.append(f"{m} {key} {a - b:+.1f} ({size}) {'holds' if a > b else 'FAILS'}")
+                # d_s = A_s - B_s: seed s of both rows
+                diffs = values(better, m, key) - values(worse, m, key)
+                cells.append(f"{m} {key} {claim_cell(diffs)}")
         lines.append(f"{better} > {worse} ({source}): " + "; ".join(cells))
+    if views:
+        first = metrics[0]  # a view is scored as the test feature is, under the first metric
+        lines.append(f"\nDiagnostics, not the paper's: each part of a network's test feature "
+                     f"alone ({first}), mean ± sd")
+        view_width = max(map(len, views)) + 2
+        for label in views:
+            cells = [mean_sd(values(label, first, k)) for k in ("rank-1", "mAP")]
+            lines.append(f"{label:<{view_width}}" + "".join(
+                f"{f'{a:.1f} ± {b:.1f}'.replace('nan', '-'):>18}" for a, b in cells))
+    # the diagnostic orderings whose two sides were scored (a view exists for some rows only)
+    scored = set(labels) | set(views)
+    diagnostic_claims = [c for c in diagnostic_claims if c[0] in scored and c[1] in scored]
+    if diagnostic_claims:
+        lines.append("\nDiagnostic orderings A > B, paired as above (rank-1; mAP):")
+        for better, worse, question in diagnostic_claims:
+            cells = [claim_cell(values(better, metrics[0], k) - values(worse, metrics[0], k))
+                     for k in ("rank-1", "mAP")]
+            lines.append(f"{better} > {worse} ({question}): " + "; ".join(cells))
+    logged = {label: found for label, found in (diagnostics or {}).items() if found}
+    if logged:
+        lines.append("\nFrom the runs' logs, not the paper's: mean over seeds")
+        for label, found in logged.items():
+            cells = [f"{name} {np.mean(v):.3g}" for name, v in found.items()]
+            lines.append(f"{label}: " + "; ".join(cells))
+    lines.extend(notes)
     lines.append("\nPer seed: " + ", ".join(f"{m} rank-1 / mAP" for m in metrics))
     for label in labels:
         for s in range(seeds):
             r = scores[f"{label}/{s}"]
+            parts = list(metrics) + [view for view in r if view not in metrics]
             lines.append(f"{label}, seed {s}: " + "; ".join(
-                f"{r[m]['rank-1']:.2f} / {r[m]['mAP']:.2f}" for m in metrics))
+                f"{'' if m in metrics else m + ' '}{r[m]['rank-1']:.2f} / {r[m]['mAP']:.2f}"
+                for m in parts))
     return "\n".join(lines)
 
 
 def aea_compare(argv):
-    """python tools.py compare aea [--seeds N]: AEA, Baselines 1-4 (Table 2), REDA and the
-    erase-once AOS-style input (Table 6), each the AEA demo in 20 epochs (aea.compare_run), with
-    seeds 0..N-1; mean ± sd of rank-1 and mAP, and each ordering the paper claims with whether it
-    holds here. Resumable."""
+    """python tools.py compare aea [--seeds N] [--start pretrained|random] [--on ...]:
+    AEA, Baselines 1-4 (Table 2), REDA and the erase-once AOS-style input (Table 6), and the
+    diagnostic row "own triplets", each the AEA demo in 12 epochs (aea.compare_run) with seeds
+    0..N-1; mean ± sd of rank-1 and mAP, each ordering the paper claims as a paired difference
+    with its interval, and the diagnostics: each half of the test feature and the orderings
+    that say where the score comes from. Resumable."""
     return compare_command(argv, "tools.py compare aea", aea_compare.__doc__,
                            os.path.join("runs", "aea", "compare"),
                            "AEA, Tables 2 and 6 in miniature", aea.COMPARE, aea.CLAIMS,
-                           aea.compare_run, root=aea.DEMO["root"])
+                           aea.compare_run, arch=aea.DEMO["arch"],
+                           diagnostic_claims=aea.DIAGNOSTIC_CLAIMS)
 
 
 def aaanet_compare(argv):
-    """python tools.py compare aaanet [--seeds N]: stage 1 (the baseline), stage 3, Table 4's
-    stage 3 without stage 2, Table 5's baseline with random erasing and Table 3's occlusion
-    points, each trained as the AAA-Net demo (aaanet.compare_run) with seeds 0..N-1; mean ± sd of
-    rank-1 and mAP under Euclidean, XQDA and KISSME, and each ordering the paper claims with
-    whether it holds here. Resumable."""
+    """python tools.py compare aaanet [--seeds N] [--start pretrained|random] [--on ...]:
+    stage 1 (the baseline), stage 3, the control "Stage 1, continued", Table 4's stage 3 without
+    stage 2, Table 5's baseline with random erasing and Table 3's occlusion points, each trained
+    as the AAA-Net demo (aaanet.compare_run) with seeds 0..N-1; mean ± sd of rank-1 and mAP
+    under Euclidean, XQDA and KISSME, each ordering the paper claims as a paired difference with
+    its interval, stage 3's omega gate and L_r per epoch, and the stages' lr x steps. Resumable."""
     loaded = {}  # the dataset and its decoded images: compare_run fills it once for all runs
 
-    def train_row(spec, seed, out, device, resume):
-        return aaanet.compare_run(spec, seed, out, device, resume, loaded)
+    def train_row(spec, seed, out, device, resume, root, start, settings):
+        return aaanet.compare_run(spec, seed, out, device, resume, loaded, root, start, settings)
+
+    def diagnose(label, folder):
+        return aaanet.run_diagnostics(folder)
     return compare_command(argv, "tools.py compare aaanet", aaanet_compare.__doc__,
                            os.path.join("runs", "aaanet_compare"),
                            "AAA-Net, Tables 3-5 in miniature", aaanet.COMPARE, aaanet.CLAIMS,
-                           train_row, aaanet.DEMO_METRICS)
+                           train_row, aaanet.DEMO_METRICS, arch=aaanet.DEMO["arch"],
+                           diagnose=diagnose)
 
 
 COMPARES = {"aea": aea_compare, "aaanet": aaanet_compare}

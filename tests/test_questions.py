@@ -75,7 +75,12 @@ def test_the_setup_lines_are_the_demos_settings():
 # with its sizes, and AEA's batches hold 4 identities (it has 8); the compare of A6 trains 21
 # runs of the demo's size, and its code path is tested in test_tools.py instead
 SIZES = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in SYNTHETIC_SIZES.items())
-HERE = {"python synthetic.py": f"python synthetic.py --root data/synthetic {SIZES}"}
+# and the pretrained start is a random ResNet-18 in the place `python pretrain.py` writes to
+RANDOM_START = ("python -c \"import os, torch, torchvision; os.makedirs('data/pretrained'); "
+                "torch.save(torchvision.models.resnet18().state_dict(), "
+                "'data/pretrained/resnet18-synthetic.pt')\"")
+HERE = {"python synthetic.py": f"python synthetic.py --root data/synthetic {SIZES}",
+        "python pretrain.py": RANDOM_START}
 SKIPPED = ("python tools.py compare aea",)
 # the one command the sheet runs to see it refused: B6's 4x4 grid on conv4_x's 4x2 map
 REFUSED = {"--point conv4_x \\\n  --out": "--grid 4 is finer than f_r's 4x2 map"}
@@ -110,5 +115,5 @@ def test_every_command_of_the_sheet_runs(synthetic_root, tmp_path):
             else:
                 assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
             ran += 1
-    # the set-up's 3, A1-A7's 13 and B1-B7's 12: every command but the compare
-    assert ran == 28
+    # the set-up's 4, A1-A7's 13 and B1-B7's 12: every command but the compare
+    assert ran == 29

@@ -21,6 +21,7 @@ import common
 from conftest import REPO, pool_model, pooled, run_python
 import data
 import evaluate
+import pretrain
 import synthetic
 import tools
 from common import UserError
@@ -712,8 +713,10 @@ def fake_scores(rank1, mAP, metrics=("euclidean",)):  # the two numbers compare 
 
 def test_compare_mean_sd_claims_and_reuse(tmp_path, capsys):
     # A's rank-1 over seeds 0, 1, 2: 50, 52, 54 -> mean 52, sample sd 2; B's: 47, 48, 49 -> 48,
-    # sd 1. "A > B": +4.0, pooled sd sqrt((2^2 + 1^2) / 2) = 1.581, 4 / 1.581 = +2.5 sd, holds.
-    # mAP: A 30, 30, 30 (sd 0), B 31, 33, 35 (sd 2): -3.0, pooled sqrt(2) -> -2.1 sd, FAILS.
+    # sd 1. "A > B", paired by seed: d = 3, 4, 5, mean 4, sd 1, t_{0.975, 2} = 4.303, half-width
+    # 4.303 * 1 / sqrt(3) = 2.484 -> [1.5, 6.5], above 0: holds.
+    # mAP: A 30, 30, 30 (sd 0), B 31, 33, 35 (sd 2): d = -1, -3, -5, mean -3, sd 2, half-width
+    # 4.303 * 2 / sqrt(3) = 4.969 -> [-8.0, 2.0], 0 inside: not resolved
     table = {"A": [(50, 30), (52, 30), (54, 30)], "B": [(47, 31), (48, 33), (49, 35)]}
     calls = []
 
@@ -734,20 +737,110 @@ def test_compare_mean_sd_claims_and_reuse(tmp_path, capsys):
     assert calls == [("B", 1), ("B", 2)]
     assert "run 1/2 (4 reused): B, seed 1" in capsys.readouterr().out
     assert "52.0 ± 2.0" in text and "48.0 ± 1.0" in text and "30.0 ± 0.0" in text
-    assert ("A > B (Table 2): euclidean rank-1 +4.0 (+2.5 sd) holds; "
-            "euclidean mAP -3.0 (-2.1 sd) FAILS") in text
+    assert ("A > B (Table 2): euclidean rank-1 +4.0 [1.5, 6.5] holds; "
+            "euclidean mAP -3.0 [-8.0, 2.0] not resolved") in text
     assert "B, seed 2: 49.00 / 35.00" in text
     assert open(os.path.join(out, "compare.txt")).read() == text + "\n"
-    # one seed: no sd, so no size of the difference
+    # one seed: no sd, so no interval and no verdict
     one = tools.compare("toy", rows, claims, train, 1, str(tmp_path / "one"))
-    assert "+3.0 (n/a) holds" in one and "50.0 ± -" in one
+    assert ("A > B (Table 2): euclidean rank-1 +3.0 (one seed: no interval); "
+            "euclidean mAP -1.0 (one seed: no interval)") in one.splitlines()
+    assert "50.0 ± -" in one
+
+
+# t_{0.975, df} to 3 decimals, as in the printed tables (df 31: 2.0395 exactly, from the
+# Cornish-Fisher expansion beyond the table; a very large df: the normal's 1.960)
+@pytest.mark.parametrize("df, t", [(1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228),
+                                   (30, 2.042), (31, 2.040), (60, 2.000), (120, 1.980),
+                                   (10 ** 6, 1.960)])
+def test_t_quantile_975_at_known_df(df, t):
+    assert round(tools.t_quantile_975(df), 3) == t
+
+
+@pytest.mark.parametrize("df, t", [(31, 2.0395134), (40, 2.0210754), (100, 1.9839715)])
+def test_t_quantile_975_beyond_the_table_within_2e_6(df, t):
+    # the exact quantiles (Student's t CDF solved for 0.975 to 7 decimals): the expansion's
+    # terms up to 1/df^3 keep it within 2e-6 of them from df 31 on
+    assert abs(tools.t_quantile_975(df) - t) < 2e-6
+
+
+def test_t_quantile_975_falls_with_df_across_the_table_end():
+    # the table (df <= 30) and the expansion beyond it meet without a step up: t falls with df
+    ts = [tools.t_quantile_975(df) for df in range(1, 200)]
+    assert all(a > b for a, b in zip(ts, ts[1:]))
+    with pytest.raises(ValueError, match="df 0: expected 1 or more"):
+        tools.t_quantile_975(0)
+
+
+@pytest.mark.parametrize("diffs, mean, low, high, cell", [
+    # mean 2, sd 1, t(2) = 4.303, half-width 4.303 / sqrt(3) = 2.484 -> [-0.484, 4.484]: 0 inside
+    ([1, 2, 3], 2, -0.484, 4.484, "+2.0 [-0.5, 4.5] not resolved"),
+    # mean 4, sd sqrt(10 / 4) = 1.581, t(4) = 2.776, half-width 2.776 * 1.581 / sqrt(5) = 1.963
+    # -> [2.037, 5.963]: above 0
+    ([2, 3, 4, 5, 6], 4, 2.037, 5.963, "+4.0 [2.0, 6.0] holds"),
+    # the same spread around -11: mean -11, sd 1.581, half-width 1.963 -> [-12.963, -9.037]:
+    # below 0
+    ([-10, -12, -11, -9, -13], -11, -12.963, -9.037, "-11.0 [-13.0, -9.0] reversed"),
+    # two seeds: mean 3.5, sd sqrt(0.5) = 0.707, t(1) = 12.706, half-width 12.706 * 0.707 /
+    # sqrt(2) = 6.353 -> [-2.853, 9.853]: a clear sign over two seeds is not resolved
+    ([3, 4], 3.5, -2.853, 9.853, "+3.5 [-2.9, 9.9] not resolved"),
+])
+def test_paired_interval_and_verdict_worked_by_hand(diffs, mean, low, high, cell):
+    got = tools.paired_interval(diffs)
+    np.testing.assert_allclose(got, (mean, low, high), atol=1e-3)
+    assert tools.claim_cell(np.array(diffs, dtype=float)) == cell
+
+
+def test_paired_interval_of_one_seed_is_none():
+    # one difference: no sd, so no interval and no verdict
+    mean, low, high = tools.paired_interval([3.0])
+    assert mean == 3.0 and np.isnan(low) and np.isnan(high)
+    assert tools.claim_cell(np.array([3.0])) == "+3.0 (one seed: no interval)"
+
+
+def test_compare_table_pairs_seeds_and_names_the_verdicts():
+    # two rows, 3 seeds (the label column: the longest label and 2 spaces). rank-1: A 50, 60, 70
+    # (sd 10), B 49, 59, 69 (sd 10): d = 1, 1, 1, mean 1, sd 0 -> [1, 1], holds; the means differ
+    # by 1 against sds of 10, and it holds because the seeds are paired. mAP: A 40, 41, 42,
+    # B 39, 41, 41: d = 1, 0, 1, mean 0.667, sd 0.577, half-width 4.303 * 0.577 / sqrt(3) = 1.434
+    # -> [-0.767, 2.101], not resolved. The claim "B > A" has every difference negated: rank-1
+    # -1.0 [-1.0, -1.0] reversed, mAP -0.7 [-2.1, 0.8] not resolved
+    scores = {}
+    for s, (a1, am, b1, bm) in enumerate([(50, 40, 49, 39), (60, 41, 59, 41),
+                                          (70, 42, 69, 41)]):
+        scores[f"A/{s}"] = {"euclidean": {"rank-1": a1, "mAP": am}}
+        scores[f"B/{s}"] = {"euclidean": {"rank-1": b1, "mAP": bm}}
+    claims = [("A", "B", "Table 2"), ("B", "A", "Table 6")]
+    text = tools.compare_table("toy", ["A", "B"], claims, scores, 3, ("euclidean",))
+    lines = text.splitlines()
+    assert lines[0] == "toy: mean ± sd over 3 seed(s), in %"
+    assert lines[2] == "A  " + f"{'60.0 ± 10.0':>18}{'41.0 ± 1.0':>18}"
+    header = ("The paper's orderings A > B, here: the mean of the per-seed differences A - B "
+              "(paired by seed) with its 95% t-interval over 3 seed(s), in % points; holds / "
+              "reversed only when the interval excludes 0")
+    assert lines[5:8] == [
+        header,
+        "A > B (Table 2): euclidean rank-1 +1.0 [1.0, 1.0] holds; "
+        "euclidean mAP +0.7 [-0.8, 2.1] not resolved",
+        "B > A (Table 6): euclidean rank-1 -1.0 [-1.0, -1.0] reversed; "
+        "euclidean mAP -0.7 [-2.1, 0.8] not resolved"]
+    assert lines[9:] == ["Per seed: euclidean rank-1 / mAP", "A, seed 0: 50.00 / 40.00",
+                         "A, seed 1: 60.00 / 41.00", "A, seed 2: 70.00 / 42.00",
+                         "B, seed 0: 49.00 / 39.00", "B, seed 1: 59.00 / 41.00",
+                         "B, seed 2: 69.00 / 41.00"]
 
 
 @pytest.fixture
 def synthetic_written(monkeypatch):
-    """Records the roots tools.py asks synthetic.ensure_synthetic for (nothing is written)."""
+    """Records the roots tools.py asks synthetic.ensure_synthetic for (nothing is written); the
+    pretrained start is not built either."""
     roots = []
-    monkeypatch.setattr(synthetic, "ensure_synthetic", lambda root: roots.append(root) or root)
+
+    def ensure_synthetic(root, **sizes):
+        roots.append(root)
+        return root
+    monkeypatch.setattr(synthetic, "ensure_synthetic", ensure_synthetic)
+    monkeypatch.setattr(pretrain, "ensure_pretrained", lambda arch, device="auto": None)
     return roots
 
 
@@ -756,7 +849,7 @@ def test_compare_command_flags_folders_and_no_resume(tmp_path, synthetic_written
     # --resume (the default) reuses scores.json and asks train_row to resume, --no-resume neither
     calls = []
 
-    def train_row(spec, seed, folder, device, resume):
+    def train_row(spec, seed, folder, device, resume, root, start, settings):
         calls.append((spec, seed, os.path.relpath(folder, out), device, resume))
         return fake_scores(50 + seed, 40)
     out = str(tmp_path / "cmp")
@@ -779,6 +872,18 @@ def test_compare_command_flags_folders_and_no_resume(tmp_path, synthetic_written
     with pytest.raises(common.UserError, match="--seeds 0: expected 1 or more"):
         tools.compare_command(["--seeds", "0"], "x compare", "", out, "toy", rows, claims,
                               train_row)
+
+
+def test_compare_command_trains_5_seeds_by_default(tmp_path, synthetic_written, capsys):
+    seeds = []
+
+    def train_row(spec, seed, folder, device, resume, root, start, settings):
+        seeds.append(seed)
+        return fake_scores(50, 40)
+    tools.compare_command(["--out", str(tmp_path / "cmp")], "x compare", "", "unused", "toy",
+                          [("A", "a", 1)], [], train_row)
+    assert seeds == [0, 1, 2, 3, 4]
+    assert "over 5 seed(s)" in capsys.readouterr().out
 
 
 def never_trains(*args):
@@ -836,6 +941,61 @@ def test_compare_refuses_a_bad_scores_json_before_any_work(tmp_path, synthetic_w
     assert os.listdir(out) == ["scores.json"]
 
 
+def test_compare_start_benchmark_rows_settings_and_diagnostics(tmp_path, synthetic_written,
+                                                             monkeypatch):
+    # --on validation trains on data/synthetic_val; --start pretrained builds the pretrained
+    # start first; --rows trains those rows only; --set reaches every run and names the folder;
+    # the views a run returns beside its metrics, the diagnostic orderings and the numbers
+    # `diagnose` reads from each run's folder are printed after the paper's orderings
+    monkeypatch.chdir(tmp_path)
+    built = []
+    monkeypatch.setattr(pretrain, "ensure_pretrained",
+                        lambda arch, device="auto": built.append(arch))
+    calls = []
+
+    def train_row(spec, seed, folder, device, resume, root, start, settings):
+        calls.append((spec, seed, folder, root, start, settings))
+        scores = fake_scores(50 + seed, 40)
+        # A's basic half: 52, 55 against B's 50, 51 (B = 50 + seed): d = 2, 4, mean 3, sd 1.414,
+        # t_{0.975, 1} = 12.706, half-width 12.706 * 1.414 / sqrt(2) = 12.7 -> not resolved
+        if spec == "a":
+            scores["basic half"] = fake_scores(52 + 3 * seed, 41)["euclidean"]
+        return scores
+
+    def diagnose(label, folder):
+        return {"gate open, epoch 1": 0.25} if label == "A" else {}
+    rows = [("A", "a", 1), ("B", "b", 1), ("C", "c", 1)]
+    argv = ["--seeds", "2", "--on", "validation", "--rows", "A", "B", "--set", "lr=0.02"]
+    text = tools.compare_command(argv, "x compare", "", "cmp", "toy", rows,
+                                 [("A", "B", "T1"), ("A", "C", "T2")], train_row,
+                                 diagnose=diagnose,
+                                 diagnostic_claims=[("A, basic half", "B", "why?"),
+                                                    ("C", "B", "not trained")])
+    assert synthetic_written == ["data/synthetic_val"] and built == ["resnet18"]
+    folder = os.path.join("cmp", "pretrained-validation-lr0.02")
+    assert [(spec, seed, os.path.relpath(f, folder), root, start, settings)
+            for spec, seed, f, root, start, settings in calls] == [
+        (spec, seed, os.path.join(spec.upper(), f"seed{seed}"), "data/synthetic_val",
+         "pretrained", {"lr": "0.02"}) for spec in "ab" for seed in (0, 1)]
+    assert text.startswith("toy, start: pretrained, benchmark: validation (data/synthetic_val)"
+                           ", settings: lr=0.02: mean ± sd over 2 seed(s)")
+    assert "A > B (T1)" in text and "(T2)" not in text and "not trained" not in text
+    assert "\nA, basic half " in text and "53.5 ± 2.1" in text
+    assert "\nA, basic half > B (why?): +3.0 [-9.7, 15.7] not resolved; +1.0 [" in text
+    assert ("\nFrom the runs' logs, not the paper's: mean over seeds\n"
+            "A: gate open, epoch 1 0.25") in text
+    assert "A, seed 1: 51.00 / 40.00; basic half 55.00 / 41.00" in text
+    # --start random builds nothing; unknown rows and settings that are not KEY=VALUE: refused
+    built.clear()
+    tools.compare_command(["--seeds", "1", "--start", "random", "--rows", "B"], "x compare", "",
+                          "cmp", "toy", rows, [], train_row)
+    assert built == [] and calls[-1][4] == "random"
+    for flags, message in ((["--rows", "D"], "--rows 'D': expected row labels among A, B, C"),
+                           (["--set", "lr"], "--set 'lr': expected KEY=VALUE, e.g. lr=0.02")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            tools.compare_command(flags, "x compare", "", "cmp", "toy", rows, [], train_row)
+
+
 def test_compare_refuses_bad_flags_before_any_work(tmp_path, synthetic_written, monkeypatch,
                                                    capsys):
     monkeypatch.setattr(aea, "compare_run", never_trains)
@@ -890,7 +1050,7 @@ def test_compare_no_resume_does_not_read_scores_json(tmp_path, synthetic_written
     (out / "scores.json").write_bytes(SCORES[:-9])
     calls = []
 
-    def train_row(spec, seed, folder, device, resume):
+    def train_row(spec, seed, folder, device, resume, root, start, settings):
         calls.append((spec, seed, resume))
         return fake_scores(50, 40)
     tools.compare_command(["--seeds", "1", "--out", str(out), "--no-resume"], "x compare", "",
@@ -907,7 +1067,7 @@ def test_compare_aea_runs_every_row_and_stops_with_exit_0(tmp_path, synthetic_wr
     runs = []
     stop_at = [3]
 
-    def compare_run(flags, seed, out, device, resume):
+    def compare_run(flags, seed, out, device, resume, root, start, settings):
         runs.append((flags, seed, out, device, resume))
         if len(runs) == stop_at[0]:
             raise KeyboardInterrupt("SIGTERM")
@@ -928,7 +1088,8 @@ def test_compare_aea_runs_every_row_and_stops_with_exit_0(tmp_path, synthetic_wr
     assert [line.split("  ")[0] for line in text.splitlines()[2:2 + len(labels)]] == labels
     for better, worse, source in aea.CLAIMS:
         assert f"{better} > {worse} ({source}): euclidean rank-1" in text
-    assert text.startswith("AEA, Tables 2 and 6 in miniature: mean ± sd over 1 seed(s)")
+    assert text.startswith("AEA, Tables 2 and 6 in miniature, start: pretrained, benchmark: "
+                           "test (data/synthetic): mean ± sd over 1 seed(s)")
     # every row finished: the same command prints the same table, nothing runs
     runs[:] = []
     assert tools.main(argv) == text and runs == []
@@ -941,7 +1102,7 @@ def test_compare_aaanet_shares_what_it_loaded_and_scores_every_metric(tmp_path,
     # read once), the rows' specs in order, every metric of aaanet.DEMO_METRICS in the table
     seen = []
 
-    def compare_run(spec, seed, out, device, resume, loaded):
+    def compare_run(spec, seed, out, device, resume, loaded, root, start, settings):
         seen.append((spec, id(loaded)))
         loaded["ds"] = "read once"
         return fake_scores(40 + len(seen), 30, aaanet.DEMO_METRICS)
@@ -961,16 +1122,26 @@ def test_compare_aaanet_shares_what_it_loaded_and_scores_every_metric(tmp_path,
 def test_compare_aea_trains_every_row_and_reuses_them(synthetic_root, synthetic_written,
                                                       monkeypatch, tmp_path, capsys):
     # the compare's code path on the tiny fixture set: 7 rows x 1 seed, 2 epochs each (1 warm-up)
-    monkeypatch.setattr(aea, "DEMO", {**aea.DEMO, "root": synthetic_root, "P": 4, "K": 2})
+    monkeypatch.setattr(aea, "DEMO", {**aea.DEMO, "P": 4, "K": 2})
+    monkeypatch.setattr(tools, "BENCHMARKS", {"test": dict(root=synthetic_root, seed=0)})
     monkeypatch.setattr(aea, "COMPARE_EPOCHS", ["--epochs", "2", "--warmup-epochs", "1",
                                                 "--lr-step", "2"])
     out = str(tmp_path / "cmp")
-    argv = ["compare", "aea", "--seeds", "1", "--out", out, "--device", "cpu"]
+    argv = ["compare", "aea", "--seeds", "1", "--out", out, "--device", "cpu", "--start",
+            "random"]
     text = tools.main(argv)
     labels = [label for label, _, _ in aea.COMPARE]
-    assert [line.split("  ")[0] for line in text.splitlines()[2:9]] == labels
+    assert [line.split("  ")[0] for line in text.splitlines()[2:2 + len(labels)]] == labels
     for better, worse, source in aea.CLAIMS:
         assert f"{better} > {worse} ({source}): euclidean rank-1" in text
+    # the diagnostics: each half of every two-network row, the orderings asked of them
+    for row in ("AEA", "Baseline 3", "own triplets"):
+        assert f"\n{row}, basic half " in text and f"\n{row}, complementary half " in text
+    assert "\nBaseline 2, concatenation " in text and "Baseline 1, basic half" not in text
+    for better, worse, question in aea.DIAGNOSTIC_CLAIMS:
+        assert f"{better} > {worse} ({question}): " in text
+    own = common.load_checkpoint(os.path.join(out, "own_triplets", "seed0", "last.pt"))
+    assert own["config"]["triplet"] == "separate" and own["config"]["weights"] == "none"
     # each row trained its own run: B4's is B1's 2 epochs then AEA's 1 joint epoch
     b4 = common.load_checkpoint(os.path.join(out, "Baseline_4", "seed0", "last.pt"))
     assert b4["epoch"] == 3 and b4["config"]["variant"] == "b4"
@@ -991,14 +1162,16 @@ def test_compare_aaanet_rows_share_stage1_and_are_reused(synthetic_root, synthet
     monkeypatch.setattr(aaanet, "DEMO_STAGES",
                         {s: {**v, "epochs": 1} for s, v in aaanet.DEMO_STAGES.items()})
     out = str(tmp_path / "cmp")
-    argv = ["compare", "aaanet", "--seeds", "1", "--out", out, "--device", "cpu"]
+    argv = ["compare", "aaanet", "--seeds", "1", "--out", out, "--device", "cpu", "--start",
+            "random"]
     text = tools.main(argv)
     labels = [label for label, *_ in aaanet.COMPARE]
-    assert [line.split("  ")[0] for line in text.splitlines()[2:8]] == labels
+    assert [line.split("  ")[0] for line in text.splitlines()[2:2 + len(labels)]] == labels
     assert "Stage 3 > Stage 1 (Tables 3-5): euclidean rank-1" in text and "kissme mAP" in text
     # every row but the baselines starts from the Stage 1 row's run of its seed
     stage1 = os.path.join(out, "Stage_1", "seed0", "stage1", "last.pt")
-    for folder, stage in [("Stage_3", "stage2"), ("without_stage_2", "stage3"),
+    for folder, stage in [("Stage_3", "stage2"), ("Stage_1_continued", "stage1"),
+                          ("without_stage_2", "stage3"),
                           ("conv2_x", "stage2"), ("conv4_x_2x2_grid", "stage2")]:
         ckpt = common.load_checkpoint(os.path.join(out, folder, "seed0", stage, "last.pt"))
         assert ckpt["config"]["init"] == stage1 and ckpt["stage"] == stage
