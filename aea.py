@@ -634,8 +634,8 @@ LIMITS = dict(R="(0, 100)", reda_p="[0, 1]", dropout="[0, 1)", margin="[0, inf)"
 # The settings of each start, shared by every row of a compare (`python tools.py compare aea
 # --start pretrained|random`); the demo uses the pretrained start's. Chosen on the validation
 # benchmark data/synthetic_val, never on the test queries: docs/results.md lists the runs
-STARTS = {"pretrained": dict(weights="synthetic", lr=0.01, pad=2, dropout=0.0),
-          "random": dict(weights="none", lr=0.04, pad=2, dropout=0.0)}
+STARTS = {"pretrained": dict(weights="synthetic", lr=0.02, pad=0, dropout=0.0),
+          "random": dict(weights="none", lr=0.02, pad=0, dropout=0.0)}
 
 # `python aea.py` without --root: the demo on data/synthetic, minutes on 2 CPU cores, with the
 # paper's shape (a warm-up, one lr step at 4/5) on 30 epochs of 10 PK batches at 64x32: a

@@ -1073,7 +1073,8 @@ def add_model_args(p):
     model.add_argument("--checkpoint", help="a checkpoint from common.save_checkpoint "
                        "(paper: backbone, aea, aaanet); scored in the precision it trained with")
     model.add_argument("--weights", help="instead of --checkpoint: a plain ResNet-50 with "
-                       "imagenet, none or PATH weights")
+                       "imagenet, synthetic (python pretrain.py --arch resnet50), none or PATH "
+                       "weights")
     p.add_argument("--height", type=int, default=256,
                    help="input height with --weights (a checkpoint has its own)")
     p.add_argument("--width", type=int, default=128,

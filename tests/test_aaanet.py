@@ -693,6 +693,19 @@ def test_stage_budget_beside_the_papers_share(monkeypatch):
     assert aaanet.continued_schedule() == dict(epochs=5, lr=0.01, lr_step=2)
 
 
+def test_the_demo_is_the_pretrained_starts_row_and_its_stages_near_the_papers_share():
+    # the demo trains as the compare's pretrained start: its weights, padding and stage-1 lr
+    pretrained = aaanet.STARTS["pretrained"]
+    assert (aaanet.DEMO["weights"], aaanet.DEMO["pad"]) == (pretrained["weights"],
+                                                            pretrained["pad"])
+    assert aaanet.DEMO_STAGES["stage1"]["lr"] == pretrained["stage1_lr"]
+    # stages 2 and 3 long enough to matter: each within 10-20% of stage 1's lr x steps, as the
+    # paper's 15% (37 steps per epoch, the demo's; the share does not depend on it)
+    for line in aaanet.stage_budget(37)[1:]:
+        share = float(line.split("demo ")[1].split("%")[0])
+        assert 10 <= share <= 20, line
+
+
 def test_continued_row_is_stage1_again_for_the_epochs_of_stages_2_and_3(monkeypatch, tmp_path):
     # compare_run with train_stage recorded, not run: which stage each row trains, from where,
     # on which schedule. Row folders as tools.py names them: OUT/<row>/seed<seed>
@@ -723,13 +736,16 @@ def test_continued_row_is_stage1_again_for_the_epochs_of_stages_2_and_3(monkeypa
     # the control: stage 1's training from the Stage 1 row's network of seed 3, for stage 2's 2
     # + stage 3's 3 epochs at stage 3's lr and lr step, scored under the demo's metrics
     results, trained = run("Stage 1, continued", "pretrained")
+    # (the control's schedule is stage 3's: the start's stage-1 lr does not reach it)
     assert trained == [("stage1", shared, 2 + 3, 0.003, 2, "synthetic", aaanet.DEMO_METRICS)]
     assert results == {"euclidean": "stage1 scores"} and calls[0][1].seed == 3
     assert calls[0][1].dropout == aaanet.DEMO["dropout"] and calls[0][1].point == "conv3_x"
-    # the Stage 1 row: from the start's weights, on stage 1's schedule
-    assert run("Stage 1", "pretrained")[1] == [("stage1", "", 7, 0.05, 5, "synthetic",
+    # the Stage 1 row: from the start's weights, on stage 1's schedule at the start's lr
+    pretrained_lr = aaanet.STARTS["pretrained"]["stage1_lr"]
+    random_lr = aaanet.STARTS["random"]["stage1_lr"]
+    assert run("Stage 1", "pretrained")[1] == [("stage1", "", 7, pretrained_lr, 5, "synthetic",
                                                  aaanet.DEMO_METRICS)]
-    assert run("Stage 1")[1] == [("stage1", "", 7, 0.05, 5, "none", aaanet.DEMO_METRICS)]
+    assert run("Stage 1")[1] == [("stage1", "", 7, random_lr, 5, "none", aaanet.DEMO_METRICS)]
     # --set: a stage's schedule or a Config field over the demo's, in every row; the control
     # follows the stages trained: 2 + 4 epochs when stage 3 trains 4
     settings = {"stage3.epochs": "4", "stage1.lr": "0.02", "dropout": "0.3"}
