@@ -839,6 +839,31 @@ def continued_schedule(stages=None):
     return dict(epochs=epochs, lr=stage3["lr"], lr_step=stage3["lr_step"])
 
 
+def apply_settings(settings, schedules):
+    """A compare's --set {"stageN.field" or Config field: value (a string)}: each stageN.field
+    written into `schedules` ({stage: its epochs, lr, lr_step}) -> {Config field: value}, the
+    rest, each value typed as its field; a key that is neither, or a number that is not one, is
+    a UserError."""
+    overrides = {}
+    types = get_type_hints(Config)  # {field: int, float, str, a Literal, ...}
+    for key, value in settings.items():
+        stage, _, field = key.rpartition(".")
+        if field not in types or (stage and stage not in schedules):
+            raise UserError(f"--set {key}={value}: expected a field of aaanet.py's Config, "
+                            "or stageN.epochs, stageN.lr, stageN.lr_step")
+        # a number field (Optional[float] too) gets its number; a choice stays a string
+        numeric = [t for t in (types[field], *get_args(types[field])) if t in (int, float)]
+        typed = value
+        if numeric:
+            try:
+                typed = numeric[0](value)
+            except ValueError:
+                raise UserError(f"--set {key}={value}: expected a number") from None
+        if stage:
+            schedules[stage][field] = typed
+        else:
+            overrides[field] = typed
+    return overrides
 
 
 def compare_run(spec, seed, out, device, resume, loaded, root="data/synthetic",
@@ -863,25 +888,7 @@ def compare_run(spec, seed, out, device, resume, loaded, root="data/synthetic",
     # the epochs, lr and lr step of each stage a row names; stage 1's lr is the start's
     schedules = {name: dict(values) for name, values in DEMO_STAGES.items()}
     schedules["stage1"]["lr"] = STARTS[start]["stage1_lr"]
-    overrides = {}  # Config fields over the demo's
-    types = get_type_hints(Config)  # {field: int, float, str, a Literal, ...}
-    for key, value in (settings or {}).items():
-        stage, _, field = key.rpartition(".")
-        if field not in types or (stage and stage not in schedules):
-            raise UserError(f"--set {key}={value}: expected a field of aaanet.py's Config, "
-                            "or stageN.epochs, stageN.lr, stageN.lr_step")
-        # a number field (Optional[float] too) gets its number; a choice stays a string
-        numeric = [t for t in (types[field], *get_args(types[field])) if t in (int, float)]
-        typed = value
-        if numeric:
-            try:
-                typed = numeric[0](value)
-            except ValueError:
-                raise UserError(f"--set {key}={value}: expected a number") from None
-        if stage:
-            schedules[stage][field] = typed
-        else:
-            overrides[field] = typed
+    overrides = apply_settings(settings or {}, schedules)  # Config fields over the demo's
     # the control's epochs follow the stages 2 and 3 trained here
     schedules[CONTINUED] = continued_schedule(schedules)
     # the demo's settings, stage 1 from the start's weights, the settings and the row's over them

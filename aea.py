@@ -21,7 +21,7 @@ Paper map (paper -> code; follow one batch from `train` to Eq. (8) in `training_
   Figs. 6-7, Tables 7-9 (R, m, alpha, l) -> `--R`, `--margin`, `--alpha1/2`, `--attention-layer`
 
 Commands:
-  python synthetic.py && python aea.py                      # the demo: synthetic data, CPU-sized
+  python synthetic.py && python pretrain.py && python aea.py   # the demo: synthetic, CPU-sized
   python aea.py --root DIR --dataset market1501 [--variant b1 ...]   # the paper's schedule
   python aea.py <the same flags> --resume                   # continue a stopped run (OUT/last.pt)
   python evaluate.py --checkpoint runs/aea/market1501-aea/last.pt --root DIR --dataset market1501
@@ -29,6 +29,8 @@ Commands:
   python tools.py compare aea [--start random]              # Tables 2 and 6 in miniature
 
 Choices where the paper is silent (each at its line, "Choice (not in the paper)", with its reason):
+  - One starting backbone for both networks whatever the start (random weights: one draw, copied);
+    the heads drawn apart.
   - FC_1 and the stripe FCs: Linear -> BatchNorm -> LeakyReLU 0.1 -> Dropout, f after the dropout;
     4 stripes by adaptive pooling (any height); all test features L2-normalised (B1's, B2's too).
   - Top-R%: k = round(R * H * W / 100), ties to the lower pixel index (a stable sort). Erased
@@ -122,8 +124,9 @@ class AEA(nn.Module):
         self.complementary = None  # B1: the basic network alone
         if variant != "b1":
             # "We initialize the basic network and complementary network of AEA using ResNet-50"
-            # (Sec. IV-B): one starting backbone for both, whatever `weights` is (random weights
-            # too), copied; the heads (FC_1, the stripe FCs, FC_2) are new layers in each
+            # (Sec. IV-B): one starting backbone for both, copied; the heads (FC_1, the stripe
+            # FCs, FC_2) are new layers in each. Choice (not in the paper): the same from random
+            # weights, one draw copied, so that the two networks differ only in what they learn
             self.complementary = Subnetwork(num_classes, "none", dropout, arch)
             self.complementary.backbone.load_state_dict(self.basic.backbone.state_dict())
 
@@ -139,28 +142,6 @@ class AEA(nn.Module):
         # "We then normalize features using L2 norm" (Sec. IV-B): the concatenation, not each
         # half. Choice (not in the paper): B1's and B2's 2560-d features are L2-normalised too
         return F.normalize(f.float(), dim=1)
-
-
-class View(nn.Module):
-    """A diagnostic test feature of an AEA network (not the paper's, which is AEA.forward's):
-    part 'basic' or 'complementary', one subnetwork's 2560-d f, or 'both', their 5120-d
-    concatenation; L2-normalised as the test feature is. Which half carries the score?"""
-
-    def __init__(self, model, part):
-        super().__init__()
-        self.model = model
-        self.part = part
-
-    def forward(self, x):
-        if self.part == "both":
-            f = torch.cat([self.model.basic(x)[0], self.model.complementary(x)[0]], dim=1)
-        else:
-            f = getattr(self.model, self.part)(x)[0]
-        return F.normalize(f.float(), dim=1)
-
-
-# the rows `train` adds after its last epoch for a network with both halves: {row: View part}
-VIEWS = {"basic half": "basic", "complementary half": "complementary", "concatenation": "both"}
 
 
 # --- Eq. (1), the attention map, and the adversarial erasing operation (Sec. III-B, Fig. 4) -------
@@ -382,6 +363,28 @@ def score(model, ds, cfg, device, cache):
     return results["euclidean"]
 
 
+class View(nn.Module):
+    """A diagnostic test feature of an AEA network (not the paper's, which is AEA.forward's):
+    part 'basic' or 'complementary', one subnetwork's 2560-d f, or 'both', their 5120-d
+    concatenation; L2-normalised as the test feature is. Which half carries the score?"""
+
+    def __init__(self, model, part):
+        super().__init__()
+        self.model = model
+        self.part = part
+
+    def forward(self, x):
+        if self.part == "both":
+            f = torch.cat([self.model.basic(x)[0], self.model.complementary(x)[0]], dim=1)
+        else:
+            f = getattr(self.model, self.part)(x)[0]
+        return F.normalize(f.float(), dim=1)
+
+
+# the rows `train` adds after its last epoch for a network with both halves: {row: View part}
+VIEWS = {"basic half": "basic", "complementary half": "complementary", "concatenation": "both"}
+
+
 def score_views(model, ds, cfg, device, cache):
     """The diagnostics of a network with both halves -> {VIEWS row: rank_metrics}: each half
     alone and their concatenation, except the view that is the test feature itself (AEA, B3, B4:
@@ -394,8 +397,10 @@ def score_views(model, ds, cfg, device, cache):
 
 
 def train(cfg):
-    """The paper's training (Sec. IV-B) -> {row: rank_metrics}: "untrained" (--eval-untrained),
-    "epoch N" every --eval-every epochs and after the last. At each epoch's end OUT/last.pt holds
+    """The paper's training (Sec. IV-B) -> {row: rank_metrics}: with --eval-untrained "untrained"
+    (random weights), or "random weights" and "start: weights W" (the network the run starts
+    from); "epoch N" every --eval-every epochs and after the last, then "epoch N, <view>" for
+    each half of a two-network test feature (`score_views`). At each epoch's end OUT/last.pt holds
     everything --resume needs (the dict below). Ctrl-C or SIGTERM stops the run wherever it is (a
     KeyboardInterrupt: `main` says how to resume); --resume redoes the epoch in progress, so that
     on the CPU a stopped and resumed run ends bit-identical to an uninterrupted one."""

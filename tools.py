@@ -730,13 +730,13 @@ STARTS = ("pretrained", "random")
 
 def compare_command(argv, prog, description, out, title, rows, claims, train_row,
                     metrics=("euclidean",), arch="resnet18", diagnose=None,
-                    diagnostic_claims=(), notes=()):
+                    diagnostic_claims=()):
     """A paper's `compare` command: flags --seeds (5), --start, --on, --out, --device, --resume
     (the default), then `compare`. rows: [(label, what train_row needs, cost)];
     train_row(that, seed, folder, device, resume, root, start) trains one run in `folder` on the
     benchmark at `root` from `start` -> {metric or diagnostic view: rank_metrics}. The benchmark
     and, for --start pretrained, the pretrained start of `arch` are built first if they are not
-    there. diagnose(label, folder) -> {name: number}, diagnostic_claims and notes: `compare`'s."""
+    there. diagnose(label, folder) -> {name: number} and diagnostic_claims: `compare`'s."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per row (default: 5)")
     p.add_argument("--start", choices=STARTS, default="pretrained",
@@ -750,8 +750,9 @@ def compare_command(argv, prog, description, out, title, rows, claims, train_row
                    help="train these rows only (their labels, e.g. AEA \"Baseline 1\"); the "
                         "orderings between them are printed (default: every row)")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", default=[],
-                   help="a setting over the start's for every row, e.g. lr=0.02 (a training "
-                        "flag's name); how settings are chosen on --on validation")
+                   help="a setting over the start's for every row: a training flag's name "
+                        "and value, e.g. lr=0.02 (AAA-Net: also stage1.lr=0.003); how settings "
+                        "are chosen with --on validation")
     p.add_argument("--out", default=None,
                    help=f"a run per row and seed in it (default: {out}/START-ON[-KEYVALUE...])")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
@@ -811,11 +812,11 @@ def compare_command(argv, prog, description, out, title, rows, claims, train_row
         heading += ", settings: " + " ".join(args.set)
     return compare(heading, costs, claims, train, args.seeds, args.out, metrics,
                    reuse=args.resume, diagnose=run_diagnostics,
-                   diagnostic_claims=diagnostic_claims, notes=notes)
+                   diagnostic_claims=diagnostic_claims)
 
 
 def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",), reuse=True,
-            diagnose=None, diagnostic_claims=(), notes=()):
+            diagnose=None, diagnostic_claims=()):
     """Train every row with seeds 0..seeds-1, then print rank-1 and mAP as mean ± sd per row and
     metric, and each ordering the paper claims: the mean of its per-seed differences with their
     95% t-interval, and whether the interval says it holds here (`compare_table`).
@@ -824,8 +825,8 @@ def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",), reus
     train(label, seed) -> {metric: rank_metrics}, and a diagnostic view of the run's network
     (e.g. "basic half") beside the metrics. claims: [(better, worse, paper source)].
     diagnostic_claims: [(better, worse, question)], where a label may be "<row>, <view>";
-    diagnose(label, seed) -> {name: number} read from the run's folder; notes: lines of text.
-    Each is printed after the paper's claims, marked as not the paper's.
+    diagnose(label, seed) -> {name: number} read from the run's folder. Both are printed after
+    the paper's claims, marked as not the paper's.
     Each run's scores go to OUT/scores.json (in %) when it ends: a run found there is reused
     (reuse=False: none). Ctrl-C or SIGTERM stops the compare (KeyboardInterrupt out of `train`):
     the finished runs stay in scores.json and the run it was on resumes from its last.pt, so the
@@ -871,7 +872,7 @@ def compare(title, rows, claims, train, seeds, out, metrics=("euclidean",), reus
             names = [name for name in found[0] if all(name in f for f in found)]
             diagnostics[label] = {name: [f[name] for f in found] for name in names}
     text = compare_table(title, labels, claims, scores, seeds, metrics, diagnostic_claims,
-                         diagnostics, notes)
+                         diagnostics)
     _write_text(os.path.join(out, "compare.txt"), text + "\n")
     print(text + f"\n(also in {os.path.join(out, 'compare.txt')})", flush=True)
     return text
@@ -986,15 +987,14 @@ def claim_cell(diffs):
 
 
 def compare_table(title, labels, claims, scores, seeds, metrics, diagnostic_claims=(),
-                  diagnostics=None, notes=()):
+                  diagnostics=None):
     """The text of `compare`: mean ± sd (sample sd, n - 1) per row and metric; per claim "A > B",
     metric and key, the differences A - B seed by seed (the seeds 0..seeds-1, which every row
     has: a seed gives every row the same initial weights, PK batches and augmentation draws),
     their mean and its 95% t-interval (`paired_interval`), "holds" or "reversed" only when the
     interval excludes 0 (`claim_cell`); then what is not the paper's: the diagnostic views of
     the runs' networks (a label "<row>, <view>", e.g. "AEA, basic half"), the orderings asked
-    of them, `diagnostics` {label: {name: [a number per seed]}} and `notes`; then every run's
-    scores."""
+    of them and `diagnostics` {label: {name: [a number per seed]}}; then every run's scores."""
     def values(label, m, key):
         if label not in labels:  # "<row>, <view>": the view's scores in the row's runs
             row, _, view = label.rpartition(", ")
@@ -1050,7 +1050,6 @@ def compare_table(title, labels, claims, scores, seeds, metrics, diagnostic_clai
         for label, found in logged.items():
             cells = [f"{name} {np.mean(v):.3g}" for name, v in found.items()]
             lines.append(f"{label}: " + "; ".join(cells))
-    lines.extend(notes)
     lines.append("\nPer seed: " + ", ".join(f"{m} rank-1 / mAP" for m in metrics))
     for label in labels:
         for s in range(seeds):

@@ -669,8 +669,11 @@ def test_train_checkpoint_reload_evaluate(synthetic_root, tmp_path, capsys):
     assert "epoch 1/2  lr 1e-02  iter 2/2  L_I1" in printed
     assert "L_I2" not in printed.split("epoch 2/2")[0]
     assert all(t in printed.split("epoch 2/2")[1] for t in ("L_I1", "L_I2", "L_T"))
-    assert set(results) == {"untrained", "epoch 2"}
+    # the untrained network, the last epoch, and each half of the 5120-d test feature alone
+    assert list(results) == ["untrained", "epoch 2", "epoch 2, basic half",
+                             "epoch 2, complementary half"]
     assert "untrained" in printed and "mAP (official)" in printed
+    assert "epoch 2, complementary half" in printed
     ckpt = common.load_checkpoint(str(out / "last.pt"))
     assert ckpt["paper"] == "aea" and ckpt["epoch"] == 2 and ckpt["config"]["height"] == H
     assert os.path.isfile(out / "epoch_1.pt") and "aug_generator" in ckpt
@@ -693,6 +696,30 @@ def test_train_checkpoint_reload_evaluate(synthetic_root, tmp_path, capsys):
     # the folder is free again, and holds the run's files only
     assert sorted(os.listdir(out)) == ["best.pt", "epoch_1.pt", "epoch_2.pt", "last.pt",
                                        "log.csv"]
+
+
+@pytest.mark.slow
+def test_a_run_from_a_weights_file_scores_random_weights_then_its_start(synthetic_root,
+                                                                         tmp_path):
+    # --eval-untrained from a weights file: two rows before training, the same network with
+    # random weights, then the network the run starts from (the file's backbone in both halves,
+    # new heads); the start row is the network of epoch 0, as evaluate.py scores it
+    resnet = torchvision.models.resnet18(weights=None)
+    start = tmp_path / "start.pt"
+    torch.save(resnet.state_dict(), start)
+    out = tmp_path / "run"
+    results = aea.main(["--root", synthetic_root, "--dataset", "synthetic", "--arch", "resnet18",
+                        "--height", str(H), "--width", str(W), "--epochs", "1",
+                        "--warmup-epochs", "0", "--P", "4", "--K", "2", "--weights", str(start),
+                        "--device", "cpu", "--out", str(out), "--eval-untrained"])
+    assert list(results)[:2] == ["random weights", f"start: weights {start}"]
+    assert results["random weights"]["mAP"] != results[f"start: weights {start}"]["mAP"]
+    # the start: built as `train` builds it after seeding, then scored the same way
+    common.seed_everything(0)
+    model = aea.AEA(8, "aea", str(start), 0.5, "resnet18").eval()
+    ds = data.load_dataset(synthetic_root, "synthetic", verbose=False)
+    again = evaluate.evaluate_model(model, ds, (H, W), "cpu")["euclidean"]
+    assert again["mAP"] == pytest.approx(results[f"start: weights {start}"]["mAP"], abs=1e-6)
 
 
 def small_run(root, out, *extra):
