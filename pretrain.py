@@ -31,7 +31,6 @@ import time
 
 import aea
 import common
-import data
 import synthetic
 from common import UserError
 
@@ -39,9 +38,9 @@ from common import UserError
 # 4 times the benchmark's 150 training identities; the 100 test identities score the pretraining
 PRETRAIN_SET = dict(root=os.path.join("data", "synthetic_pretrain"), seed=7, train_ids=600,
                     test_ids=100)
-# Baseline 1 of aea.py on it, from random weights, at the demos' 64x32 with the settings of the
-# AEA demo from random weights (P=16, lr 0.04, padding 2, no dropout) for 15 epochs, the lr step
-# at 12 (4/5, as the demo's), its own seed
+# Baseline 1 of aea.py on it, from random weights, at the demos' 64x32: P=16, lr 0.04 and its
+# step at epoch 12 of 15 (4/5, as in the paper's schedule), crops padded by 2 px, no dropout, its
+# own seed. A fixed recipe, not tuned: the start has only to be a backbone that has seen people
 RECIPE = ["--variant", "b1", "--weights", "none", "--height", "64", "--width", "32", "--P", "16",
           "--lr", "0.04", "--pad", "2", "--dropout", "0", "--epochs", "15", "--lr-step", "12",
           "--seed", "7"]

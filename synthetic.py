@@ -17,7 +17,7 @@ trousers / shorts / skirt, shoes, hat, backpack, handbag, hair and build (`_iden
 jitter of position, scale, stride, front or back view and mirroring. The person fills the frame
 as in a detector's crop (`FRAMINGS`: a median 49% of the pixels, `person_shares`), so that the
 papers' "erase R% of the image" erases about 2R% of the person, as on Market-1501;
-`--framing loose` draws the earlier, smaller figure (a median 26%). Each camera (`_camera`)
+`--framing loose` draws a smaller, thinner figure in a loose frame (a median 26%). Each camera (`_camera`)
 multiplies every pixel by its gain and tint, the person's too, and about half the cameras are
 blurry: the same shirt reads as another colour in another camera, the change re-ID must see
 through.
@@ -121,8 +121,8 @@ def _camera(rng):
 # fitted to the person, then resized to 128x64): the figure spans about 0.94 of the height
 # whatever the camera's distance or the person's size, centred within 2 px, and is drawn 1.3
 # times wider than its proportions in figure heights, as a clothed body seen in a 1:2 box is;
-# the person then covers about half the frame. loose: the earlier framing, a thinner figure
-# 0.86 of the height scaled by camera and person, placed within 5 px: about a fifth of the frame.
+# the person then covers about half the frame. loose: a thinner figure 0.86 of the height, scaled
+# by the camera's distance and the person's size, placed within 5 px: a quarter of the frame.
 FRAMINGS = {"detector": dict(height=0.94, sized=False, shift_x=2, shift_y=2, widen=1.3),
             "loose": dict(height=0.86, sized=True, shift_x=5, shift_y=4, widen=1.0)}
 
@@ -469,7 +469,7 @@ def main(argv=None):
                             help=text)
     parser.add_argument("--framing", choices=FRAMINGS, default=defaults["framing"].default,
                         help="how the person fills the frame: detector (a detector's crop) or "
-                             "loose (the earlier, thinner and smaller figure)")
+                             "loose (a smaller, thinner figure)")
     args = parser.parse_args(argv)
     sizes = {k: getattr(args, k) for k in [*SIZES, "framing"]}
     args_file = os.path.join(args.root, SYNTHETIC_ARGS)

@@ -802,16 +802,15 @@ def compare_command(argv, prog, description, out, title, rows, claims, train_row
     def train(label, seed):
         return train_row(spec[label], seed, folder_of(label, seed), args.device, args.resume,
                          root, args.start, settings)
-    run_diagnostics = None
-    if diagnose is not None:
-        def run_diagnostics(label, seed):
-            return diagnose(label, folder_of(label, seed))
+
+    def run_diagnostics(label, seed):  # what `diagnose` reads from the run's folder
+        return diagnose(label, folder_of(label, seed))
     costs = [(label, cost) for label, _, cost in rows]
     heading = f"{title}, start: {args.start}, benchmark: {args.on} ({root})"
     if settings:
         heading += ", settings: " + " ".join(args.set)
     return compare(heading, costs, claims, train, args.seeds, args.out, metrics,
-                   reuse=args.resume, diagnose=run_diagnostics,
+                   reuse=args.resume, diagnose=run_diagnostics if diagnose else None,
                    diagnostic_claims=diagnostic_claims)
 
 
