@@ -579,7 +579,7 @@ class AEAConfig:
     dataset: DATASETS = "market1501"  # Sec. IV-A
     height: int = 256  # input height, Sec. IV-B ("resize all pedestrian images to 256x128")
     width: int = 128  # input width, Sec. IV-B
-    weights: str = "imagenet"  # ResNet-50 start, Sec. IV-B: imagenet, none or a state-dict path
+    weights: str = "imagenet"  # ResNet-50 start, Sec. IV-B: imagenet, synthetic, none or a path
     arch: typing.Literal[tuple(common.ARCHS)] = "resnet50"  # Sec. III-A's ResNet-50; 18, 34: CPU
     variant: typing.Literal["aea", "b1", "b2", "b3", "b4"] = "aea"  # AEA or Baseline 1-4, Table 2
     erasing: typing.Literal["adversarial", "random", "fixed"] = "adversarial"  # Table 6
@@ -606,7 +606,7 @@ class AEAConfig:
     device: str = "auto"  # auto (CUDA if present), cpu, cuda or cuda:N
     out: str = ""  # output folder; empty: runs/aea/<dataset>-<variant> (the demo: runs/aea/demo)
     eval_every: int = 0  # also evaluate every N epochs (0: only at the end)
-    eval_untrained: bool = False  # evaluate the untrained network first (the demo does)
+    eval_untrained: bool = False  # score the start first, and random weights beside (the demo)
     keep_every: int = 0  # also keep epoch_N.pt every N epochs, for Fig. 5 (0: none)
     skip_bad_files: bool = False  # warn about and drop images that do not parse or decode
     precision: typing.Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU

@@ -95,8 +95,11 @@ def ensure_pretrained(arch="resnet18", device="auto"):
     scores = results[f"epoch {cfg.epochs}"]
     rank1 = 100 * float(scores["cmc"][0])
     mAP = 100 * float(scores["mAP"])
-    with open(record, "w") as f:  # last: its presence means a complete build
+    # last, written whole (a temporary file renamed): its presence means a complete build
+    tmp = f"{record}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         f.write(wanted)
+    os.replace(tmp, record)
     print(f"pretrained start written to {path} in {time.time() - start:.0f} s; on the "
           f"pretraining set's own test identities rank-1 {rank1:.2f}, mAP {mAP:.2f}")
     return path
@@ -109,7 +112,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     args = parser.parse_args(argv)
     path = common.PRETRAINED.format(arch=args.arch)
-    there = os.path.isfile(path[:-len(".pt")] + ".txt")
+    there = os.path.isfile(path) and os.path.isfile(path[:-len(".pt")] + ".txt")
     ensure_pretrained(args.arch, args.device)
     if there:
         print(f"the pretrained start is already at {path} (its .txt records this recipe)")

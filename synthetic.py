@@ -15,9 +15,9 @@ What is drawn (`_render`): a 128x64 image, Market-1501's size, of one camera's s
 floor) with a person over it: clothing colours from a shared palette, a pattern, sleeves,
 trousers / shorts / skirt, shoes, hat, backpack, handbag, hair and build (`_identity`), with
 jitter of position, scale, stride, front or back view and mirroring. The person fills the frame
-as in a detector's crop (`FRAMINGS`: a median 49% of the pixels, `person_shares`), so that the
+as in a detector's crop (`FRAMINGS`; `person_shares` counts the pixels it covers), so that the
 papers' "erase R% of the image" erases about 2R% of the person, as on Market-1501;
-`--framing loose` draws a smaller, thinner figure in a loose frame (a median 26%). Each camera (`_camera`)
+`--framing loose` draws a smaller, thinner figure in a loose frame. Each camera (`_camera`)
 multiplies every pixel by its gain and tint, the person's too, and about half the cameras are
 blurry: the same shirt reads as another colour in another camera, the change re-ID must see
 through.
@@ -120,9 +120,9 @@ def _camera(rng):
 # How the person sits in the frame. detector: as in a detector's crop (Market-1501's boxes are
 # fitted to the person, then resized to 128x64): the figure spans about 0.94 of the height
 # whatever the camera's distance or the person's size, centred within 2 px, and is drawn 1.3
-# times wider than its proportions in figure heights, as a clothed body seen in a 1:2 box is;
-# the person then covers about half the frame. loose: a thinner figure 0.86 of the height, scaled
-# by the camera's distance and the person's size, placed within 5 px: a quarter of the frame.
+# times wider than its proportions in figure heights, as a clothed body seen in a 1:2 box is.
+# loose: a thinner figure 0.86 of the height, scaled by the camera's distance and the person's
+# size, placed within 5 px.
 FRAMINGS = {"detector": dict(height=0.94, sized=False, shift_x=2, shift_y=2, widen=1.3),
             "loose": dict(height=0.86, sized=True, shift_x=5, shift_y=4, widen=1.0)}
 

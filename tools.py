@@ -731,10 +731,11 @@ STARTS = ("pretrained", "random")
 def compare_command(argv, prog, description, out, title, rows, claims, train_row,
                     metrics=("euclidean",), arch="resnet18", diagnose=None,
                     diagnostic_claims=()):
-    """A paper's `compare` command: flags --seeds (5), --start, --on, --out, --device, --resume
-    (the default), then `compare`. rows: [(label, what train_row needs, cost)];
-    train_row(that, seed, folder, device, resume, root, start) trains one run in `folder` on the
-    benchmark at `root` from `start` -> {metric or diagnostic view: rank_metrics}. The benchmark
+    """A paper's `compare` command: flags --seeds (5), --start, --on, --rows, --set, --out,
+    --device, --resume (the default), then `compare`. rows: [(label, what train_row needs,
+    cost)]; train_row(that, seed, folder, device, resume, root, start, settings) trains one run
+    in `folder` on the benchmark at `root` from `start` with `settings` ({--set KEY: VALUE}) ->
+    {metric or diagnostic view: rank_metrics}. The benchmark
     and, for --start pretrained, the pretrained start of `arch` are built first if they are not
     there. diagnose(label, folder) -> {name: number} and diagnostic_claims: `compare`'s."""
     p = argparse.ArgumentParser(prog=prog, description=description)
@@ -748,7 +749,8 @@ def compare_command(argv, prog, description, out, title, rows, claims, train_row
                         "(data/synthetic_val, where settings are chosen) (default: test)")
     p.add_argument("--rows", nargs="+", metavar="ROW", default=None,
                    help="train these rows only (their labels, e.g. AEA \"Baseline 1\"); the "
-                        "orderings between them are printed (default: every row)")
+                        "orderings between them are printed; AAA-Net's rows after stage 1 start "
+                        "from the Stage 1 row's run in --out (default: every row)")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", default=[],
                    help="a setting over the start's for every row: a training flag's name "
                         "and value, e.g. lr=0.02 (AAA-Net: also stage1.lr=0.003); how settings "
@@ -762,7 +764,7 @@ def compare_command(argv, prog, description, out, title, rows, claims, train_row
     settings = {}
     for item in args.set:
         key, equals, value = item.partition("=")
-        if not (equals and re.fullmatch(r"[a-z][a-z0-9_.]*", key) and value):
+        if not (equals and re.fullmatch(r"[A-Za-z][A-Za-z0-9_.]*", key) and value):
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. lr=0.02")
         settings[key] = value
     labels = [label for label, _, _ in rows]
@@ -771,9 +773,11 @@ def compare_command(argv, prog, description, out, title, rows, claims, train_row
         raise UserError(f"--rows {unknown[0]!r}: expected row labels among {', '.join(labels)}")
     if args.rows:
         rows = [row for row in rows if row[0] in args.rows]
-        # the orderings whose rows (and views of them) are all trained
+        # the orderings whose rows (and views of them: "<row>, <view>") are all trained
         def trained(label):
-            return label in args.rows or label.rpartition(", ")[0] in args.rows
+            if label in labels:
+                return label in args.rows
+            return label.rpartition(", ")[0] in args.rows
         claims = [c for c in claims if trained(c[0]) and trained(c[1])]
         diagnostic_claims = [c for c in diagnostic_claims if trained(c[0]) and trained(c[1])]
     if args.out is None:
@@ -1080,7 +1084,7 @@ def aaanet_compare(argv):
     stage 2, Table 5's baseline with random erasing and Table 3's occlusion points, each trained
     as the AAA-Net demo (aaanet.compare_run) with seeds 0..N-1; mean ± sd of rank-1 and mAP
     under Euclidean, XQDA and KISSME, each ordering the paper claims as a paired difference with
-    its interval, stage 3's omega gate and L_r per epoch, and the stages' lr x steps. Resumable."""
+    its interval, and stage 3's omega gate and L_r per epoch. Resumable."""
     loaded = {}  # the dataset and its decoded images: compare_run fills it once for all runs
 
     def train_row(spec, seed, out, device, resume, root, start, settings):

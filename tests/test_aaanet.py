@@ -761,7 +761,8 @@ def test_continued_row_is_stage1_again_for_the_epochs_of_stages_2_and_3(monkeypa
     # resolve fills in OUT/stage2/last.pt), scored after stage 3 only
     assert run("Stage 3")[1] == [("stage2", shared, 2, 0.002, 1, "none", ()),
                                  ("stage3", "", 3, 0.003, 2, "none", aaanet.DEMO_METRICS)]
-    assert ("Stage 3", "Stage 1, continued", "control: the same extra epochs") in aaanet.CLAIMS
+    assert ("Stage 3", "Stage 1, continued",
+            "a control, not the paper's: the same extra epochs") in aaanet.CLAIMS
 
 
 def test_run_diagnostics_reads_stage3s_log_epoch_by_epoch(tmp_path):
@@ -774,8 +775,8 @@ def test_run_diagnostics_reads_stage3s_log_epoch_by_epoch(tmp_path):
         "1,0.001,4.1,0.0625,0.5,0.693147,30.1,12.5,\n"
         "2,0.001,3.9,0,0,0.25,31.0,12.1,41.5\n")
     assert aaanet.run_diagnostics(str(folder)) == {
-        "gate open, epoch 1": 0.0625, "gate batches, epoch 1": 0.5, "L_r, epoch 1": 0.693147,
-        "gate open, epoch 2": 0.0, "gate batches, epoch 2": 0.0, "L_r, epoch 2": 0.25}
+        "gate_pass, epoch 1": 0.0625, "gate_batches, epoch 1": 0.5, "L_r, epoch 1": 0.693147,
+        "gate_pass, epoch 2": 0.0, "gate_batches, epoch 2": 0.0, "L_r, epoch 2": 0.25}
     # a row without stage 3 (Stage 1, its control): nothing
     (tmp_path / "Stage_1" / "seed0" / "stage1").mkdir(parents=True)
     assert aaanet.run_diagnostics(str(tmp_path / "Stage_1" / "seed0")) == {}

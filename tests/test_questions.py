@@ -72,7 +72,7 @@ def test_the_setup_lines_are_the_demos_settings():
 
 
 # The sheet's commands as they run here: the data are the conftest set, so the set-up writes it
-# with its sizes, and AEA's batches hold 4 identities (it has 8); the compare of A6 trains 21
+# with its sizes, and AEA's batches hold 4 identities (it has 8); the compare of A6 trains 40
 # runs of the demo's size, and its code path is tested in test_tools.py instead
 SIZES = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in SYNTHETIC_SIZES.items())
 # and the pretrained start is a random ResNet-18 in the place `python pretrain.py` writes to

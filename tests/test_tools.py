@@ -1121,7 +1121,7 @@ def test_compare_aaanet_shares_what_it_loaded_and_scores_every_metric(tmp_path,
 @pytest.mark.slow
 def test_compare_aea_trains_every_row_and_reuses_them(synthetic_root, synthetic_written,
                                                       monkeypatch, tmp_path, capsys):
-    # the compare's code path on the tiny fixture set: 7 rows x 1 seed, 2 epochs each (1 warm-up)
+    # the compare's code path on the tiny fixture set: 8 rows x 1 seed, 2 epochs each (1 warm-up)
     monkeypatch.setattr(aea, "DEMO", {**aea.DEMO, "P": 4, "K": 2})
     monkeypatch.setattr(tools, "BENCHMARKS", {"test": dict(root=synthetic_root, seed=0)})
     monkeypatch.setattr(aea, "COMPARE_EPOCHS", ["--epochs", "2", "--warmup-epochs", "1",
