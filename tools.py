@@ -27,6 +27,7 @@ figure shows), each with a plain comment at its line; the readings of the papers
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -730,14 +731,15 @@ STARTS = ("pretrained", "random")
 
 def compare_command(argv, prog, description, out, title, rows, claims, train_row,
                     metrics=("euclidean",), arch="resnet18", diagnose=None,
-                    diagnostic_claims=()):
+                    diagnostic_claims=(), check_settings=None):
     """A paper's `compare` command: flags --seeds (5), --start, --on, --rows, --set, --out,
     --device, --resume (the default), then `compare`. rows: [(label, what train_row needs,
     cost)]; train_row(that, seed, folder, device, resume, root, start, settings) trains one run
     in `folder` on the benchmark at `root` from `start` with `settings` ({--set KEY: VALUE}) ->
     {metric or diagnostic view: rank_metrics}. The benchmark
     and, for --start pretrained, the pretrained start of `arch` are built first if they are not
-    there. diagnose(label, folder) -> {name: number} and diagnostic_claims: `compare`'s."""
+    there. diagnose(label, folder) -> {name: number} and diagnostic_claims: `compare`'s.
+    check_settings(settings) raises a UserError for a --set the paper does not take."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per row (default: 5)")
     p.add_argument("--start", choices=STARTS, default="pretrained",
@@ -767,6 +769,8 @@ def compare_command(argv, prog, description, out, title, rows, claims, train_row
         if not (equals and re.fullmatch(r"[A-Za-z][A-Za-z0-9_.]*", key) and value):
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. lr=0.02")
         settings[key] = value
+    if check_settings is not None:  # before any work: a bad key or value is one line
+        check_settings(settings)
     labels = [label for label, _, _ in rows]
     unknown = [label for label in args.rows or [] if label not in labels]
     if unknown:
@@ -1075,7 +1079,25 @@ def aea_compare(argv):
                            os.path.join("runs", "aea", "compare"),
                            "AEA, Tables 2 and 6 in miniature", aea.COMPARE, aea.CLAIMS,
                            aea.compare_run, arch=aea.DEMO["arch"],
-                           diagnostic_claims=aea.DIAGNOSTIC_CLAIMS)
+                           diagnostic_claims=aea.DIAGNOSTIC_CLAIMS,
+                           check_settings=aea_settings)
+
+
+def aea_settings(settings):
+    """compare aea's --set: each key a field of aea.AEAConfig (a flag of aea.py), its value one
+    the flag takes; else a UserError naming it."""
+    fields = {f.name for f in dataclasses.fields(aea.AEAConfig)}
+    for key, value in settings.items():
+        if key not in fields:
+            raise UserError(f"--set {key}={value}: expected a training flag of aea.py, e.g. "
+                            "lr, pad, dropout, epochs")
+    given = " ".join(f"{k}={v}" for k, v in settings.items())
+    try:
+        aea.parse_config(aea.as_flags({**aea.DEMO, **settings}))
+    except SystemExit:  # argparse has printed which value it refused
+        raise UserError(f"--set {given}: a value aea.py does not take (above)") from None
+    except UserError as e:  # a value out of its range
+        raise UserError(f"--set {given}: {e}") from None
 
 
 def aaanet_compare(argv):
@@ -1092,11 +1114,13 @@ def aaanet_compare(argv):
 
     def diagnose(label, folder):
         return aaanet.run_diagnostics(folder)
+    def check_settings(settings):  # the demo's stages, copied: nothing is changed here
+        aaanet.apply_settings(settings, {k: dict(v) for k, v in aaanet.DEMO_STAGES.items()})
     return compare_command(argv, "tools.py compare aaanet", aaanet_compare.__doc__,
                            os.path.join("runs", "aaanet_compare"),
                            "AAA-Net, Tables 3-5 in miniature", aaanet.COMPARE, aaanet.CLAIMS,
                            train_row, aaanet.DEMO_METRICS, arch=aaanet.DEMO["arch"],
-                           diagnose=diagnose)
+                           diagnose=diagnose, check_settings=check_settings)
 
 
 COMPARES = {"aea": aea_compare, "aaanet": aaanet_compare}

@@ -1008,11 +1008,20 @@ def test_compare_refuses_bad_flags_before_any_work(tmp_path, synthetic_written, 
              (["--device", "gpu"], "--device 'gpu' is not a device name; expected auto, cpu, "
               "cuda or cuda:N"),
              (["--out", str(tmp_path / "cmp")], f"{tmp_path / 'cmp' / 'scores.json'} is a "
-              "folder; expected the scores file `compare` writes there: move it away")]
+              "folder; expected the scores file `compare` writes there: move it away"),
+             (["--set", "speed=1"], "--set speed=1: expected a training flag of aea.py, e.g. "
+              "lr, pad, dropout, epochs"),
+             (["--set", "lr=-1"], "--set lr=-1: --lr must lie in (0, inf), got -1.0 (learning "
+              "rate, Sec. IV-B)")]
     for flags, message in cases:
         line, out = expect_exit_2(capsys, "compare", "aea", "--seeds", "1", "--out",
                                   str(tmp_path / "new"), *flags)
         assert line == message and out == ""
+    assert synthetic_written == [] and not os.path.exists(tmp_path / "new")
+    # AAA-Net's --set: a stage that does not exist, refused before any work too
+    line, _ = expect_exit_2(capsys, "compare", "aaanet", "--out", str(tmp_path / "new"), "--set",
+                            "stage4.lr=1")
+    assert line.startswith("--set stage4.lr=1: expected a field of aaanet.py's Config")
     assert synthetic_written == [] and not os.path.exists(tmp_path / "new")
     # the CLI on a cut-short scores.json: one line, no run
     (tmp_path / "new").mkdir()
