@@ -211,7 +211,7 @@ def test_feature_sizes(model, reference):
         assert torch.allclose(b2(x), torch.nn.functional.normalize(f_c, dim=1), atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["aea", "b2", "b3", "b4"])
+@pytest.mark.parametrize("variant", ["aea", "b2"])  # B3 and B4 build their networks as AEA does
 def test_both_networks_start_from_one_backbone(variant, tmp_path):
     # Sec. IV-B: both networks are initialised from the same ResNet-50. From random weights the
     # complementary backbone is a copy of the basic one's draw (not a second draw); from a

@@ -47,6 +47,7 @@ def tiny_recipe(synthetic_root, tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_ensure_pretrained_builds_once_and_loads_by_name(tiny_recipe, monkeypatch, capsys):
     path = pretrain.ensure_pretrained("resnet18", "cpu")
     assert path == str(tiny_recipe / "pre" / "resnet18-synthetic.pt")
