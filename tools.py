@@ -1071,7 +1071,7 @@ def compare_table(title, labels, claims, scores, seeds, metrics, diagnostic_clai
 def aea_compare(argv):
     """python tools.py compare aea [--seeds N] [--start pretrained|random] [--on ...]:
     AEA, Baselines 1-4 (Table 2), REDA and the erase-once AOS-style input (Table 6), and the
-    diagnostic row "own triplets", each the AEA demo in 12 epochs (aea.compare_run) with seeds
+    diagnostic row "own triplets", each the AEA demo in 10 epochs (aea.compare_run) with seeds
     0..N-1; mean ± sd of rank-1 and mAP, each ordering the paper claims as a paired difference
     with its interval, and the diagnostics: each half of the test feature and the orderings
     that say where the score comes from. Resumable."""
